@@ -1,0 +1,66 @@
+// The LLaMA-family decoder: weights, KV cache and one flat per-layer forward.
+//
+//   h = embed[tokens]
+//   for each layer:  a = rmsnorm(h)·attn_norm;  q,k,v = a·Wqᵀ, a·Wkᵀ, a·Wvᵀ (+bias)
+//                    rope(q,k); attend over the cache (GQA, causal); h += (attn)·Woᵀ
+//                    f = rmsnorm(h)·ffn_norm;  h += (silu(f·Wgᵀ) ⊙ f·Wuᵀ)·Wdᵀ
+//   logits = rmsnorm(h)·final_norm · lm_headᵀ
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/checkpoint.h"
+#include "model/config.h"
+#include "model/linear.h"
+
+namespace sq {
+
+struct LayerWeights {
+    std::vector<float> attn_norm;  // [d]
+    std::vector<float> ffn_norm;   // [d]
+    std::unique_ptr<Linear> q, k, v, o;     // [H*hd, d], [KV*hd, d], [KV*hd, d], [d, H*hd]
+    std::unique_ptr<Linear> gate, up, down;  // [ff, d], [ff, d], [d, ff]
+};
+
+struct ModelWeights {
+    ModelConfig cfg;
+    std::vector<float> embed;       // [vocab, d]
+    std::vector<float> final_norm;  // [d]
+    std::unique_ptr<Linear> lm_head;  // [vocab, d]; a copy of embed when tied
+    std::vector<LayerWeights> layers;
+};
+
+// Builds float32 weights from a checkpoint (progress bar per layer).
+ModelWeights model_load_f32(const Checkpoint& ck, bool progress = true);
+
+// Float32 KV cache: [layer][pos][kv_head][head_dim] for k and v.
+struct KVCache {
+    int n_layers = 0, n_kv = 0, head_dim = 0, capacity = 0;
+    int pos = 0;  // tokens already in the cache
+    std::vector<float> k, v;
+    KVCache() = default;
+    KVCache(const ModelConfig& c, int capacity);
+    float* k_at(int layer, int p) { return &k[(((size_t)layer * capacity + p) * n_kv) * head_dim]; }
+    float* v_at(int layer, int p) { return &v[(((size_t)layer * capacity + p) * n_kv) * head_dim]; }
+    void truncate(int n) { pos = n; }  // forget tokens from n on (branching in eval)
+};
+
+class Model {
+public:
+    explicit Model(ModelWeights w);
+    const ModelConfig& config() const { return w_.cfg; }
+    const ModelWeights& weights() const { return w_; }
+    ModelWeights& weights() { return w_; }
+
+    // Runs n tokens starting at cache.pos, appends them to the cache.
+    // logits: [n, vocab] when all_logits, else [1, vocab] for the last token.
+    void forward(const int* tokens, int n, KVCache& cache, float* logits, bool all_logits) const;
+
+private:
+    ModelWeights w_;
+    std::vector<float> rope_inv_freq_;  // [head_dim/2], scaling applied
+};
+
+}  // namespace sq
