@@ -1,0 +1,33 @@
+#include "cli/common.h"
+
+#include <chrono>
+#include <filesystem>
+
+#include "core/error.h"
+
+#ifndef SQ_SOURCE_DIR
+#define SQ_SOURCE_DIR "."
+#endif
+
+namespace sq {
+
+LoadedModel model_open(const std::string& path, bool progress) {
+    auto t0 = std::chrono::steady_clock::now();
+    LoadedModel m;
+    m.ck = checkpoint_open(path);
+    m.tok = std::make_unique<Tokenizer>(m.ck.tokenizer);
+    m.model = std::make_unique<Model>(model_load_f32(m.ck, progress));
+    m.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return m;
+}
+
+std::string default_data_dir() {
+    namespace fs = std::filesystem;
+    for (fs::path p : {fs::path("../shared/data"), fs::path(SQ_SOURCE_DIR) / ".." / "shared" / "data"}) {
+        std::error_code ec;
+        if (fs::is_directory(p, ec)) return fs::weakly_canonical(p, ec).string();
+    }
+    return "../shared/data";
+}
+
+}  // namespace sq

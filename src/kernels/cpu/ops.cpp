@@ -1,0 +1,99 @@
+#include "kernels/cpu/ops.h"
+
+#include <cmath>
+#include <vector>
+
+#include "core/threads.h"
+
+#define SQ_CLONES __attribute__((target_clones("avx2,fma", "default")))
+
+namespace sq {
+
+SQ_CLONES static void rmsnorm_row(const float* x, const float* w, int64_t d, float eps, float* y) {
+    float ss = 0.0f;
+    for (int64_t i = 0; i < d; ++i) ss += x[i] * x[i];
+    const float r = 1.0f / std::sqrt(ss / (float)d + eps);
+    for (int64_t i = 0; i < d; ++i) y[i] = w[i] * (x[i] * r);
+}
+
+void rmsnorm_f32(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y) {
+    parallel_for(n, [&](int64_t t) { rmsnorm_row(x + t * d, w, d, eps, y + t * d); });
+}
+
+void rope_f32(float* x, int64_t n, int n_heads, int head_dim, int pos0, const float* inv_freq) {
+    const int half = head_dim / 2;
+    parallel_for(n, [&](int64_t t) {
+        // angles as Hugging Face computes them: float32 position × float32 inv_freq
+        float c[512], s[512];
+        for (int i = 0; i < half; ++i) {
+            const float ang = (float)(pos0 + t) * inv_freq[i];
+            c[i] = std::cos(ang);
+            s[i] = std::sin(ang);
+        }
+        for (int h = 0; h < n_heads; ++h) {
+            float* v = x + (t * n_heads + h) * head_dim;
+            for (int i = 0; i < half; ++i) {
+                const float a = v[i], b = v[i + half];
+                v[i] = a * c[i] - b * s[i];
+                v[i + half] = b * c[i] + a * s[i];
+            }
+        }
+    });
+}
+
+SQ_CLONES static void silu_mul_block(float* g, const float* u, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+void silu_mul_f32(float* g, const float* u, int64_t count) {
+    const int64_t block = 4096;
+    parallel_for((count + block - 1) / block, [&](int64_t b) {
+        const int64_t lo = b * block, hi = std::min(count, lo + block);
+        silu_mul_block(g + lo, u + lo, hi - lo);
+    });
+}
+
+SQ_CLONES static float dot_f32(const float* a, const float* b, int n) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+SQ_CLONES static void axpy_f32(float a, const float* x, float* y, int n) {
+#pragma omp simd
+    for (int i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+void attention_f32(const float* q, const float* k, const float* v, int64_t kv_stride, int64_t n, int pos0,
+                   int n_heads, int n_kv_heads, int hd, float* out) {
+    const int group = n_heads / n_kv_heads;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    const int64_t jobs = n * n_heads;
+    parallel_for_dynamic(jobs, [&](int64_t job) {
+        const int64_t t = job / n_heads;
+        const int h = (int)(job % n_heads);
+        const int g = h / group;
+        const int len = pos0 + (int)t + 1;  // causal: keys 0..pos0+t
+        thread_local std::vector<float> p;
+        if ((int)p.size() < len) p.resize(len);
+        const float* qv = q + (t * n_heads + h) * hd;
+        float mx = -INFINITY;
+        for (int j = 0; j < len; ++j) {
+            const float sc = dot_f32(qv, k + j * kv_stride + g * hd, hd) * scale;
+            p[j] = sc;
+            mx = sc > mx ? sc : mx;
+        }
+        float sum = 0.0f;
+        for (int j = 0; j < len; ++j) {
+            p[j] = std::exp(p[j] - mx);
+            sum += p[j];
+        }
+        const float inv = 1.0f / sum;
+        float* o = out + (t * n_heads + h) * hd;
+        for (int i = 0; i < hd; ++i) o[i] = 0.0f;
+        for (int j = 0; j < len; ++j) axpy_f32(p[j] * inv, v + j * kv_stride + g * hd, o, hd);
+    });
+}
+
+}  // namespace sq

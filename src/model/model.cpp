@@ -1,0 +1,148 @@
+#include "model/model.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "kernels/cpu/ops.h"
+
+namespace sq {
+
+KVCache::KVCache(const ModelConfig& c, int cap)
+    : n_layers(c.n_layers), n_kv(c.n_kv_heads), head_dim(c.head_dim), capacity(cap) {
+    SQ_CHECK(cap > 0, "KV cache: capacity must be positive, got ", cap);
+    const size_t count = (size_t)n_layers * cap * n_kv * head_dim;
+    k.assign(count, 0.0f);
+    v.assign(count, 0.0f);
+}
+
+static std::vector<float> rope_inv_freq(const ModelConfig& c) {
+    const int half = c.head_dim / 2;
+    std::vector<float> f(half);
+    for (int i = 0; i < half; ++i) {
+        // Hugging Face: 1 / theta^(2i/hd), computed in float32
+        const float expo = (float)(2 * i) / (float)c.head_dim;
+        f[i] = 1.0f / std::pow(c.rope_theta, expo);
+    }
+    if (c.rope_scaling == ROPE_SCALING_LINEAR) {
+        for (auto& x : f) x /= c.rope_factor;
+    } else if (c.rope_scaling == ROPE_SCALING_LLAMA3) {
+        // Long wavelengths are slowed by `factor`, short ones kept, the band
+        // between blended (Llama 3.1 "llama3" rope_scaling).
+        const float lo_wl = (float)c.rope_original_max_pos / c.rope_low_freq_factor;
+        const float hi_wl = (float)c.rope_original_max_pos / c.rope_high_freq_factor;
+        for (auto& x : f) {
+            const float wl = 2.0f * (float)M_PI / x;
+            if (wl < hi_wl) continue;
+            if (wl > lo_wl) {
+                x = x / c.rope_factor;
+            } else {
+                const float smooth = ((float)c.rope_original_max_pos / wl - c.rope_low_freq_factor) /
+                                     (c.rope_high_freq_factor - c.rope_low_freq_factor);
+                x = (1.0f - smooth) * x / c.rope_factor + smooth * x;
+            }
+        }
+    }
+    return f;
+}
+
+ModelWeights model_load_f32(const Checkpoint& ck, bool progress) {
+    const ModelConfig& c = ck.config;
+    const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
+                  ff = c.d_ff, V = c.vocab;
+    ModelWeights w;
+    w.cfg = c;
+    auto linear = [&](const std::string& name, int64_t out, int64_t in, const std::string& bias = "") {
+        TensorF32 t = ck.load(name, {out, in});
+        std::vector<float> b;
+        if (!bias.empty()) b = ck.load(bias, {out}).data;
+        return std::make_unique<LinearF32>(in, out, std::move(t.data), std::move(b));
+    };
+    w.embed = ck.load("embed", {V, d}).data;
+    w.final_norm = ck.load("final_norm", {d}).data;
+    std::unique_ptr<Progress> bar;
+    if (progress) bar = std::make_unique<Progress>("load", c.n_layers + 1, "layer");
+    w.layers.resize(c.n_layers);
+    for (int i = 0; i < c.n_layers; ++i) {
+        const std::string p = "layers." + std::to_string(i) + ".";
+        LayerWeights& L = w.layers[i];
+        L.attn_norm = ck.load(p + "attn_norm", {d}).data;
+        L.ffn_norm = ck.load(p + "ffn_norm", {d}).data;
+        L.q = linear(p + "q", qd, d, c.qkv_bias ? p + "q_bias" : "");
+        L.k = linear(p + "k", kvd, d, c.qkv_bias ? p + "k_bias" : "");
+        L.v = linear(p + "v", kvd, d, c.qkv_bias ? p + "v_bias" : "");
+        L.o = linear(p + "o", d, qd);
+        L.gate = linear(p + "gate", ff, d);
+        L.up = linear(p + "up", ff, d);
+        L.down = linear(p + "down", d, ff);
+        if (bar) bar->add();
+    }
+    if (c.tied_embeddings || !ck.has("lm_head")) {
+        w.lm_head = std::make_unique<LinearF32>(d, V, w.embed);
+    } else {
+        w.lm_head = linear("lm_head", V, d);
+    }
+    if (bar) bar->finish();
+    return w;
+}
+
+Model::Model(ModelWeights w) : w_(std::move(w)) {
+    config_validate(w_.cfg, "model");
+    rope_inv_freq_ = rope_inv_freq(w_.cfg);
+}
+
+void Model::forward(const int* tokens, int n, KVCache& cache, float* logits, bool all_logits) const {
+    const ModelConfig& c = w_.cfg;
+    SQ_CHECK(n > 0, "forward: no tokens");
+    SQ_CHECK(cache.pos + n <= cache.capacity, "forward: context overflow: ", cache.pos, " + ", n,
+             " tokens > KV cache capacity ", cache.capacity, " (raise -c)");
+    SQ_CHECK(cache.n_layers == c.n_layers && cache.n_kv == c.n_kv_heads && cache.head_dim == c.head_dim,
+             "forward: KV cache shape does not match the model");
+    const int64_t d = c.d_model, hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, qd = H * hd, kvd = KV * hd,
+                  ff = c.d_ff;
+    const int pos0 = cache.pos;
+
+    // Named intermediates, [n, width] row-major.
+    std::vector<float> h(n * d), x(n * d), q(n * qd), k(n * kvd), v(n * kvd), att(n * qd), proj(n * d),
+        gate(n * ff), up(n * ff);
+    for (int t = 0; t < n; ++t) {
+        SQ_CHECK(tokens[t] >= 0 && tokens[t] < c.vocab, "forward: token id ", tokens[t], " out of range [0, ",
+                 c.vocab, ")");
+        std::memcpy(&h[t * d], &w_.embed[(size_t)tokens[t] * d], d * sizeof(float));
+    }
+
+    for (int l = 0; l < c.n_layers; ++l) {
+        const LayerWeights& L = w_.layers[l];
+        // --- attention ---
+        rmsnorm_f32(h.data(), L.attn_norm.data(), n, d, c.rms_eps, x.data());
+        L.q->forward(x.data(), n, q.data());
+        L.k->forward(x.data(), n, k.data());
+        L.v->forward(x.data(), n, v.data());
+        rope_f32(q.data(), n, (int)H, (int)hd, pos0, rope_inv_freq_.data());
+        rope_f32(k.data(), n, (int)KV, (int)hd, pos0, rope_inv_freq_.data());
+        for (int t = 0; t < n; ++t) {
+            std::memcpy(cache.k_at(l, pos0 + t), &k[t * kvd], kvd * sizeof(float));
+            std::memcpy(cache.v_at(l, pos0 + t), &v[t * kvd], kvd * sizeof(float));
+        }
+        attention_f32(q.data(), cache.k_at(l, 0), cache.v_at(l, 0), kvd, n, pos0, (int)H, (int)KV, (int)hd,
+                      att.data());
+        L.o->forward(att.data(), n, proj.data());
+        for (int64_t i = 0; i < n * d; ++i) h[i] += proj[i];
+        // --- SwiGLU MLP ---
+        rmsnorm_f32(h.data(), L.ffn_norm.data(), n, d, c.rms_eps, x.data());
+        L.gate->forward(x.data(), n, gate.data());
+        L.up->forward(x.data(), n, up.data());
+        silu_mul_f32(gate.data(), up.data(), (int64_t)n * ff);
+        L.down->forward(gate.data(), n, proj.data());
+        for (int64_t i = 0; i < n * d; ++i) h[i] += proj[i];
+    }
+    cache.pos = pos0 + n;
+
+    const int first = all_logits ? 0 : n - 1;
+    const int rows = n - first;
+    rmsnorm_f32(&h[first * d], w_.final_norm.data(), rows, d, c.rms_eps, x.data());
+    w_.lm_head->forward(x.data(), rows, logits);
+}
+
+}  // namespace sq
