@@ -1,0 +1,121 @@
+// Whole-model golden tests: tiny random LLaMA / Qwen2 fixtures against
+// Hugging Face transformers logits (scripts/make_model_fixtures.py), and the
+// default model's greedy tokens against transformers
+// (scripts/make_smollm2_golden.py).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "io/checkpoint.h"
+#include "io/tokenizer.h"
+#include "model/model.h"
+#include "model/sampler.h"
+
+using namespace sq;
+
+namespace {
+
+struct Fixture {
+    std::vector<int> tokens;
+    int vocab = 0;
+    std::vector<float> logits;  // [tokens, vocab]
+};
+
+Fixture read_fixture(const std::string& dir) {
+    Fixture f;
+    std::ifstream tj(dir + "/ref_tokens.json");
+    auto j = nlohmann::json::parse(tj);
+    f.tokens = j["tokens"].get<std::vector<int>>();
+    f.vocab = j["vocab"];
+    std::ifstream lb(dir + "/ref_logits.f32", std::ios::binary);
+    f.logits.resize(f.tokens.size() * f.vocab);
+    lb.read(reinterpret_cast<char*>(f.logits.data()), f.logits.size() * sizeof(float));
+    EXPECT_TRUE(lb.good()) << dir;
+    return f;
+}
+
+// Relative error of one logits row: max|a - r| / max|r|. Float32 against the
+// float64 reference over a few layers lands near 1e-6; the bar is 1e-4.
+double row_rel_err(const float* a, const float* r, int n) {
+    double num = 0, den = 0;
+    for (int i = 0; i < n; ++i) {
+        num = std::max(num, (double)std::fabs(a[i] - r[i]));
+        den = std::max(den, (double)std::fabs(r[i]));
+    }
+    return num / den;
+}
+
+void check_fixture(const std::string& name) {
+    const std::string dir = std::string(SQ_TEST_DATA) + "/models/" + name;
+    Fixture f = read_fixture(dir);
+    Checkpoint ck = checkpoint_open(dir);
+    Model model(model_load_f32(ck, false));
+    ASSERT_EQ(model.config().vocab, f.vocab);
+    const int n = (int)f.tokens.size();
+
+    // Prefill: all positions at once.
+    KVCache cache(model.config(), n);
+    std::vector<float> logits((size_t)n * f.vocab, NAN);
+    model.forward(f.tokens.data(), n, cache, logits.data(), true);
+    double worst = 0;
+    for (int t = 0; t < n; ++t)
+        worst = std::max(worst, row_rel_err(&logits[(size_t)t * f.vocab], &f.logits[(size_t)t * f.vocab], f.vocab));
+    EXPECT_LE(worst, 1e-4) << name << " prefill";
+
+    // Decode: a 5-token prefill then one token at a time through the KV cache.
+    KVCache c2(model.config(), n);
+    std::vector<float> last(f.vocab, NAN);
+    model.forward(f.tokens.data(), 5, c2, last.data(), false);
+    double worst_dec = row_rel_err(last.data(), &f.logits[(size_t)4 * f.vocab], f.vocab);
+    for (int t = 5; t < n; ++t) {
+        model.forward(&f.tokens[t], 1, c2, last.data(), false);
+        worst_dec = std::max(worst_dec, row_rel_err(last.data(), &f.logits[(size_t)t * f.vocab], f.vocab));
+    }
+    EXPECT_LE(worst_dec, 1e-4) << name << " decode";
+    EXPECT_EQ(c2.pos, n);
+}
+
+}  // namespace
+
+TEST(ModelGolden, TinyLlamaGqaUntiedLlama3Rope) { check_fixture("tiny_llama"); }
+TEST(ModelGolden, TinyQwen2BiasTied) { check_fixture("tiny_qwen2"); }
+TEST(ModelGolden, TinyLlamaSpmLinearRope) { check_fixture("tiny_llama_spm"); }
+
+TEST(ModelGolden, KvCacheOverflowIsAnError) {
+    Checkpoint ck = checkpoint_open(std::string(SQ_TEST_DATA) + "/models/tiny_llama");
+    Model model(model_load_f32(ck, false));
+    KVCache cache(model.config(), 4);
+    std::vector<int> toks = {1, 2, 3, 4, 5};
+    std::vector<float> logits(model.config().vocab);
+    EXPECT_THROW(model.forward(toks.data(), 5, cache, logits.data(), false), Error);
+}
+
+// SmolLM2-135M-Instruct (fetched by scripts/setup.sh): the first 32 greedy
+// tokens equal those of Hugging Face transformers on the same GGUF.
+TEST(ModelGolden, SmolLM2GreedyMatchesTransformers) {
+    const std::string path = std::string(SQ_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    std::ifstream probe(path);
+    ASSERT_TRUE(probe.good()) << path << " missing: run scripts/setup.sh";
+    std::ifstream gj(std::string(SQ_TEST_DATA) + "/smollm2/greedy_golden.json");
+    auto golden = nlohmann::json::parse(gj);
+    Checkpoint ck = checkpoint_open(path);
+    Tokenizer tok(ck.tokenizer);
+    Model model(model_load_f32(ck, false));
+    for (auto& c : golden["cases"]) {
+        std::vector<int> ids = tok.encode(c["prompt"].get<std::string>(), false);
+        ASSERT_EQ(ids, c["prompt_ids"].get<std::vector<int>>()) << c["prompt"];
+        const int n_new = golden["n_new"];
+        KVCache cache(model.config(), (int)ids.size() + n_new);
+        std::vector<float> logits(model.config().vocab);
+        model.forward(ids.data(), (int)ids.size(), cache, logits.data(), false);
+        std::vector<int> out;
+        for (int i = 0; i < n_new; ++i) {
+            int next = argmax(logits.data(), model.config().vocab);
+            out.push_back(next);
+            if (i + 1 < n_new) model.forward(&next, 1, cache, logits.data(), false);
+        }
+        EXPECT_EQ(out, c["greedy_ids"].get<std::vector<int>>()) << c["prompt"] << " -> " << tok.decode(out);
+    }
+}
