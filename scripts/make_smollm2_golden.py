@@ -32,9 +32,12 @@ def main():
         ids = tok(p, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0, -1].double()
-            out = model.generate(torch.tensor([ids]), max_new_tokens=N_NEW, do_sample=False,
-                                 min_new_tokens=N_NEW, pad_token_id=tok.eos_token_id)
-        new = out[0, len(ids):].tolist()
+            # Plain argmax loop (no generate(): its logits processors, e.g.
+            # min_new_tokens suppressing EOS, would change the sequence).
+            seq = list(ids)
+            for _ in range(N_NEW):
+                seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+        new = seq[len(ids):]
         top = torch.topk(logits, 5)
         cases.append({"prompt": p, "prompt_ids": ids, "greedy_ids": new,
                       "greedy_text": tok.decode(new),

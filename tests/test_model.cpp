@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/error.h"
 #include "io/checkpoint.h"
 #include "io/tokenizer.h"
 #include "model/model.h"

@@ -1,0 +1,77 @@
+#include "kernels/ref/w4a4_ref.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/w4a4_format.h"
+
+namespace sq {
+
+// Returns (s, z) for one row; s > 0 always (a constant row gets s = 1 so
+// q = z and it dequantizes to exactly 0 … its value is then lost, as in
+// every asymmetric quantizer with the zero kept in range).
+static inline void asym_params(const float* x, int64_t k, int bits, float clip, float* s_out, int32_t* z_out) {
+    float mx = 0.0f, mn = 0.0f;  // the range always contains 0 so that z is in [0, qmax]
+    for (int64_t i = 0; i < k; ++i) {
+        mx = std::max(mx, x[i]);
+        mn = std::min(mn, x[i]);
+    }
+    const int qmax = (1 << bits) - 1;
+    mx *= clip;
+    mn *= clip;
+    float s = (mx - mn) / (float)qmax;
+    if (!(s > 0.0f)) s = 1.0f;
+    const int32_t z = (int32_t)std::nearbyint(-mn / s);  // default rounding: half to even
+    *s_out = s;
+    *z_out = std::clamp(z, 0, qmax);
+}
+
+void act_quant_ref(const float* x, int64_t n, int64_t k, int bits, float clip, uint8_t* q, float* scale,
+                   int32_t* zero) {
+    const int qmax = (1 << bits) - 1;
+    for (int64_t t = 0; t < n; ++t) {
+        const float* xr = x + t * k;
+        float s;
+        int32_t z;
+        asym_params(xr, k, bits, clip, &s, &z);
+        const float inv = 1.0f / s;
+        for (int64_t i = 0; i < k; ++i) {
+            const int v = (int)std::nearbyint(xr[i] * inv) + z;
+            q[t * k + i] = (uint8_t)std::clamp(v, 0, qmax);
+        }
+        scale[t] = s;
+        zero[t] = z;
+    }
+}
+
+void gemm_w4a4_acc_ref(const uint8_t* q, int64_t n, int64_t k, const uint8_t* codes, int64_t m, int32_t* acc) {
+    const int64_t rb = w4_row_bytes(k);
+    for (int64_t t = 0; t < n; ++t)
+        for (int64_t j = 0; j < m; ++j) {
+            const uint8_t* row = codes + j * rb;
+            int32_t a = 0;
+            for (int64_t i = 0; i < k; ++i) a += (int32_t)q[t * k + i] * w4_get(row, i);
+            acc[t * m + j] = a;
+        }
+}
+
+void w4a4_epilogue_ref(const int32_t* acc, int64_t n, int64_t m, const float* act_scale, const int32_t* act_zero,
+                       const float* w_scale, const int32_t* w_rowsum, float* y) {
+    for (int64_t t = 0; t < n; ++t)
+        for (int64_t j = 0; j < m; ++j)
+            y[t * m + j] = act_scale[t] * w_scale[j] * (float)(acc[t * m + j] - act_zero[t] * w_rowsum[j]);
+}
+
+void fake_quant_asym_ref(float* x, int64_t k, int bits, float clip) {
+    const int qmax = (1 << bits) - 1;
+    float s;
+    int32_t z;
+    asym_params(x, k, bits, clip, &s, &z);
+    const float inv = 1.0f / s;
+    for (int64_t i = 0; i < k; ++i) {
+        const int v = std::clamp((int)std::nearbyint(x[i] * inv) + z, 0, qmax);
+        x[i] = s * (float)(v - z);
+    }
+}
+
+}  // namespace sq

@@ -1,0 +1,24 @@
+// Scalar reference of the W4A4 kernels: the specification the AVX2 and CUDA
+// versions are tested against (integer parts bit-exact). Formats: w4a4_format.h.
+#pragma once
+#include <cstdint>
+
+namespace sq {
+
+// Per-token asymmetric quantization of x [n, k] to `bits` (2..8).
+// q [n, k] codes in [0, 2^bits − 1]; scale [n]; zero [n].
+void act_quant_ref(const float* x, int64_t n, int64_t k, int bits, float clip, uint8_t* q, float* scale,
+                   int32_t* zero);
+
+// acc [n, m] = q [n, k] · codes [m, k]ᵀ in int32.
+void gemm_w4a4_acc_ref(const uint8_t* q, int64_t n, int64_t k, const uint8_t* codes, int64_t m, int32_t* acc);
+
+// y [n, m] = s_t · scale_j · (acc − z_t · rowsum_j)  (overwrites y).
+void w4a4_epilogue_ref(const int32_t* acc, int64_t n, int64_t m, const float* act_scale, const int32_t* act_zero,
+                       const float* w_scale, const int32_t* w_rowsum, float* y);
+
+// Per-token asymmetric fake quantization of one vector (KV cache entries):
+// x ← s · (q − z) with the same rounding as act_quant_ref.
+void fake_quant_asym_ref(float* x, int64_t k, int bits, float clip);
+
+}  // namespace sq

@@ -1,0 +1,145 @@
+#include "model/linear_w4a4.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/fp16.h"
+#include "core/threads.h"
+#include "kernels/ref/w4a4_ref.h"
+#include "kernels/w4a4_format.h"
+
+namespace sq {
+
+void QLinearData::validate(const std::string& where) const {
+    SQ_CHECK(in > 0 && out > 0, where, ": bad shape ", out, "x", in);
+    SQ_CHECK((a_bits >= 2 && a_bits <= 8) || a_bits == 16, where, ": activation bits ", a_bits,
+             " out of range (2..8 or 16)");
+    SQ_CHECK(a_clip > 0.0f && a_clip <= 1.0f, where, ": activation clip ", a_clip, " out of range (0, 1]");
+    SQ_CHECK((int64_t)codes.size() == out * w4_row_bytes(in), where, ": codes have ", codes.size(), " bytes");
+    SQ_CHECK((int64_t)scale.size() == out && (int64_t)rowsum.size() == out, where, ": scales/rowsums size");
+    SQ_CHECK(rank >= 0 && rank <= in, where, ": spectral rank ", rank, " out of range");
+    SQ_CHECK((int64_t)coef.size() == out * rank, where, ": spectral coefficients size");
+    if (rank > 0 && basis == "fourier") {
+        SQ_CHECK(rank % 2 == 1 && (rank + 1) / 2 <= in / 2 + 1, where, ": fourier rank ", rank, " invalid for in=", in);
+    } else if (rank > 0) {
+        SQ_CHECK(basis == "explicit", where, ": unknown basis '", basis, "'");
+        SQ_CHECK((int64_t)basis_f16.size() == in * rank, where, ": explicit basis size");
+    }
+    SQ_CHECK(bias.empty() || (int64_t)bias.size() == out, where, ": bias size");
+    SQ_CHECK(had_in == 0 || had_in == in, where, ": online Hadamard size ", had_in, " != in ", in);
+    for (int64_t j = 0; j < out; ++j) {
+        int32_t s = 0;
+        const uint8_t* row = &codes[j * w4_row_bytes(in)];
+        for (int64_t k = 0; k < in; ++k) s += w4_get(row, k);
+        SQ_CHECK(s == rowsum[j], where, ": row ", j, " rowsum ", rowsum[j], " does not match its codes (", s, ")");
+    }
+}
+
+size_t QLinearData::bytes() const {
+    return codes.size() + scale.size() * 4 + rowsum.size() * 4 + coef.size() * 2 + basis_f16.size() * 2 +
+           bias.size() * 4;
+}
+
+std::vector<float> fourier_basis(int64_t in, int rank) {
+    const int K = (rank + 1) / 2;
+    std::vector<float> B((size_t)in * rank);
+    for (int64_t n = 0; n < in; ++n) {
+        float* r = &B[(size_t)n * rank];
+        r[0] = 1.0f;
+        for (int f = 1; f < K; ++f) {
+            // angle reduced mod in first: exact integer arithmetic, no drift at large n·f
+            const double a = 2.0 * M_PI * (double)((n * f) % in) / (double)in;
+            r[f] = (float)std::cos(a);
+            r[K - 1 + f] = (float)std::sin(a);
+        }
+    }
+    return B;
+}
+
+LinearW4A4Ref::LinearW4A4Ref(QLinearData d) : d_(std::move(d)) {
+    d_.validate("w4a4 linear");
+    SQ_CHECK(d_.had_in == 0, "w4a4 linear: online Hadamard not supported by this backend yet");
+    in = d_.in;
+    out = d_.out;
+    const int64_t rb = w4_row_bytes(in);
+    std::vector<float> wf((size_t)out * in);
+    for (int64_t j = 0; j < out; ++j)
+        for (int64_t k = 0; k < in; ++k) wf[(size_t)j * in + k] = (float)w4_get(&d_.codes[j * rb], k);
+    if (d_.a_bits >= 16) {
+        for (int64_t j = 0; j < out; ++j)
+            for (int64_t k = 0; k < in; ++k) wf[(size_t)j * in + k] *= d_.scale[j];
+        w_deq_ = gemm_f32_pack(wf.data(), out, in);
+    } else {
+        codes_f_ = gemm_f32_pack(wf.data(), out, in);
+        const int64_t qmax = (1 << d_.a_bits) - 1;
+        k_chunk_ = std::min<int64_t>(in, ((int64_t)1 << 24) / (qmax * 8) - 1);
+    }
+    if (d_.rank > 0) {
+        std::vector<float> B = d_.basis == "fourier" ? fourier_basis(in, d_.rank) : std::vector<float>();
+        if (d_.basis != "fourier") {
+            B.resize((size_t)in * d_.rank);
+            for (size_t i = 0; i < B.size(); ++i) B[i] = fp16_to_fp32(d_.basis_f16[i]);
+        }
+        std::vector<float> Bt((size_t)d_.rank * in);
+        for (int64_t n = 0; n < in; ++n)
+            for (int r = 0; r < d_.rank; ++r) Bt[(size_t)r * in + n] = B[(size_t)n * d_.rank + r];
+        basis_t_ = gemm_f32_pack(Bt.data(), d_.rank, in);
+        std::vector<float> C(d_.coef.size());
+        for (size_t i = 0; i < C.size(); ++i) C[i] = fp16_to_fp32(d_.coef[i]);
+        coef_f_ = gemm_f32_pack(C.data(), out, d_.rank);
+    }
+}
+
+static void gemm_any(const float* x, int64_t m, const PackedF32& w, float* y) {
+    if (m <= gemv_f32_max_m) gemv_f32(x, m, w, y);
+    else gemm_f32(x, m, w, y);
+}
+
+void LinearW4A4Ref::accumulators(const uint8_t* q, int64_t n, int32_t* acc) const {
+    // Chunks of K columns: each chunk's float sum is an exact integer.
+    std::vector<float> qf, part((size_t)n * out), wchunk;
+    for (int64_t k0 = 0; k0 < in; k0 += k_chunk_) {
+        const int64_t kc = std::min(k_chunk_, in - k0);
+        qf.resize((size_t)n * kc);
+        for (int64_t t = 0; t < n; ++t)
+            for (int64_t k = 0; k < kc; ++k) qf[(size_t)t * kc + k] = (float)q[t * in + k0 + k];
+        const float* wsrc = codes_f_.data();
+        PackedF32 wv;
+        if (kc == in) {
+            wv = gemm_f32_view(wsrc, out, in);
+        } else {
+            wchunk.resize((size_t)out * kc);
+            for (int64_t j = 0; j < out; ++j) std::memcpy(&wchunk[(size_t)j * kc], wsrc + j * in + k0, kc * 4);
+            wv = gemm_f32_view(wchunk.data(), out, kc);
+        }
+        gemm_any(qf.data(), n, wv, part.data());
+        for (size_t i = 0; i < part.size(); ++i) acc[i] = (k0 == 0 ? 0 : acc[i]) + (int32_t)part[i];
+    }
+}
+
+void LinearW4A4Ref::forward(const float* x, int64_t n, float* y) const {
+    if (d_.a_bits >= 16) {
+        gemm_any(x, n, w_deq_, y);
+    } else {
+        std::vector<uint8_t> q((size_t)n * in);
+        std::vector<float> s(n);
+        std::vector<int32_t> z(n), acc((size_t)n * out);
+        parallel_for(n, [&](int64_t t) {
+            act_quant_ref(x + t * in, 1, in, d_.a_bits, d_.a_clip, &q[t * in], &s[t], &z[t]);
+        });
+        accumulators(q.data(), n, acc.data());
+        w4a4_epilogue_ref(acc.data(), n, out, s.data(), z.data(), d_.scale.data(), d_.rowsum.data(), y);
+    }
+    if (d_.rank > 0) {
+        std::vector<float> zb((size_t)n * d_.rank), ys((size_t)n * out);
+        gemm_any(x, n, basis_t_, zb.data());
+        gemm_any(zb.data(), n, coef_f_, ys.data());
+        for (size_t i = 0; i < ys.size(); ++i) y[i] += ys[i];
+    }
+    if (!d_.bias.empty())
+        for (int64_t t = 0; t < n; ++t)
+            for (int64_t j = 0; j < out; ++j) y[t * out + j] += d_.bias[j];
+}
+
+}  // namespace sq
