@@ -29,13 +29,21 @@ public:
     bool add_bos_default() const;  // what the checkpoint asks for
     int vocab_size() const;
     const TokenizerData& data() const;
+    TokenType token_type(int id) const;  // TOKEN_NORMAL when the data has no types
 
 private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
 
-// Parses a Hugging Face tokenizer.json (BPE models only).
+// Parses a Hugging Face tokenizer.json (BPE models only). bos/eos/add_bos come
+// from a sibling tokenizer_config.json when there is one, else from the
+// post-processor template and the usual special-token names.
 TokenizerData tokenizer_data_from_json(const std::string& path);
+
+// The PCRE2 pre-tokenizer regex for a byte-level `pre` ("gpt2", "llama3",
+// "qwen2"; "smollm" splits digits first, then uses "gpt2"), nullptr if unknown.
+// "llama-bpe" (llama.cpp's name for LLaMA-3) is accepted as "llama3".
+const char* pretokenizer_regex(const std::string& pre);
 
 }  // namespace sq

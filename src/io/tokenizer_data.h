@@ -27,6 +27,10 @@ struct TokenizerData {
     bool add_bos = false;
     bool add_eos = false;
     bool add_space_prefix = false;  // SPM: prepend "▁" to the text
+    // BPE: a word that is itself a token is taken whole, before any merge (HF
+    // `ignore_merges`, set in LLaMA-3's tokenizer.json). The Tokenizer also turns
+    // it on for pre "llama3"/"llama-bpe" as llama.cpp does, so GGUF loaders may leave it.
+    bool ignore_merges = false;
     std::string source;             // file it came from, for error messages
 };
 
