@@ -4,6 +4,8 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "io/packed_file.h"
+#include "quant/packed_model.h"
 
 #ifndef SQ_SOURCE_DIR
 #define SQ_SOURCE_DIR "."
@@ -14,9 +16,19 @@ namespace sq {
 LoadedModel model_open(const std::string& path, bool progress) {
     auto t0 = std::chrono::steady_clock::now();
     LoadedModel m;
-    m.ck = checkpoint_open(path);
-    m.tok = std::make_unique<Tokenizer>(m.ck.tokenizer);
-    m.model = std::make_unique<Model>(model_load_f32(m.ck, progress));
+    m.path = path;
+    if (packed_is(path)) {
+        PackedModel pm = packed_model_load(path);
+        m.packed = true;
+        m.quant = pm.quant;
+        m.tok = std::make_unique<Tokenizer>(pm.tokenizer);
+        m.model = std::make_unique<Model>(std::move(pm.weights));
+    } else {
+        m.ck = checkpoint_open(path);
+        m.quant = {{"method", "fp"}, {"w_bits", 16}, {"a_bits", 16}, {"kv_bits", 16}};
+        m.tok = std::make_unique<Tokenizer>(m.ck.tokenizer);
+        m.model = std::make_unique<Model>(model_load_f32(m.ck, progress));
+    }
     m.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return m;
 }

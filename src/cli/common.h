@@ -2,6 +2,7 @@
 // tokenizer, and where the evaluation data lives.
 #pragma once
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "cli/command.h"
@@ -12,13 +13,17 @@
 namespace sq {
 
 struct LoadedModel {
-    Checkpoint ck;
+    std::string path;
+    Checkpoint ck;  // empty for a packed (quantized) model file
+    bool packed = false;
+    nlohmann::json quant;  // method, bits, parameters ({"method": "fp"} for a checkpoint)
     std::unique_ptr<Model> model;
     std::unique_ptr<Tokenizer> tok;
     double load_s = 0.0;
 };
 
-// Opens a checkpoint (GGUF file or HF directory) and builds the float32 model.
+// Opens a checkpoint (GGUF file or HF directory) as a float32 model, or a
+// packed quantized model written by `specquant quantize`.
 LoadedModel model_open(const std::string& path, bool progress = true);
 
 // The shared data directory: `../shared/data` relative to the working

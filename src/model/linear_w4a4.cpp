@@ -42,6 +42,7 @@ size_t QLinearData::bytes() const {
 }
 
 std::vector<float> fourier_basis(int64_t in, int rank) {
+    if (rank <= 0) return {};
     const int K = (rank + 1) / 2;
     std::vector<float> B((size_t)in * rank);
     for (int64_t n = 0; n < in; ++n) {

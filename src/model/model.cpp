@@ -5,7 +5,9 @@
 
 #include "core/error.h"
 #include "core/progress.h"
+#include "core/threads.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/ref/w4a4_ref.h"
 
 namespace sq {
 
@@ -89,6 +91,8 @@ ModelWeights model_load_f32(const Checkpoint& ck, bool progress) {
 
 Model::Model(ModelWeights w) : w_(std::move(w)) {
     config_validate(w_.cfg, "model");
+    SQ_CHECK(w_.kv_bits == 16 || (w_.kv_bits >= 2 && w_.kv_bits <= 8), "model: KV cache bits ", w_.kv_bits,
+             " out of range (2..8 or 16)");
     rope_inv_freq_ = rope_inv_freq(w_.cfg);
 }
 
@@ -121,6 +125,12 @@ void Model::forward(const int* tokens, int n, KVCache& cache, float* logits, boo
         L.v->forward(x.data(), n, v.data());
         rope_f32(q.data(), n, (int)H, (int)hd, pos0, rope_inv_freq_.data());
         rope_f32(k.data(), n, (int)KV, (int)hd, pos0, rope_inv_freq_.data());
+        if (w_.kv_bits < 16) {
+            parallel_for((int64_t)n * KV, [&](int64_t i) {
+                fake_quant_asym_ref(&k[i * hd], hd, w_.kv_bits, w_.kv_clip);
+                fake_quant_asym_ref(&v[i * hd], hd, w_.kv_bits, w_.kv_clip);
+            });
+        }
         for (int t = 0; t < n; ++t) {
             std::memcpy(cache.k_at(l, pos0 + t), &k[t * kvd], kvd * sizeof(float));
             std::memcpy(cache.v_at(l, pos0 + t), &v[t * kvd], kvd * sizeof(float));

@@ -30,6 +30,10 @@ struct ModelWeights {
     std::vector<float> final_norm;  // [d]
     std::unique_ptr<Linear> lm_head;  // [vocab, d]; a copy of embed when tied
     std::vector<LayerWeights> layers;
+    // KV cache precision: 16 = float; 2..8 = asymmetric per token and KV head
+    // (codes dequantized on write: numerically the reference of a packed cache).
+    int kv_bits = 16;
+    float kv_clip = 1.0f;
 };
 
 // Builds float32 weights from a checkpoint (progress bar per layer).

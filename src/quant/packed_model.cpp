@@ -1,0 +1,254 @@
+#include "quant/packed_model.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#include "core/fp16.h"
+#include "io/packed_file.h"
+#include "kernels/w4a4_format.h"
+#include "model/linear_w4a4.h"
+
+namespace sq {
+
+using json = nlohmann::json;
+
+json config_to_json(const ModelConfig& c) {
+    return {{"arch", c.arch}, {"name", c.name}, {"n_layers", c.n_layers}, {"d_model", c.d_model},
+            {"n_heads", c.n_heads}, {"n_kv_heads", c.n_kv_heads}, {"head_dim", c.head_dim}, {"d_ff", c.d_ff},
+            {"vocab", c.vocab}, {"max_ctx", c.max_ctx}, {"rms_eps", c.rms_eps}, {"rope_theta", c.rope_theta},
+            {"rope_scaling", (int)c.rope_scaling}, {"rope_factor", c.rope_factor},
+            {"rope_low_freq_factor", c.rope_low_freq_factor}, {"rope_high_freq_factor", c.rope_high_freq_factor},
+            {"rope_original_max_pos", c.rope_original_max_pos}, {"tied_embeddings", c.tied_embeddings},
+            {"qkv_bias", c.qkv_bias}};
+}
+
+ModelConfig config_from_json(const json& j, const std::string& source) {
+    ModelConfig c;
+    try {
+        c.arch = j.at("arch");
+        c.name = j.at("name");
+        c.n_layers = j.at("n_layers");
+        c.d_model = j.at("d_model");
+        c.n_heads = j.at("n_heads");
+        c.n_kv_heads = j.at("n_kv_heads");
+        c.head_dim = j.at("head_dim");
+        c.d_ff = j.at("d_ff");
+        c.vocab = j.at("vocab");
+        c.max_ctx = j.at("max_ctx");
+        c.rms_eps = j.at("rms_eps");
+        c.rope_theta = j.at("rope_theta");
+        int rs = j.at("rope_scaling");
+        SQ_CHECK(rs >= 0 && rs <= 2, source, ": config.rope_scaling ", rs, " unknown");
+        c.rope_scaling = (RopeScaling)rs;
+        c.rope_factor = j.at("rope_factor");
+        c.rope_low_freq_factor = j.at("rope_low_freq_factor");
+        c.rope_high_freq_factor = j.at("rope_high_freq_factor");
+        c.rope_original_max_pos = j.at("rope_original_max_pos");
+        c.tied_embeddings = j.at("tied_embeddings");
+        c.qkv_bias = j.at("qkv_bias");
+    } catch (const json::exception& e) {
+        fail(source, ": config: ", e.what());
+    }
+    config_validate(c, source);
+    return c;
+}
+
+json tokenizer_to_json(const TokenizerData& t) {
+    json merges = json::array();
+    for (auto& [a, b] : t.merges) merges.push_back(a + " " + b);
+    return {{"kind", t.kind == TOKENIZER_BPE_BYTE ? "bpe_byte" : "spm_bpe"}, {"pre", t.pre}, {"tokens", t.tokens},
+            {"scores", t.scores}, {"token_types", t.token_types}, {"merges", merges}, {"bos", t.bos}, {"eos", t.eos},
+            {"unk", t.unk}, {"pad", t.pad}, {"add_bos", t.add_bos}, {"add_eos", t.add_eos},
+            {"add_space_prefix", t.add_space_prefix}};
+}
+
+TokenizerData tokenizer_from_json(const json& j, const std::string& source) {
+    TokenizerData t;
+    try {
+        const std::string kind = j.at("kind");
+        SQ_CHECK(kind == "bpe_byte" || kind == "spm_bpe", source, ": tokenizer.kind '", kind, "' unknown");
+        t.kind = kind == "bpe_byte" ? TOKENIZER_BPE_BYTE : TOKENIZER_SPM_BPE;
+        t.pre = j.at("pre");
+        t.tokens = j.at("tokens").get<std::vector<std::string>>();
+        t.scores = j.at("scores").get<std::vector<float>>();
+        t.token_types = j.at("token_types").get<std::vector<int>>();
+        for (const auto& m : j.at("merges")) {
+            const std::string s = m;
+            const size_t sp = s.find(' ', 1);
+            SQ_CHECK(sp != std::string::npos, source, ": tokenizer merge '", s, "' has no space");
+            t.merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
+        }
+        t.bos = j.at("bos");
+        t.eos = j.at("eos");
+        t.unk = j.at("unk");
+        t.pad = j.at("pad");
+        t.add_bos = j.at("add_bos");
+        t.add_eos = j.at("add_eos");
+        t.add_space_prefix = j.at("add_space_prefix");
+    } catch (const json::exception& e) {
+        fail(source, ": tokenizer: ", e.what());
+    }
+    t.source = source;
+    return t;
+}
+
+namespace {
+
+template <class T>
+PackedTensor tensor_of(const std::string& name, const std::string& dtype, std::vector<int64_t> shape,
+                       const std::vector<T>& v) {
+    PackedTensor t{name, dtype, std::move(shape), {}};
+    t.bytes.resize(v.size() * sizeof(T));
+    if (!v.empty()) std::memcpy(t.bytes.data(), v.data(), t.bytes.size());
+    return t;
+}
+
+PackedTensor f16_of(const std::string& name, std::vector<int64_t> shape, const std::vector<float>& v) {
+    std::vector<uint16_t> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i) h[i] = fp32_to_fp16(v[i]);
+    return tensor_of(name, "f16", std::move(shape), h);
+}
+
+template <class T>
+std::vector<T> read_vec(const PackedFile& pf, const std::string& name, const std::string& dtype,
+                        const std::vector<int64_t>& shape) {
+    const PackedView& v = pf.get(name, dtype, shape);
+    std::vector<T> out(v.nbytes / sizeof(T));
+    if (v.nbytes) std::memcpy(out.data(), v.data, v.nbytes);
+    return out;
+}
+
+std::vector<float> read_f16(const PackedFile& pf, const std::string& name, const std::vector<int64_t>& shape) {
+    auto h = read_vec<uint16_t>(pf, name, "f16", shape);
+    std::vector<float> f(h.size());
+    for (size_t i = 0; i < h.size(); ++i) f[i] = fp16_to_fp32(h[i]);
+    return f;
+}
+
+}  // namespace
+
+void packed_model_save(const std::string& path, const ModelWeights& w, const TokenizerData& tok, const json& quant) {
+    const ModelConfig& c = w.cfg;
+    std::vector<PackedTensor> ts;
+    json linears = json::object();
+    ts.push_back(f16_of("embed", {c.vocab, c.d_model}, w.embed));
+    ts.push_back(tensor_of("final_norm", "f32", {c.d_model}, w.final_norm));
+    auto add_linear = [&](const std::string& name, const Linear& L) {
+        if (auto* q = dynamic_cast<const LinearW4A4Ref*>(&L)) {
+            const QLinearData& d = q->data();
+            linears[name] = {{"type", "w4"}, {"in", d.in}, {"out", d.out}, {"a_bits", d.a_bits},
+                             {"a_clip", d.a_clip}, {"rank", d.rank}, {"basis", d.basis}, {"had_in", d.had_in},
+                             {"had_seed", d.had_seed}, {"bias", !d.bias.empty()}};
+            ts.push_back(tensor_of(name + ".codes", "u8", {d.out, w4_row_bytes(d.in)}, d.codes));
+            ts.push_back(tensor_of(name + ".scale", "f32", {d.out}, d.scale));
+            ts.push_back(tensor_of(name + ".rowsum", "i32", {d.out}, d.rowsum));
+            if (d.rank > 0) ts.push_back(tensor_of(name + ".coef", "f16", {d.out, d.rank}, d.coef));
+            if (!d.basis_f16.empty()) ts.push_back(tensor_of(name + ".basis", "f16", {d.in, d.rank}, d.basis_f16));
+            if (!d.bias.empty()) ts.push_back(tensor_of(name + ".bias", "f32", {d.out}, d.bias));
+        } else if (auto* f = dynamic_cast<const LinearF32*>(&L)) {
+            linears[name] = {{"type", "f16"}, {"in", f->in}, {"out", f->out}, {"bias", !f->bias.empty()}};
+            ts.push_back(f16_of(name + ".w", {f->out, f->in}, f->w));
+            if (!f->bias.empty()) ts.push_back(tensor_of(name + ".bias", "f32", {f->out}, f->bias));
+        } else {
+            fail("packed_model_save: linear ", name, " has a backend (", L.kind(), ") that cannot be saved");
+        }
+    };
+    for (int i = 0; i < c.n_layers; ++i) {
+        const std::string p = "layers." + std::to_string(i) + ".";
+        const LayerWeights& L = w.layers[i];
+        ts.push_back(tensor_of(p + "attn_norm", "f32", {c.d_model}, L.attn_norm));
+        ts.push_back(tensor_of(p + "ffn_norm", "f32", {c.d_model}, L.ffn_norm));
+        add_linear(p + "q", *L.q);
+        add_linear(p + "k", *L.k);
+        add_linear(p + "v", *L.v);
+        add_linear(p + "o", *L.o);
+        add_linear(p + "gate", *L.gate);
+        add_linear(p + "up", *L.up);
+        add_linear(p + "down", *L.down);
+    }
+    // lm_head: stored unless it is exactly the (tied) embedding.
+    auto* lm = dynamic_cast<const LinearF32*>(w.lm_head.get());
+    const bool tied = lm && lm->w == w.embed && lm->bias.empty();
+    if (!tied) add_linear("lm_head", *w.lm_head);
+    json meta = {{"format", "specquant-packed"}, {"config", config_to_json(c)}, {"tokenizer", tokenizer_to_json(tok)},
+                 {"quant", quant}, {"kv_bits", w.kv_bits}, {"kv_clip", w.kv_clip}, {"linears", linears},
+                 {"lm_head_tied", tied}};
+    packed_write(path, meta, ts);
+}
+
+PackedModel packed_model_load(const std::string& path) {
+    PackedFile pf = packed_open(path);
+    PackedModel pm;
+    ModelWeights& w = pm.weights;
+    try {
+        SQ_CHECK(pf.meta.value("format", "") == "specquant-packed", path, ": not a SpecQuant model file");
+        w.cfg = config_from_json(pf.meta.at("config"), path);
+        pm.tokenizer = tokenizer_from_json(pf.meta.at("tokenizer"), path);
+        pm.quant = pf.meta.at("quant");
+        w.kv_bits = pf.meta.at("kv_bits");
+        w.kv_clip = pf.meta.at("kv_clip");
+    } catch (const json::exception& e) {
+        fail(path, ": corrupt metadata: ", e.what());
+    }
+    const ModelConfig& c = w.cfg;
+    const json& linears = pf.meta.at("linears");
+    auto linear = [&](const std::string& name, int64_t out, int64_t in) -> std::unique_ptr<Linear> {
+        SQ_CHECK(linears.contains(name), path, ": linear ", name, " missing");
+        const json& m = linears.at(name);
+        try {
+            SQ_CHECK(m.at("in") == in && m.at("out") == out, path, ": linear ", name, " has shape ", m.at("out"), "x",
+                     m.at("in"), ", config says ", out, "x", in);
+            const bool has_bias = m.at("bias");
+            if (m.at("type") == "f16") {
+                return std::make_unique<LinearF32>(in, out, read_f16(pf, name + ".w", {out, in}),
+                                                   has_bias ? read_vec<float>(pf, name + ".bias", "f32", {out})
+                                                            : std::vector<float>());
+            }
+            SQ_CHECK(m.at("type") == "w4", path, ": linear ", name, " has unknown type ", m.at("type"));
+            QLinearData d;
+            d.in = in;
+            d.out = out;
+            d.a_bits = m.at("a_bits");
+            d.a_clip = m.at("a_clip");
+            d.rank = m.at("rank");
+            d.basis = m.at("basis");
+            d.had_in = m.at("had_in");
+            d.had_seed = m.at("had_seed");
+            SQ_CHECK(d.rank >= 0 && d.rank <= in, path, ": linear ", name, " rank ", d.rank, " out of range");
+            d.codes = read_vec<uint8_t>(pf, name + ".codes", "u8", {out, w4_row_bytes(in)});
+            d.scale = read_vec<float>(pf, name + ".scale", "f32", {out});
+            d.rowsum = read_vec<int32_t>(pf, name + ".rowsum", "i32", {out});
+            if (d.rank > 0) d.coef = read_vec<uint16_t>(pf, name + ".coef", "f16", {out, d.rank});
+            if (d.basis != "fourier" && d.rank > 0)
+                d.basis_f16 = read_vec<uint16_t>(pf, name + ".basis", "f16", {in, d.rank});
+            if (has_bias) d.bias = read_vec<float>(pf, name + ".bias", "f32", {out});
+            d.validate(path + ": " + name);
+            return std::make_unique<LinearW4A4Ref>(std::move(d));
+        } catch (const json::exception& e) {
+            fail(path, ": linear ", name, ": ", e.what());
+        }
+    };
+    const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
+                  ff = c.d_ff;
+    w.embed = read_f16(pf, "embed", {c.vocab, d});
+    w.final_norm = read_vec<float>(pf, "final_norm", "f32", {d});
+    w.layers.resize(c.n_layers);
+    for (int i = 0; i < c.n_layers; ++i) {
+        const std::string p = "layers." + std::to_string(i) + ".";
+        LayerWeights& L = w.layers[i];
+        L.attn_norm = read_vec<float>(pf, p + "attn_norm", "f32", {d});
+        L.ffn_norm = read_vec<float>(pf, p + "ffn_norm", "f32", {d});
+        L.q = linear(p + "q", qd, d);
+        L.k = linear(p + "k", kvd, d);
+        L.v = linear(p + "v", kvd, d);
+        L.o = linear(p + "o", d, qd);
+        L.gate = linear(p + "gate", ff, d);
+        L.up = linear(p + "up", ff, d);
+        L.down = linear(p + "down", d, ff);
+    }
+    if (pf.meta.value("lm_head_tied", false)) w.lm_head = std::make_unique<LinearF32>(d, c.vocab, w.embed);
+    else w.lm_head = linear("lm_head", c.vocab, d);
+    return pm;
+}
+
+}  // namespace sq
