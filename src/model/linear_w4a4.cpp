@@ -8,6 +8,8 @@
 #include "core/threads.h"
 #include "kernels/ref/w4a4_ref.h"
 #include "kernels/w4a4_format.h"
+#include "quant/hadamard.h"
+#include "quant/spectral.h"
 
 namespace sq {
 
@@ -28,6 +30,7 @@ void QLinearData::validate(const std::string& where) const {
     }
     SQ_CHECK(bias.empty() || (int64_t)bias.size() == out, where, ": bias size");
     SQ_CHECK(had_in == 0 || had_in == in, where, ": online Hadamard size ", had_in, " != in ", in);
+    SQ_CHECK(had_in == 0 || hadamard_supported(had_in), where, ": no Hadamard matrix of order ", had_in);
     for (int64_t j = 0; j < out; ++j) {
         int32_t s = 0;
         const uint8_t* row = &codes[j * w4_row_bytes(in)];
@@ -41,26 +44,16 @@ size_t QLinearData::bytes() const {
            bias.size() * 4;
 }
 
-std::vector<float> fourier_basis(int64_t in, int rank) {
+std::vector<float> fourier_basis_f16(int64_t in, int rank) {
     if (rank <= 0) return {};
-    const int K = (rank + 1) / 2;
-    std::vector<float> B((size_t)in * rank);
-    for (int64_t n = 0; n < in; ++n) {
-        float* r = &B[(size_t)n * rank];
-        r[0] = 1.0f;
-        for (int f = 1; f < K; ++f) {
-            // angle reduced mod in first: exact integer arithmetic, no drift at large n·f
-            const double a = 2.0 * M_PI * (double)((n * f) % in) / (double)in;
-            r[f] = (float)std::cos(a);
-            r[K - 1 + f] = (float)std::sin(a);
-        }
-    }
+    std::vector<float> B = spectral_basis(in, (rank + 1) / 2);
+    for (auto& b : B) b = fp16_to_fp32(fp32_to_fp16(b));
     return B;
 }
 
 LinearW4A4Ref::LinearW4A4Ref(QLinearData d) : d_(std::move(d)) {
     d_.validate("w4a4 linear");
-    SQ_CHECK(d_.had_in == 0, "w4a4 linear: online Hadamard not supported by this backend yet");
+    if (d_.had_in) had_signs_ = hadamard_signs(d_.had_in, d_.had_seed);
     in = d_.in;
     out = d_.out;
     const int64_t rb = w4_row_bytes(in);
@@ -77,7 +70,7 @@ LinearW4A4Ref::LinearW4A4Ref(QLinearData d) : d_(std::move(d)) {
         k_chunk_ = std::min<int64_t>(in, ((int64_t)1 << 24) / (qmax * 8) - 1);
     }
     if (d_.rank > 0) {
-        std::vector<float> B = d_.basis == "fourier" ? fourier_basis(in, d_.rank) : std::vector<float>();
+        std::vector<float> B = d_.basis == "fourier" ? fourier_basis_f16(in, d_.rank) : std::vector<float>();
         if (d_.basis != "fourier") {
             B.resize((size_t)in * d_.rank);
             for (size_t i = 0; i < B.size(); ++i) B[i] = fp16_to_fp32(d_.basis_f16[i]);
@@ -119,7 +112,14 @@ void LinearW4A4Ref::accumulators(const uint8_t* q, int64_t n, int32_t* acc) cons
     }
 }
 
-void LinearW4A4Ref::forward(const float* x, int64_t n, float* y) const {
+void LinearW4A4Ref::forward(const float* x_in, int64_t n, float* y) const {
+    std::vector<float> rotated;
+    const float* x = x_in;
+    if (d_.had_in) {  // online Hadamard: the weights were stored rotated (W·R)
+        rotated.assign(x_in, x_in + n * in);
+        hadamard_transform(rotated.data(), n, (int)in, had_signs_.data());
+        x = rotated.data();
+    }
     if (d_.a_bits >= 16) {
         gemm_any(x, n, w_deq_, y);
     } else {

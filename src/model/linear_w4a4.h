@@ -42,8 +42,10 @@ struct QLinearData {
     size_t bytes() const;
 };
 
-// Fourier basis B [in, rank] (rank = 2K−1: DC, cos f=1..K−1, sin f=1..K−1).
-std::vector<float> fourier_basis(int64_t in, int rank);
+// The run-time Fourier basis B [in, rank] (rank = 2K−1): spectral_basis(in, K)
+// (orthonormal DC/cos/sin columns, quant/spectral.h) rounded to fp16, the
+// values the quantizer's residual was computed against.
+std::vector<float> fourier_basis_f16(int64_t in, int rank);
 
 class LinearW4A4Ref : public Linear {
 public:

@@ -8,6 +8,7 @@
 #include "core/threads.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/ref/w4a4_ref.h"
+#include "quant/hadamard.h"
 
 namespace sq {
 
@@ -19,7 +20,7 @@ KVCache::KVCache(const ModelConfig& c, int cap)
     v.assign(count, 0.0f);
 }
 
-static std::vector<float> rope_inv_freq(const ModelConfig& c) {
+std::vector<float> rope_inv_freq(const ModelConfig& c) {
     const int half = c.head_dim / 2;
     std::vector<float> f(half);
     for (int i = 0; i < half; ++i) {
@@ -89,6 +90,39 @@ ModelWeights model_load_f32(const Checkpoint& ck, bool progress) {
     return w;
 }
 
+void attention_block(const ModelWeights& w, int l, const float* inv_freq, const float* x, int n, int pos0, float* kc,
+                     float* vc, float* att) {
+    const ModelConfig& c = w.cfg;
+    const LayerWeights& L = w.layers[l];
+    const int64_t hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, qd = H * hd, kvd = KV * hd;
+    std::vector<float> q(n * qd), k(n * kvd), v(n * kvd);
+    L.q->forward(x, n, q.data());
+    L.k->forward(x, n, k.data());
+    L.v->forward(x, n, v.data());
+    rope_f32(q.data(), n, (int)H, (int)hd, pos0, inv_freq);
+    rope_f32(k.data(), n, (int)KV, (int)hd, pos0, inv_freq);
+    if (w.qk_rotate) {
+        hadamard_transform(q.data(), n * H, (int)hd);
+        hadamard_transform(k.data(), n * KV, (int)hd);
+    }
+    if (w.kv_bits < 16) {
+        parallel_for((int64_t)n * KV, [&](int64_t i) {
+            fake_quant_asym_ref(&k[i * hd], hd, w.kv_bits, w.kv_clip);
+            fake_quant_asym_ref(&v[i * hd], hd, w.kv_bits, w.kv_clip);
+        });
+    }
+    std::memcpy(kc + (size_t)pos0 * kvd, k.data(), (size_t)n * kvd * sizeof(float));
+    std::memcpy(vc + (size_t)pos0 * kvd, v.data(), (size_t)n * kvd * sizeof(float));
+    attention_f32(q.data(), kc, vc, kvd, n, pos0, (int)H, (int)KV, (int)hd, att);
+}
+
+void mlp_block(const LayerWeights& L, int64_t ff, const float* x, int64_t n, float* act) {
+    std::vector<float> up(n * ff);
+    L.gate->forward(x, n, act);
+    L.up->forward(x, n, up.data());
+    silu_mul_f32(act, up.data(), n * ff);
+}
+
 Model::Model(ModelWeights w) : w_(std::move(w)) {
     config_validate(w_.cfg, "model");
     SQ_CHECK(w_.kv_bits == 16 || (w_.kv_bits >= 2 && w_.kv_bits <= 8), "model: KV cache bits ", w_.kv_bits,
@@ -103,13 +137,11 @@ void Model::forward(const int* tokens, int n, KVCache& cache, float* logits, boo
              " tokens > KV cache capacity ", cache.capacity, " (raise -c)");
     SQ_CHECK(cache.n_layers == c.n_layers && cache.n_kv == c.n_kv_heads && cache.head_dim == c.head_dim,
              "forward: KV cache shape does not match the model");
-    const int64_t d = c.d_model, hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, qd = H * hd, kvd = KV * hd,
-                  ff = c.d_ff;
+    const int64_t d = c.d_model, qd = (int64_t)c.n_heads * c.head_dim, ff = c.d_ff;
     const int pos0 = cache.pos;
 
     // Named intermediates, [n, width] row-major.
-    std::vector<float> h(n * d), x(n * d), q(n * qd), k(n * kvd), v(n * kvd), att(n * qd), proj(n * d),
-        gate(n * ff), up(n * ff);
+    std::vector<float> h(n * d), x(n * d), att(n * qd), proj(n * d), act(n * ff);
     for (int t = 0; t < n; ++t) {
         SQ_CHECK(tokens[t] >= 0 && tokens[t] < c.vocab, "forward: token id ", tokens[t], " out of range [0, ",
                  c.vocab, ")");
@@ -118,33 +150,14 @@ void Model::forward(const int* tokens, int n, KVCache& cache, float* logits, boo
 
     for (int l = 0; l < c.n_layers; ++l) {
         const LayerWeights& L = w_.layers[l];
-        // --- attention ---
         rmsnorm_f32(h.data(), L.attn_norm.data(), n, d, c.rms_eps, x.data());
-        L.q->forward(x.data(), n, q.data());
-        L.k->forward(x.data(), n, k.data());
-        L.v->forward(x.data(), n, v.data());
-        rope_f32(q.data(), n, (int)H, (int)hd, pos0, rope_inv_freq_.data());
-        rope_f32(k.data(), n, (int)KV, (int)hd, pos0, rope_inv_freq_.data());
-        if (w_.kv_bits < 16) {
-            parallel_for((int64_t)n * KV, [&](int64_t i) {
-                fake_quant_asym_ref(&k[i * hd], hd, w_.kv_bits, w_.kv_clip);
-                fake_quant_asym_ref(&v[i * hd], hd, w_.kv_bits, w_.kv_clip);
-            });
-        }
-        for (int t = 0; t < n; ++t) {
-            std::memcpy(cache.k_at(l, pos0 + t), &k[t * kvd], kvd * sizeof(float));
-            std::memcpy(cache.v_at(l, pos0 + t), &v[t * kvd], kvd * sizeof(float));
-        }
-        attention_f32(q.data(), cache.k_at(l, 0), cache.v_at(l, 0), kvd, n, pos0, (int)H, (int)KV, (int)hd,
-                      att.data());
+        attention_block(w_, l, rope_inv_freq_.data(), x.data(), n, pos0, cache.k_at(l, 0), cache.v_at(l, 0),
+                        att.data());
         L.o->forward(att.data(), n, proj.data());
         for (int64_t i = 0; i < n * d; ++i) h[i] += proj[i];
-        // --- SwiGLU MLP ---
         rmsnorm_f32(h.data(), L.ffn_norm.data(), n, d, c.rms_eps, x.data());
-        L.gate->forward(x.data(), n, gate.data());
-        L.up->forward(x.data(), n, up.data());
-        silu_mul_f32(gate.data(), up.data(), (int64_t)n * ff);
-        L.down->forward(gate.data(), n, proj.data());
+        mlp_block(L, ff, x.data(), n, act.data());
+        L.down->forward(act.data(), n, proj.data());
         for (int64_t i = 0; i < n * d; ++i) h[i] += proj[i];
     }
     cache.pos = pos0 + n;

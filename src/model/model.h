@@ -34,7 +34,24 @@ struct ModelWeights {
     // (codes dequantized on write: numerically the reference of a packed cache).
     int kv_bits = 16;
     float kv_clip = 1.0f;
+    // QuaRot: rotate q and k of every head by a Hadamard after RoPE (scores
+    // are unchanged: q·kᵀ = (qH)(kH)ᵀ) so that the 4-bit keys have no outliers.
+    bool qk_rotate = false;
 };
+
+// RoPE inverse frequencies [head_dim/2] with the config's scaling applied.
+std::vector<float> rope_inv_freq(const ModelConfig& c);
+
+// The attention half of layer `l` up to the o_proj input, for n tokens of one
+// sequence at positions pos0..pos0+n-1:
+//   x [n, d] normed input; kc, vc: the layer's cache [capacity, KV·hd] with
+//   positions < pos0 filled (the new k, v are appended, RoPE'd and quantized
+//   as the model says); att [n, H·hd] receives the attention output.
+void attention_block(const ModelWeights& w, int l, const float* inv_freq, const float* x, int n, int pos0, float* kc,
+                     float* vc, float* att);
+
+// The MLP half up to the down_proj input: act [n, ff] = silu(x·Wgᵀ) ⊙ (x·Wuᵀ).
+void mlp_block(const LayerWeights& L, int64_t ff, const float* x, int64_t n, float* act);
 
 // Builds float32 weights from a checkpoint (progress bar per layer).
 ModelWeights model_load_f32(const Checkpoint& ck, bool progress = true);

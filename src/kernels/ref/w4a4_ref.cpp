@@ -34,9 +34,8 @@ void act_quant_ref(const float* x, int64_t n, int64_t k, int bits, float clip, u
         float s;
         int32_t z;
         asym_params(xr, k, bits, clip, &s, &z);
-        const float inv = 1.0f / s;
-        for (int64_t i = 0; i < k; ++i) {
-            const int v = (int)std::nearbyint(xr[i] * inv) + z;
+                for (int64_t i = 0; i < k; ++i) {
+            const int v = (int)std::nearbyint(xr[i] / s) + z;
             q[t * k + i] = (uint8_t)std::clamp(v, 0, qmax);
         }
         scale[t] = s;
@@ -67,9 +66,8 @@ void fake_quant_asym_ref(float* x, int64_t k, int bits, float clip) {
     float s;
     int32_t z;
     asym_params(x, k, bits, clip, &s, &z);
-    const float inv = 1.0f / s;
-    for (int64_t i = 0; i < k; ++i) {
-        const int v = std::clamp((int)std::nearbyint(x[i] * inv) + z, 0, qmax);
+        for (int64_t i = 0; i < k; ++i) {
+        const int v = std::clamp((int)std::nearbyint(x[i] / s) + z, 0, qmax);
         x[i] = s * (float)(v - z);
     }
 }
