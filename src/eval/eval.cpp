@@ -1,0 +1,225 @@
+#include "eval/eval.h"
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "core/sha256.h"
+
+namespace sq {
+
+namespace {
+
+const char* kWikitext = "wikitext2";
+
+double now_s() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void check_cancel(const std::atomic<bool>* cancel) {
+    if (cancel && cancel->load()) fail("interrupted (SIGINT); no results written");
+}
+
+struct PreparedTask {
+    const TaskSpec* spec = nullptr;
+    TaskData data;
+    std::vector<int> idx;                       // selected documents
+    std::vector<std::vector<TokenPair>> groups;  // per selected document
+    std::vector<int64_t> cost;                  // tokens forwarded per document
+    int limit = 0;
+};
+
+}  // namespace
+
+const std::map<std::string, int>& quick_task_limits() {
+    // Sized from the measured FP32 SmolLM2-135M throughput on the 2-core dev
+    // machine so that the whole quick suite stays under 20 minutes; see
+    // docs/eval.md for the measurement and the token budget per task.
+    static const std::map<std::string, int> m = {
+        {"arc_easy", 400},  {"arc_challenge", 400}, {"boolq", 200},     {"hellaswag", 200}, {"lambada", 400},
+        {"openbookqa", 400}, {"piqa", 300},         {"siqa", 400},      {"winogrande", 400},
+    };
+    return m;
+}
+
+int quick_ppl_windows() { return 4; }
+
+void eval_select(const std::string& spec, EvalOptions& o) {
+    o.tasks.clear();
+    o.task_limits.clear();
+    auto all = [&o]() {
+        o.tasks.push_back(kWikitext);
+        for (const auto& s : task_specs()) o.tasks.push_back(s.name);
+    };
+    if (spec == "all") {
+        o.suite = "all";
+        all();
+        return;
+    }
+    if (spec == "quick") {
+        o.suite = "quick";
+        all();
+        o.task_limits = quick_task_limits();
+        o.ppl_windows = quick_ppl_windows();
+        return;
+    }
+    o.suite = "custom";
+    size_t start = 0;
+    while (start <= spec.size()) {
+        size_t end = spec.find(',', start);
+        if (end == std::string::npos) end = spec.size();
+        std::string name = spec.substr(start, end - start);
+        start = end + 1;
+        if (name.empty()) continue;
+        if (name != kWikitext && !task_find(name)) {
+            std::string known = kWikitext;
+            for (const auto& s : task_specs()) known += std::string(", ") + s.name;
+            fail("unknown task \"", name, "\"; known: ", known, ", all, quick");
+        }
+        if (std::find(o.tasks.begin(), o.tasks.end(), name) == o.tasks.end()) o.tasks.push_back(name);
+    }
+    SQ_CHECK(!o.tasks.empty(), "no tasks selected");
+}
+
+EvalResult eval_run(LoglikSource& src, const TextEncoder& enc, const EvalOptions& o,
+                    const std::atomic<bool>* cancel) {
+    const double t_start = now_s();
+    const int max_len = std::min(o.ctx, src.max_length());
+    auto wanted = [&o](const std::string& n) { return std::find(o.tasks.begin(), o.tasks.end(), n) != o.tasks.end(); };
+    auto limit_of = [&o](const std::string& n) {
+        auto it = o.task_limits.find(n);
+        return it != o.task_limits.end() ? it->second : o.limit;
+    };
+
+    // 1. Load and validate every file before any scoring, so bad data fails in seconds.
+    std::vector<PreparedTask> tasks;
+    for (const auto& s : task_specs()) {
+        if (!wanted(s.name)) continue;
+        PreparedTask p;
+        p.spec = &s;
+        p.data = task_load(s, o.data_dir);
+        p.limit = limit_of(s.name);
+        p.idx = subset_indices((int)p.data.docs.size(), p.limit, o.seed);
+        tasks.push_back(std::move(p));
+    }
+    const bool ppl = wanted(kWikitext);
+    std::string ppl_path = o.ppl_file.empty() ? o.data_dir + "/wikitext2/wiki.test.raw" : o.ppl_file;
+    std::string ppl_text, ppl_sha;
+    if (ppl) {
+        ppl_text = wikitext_read(ppl_path);
+        ppl_sha = sha256_file(ppl_path);
+    }
+
+    // 2. Tokenize (lm-eval's context/continuation split) and plan the forward passes.
+    int64_t n_docs = 0;
+    for (const auto& p : tasks) n_docs += (int64_t)p.idx.size();
+    std::vector<int> ppl_tokens;
+    {
+        std::unique_ptr<Progress> bar;
+        if (o.progress) bar = std::make_unique<Progress>("tokenize", n_docs + (ppl ? 1 : 0), "doc");
+        for (auto& p : tasks) {
+            for (int i : p.idx) {
+                check_cancel(cancel);
+                const TaskDoc& d = p.data.docs[i];
+                std::vector<TokenPair> g;
+                for (size_t r = 0; r < d.contexts.size(); ++r) {
+                    try {
+                        g.push_back(encode_pair(enc, d.contexts[r], d.continuations[r]));
+                    } catch (const Error& e) {
+                        fail(p.data.path, ":", d.line, ": ", e.what());
+                    }
+                }
+                int64_t cost = 0;
+                try {
+                    cost = group_plan(g, max_len).forward_tokens;
+                } catch (const Error& e) {
+                    fail(p.data.path, ":", d.line, ": ", e.what());
+                }
+                p.groups.push_back(std::move(g));
+                p.cost.push_back(cost);
+                if (bar) bar->add();
+            }
+        }
+        if (ppl) {
+            if (enc.bos >= 0) ppl_tokens.push_back(enc.bos);
+            std::vector<int> body = enc.encode(ppl_text);
+            ppl_tokens.insert(ppl_tokens.end(), body.begin(), body.end());
+            if (bar) bar->add();
+        }
+    }
+    const int ppl_total = ppl ? ppl_windows_available((int64_t)ppl_tokens.size(), max_len) : 0;
+    const int ppl_used = o.ppl_windows > 0 && o.ppl_windows < ppl_total ? o.ppl_windows : ppl_total;
+
+    EvalResult res;
+    res.prepare_seconds = now_s() - t_start;
+
+    // 3. Score, one progress bar over all forwarded tokens.
+    int64_t total_cost = (int64_t)ppl_used * max_len;
+    for (const auto& p : tasks)
+        for (int64_t c : p.cost) total_cost += c;
+    std::unique_ptr<Progress> bar;
+    if (o.progress) bar = std::make_unique<Progress>("eval", total_cost, "tok");
+    const double t_score = now_s();
+    const int64_t tok0 = src.tokens_forwarded();
+
+    if (ppl) {
+        TaskRun run;
+        run.task = kWikitext;
+        run.path = ppl_path;
+        run.sha256 = ppl_sha;
+        run.limit = o.ppl_windows;
+        const double t0 = now_s();
+        const int64_t k0 = src.tokens_forwarded();
+        if (bar) bar->set_suffix(kWikitext);
+        run.ppl = perplexity_eval(
+            src, ppl_tokens, max_len, ppl_used, [&bar](int64_t n) { if (bar) bar->add(n); }, cancel);
+        run.n_total = run.ppl.windows_total;
+        run.n = run.ppl.windows;
+        run.seconds = now_s() - t0;
+        run.tokens = src.tokens_forwarded() - k0;
+        run.metrics.push_back({kWikitext, "ppl", run.ppl.ppl, run.ppl.ppl_se, run.n});
+        res.runs.push_back(std::move(run));
+    }
+    std::vector<Metric> headline_parts, acc_parts;
+    for (auto& p : tasks) {
+        TaskRun run;
+        run.task = p.spec->name;
+        run.path = p.data.path;
+        run.sha256 = p.data.sha256;
+        run.n_total = (int64_t)p.data.docs.size();
+        run.n = (int64_t)p.idx.size();
+        run.limit = p.limit;
+        const double t0 = now_s();
+        const int64_t k0 = src.tokens_forwarded();
+        if (bar) bar->set_suffix(run.task);
+        std::vector<const TaskDoc*> docs;
+        std::vector<std::vector<ContinuationScore>> scores;
+        for (size_t k = 0; k < p.idx.size(); ++k) {
+            check_cancel(cancel);
+            docs.push_back(&p.data.docs[p.idx[k]]);
+            scores.push_back(src.score(p.groups[k]));
+            if (bar) bar->add(p.cost[k]);
+        }
+        run.metrics = task_metrics(*p.spec, docs, scores);
+        run.seconds = now_s() - t0;
+        run.tokens = src.tokens_forwarded() - k0;
+        for (const auto& m : run.metrics) {
+            if (m.metric == p.spec->headline) headline_parts.push_back(m);
+            if (m.metric == "acc") acc_parts.push_back(m);
+        }
+        res.runs.push_back(std::move(run));
+    }
+    if (bar) bar->finish();
+    res.seconds = now_s() - t_score;
+    res.tokens = src.tokens_forwarded() - tok0;
+    res.zero_shot_tasks = (int)tasks.size();
+    res.headline = metric_mean("zero_shot_mean", headline_parts);
+    res.headline.metric = "headline";
+    res.acc_mean = metric_mean("zero_shot_mean", acc_parts);
+    res.acc_mean.metric = "acc";
+    return res;
+}
+
+}  // namespace sq
