@@ -1,0 +1,547 @@
+// The quantization pipeline, one decoder layer at a time (docs/method.md):
+//
+//   for each layer, with H = hidden states of the calibration tokens as the
+//   already-quantized previous layers produce them:
+//     X  = rmsnorm(H)·attn_norm
+//     [smooth]  α search for q/k/v → fold s into attn_norm and W_qkv columns
+//     [smooth]  α search for o on the FP attention output → fold into v rows
+//     quantize q, k, v  (spectral split, GPTQ/RTN on the residual)
+//     A  = attention with the quantized q/k/v (and KV cache quantization)
+//     quantize o on A;  H += o(A)
+//     the same for gate/up (ffn_norm), down (folded into up rows);  H += down(G)
+//
+// The α search scores each candidate by the relative output error of the
+// group with the method's own quantizer (RTN in place of GPTQ, for speed) on
+// `search_tokens` calibration tokens; "no smoothing" is always a candidate.
+#include "quant/pipeline.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/fp16.h"
+#include "core/progress.h"
+#include "core/threads.h"
+#include "kernels/cpu/gemm_f32.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/w4a4_format.h"
+#include "model/linear_w4a4.h"
+#include "quant/calib_data.h"
+#include "quant/gptq.h"
+#include "quant/hadamard.h"
+#include "quant/quantizer.h"
+#include "quant/smooth.h"
+#include "quant/spectral.h"
+
+namespace sq {
+
+using json = nlohmann::json;
+
+static const char* const METHODS = "fp, rtn, smoothquant, gptq, quarot, specquant";
+
+QuantConfig quant_config_for(const std::string& method) {
+    QuantConfig qc;
+    qc.method = method;
+    if (method == "fp") {
+        qc.w_bits = qc.a_bits = qc.kv_bits = 16;
+    } else if (method == "rtn") {
+    } else if (method == "smoothquant") {
+        qc.smooth = true;
+    } else if (method == "gptq") {
+        qc.gptq = true;
+    } else if (method == "quarot") {
+        qc.rotate = true;
+        qc.gptq = true;
+    } else if (method == "specquant") {
+        qc.smooth = true;
+        qc.spectral = true;
+        qc.gptq = true;
+    } else {
+        fail("unknown method '", method, "' (methods: ", METHODS, ")");
+    }
+    return qc;
+}
+
+void quant_config_validate(const QuantConfig& qc) {
+    if (qc.method == "fp") return;
+    SQ_CHECK(qc.w_bits == 4, "--w-bits ", qc.w_bits, " not supported: the packed format stores 4-bit weights");
+    SQ_CHECK((qc.a_bits >= 2 && qc.a_bits <= 8) || qc.a_bits == 16, "--a-bits ", qc.a_bits,
+             " out of range (2..8, or 16 for weight-only)");
+    SQ_CHECK((qc.kv_bits >= 2 && qc.kv_bits <= 8) || qc.kv_bits == 16, "--kv-bits ", qc.kv_bits,
+             " out of range (2..8, or 16)");
+    SQ_CHECK(qc.a_clip > 0.0f && qc.a_clip <= 1.0f, "--a-clip ", qc.a_clip, " out of range (0, 1]");
+    SQ_CHECK(qc.kv_clip > 0.0f && qc.kv_clip <= 1.0f, "--kv-clip ", qc.kv_clip, " out of range (0, 1]");
+    SQ_CHECK(!qc.spectral || (qc.k_bar >= 1 && qc.k_bar <= 4096), "--k-bar ", qc.k_bar, " out of range");
+    SQ_CHECK(qc.temperature > 0.0f, "--temperature must be > 0");
+    importance_from_name(qc.importance);
+    SQ_CHECK(!qc.smooth || !qc.alpha_grid.empty(), "smoothing needs at least one alpha");
+    for (float a : qc.alpha_grid) SQ_CHECK(a >= 0.0f && a <= 1.0f, "alpha ", a, " out of range [0, 1]");
+    SQ_CHECK(qc.calib_n > 0 && qc.calib_len >= 16, "--calib-n must be > 0 and --calib-len >= 16");
+    SQ_CHECK(qc.gptq_damp > 0.0f && qc.gptq_block > 0, "GPTQ damping and block must be positive");
+    SQ_CHECK(qc.search_tokens > 0, "search tokens must be positive");
+}
+
+json quant_config_to_json(const QuantConfig& qc) {
+    json j = {{"method", qc.method}, {"w_bits", qc.w_bits}, {"a_bits", qc.a_bits}, {"kv_bits", qc.kv_bits}};
+    if (qc.method == "fp") return j;
+    j.update({{"a_clip", qc.a_clip}, {"kv_clip", qc.kv_clip}, {"smooth", qc.smooth}, {"spectral", qc.spectral},
+              {"rotate", qc.rotate}, {"weight_quantizer", qc.gptq ? "gptq" : "rtn"}, {"calib", qc.calib_path},
+              {"calib_n", qc.calib_n}, {"calib_len", qc.calib_len}, {"seed", qc.seed}});
+    if (qc.smooth) j["alpha_grid"] = qc.alpha_grid, j["search_tokens"] = qc.search_tokens;
+    if (qc.spectral)
+        j.update({{"k_bar", qc.k_bar}, {"importance", qc.importance}, {"temperature", qc.temperature},
+                  {"basis", "fourier"}});
+    if (qc.gptq)
+        j.update({{"gptq_damp", qc.gptq_damp}, {"gptq_block", qc.gptq_block}, {"act_order", qc.act_order}});
+    if (qc.rotate) j["rotate_seed"] = qc.rotate_seed;
+    return j;
+}
+
+namespace {
+
+// y [n, out] = x [n, in] · W [out, in]ᵀ
+void matmul_t(const float* x, int64_t n, const float* w, int64_t out, int64_t in, float* y) {
+    const PackedF32 p = gemm_f32_view(w, out, in);
+    if (n <= gemv_f32_max_m) gemv_f32(x, n, p, y);
+    else gemm_f32(x, n, p, y);
+}
+
+// H = XᵀX [in, in] in double, through the float GEMM in chunks of 512 tokens
+// (each chunk's float sums are rounded once into the double total).
+std::vector<double> hessian(const float* x, int64_t n, int64_t in) {
+    std::vector<double> H((size_t)in * in, 0.0);
+    const int64_t chunk = 512;
+    std::vector<float> xt((size_t)in * chunk), part((size_t)in * in);
+    for (int64_t t0 = 0; t0 < n; t0 += chunk) {
+        const int64_t tc = std::min(chunk, n - t0);
+        for (int64_t t = 0; t < tc; ++t)
+            for (int64_t j = 0; j < in; ++j) xt[(size_t)j * tc + t] = x[(t0 + t) * in + j];
+        matmul_t(xt.data(), in, xt.data(), in, tc, part.data());
+        for (size_t i = 0; i < H.size(); ++i) H[i] += part[i];
+    }
+    return H;
+}
+
+std::vector<float> col_absmax(const float* x, int64_t n, int64_t cols) {
+    std::vector<float> m(cols, 0.0f);
+    smooth_act_absmax(x, n, cols, m.data());
+    return m;
+}
+
+struct LinearStats {
+    json j;
+};
+
+// The method's quantizer for one weight matrix W [out, in] whose input is X
+// [n, in] (after smoothing; not yet rotated when had_in): spectral split,
+// then GPTQ or RTN on the residual. Returns the packed layer.
+QLinearData quantize_linear(const std::vector<float>& W, int64_t out, int64_t in, const std::vector<float>& bias,
+                            const double* H, const QuantConfig& qc, bool use_gptq, int had_in, uint64_t had_seed,
+                            json* stats, bool coarse_clip = false) {
+    QLinearData d;
+    d.in = in;
+    d.out = out;
+    d.a_bits = qc.a_bits;
+    d.a_clip = qc.a_clip;
+    d.bias = bias;
+    d.had_in = had_in;
+    d.had_seed = had_seed;
+    std::vector<float> R = W;
+    if (qc.spectral) {
+        const Importance imp = importance_from_name(qc.importance);
+        const int k_max = std::min<int>((int)(in / 2 + 1), 2 * qc.k_bar);
+        const int64_t budget = std::min<int64_t>((int64_t)qc.k_bar * out, (int64_t)k_max * out);
+        std::vector<int> k = allocate_bins(row_importance(W.data(), out, in, imp), budget, 1, k_max, qc.temperature);
+        SpectralSplit sp = spectral_split(W.data(), out, in, k);
+        spectral_round_fp16(W.data(), sp, true);
+        d.rank = 2 * sp.K - 1;
+        d.basis = "fourier";
+        d.coef.resize(sp.coef.size());
+        for (size_t i = 0; i < sp.coef.size(); ++i) d.coef[i] = fp32_to_fp16(sp.coef[i]);
+        double ew = 0, er = 0;
+        for (size_t i = 0; i < W.size(); ++i) ew += (double)W[i] * W[i], er += (double)sp.residual[i] * sp.residual[i];
+        if (stats) {
+            (*stats)["K"] = sp.K;
+            (*stats)["kept_energy"] = ew > 0 ? 1.0 - er / ew : 0.0;
+            (*stats)["k_min"] = *std::min_element(k.begin(), k.end());
+            (*stats)["k_max"] = *std::max_element(k.begin(), k.end());
+        }
+        R = std::move(sp.residual);
+    }
+    WeightQuantParams wp;
+    wp.bits = qc.w_bits;
+    if (coarse_clip) wp.clip_step = 0.05f;  // α-search proxy: 11 clip ratios instead of 51
+    QuantWeights qw;
+    if (use_gptq) {
+        GptqParams gp;
+        gp.quant = wp;
+        gp.damp = qc.gptq_damp;
+        gp.block = qc.gptq_block;
+        gp.act_order = qc.act_order;
+        qw = gptq_quantize(R.data(), out, in, H, gp);
+    } else {
+        qw = weight_quantize_rtn(R.data(), out, in, wp);
+    }
+    const int64_t rb = w4_row_bytes(in);
+    d.codes.assign(out * rb, 0);
+    d.scale = qw.scales;
+    d.rowsum.assign(out, 0);
+    for (int64_t j = 0; j < out; ++j)
+        for (int64_t k = 0; k < in; ++k) {
+            const int c = qw.codes[j * in + k];
+            d.codes[j * rb + k / 2] |= (uint8_t)((c & 0xF) << ((k & 1) * 4));
+            d.rowsum[j] += c;
+        }
+    if (stats && H) {
+        // Output error on the calibration inputs, relative: tr(E H Eᵀ) / tr(W H Wᵀ), E = W − Ŵ
+        // (the activation quantization is not included here).
+        std::vector<float> deq((size_t)out * in);
+        weight_dequantize(qw, deq.data());
+        double num = 0, den = 0;
+        for (int64_t j = 0; j < out; j += std::max<int64_t>(1, out / 64)) {
+            std::vector<double> e(in), w(in);
+            for (int64_t k = 0; k < in; ++k) e[k] = (double)R[j * in + k] - deq[j * in + k], w[k] = W[j * in + k];
+            for (int64_t a = 0; a < in; ++a) {
+                double he = 0, hw = 0;
+                for (int64_t b = 0; b < in; ++b) he += H[a * in + b] * e[b], hw += H[a * in + b] * w[b];
+                num += e[a] * he;
+                den += w[a] * hw;
+            }
+        }
+        (*stats)["w_err"] = den > 0 ? num / den : 0.0;
+    }
+    return d;
+}
+
+// Dequantized proxy of the method's quantizer (RTN instead of GPTQ):
+// returns Ŵ [out, in] including the (fp16) spectral part.
+std::vector<float> proxy_quantize(const std::vector<float>& W, int64_t out, int64_t in, const QuantConfig& qc) {
+    QLinearData d = quantize_linear(W, out, in, {}, nullptr, qc, false, 0, 0, nullptr, true);
+    std::vector<float> deq((size_t)out * in);
+    const int64_t rb = w4_row_bytes(in);
+    for (int64_t j = 0; j < out; ++j)
+        for (int64_t k = 0; k < in; ++k) deq[j * in + k] = d.scale[j] * (float)w4_get(&d.codes[j * rb], k);
+    if (d.rank > 0) {
+        const std::vector<float> B = fourier_basis_f16(in, d.rank);
+        for (int64_t j = 0; j < out; ++j)
+            for (int r = 0; r < d.rank; ++r) {
+                const float c = fp16_to_fp32(d.coef[j * d.rank + r]);
+                if (c == 0.0f) continue;
+                for (int64_t k = 0; k < in; ++k) deq[j * in + k] += c * B[k * d.rank + r];
+            }
+    }
+    return deq;
+}
+
+// α search for a group of linears sharing the input X [n, in]. `tie` maps
+// each input channel to a class whose channels must share one scale (GQA:
+// o_proj channels of query heads reading the same KV head); empty = none.
+// Returns s (all ones when no smoothing wins) and the chosen α (-1 = none).
+std::vector<float> search_smoothing(const std::vector<const std::vector<float>*>& Ws,
+                                    const std::vector<int64_t>& outs, int64_t in, const float* X, int64_t n,
+                                    const std::vector<int>& tie, const QuantConfig& qc, float* alpha_out,
+                                    json* stats) {
+    std::vector<float> a_max = col_absmax(X, n, in);
+    std::vector<float> w_max(in, 0.0f);
+    for (size_t m = 0; m < Ws.size(); ++m) smooth_weight_absmax(Ws[m]->data(), outs[m], in, w_max.data());
+    if (!tie.empty()) {
+        const int classes = *std::max_element(tie.begin(), tie.end()) + 1;
+        std::vector<float> ca(classes, 0.0f), cw(classes, 0.0f);
+        for (int64_t j = 0; j < in; ++j) ca[tie[j]] = std::max(ca[tie[j]], a_max[j]), cw[tie[j]] = std::max(cw[tie[j]], w_max[j]);
+        for (int64_t j = 0; j < in; ++j) a_max[j] = ca[tie[j]], w_max[j] = cw[tie[j]];
+    }
+    // Evaluation tokens: evenly spaced rows of X.
+    const int64_t T = std::min<int64_t>(n, qc.search_tokens);
+    std::vector<float> xs((size_t)T * in);
+    for (int64_t t = 0; t < T; ++t) std::memcpy(&xs[t * in], &X[(t * n / T) * in], in * 4);
+    std::vector<std::vector<float>> yref(Ws.size());
+    for (size_t m = 0; m < Ws.size(); ++m) {
+        yref[m].resize((size_t)T * outs[m]);
+        matmul_t(xs.data(), T, Ws[m]->data(), outs[m], in, yref[m].data());
+    }
+    auto score = [&](const std::vector<float>& s) {
+        std::vector<float> xq = xs;
+        smooth_apply_act(xq.data(), T, in, s.data());
+        if (qc.a_bits < 16) act_fake_quant_asym(xq.data(), T, in, qc.a_bits, qc.a_clip);
+        double err = 0;
+        for (size_t m = 0; m < Ws.size(); ++m) {
+            std::vector<float> w = *Ws[m];
+            smooth_apply_weight(w.data(), outs[m], in, s.data());
+            std::vector<float> wq = proxy_quantize(w, outs[m], in, qc);
+            std::vector<float> y((size_t)T * outs[m]);
+            matmul_t(xq.data(), T, wq.data(), outs[m], in, y.data());
+            double num = 0, den = 0;
+            for (size_t i = 0; i < y.size(); ++i) {
+                const double e = (double)y[i] - yref[m][i];
+                num += e * e;
+                den += (double)yref[m][i] * yref[m][i];
+            }
+            err += den > 0 ? num / den : 0.0;
+        }
+        return err / (double)Ws.size();
+    };
+    std::vector<float> best(in, 1.0f);
+    double best_err = score(best);
+    float best_alpha = -1.0f;
+    json tried = json::object();
+    tried["none"] = best_err;
+    for (float a : qc.alpha_grid) {
+        std::vector<float> s = smooth_scales(a_max.data(), w_max.data(), in, a);
+        const double e = score(s);
+        tried[std::to_string(a).substr(0, 4)] = e;
+        if (e < best_err) best_err = e, best = std::move(s), best_alpha = a;
+    }
+    if (stats) (*stats)["alpha"] = best_alpha, (*stats)["proxy_err"] = best_err, (*stats)["tried"] = tried;
+    *alpha_out = best_alpha;
+    return best;
+}
+
+LinearF32& as_f32(std::unique_ptr<Linear>& L) {
+    auto* f = dynamic_cast<LinearF32*>(L.get());
+    SQ_CHECK(f, "quantize: expected a float32 layer, got ", L->kind());
+    return *f;
+}
+
+// W [rows, cols] ← Rᵀ·W per column block... implemented as: transpose, rotate
+// rows of Wᵀ by x·R, transpose back (so y' = y·R for the layer's output).
+void rotate_output(std::vector<float>& W, int64_t rows, int64_t cols, int n, const float* signs, int64_t block = 0) {
+    std::vector<float> t((size_t)rows * cols);
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) t[j * rows + i] = W[i * cols + j];
+    const int64_t blk = block ? block : rows;
+    hadamard_transform(t.data(), cols * (rows / blk), (int)blk, signs);
+    (void)n;
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) W[i * cols + j] = t[j * rows + i];
+}
+
+// QuaRot, offline part: fuse RMSNorm weights into the following linears,
+// rotate the residual stream by R = diag(±1)·H_d, rotate V per head by H_hd
+// (undone in o_proj's columns). Online parts are recorded per layer.
+void rotate_model(ModelWeights& w, const QuantConfig& qc) {
+    const ModelConfig& c = w.cfg;
+    const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
+                  V = c.vocab;
+    for (int n : {(int)d, (int)hd, (int)qd, c.d_ff})
+        SQ_CHECK(hadamard_supported(n), "quarot: no Hadamard matrix of order ", n, " for this model");
+    const std::vector<float> signs = hadamard_signs((int)d, qc.rotate_seed);
+    auto fuse_cols = [](std::vector<float>& W, int64_t rows, int64_t cols, const std::vector<float>& g) {
+        for (int64_t i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < cols; ++j) W[i * cols + j] *= g[j];
+    };
+    // lm_head gets its own copy (no longer tied once the norm is fused).
+    LinearF32& lm = as_f32(w.lm_head);
+    std::vector<float> lmw = lm.w;
+    fuse_cols(lmw, V, d, w.final_norm);
+    hadamard_transform(lmw.data(), V, (int)d, signs.data());
+    w.lm_head = std::make_unique<LinearF32>(d, V, std::move(lmw), lm.bias);
+    std::fill(w.final_norm.begin(), w.final_norm.end(), 1.0f);
+    hadamard_transform(w.embed.data(), V, (int)d, signs.data());
+    for (auto& L : w.layers) {
+        for (auto* p : {&L.q, &L.k, &L.v}) {
+            LinearF32& f = as_f32(*p);
+            fuse_cols(f.w, f.out, d, L.attn_norm);
+            hadamard_transform(f.w.data(), f.out, (int)d, signs.data());
+        }
+        for (auto* p : {&L.gate, &L.up}) {
+            LinearF32& f = as_f32(*p);
+            fuse_cols(f.w, f.out, d, L.ffn_norm);
+            hadamard_transform(f.w.data(), f.out, (int)d, signs.data());
+        }
+        std::fill(L.attn_norm.begin(), L.attn_norm.end(), 1.0f);
+        std::fill(L.ffn_norm.begin(), L.ffn_norm.end(), 1.0f);
+        // Writers to the residual: y' = y·R.
+        rotate_output(as_f32(L.o).w, d, qd, (int)d, signs.data());
+        rotate_output(as_f32(L.down).w, d, c.d_ff, (int)d, signs.data());
+        // V per head: v' = v·H_hd (output blocks of hd), o columns undo it.
+        LinearF32& v = as_f32(L.v);
+        rotate_output(v.w, kvd, d, (int)hd, nullptr, hd);
+        if (!v.bias.empty()) hadamard_transform(v.bias.data(), c.n_kv_heads, (int)hd);
+        LinearF32& o = as_f32(L.o);
+        hadamard_transform(o.w.data(), d * c.n_heads, (int)hd);
+    }
+    w.qk_rotate = true;
+}
+
+// Per-sequence attention of one layer for all calibration tokens.
+void calib_attention(const ModelWeights& w, int l, const float* inv_freq, const std::vector<float>& X, int n_seq,
+                     int len, std::vector<float>& A) {
+    const ModelConfig& c = w.cfg;
+    const int64_t d = c.d_model, qd = (int64_t)c.n_heads * c.head_dim, kvd = (int64_t)c.n_kv_heads * c.head_dim;
+    A.resize((size_t)n_seq * len * qd);
+    std::vector<float> kc((size_t)len * kvd), vc((size_t)len * kvd);
+    for (int s = 0; s < n_seq; ++s)
+        attention_block(w, l, inv_freq, &X[(size_t)s * len * d], len, 0, kc.data(), vc.data(), &A[(size_t)s * len * qd]);
+}
+
+void add_linear_out(const Linear& L, const std::vector<float>& x, int64_t n, std::vector<float>& h) {
+    std::vector<float> y((size_t)n * L.out);
+    const int64_t chunk = 4096;
+    for (int64_t t0 = 0; t0 < n; t0 += chunk) {
+        const int64_t tc = std::min(chunk, n - t0);
+        L.forward(&x[t0 * L.in], tc, &y[t0 * L.out]);
+    }
+    for (size_t i = 0; i < h.size(); ++i) h[i] += y[i];
+}
+
+}  // namespace
+
+ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantConfig& qc, json* report) {
+    quant_config_validate(qc);
+    if (qc.method == "fp") return w;
+    const auto t_start = std::chrono::steady_clock::now();
+    const ModelConfig& c = w.cfg;
+    const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
+                  ff = c.d_ff;
+    CalibData cd = calib_load(qc.calib_path, tok, qc.calib_n, qc.calib_len, qc.seed);
+    const int n_seq = (int)cd.seqs.size(), len = qc.calib_len;
+    const int64_t N = (int64_t)n_seq * len;
+    json rep = {{"calib_sha256", cd.sha256}, {"calib_tokens", N}, {"calib_file_tokens", cd.file_tokens}};
+    if (qc.rotate) rotate_model(w, qc);
+    w.kv_bits = qc.kv_bits;
+    w.kv_clip = qc.kv_clip;
+    const std::vector<float> inv_freq = rope_inv_freq(c);
+
+    std::vector<float> H((size_t)N * d);
+    for (int s = 0; s < n_seq; ++s)
+        for (int t = 0; t < len; ++t)
+            std::memcpy(&H[((size_t)s * len + t) * d], &w.embed[(size_t)cd.seqs[s][t] * d], d * 4);
+
+    // GQA tie classes for o_proj's input channels: (head h, dim i) -> (kv group, i).
+    std::vector<int> o_tie(qd);
+    const int group = c.n_heads / c.n_kv_heads;
+    for (int64_t ch = 0; ch < qd; ++ch) o_tie[ch] = (int)(((ch / hd) / group) * hd + ch % hd);
+
+    Progress bar("quantize", c.n_layers, "layer");
+    json layers = json::array();
+    std::vector<float> X((size_t)N * d), A, G((size_t)N * ff);
+    const uint64_t had_seed_o = qc.rotate_seed + 1, had_seed_down = qc.rotate_seed + 2;
+    for (int l = 0; l < c.n_layers; ++l) {
+        LayerWeights& L = w.layers[l];
+        json lj = {{"layer", l}};
+        // ---------------- q, k, v ----------------
+        rmsnorm_f32(H.data(), L.attn_norm.data(), N, d, c.rms_eps, X.data());
+        if (qc.smooth) {
+            float alpha;
+            json st;
+            std::vector<float> s = search_smoothing({&as_f32(L.q).w, &as_f32(L.k).w, &as_f32(L.v).w}, {qd, kvd, kvd},
+                                                    d, X.data(), N, {}, qc, &alpha, &st);
+            lj["qkv_smooth"] = st;
+            for (int64_t j = 0; j < d; ++j) L.attn_norm[j] /= s[j];
+            for (auto* p : {&L.q, &L.k, &L.v}) smooth_apply_weight(as_f32(*p).w.data(), (*p)->out, d, s.data());
+            rmsnorm_f32(H.data(), L.attn_norm.data(), N, d, c.rms_eps, X.data());
+            // o_proj smoothing decided on the float attention output, folded into v rows.
+            calib_attention(w, l, inv_freq.data(), X, n_seq, len, A);
+            json so;
+            std::vector<float> s_o = search_smoothing({&as_f32(L.o).w}, {d}, qd, A.data(), N, o_tie, qc, &alpha, &so);
+            lj["o_smooth"] = so;
+            LinearF32& v = as_f32(L.v);
+            for (int64_t ch = 0; ch < qd; ch += 1) {
+                const int64_t row = o_tie[ch];  // v output row of this class
+                if (ch / hd % group != 0) continue;  // first head of each group sets the fold
+                for (int64_t k = 0; k < d; ++k) v.w[row * d + k] /= s_o[ch];
+                if (!v.bias.empty()) v.bias[row] /= s_o[ch];
+            }
+            smooth_apply_weight(as_f32(L.o).w.data(), d, qd, s_o.data());
+        }
+        {
+            const std::vector<double> Hx = qc.gptq ? hessian(X.data(), N, d) : std::vector<double>();
+            for (auto [p, name] : {std::pair{&L.q, "q"}, {&L.k, "k"}, {&L.v, "v"}}) {
+                LinearF32& f = as_f32(*p);
+                json st;
+                QLinearData qd_ = quantize_linear(f.w, f.out, f.in, f.bias, qc.gptq ? Hx.data() : nullptr, qc,
+                                                  qc.gptq, 0, 0, &st);
+                lj[name] = st;
+                *p = std::make_unique<LinearW4A4Ref>(std::move(qd_));
+            }
+        }
+        // ---------------- o ----------------
+        calib_attention(w, l, inv_freq.data(), X, n_seq, len, A);
+        {
+            const int had = qc.rotate ? (int)qd : 0;
+            std::vector<float> Ar;
+            const float* xin = A.data();
+            if (had) {
+                Ar = A;
+                const std::vector<float> sg = hadamard_signs(had, had_seed_o);
+                hadamard_transform(Ar.data(), N, had, sg.data());
+                xin = Ar.data();
+                LinearF32& o = as_f32(L.o);
+                hadamard_transform(o.w.data(), d, had, sg.data());
+            }
+            const std::vector<double> Ha = qc.gptq ? hessian(xin, N, qd) : std::vector<double>();
+            LinearF32& f = as_f32(L.o);
+            json st;
+            QLinearData q = quantize_linear(f.w, d, qd, f.bias, qc.gptq ? Ha.data() : nullptr, qc, qc.gptq, had,
+                                            had_seed_o, &st);
+            lj["o"] = st;
+            L.o = std::make_unique<LinearW4A4Ref>(std::move(q));
+        }
+        add_linear_out(*L.o, A, N, H);
+        // ---------------- gate, up ----------------
+        rmsnorm_f32(H.data(), L.ffn_norm.data(), N, d, c.rms_eps, X.data());
+        if (qc.smooth) {
+            float alpha;
+            json st;
+            std::vector<float> s = search_smoothing({&as_f32(L.gate).w, &as_f32(L.up).w}, {ff, ff}, d, X.data(), N, {},
+                                                    qc, &alpha, &st);
+            lj["gate_up_smooth"] = st;
+            for (int64_t j = 0; j < d; ++j) L.ffn_norm[j] /= s[j];
+            for (auto* p : {&L.gate, &L.up}) smooth_apply_weight(as_f32(*p).w.data(), ff, d, s.data());
+            rmsnorm_f32(H.data(), L.ffn_norm.data(), N, d, c.rms_eps, X.data());
+            // down_proj smoothing on the float SwiGLU output, folded into up rows.
+            mlp_block(L, ff, X.data(), N, G.data());
+            json sd;
+            std::vector<float> s_d = search_smoothing({&as_f32(L.down).w}, {d}, ff, G.data(), N, {}, qc, &alpha, &sd);
+            lj["down_smooth"] = sd;
+            LinearF32& up = as_f32(L.up);
+            for (int64_t r = 0; r < ff; ++r)
+                for (int64_t k = 0; k < d; ++k) up.w[r * d + k] /= s_d[r];
+            smooth_apply_weight(as_f32(L.down).w.data(), d, ff, s_d.data());
+        }
+        {
+            const std::vector<double> Hx = qc.gptq ? hessian(X.data(), N, d) : std::vector<double>();
+            for (auto [p, name] : {std::pair{&L.gate, "gate"}, {&L.up, "up"}}) {
+                LinearF32& f = as_f32(*p);
+                json st;
+                QLinearData q = quantize_linear(f.w, f.out, f.in, f.bias, qc.gptq ? Hx.data() : nullptr, qc, qc.gptq,
+                                                0, 0, &st);
+                lj[name] = st;
+                *p = std::make_unique<LinearW4A4Ref>(std::move(q));
+            }
+        }
+        // ---------------- down ----------------
+        mlp_block(L, ff, X.data(), N, G.data());
+        {
+            const int had = qc.rotate ? (int)ff : 0;
+            std::vector<float> Gr;
+            const float* xin = G.data();
+            if (had) {
+                Gr = G;
+                const std::vector<float> sg = hadamard_signs(had, had_seed_down);
+                hadamard_transform(Gr.data(), N, had, sg.data());
+                xin = Gr.data();
+                hadamard_transform(as_f32(L.down).w.data(), d, had, sg.data());
+            }
+            const std::vector<double> Hg = qc.gptq ? hessian(xin, N, ff) : std::vector<double>();
+            LinearF32& f = as_f32(L.down);
+            json st;
+            QLinearData q = quantize_linear(f.w, d, ff, f.bias, qc.gptq ? Hg.data() : nullptr, qc, qc.gptq, had,
+                                            had_seed_down, &st);
+            lj["down"] = st;
+            L.down = std::make_unique<LinearW4A4Ref>(std::move(q));
+        }
+        add_linear_out(*L.down, G, N, H);
+        layers.push_back(lj);
+        bar.add();
+    }
+    bar.finish();
+    rep["layers"] = layers;
+    rep["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    if (report) *report = rep;
+    return w;
+}
+
+}  // namespace sq

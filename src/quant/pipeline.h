@@ -1,0 +1,57 @@
+// The quantization pipeline: every method (fp, rtn, smoothquant, gptq,
+// quarot, specquant and the options beyond the paper) is one QuantConfig run
+// through the same code, one decoder layer at a time (docs/method.md).
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "io/tokenizer.h"
+#include "model/model.h"
+
+namespace sq {
+
+struct QuantConfig {
+    std::string method = "specquant";  // fp | rtn | smoothquant | gptq | quarot | specquant
+    int w_bits = 4;                    // 4 (the packed format's nibble)
+    int a_bits = 4;                    // 2..8, or 16 for weight-only
+    int kv_bits = 16;                  // 2..8, or 16
+    float a_clip = 0.9f;
+    float kv_clip = 1.0f;
+    // Stage 1: smoothing, α searched per layer group on this grid.
+    bool smooth = false;
+    std::vector<float> alpha_grid = {0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f};
+    // Stage 2: spectral split with the adaptive truncation module.
+    bool spectral = false;
+    int k_bar = 32;                      // mean bins kept per output row (budget k̄·C_out)
+    std::string importance = "entropy";  // entropy | abs_mean | abs_max | l2
+    float temperature = 1.0f;
+    // Rotation (QuaRot-style): residual stream, o/down inputs online, q/k.
+    bool rotate = false;
+    uint64_t rotate_seed = 0x5eed;
+    // Weight quantizer of the 4-bit part.
+    bool gptq = false;
+    float gptq_damp = 0.01f;
+    int gptq_block = 128;
+    bool act_order = true;
+    // Calibration.
+    std::string calib_path;
+    int calib_n = 32;
+    int calib_len = 512;
+    uint64_t seed = 0;
+    int search_tokens = 2048;  // calibration tokens the α search evaluates
+};
+
+// Defaults of a named method (throws sq::Error listing the methods).
+QuantConfig quant_config_for(const std::string& method);
+// Checks ranges and combinations; throws naming the option.
+void quant_config_validate(const QuantConfig& qc);
+nlohmann::json quant_config_to_json(const QuantConfig& qc);
+
+// Quantizes `w` (float32, consumed) on calibration text. Prints progress;
+// `report` (optional) receives per-layer statistics and timings.
+ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantConfig& qc,
+                            nlohmann::json* report = nullptr);
+
+}  // namespace sq
