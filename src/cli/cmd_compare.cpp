@@ -54,7 +54,7 @@ CommandAction compare_setup(CLI::App& app) {
     struct Opts {
         std::string model, methods = "fp,rtn,smoothquant,gptq,quarot,specquant", bits = "w4a4kv4,w4a4kv16,w4a16",
                            suite = "quick", data_dir, json_out;
-        int threads = 0, ctx = 2048, limit = 0;
+        int threads = 0, ctx = 2048, limit = 0, chunks = 0;
         uint64_t eval_seed = 1234;
         QuantCliOptions q;
     };
@@ -65,6 +65,7 @@ CommandAction compare_setup(CLI::App& app) {
     app.add_option("--suite", o->suite, "quick | full | a --tasks list for specquant eval")->capture_default_str();
     app.add_option("--limit", o->limit, "documents per task for a custom suite (0 = all)")->capture_default_str();
     app.add_option("-c,--ctx", o->ctx, "context / WikiText-2 window")->capture_default_str();
+    app.add_option("--chunks", o->chunks, "WikiText-2 windows to score (0 = the suite's)")->capture_default_str();
     app.add_option("--eval-seed", o->eval_seed, "seed of the task subsets")->capture_default_str();
     app.add_option("--data-dir", o->data_dir, "evaluation data (default ../shared/data)");
     app.add_option("--json", o->json_out, "also write all results as JSON");
@@ -83,6 +84,7 @@ CommandAction compare_setup(CLI::App& app) {
         EvalOptions eo;
         eval_select(o->suite == "full" ? "all" : o->suite, eo);
         if (o->limit > 0) eo.limit = o->limit;
+        if (o->chunks > 0) eo.ppl_windows = o->chunks;
         eo.seed = o->eval_seed;
         eo.ctx = o->ctx;
         eo.data_dir = o->data_dir.empty() ? default_data_dir() : o->data_dir;

@@ -22,7 +22,7 @@ void quant_cli_add(CLI::App& app, QuantCliOptions& o, bool with_method, bool wit
         ->capture_default_str();
     app.add_option("--temperature", o.temperature, "softmax temperature of the bin allocation")
         ->capture_default_str();
-    app.add_option("--basis", o.basis, "spectral basis: fourier")->capture_default_str();
+    app.add_option("--basis", o.basis, "16-bit branch basis: fourier (paper) | svd (low-rank, beyond the paper)")->capture_default_str();
     app.add_option("--weight-quantizer", o.weight_quantizer, "gptq | rtn (default: the method's)");
     app.add_option("--smooth", o.smooth, "on | off: override the method's smoothing");
     app.add_option("--spectral", o.spectral, "on | off: override the method's spectral split");
@@ -52,7 +52,7 @@ QuantConfig quant_cli_config(const QuantCliOptions& o, const std::string& method
     qc.k_bar = o.k_bar;
     qc.importance = o.importance;
     qc.temperature = o.temperature;
-    SQ_CHECK(o.basis == "fourier", "--basis ", o.basis, " not supported (supported: fourier)");
+    qc.basis = o.basis;
     if (!o.weight_quantizer.empty()) {
         SQ_CHECK(o.weight_quantizer == "gptq" || o.weight_quantizer == "rtn", "--weight-quantizer takes gptq or rtn");
         qc.gptq = o.weight_quantizer == "gptq";

@@ -31,6 +31,7 @@
 #include "quant/calib_data.h"
 #include "quant/gptq.h"
 #include "quant/hadamard.h"
+#include "quant/lowrank.h"
 #include "quant/quantizer.h"
 #include "quant/smooth.h"
 #include "quant/spectral.h"
@@ -75,6 +76,7 @@ void quant_config_validate(const QuantConfig& qc) {
     SQ_CHECK(qc.kv_clip > 0.0f && qc.kv_clip <= 1.0f, "--kv-clip ", qc.kv_clip, " out of range (0, 1]");
     SQ_CHECK(!qc.spectral || (qc.k_bar >= 1 && qc.k_bar <= 4096), "--k-bar ", qc.k_bar, " out of range");
     SQ_CHECK(qc.temperature > 0.0f, "--temperature must be > 0");
+    SQ_CHECK(qc.basis == "fourier" || qc.basis == "svd", "--basis ", qc.basis, " unknown (fourier | svd)");
     importance_from_name(qc.importance);
     SQ_CHECK(!qc.smooth || !qc.alpha_grid.empty(), "smoothing needs at least one alpha");
     for (float a : qc.alpha_grid) SQ_CHECK(a >= 0.0f && a <= 1.0f, "alpha ", a, " out of range [0, 1]");
@@ -92,7 +94,7 @@ json quant_config_to_json(const QuantConfig& qc) {
     if (qc.smooth) j["alpha_grid"] = qc.alpha_grid, j["search_tokens"] = qc.search_tokens;
     if (qc.spectral)
         j.update({{"k_bar", qc.k_bar}, {"importance", qc.importance}, {"temperature", qc.temperature},
-                  {"basis", "fourier"}});
+                  {"basis", qc.basis}});
     if (qc.gptq)
         j.update({{"gptq_damp", qc.gptq_damp}, {"gptq_block", qc.gptq_block}, {"act_order", qc.act_order}});
     if (qc.rotate) j["rotate_seed"] = qc.rotate_seed;
@@ -124,6 +126,13 @@ std::vector<double> hessian(const float* x, int64_t n, int64_t in) {
     return H;
 }
 
+std::vector<float> transpose_of(const std::vector<float>& a, int64_t r, int64_t c) {
+    std::vector<float> t((size_t)r * c);
+    for (int64_t i = 0; i < r; ++i)
+        for (int64_t j = 0; j < c; ++j) t[j * r + i] = a[i * c + j];
+    return t;
+}
+
 std::vector<float> col_absmax(const float* x, int64_t n, int64_t cols) {
     std::vector<float> m(cols, 0.0f);
     smooth_act_absmax(x, n, cols, m.data());
@@ -149,7 +158,27 @@ QLinearData quantize_linear(const std::vector<float>& W, int64_t out, int64_t in
     d.had_in = had_in;
     d.had_seed = had_seed;
     std::vector<float> R = W;
-    if (qc.spectral) {
+    if (qc.spectral && qc.basis == "svd") {
+        const int r = (int)std::min<int64_t>(2 * qc.k_bar - 1, std::min(in, out));
+        std::vector<float> B = lowrank_basis(W.data(), out, in, r);
+        for (auto& b : B) b = fp16_to_fp32(fp32_to_fp16(b));
+        std::vector<float> C((size_t)out * r);
+        matmul_t(W.data(), out, std::vector<float>(transpose_of(B, in, r)).data(), r, in, C.data());
+        for (auto& c : C) c = fp16_to_fp32(fp32_to_fp16(c));
+        spectral_residual(W.data(), out, in, C.data(), B.data(), r, R.data());
+        d.rank = r;
+        d.basis = "explicit";
+        d.basis_f16.resize(B.size());
+        for (size_t i = 0; i < B.size(); ++i) d.basis_f16[i] = fp32_to_fp16(B[i]);
+        d.coef.resize(C.size());
+        for (size_t i = 0; i < C.size(); ++i) d.coef[i] = fp32_to_fp16(C[i]);
+        if (stats) {
+            double ew = 0, er = 0;
+            for (size_t i = 0; i < W.size(); ++i) ew += (double)W[i] * W[i], er += (double)R[i] * R[i];
+            (*stats)["rank"] = r;
+            (*stats)["kept_energy"] = ew > 0 ? 1.0 - er / ew : 0.0;
+        }
+    } else if (qc.spectral) {
         const Importance imp = importance_from_name(qc.importance);
         const int k_max = std::min<int>((int)(in / 2 + 1), 2 * qc.k_bar);
         const int64_t budget = std::min<int64_t>((int64_t)qc.k_bar * out, (int64_t)k_max * out);
@@ -224,7 +253,11 @@ std::vector<float> proxy_quantize(const std::vector<float>& W, int64_t out, int6
     for (int64_t j = 0; j < out; ++j)
         for (int64_t k = 0; k < in; ++k) deq[j * in + k] = d.scale[j] * (float)w4_get(&d.codes[j * rb], k);
     if (d.rank > 0) {
-        const std::vector<float> B = fourier_basis_f16(in, d.rank);
+        std::vector<float> B;
+        if (d.basis == "explicit")
+            for (uint16_t h : d.basis_f16) B.push_back(fp16_to_fp32(h));
+        else
+            B = fourier_basis_f16(in, d.rank);
         for (int64_t j = 0; j < out; ++j)
             for (int r = 0; r < d.rank; ++r) {
                 const float c = fp16_to_fp32(d.coef[j * d.rank + r]);

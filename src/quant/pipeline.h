@@ -27,6 +27,10 @@ struct QuantConfig {
     int k_bar = 32;                      // mean bins kept per output row (budget k̄·C_out)
     std::string importance = "entropy";  // entropy | abs_mean | abs_max | l2
     float temperature = 1.0f;
+    // 16-bit branch basis: "fourier" (the paper), or "svd" (beyond the paper:
+    // top-r right singular vectors of Ŵ, r = 2k̄−1 = the same 16-bit budget as
+    // a uniform Fourier split, stored explicitly).
+    std::string basis = "fourier";
     // Rotation (QuaRot-style): residual stream, o/down inputs online, q/k.
     bool rotate = false;
     uint64_t rotate_seed = 0x5eed;
