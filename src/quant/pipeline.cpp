@@ -350,16 +350,15 @@ void rotate_output(std::vector<float>& W, int64_t rows, int64_t cols, int n, con
         for (int64_t j = 0; j < cols; ++j) W[i * cols + j] = t[j * rows + i];
 }
 
-// QuaRot, offline part: fuse RMSNorm weights into the following linears,
-// rotate the residual stream by R = diag(±1)·H_d, rotate V per head by H_hd
-// (undone in o_proj's columns). Online parts are recorded per layer.
-void rotate_model(ModelWeights& w, const QuantConfig& qc) {
+}  // namespace
+
+void model_rotate(ModelWeights& w, uint64_t seed) {
     const ModelConfig& c = w.cfg;
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   V = c.vocab;
     for (int n : {(int)d, (int)hd, (int)qd, c.d_ff})
         SQ_CHECK(hadamard_supported(n), "quarot: no Hadamard matrix of order ", n, " for this model");
-    const std::vector<float> signs = hadamard_signs((int)d, qc.rotate_seed);
+    const std::vector<float> signs = hadamard_signs((int)d, seed);
     auto fuse_cols = [](std::vector<float>& W, int64_t rows, int64_t cols, const std::vector<float>& g) {
         for (int64_t i = 0; i < rows; ++i)
             for (int64_t j = 0; j < cols; ++j) W[i * cols + j] *= g[j];
@@ -398,6 +397,43 @@ void rotate_model(ModelWeights& w, const QuantConfig& qc) {
     w.qk_rotate = true;
 }
 
+void fold_smooth_qkv(LayerWeights& L, const std::vector<float>& s) {
+    const int64_t d = (int64_t)L.attn_norm.size();
+    for (int64_t j = 0; j < d; ++j) L.attn_norm[j] /= s[j];
+    for (auto* p : {&L.q, &L.k, &L.v}) smooth_apply_weight(as_f32(*p).w.data(), (*p)->out, d, s.data());
+}
+
+void fold_smooth_gate_up(LayerWeights& L, const std::vector<float>& s) {
+    const int64_t d = (int64_t)L.ffn_norm.size();
+    for (int64_t j = 0; j < d; ++j) L.ffn_norm[j] /= s[j];
+    for (auto* p : {&L.gate, &L.up}) smooth_apply_weight(as_f32(*p).w.data(), (*p)->out, d, s.data());
+}
+
+void fold_smooth_o(LayerWeights& L, const ModelConfig& c, const std::vector<float>& s) {
+    const int64_t hd = c.head_dim, qd = (int64_t)c.n_heads * hd, group = c.n_heads / c.n_kv_heads;
+    LinearF32& v = as_f32(L.v);
+    const int64_t d = v.in;
+    for (int64_t g = 0; g < c.n_kv_heads; ++g)
+        for (int64_t i = 0; i < hd; ++i) {
+            const float sc = s[(g * group) * hd + i];  // first query head of the group
+            for (int64_t h = g * group; h < (g + 1) * group; ++h)
+                SQ_CHECK(s[h * hd + i] == sc, "fold_smooth_o: scales differ across the query heads of KV head ", g);
+            const int64_t row = g * hd + i;
+            for (int64_t k = 0; k < d; ++k) v.w[row * d + k] /= sc;
+            if (!v.bias.empty()) v.bias[row] /= sc;
+        }
+    smooth_apply_weight(as_f32(L.o).w.data(), L.o->out, qd, s.data());
+}
+
+void fold_smooth_down(LayerWeights& L, const std::vector<float>& s) {
+    LinearF32& up = as_f32(L.up);
+    for (int64_t r = 0; r < up.out; ++r)
+        for (int64_t k = 0; k < up.in; ++k) up.w[r * up.in + k] /= s[r];
+    smooth_apply_weight(as_f32(L.down).w.data(), L.down->out, up.out, s.data());
+}
+
+namespace {
+
 // Per-sequence attention of one layer for all calibration tokens.
 void calib_attention(const ModelWeights& w, int l, const float* inv_freq, const std::vector<float>& X, int n_seq,
                      int len, std::vector<float>& A) {
@@ -432,7 +468,7 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
     const int n_seq = (int)cd.seqs.size(), len = qc.calib_len;
     const int64_t N = (int64_t)n_seq * len;
     json rep = {{"calib_sha256", cd.sha256}, {"calib_tokens", N}, {"calib_file_tokens", cd.file_tokens}};
-    if (qc.rotate) rotate_model(w, qc);
+    if (qc.rotate) model_rotate(w, qc.rotate_seed);
     w.kv_bits = qc.kv_bits;
     w.kv_clip = qc.kv_clip;
     const std::vector<float> inv_freq = rope_inv_freq(c);
@@ -462,22 +498,14 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
             std::vector<float> s = search_smoothing({&as_f32(L.q).w, &as_f32(L.k).w, &as_f32(L.v).w}, {qd, kvd, kvd},
                                                     d, X.data(), N, {}, qc, &alpha, &st);
             lj["qkv_smooth"] = st;
-            for (int64_t j = 0; j < d; ++j) L.attn_norm[j] /= s[j];
-            for (auto* p : {&L.q, &L.k, &L.v}) smooth_apply_weight(as_f32(*p).w.data(), (*p)->out, d, s.data());
+            fold_smooth_qkv(L, s);
             rmsnorm_f32(H.data(), L.attn_norm.data(), N, d, c.rms_eps, X.data());
             // o_proj smoothing decided on the float attention output, folded into v rows.
             calib_attention(w, l, inv_freq.data(), X, n_seq, len, A);
             json so;
             std::vector<float> s_o = search_smoothing({&as_f32(L.o).w}, {d}, qd, A.data(), N, o_tie, qc, &alpha, &so);
             lj["o_smooth"] = so;
-            LinearF32& v = as_f32(L.v);
-            for (int64_t ch = 0; ch < qd; ch += 1) {
-                const int64_t row = o_tie[ch];  // v output row of this class
-                if (ch / hd % group != 0) continue;  // first head of each group sets the fold
-                for (int64_t k = 0; k < d; ++k) v.w[row * d + k] /= s_o[ch];
-                if (!v.bias.empty()) v.bias[row] /= s_o[ch];
-            }
-            smooth_apply_weight(as_f32(L.o).w.data(), d, qd, s_o.data());
+            fold_smooth_o(L, c, s_o);
         }
         {
             const std::vector<double> Hx = qc.gptq ? hessian(X.data(), N, d) : std::vector<double>();
@@ -521,18 +549,14 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
             std::vector<float> s = search_smoothing({&as_f32(L.gate).w, &as_f32(L.up).w}, {ff, ff}, d, X.data(), N, {},
                                                     qc, &alpha, &st);
             lj["gate_up_smooth"] = st;
-            for (int64_t j = 0; j < d; ++j) L.ffn_norm[j] /= s[j];
-            for (auto* p : {&L.gate, &L.up}) smooth_apply_weight(as_f32(*p).w.data(), ff, d, s.data());
+            fold_smooth_gate_up(L, s);
             rmsnorm_f32(H.data(), L.ffn_norm.data(), N, d, c.rms_eps, X.data());
             // down_proj smoothing on the float SwiGLU output, folded into up rows.
             mlp_block(L, ff, X.data(), N, G.data());
             json sd;
             std::vector<float> s_d = search_smoothing({&as_f32(L.down).w}, {d}, ff, G.data(), N, {}, qc, &alpha, &sd);
             lj["down_smooth"] = sd;
-            LinearF32& up = as_f32(L.up);
-            for (int64_t r = 0; r < ff; ++r)
-                for (int64_t k = 0; k < d; ++k) up.w[r * d + k] /= s_d[r];
-            smooth_apply_weight(as_f32(L.down).w.data(), d, ff, s_d.data());
+            fold_smooth_down(L, s_d);
         }
         {
             const std::vector<double> Hx = qc.gptq ? hessian(X.data(), N, d) : std::vector<double>();

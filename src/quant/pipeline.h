@@ -53,6 +53,23 @@ QuantConfig quant_config_for(const std::string& method);
 void quant_config_validate(const QuantConfig& qc);
 nlohmann::json quant_config_to_json(const QuantConfig& qc);
 
+// Exact (float32) transforms the methods are built from; each leaves the
+// model's function unchanged (tests/test_pipeline.cpp). Layers must still be
+// float32 (LinearF32).
+//   qkv:     attn_norm /= s, W_q,k,v[:, j] *= s_j              s [d]
+//   o:       W_v rows /= s (one scale per KV head and dim), W_o[:, j] *= s_j
+//            s [H·hd] must be equal across the query heads of a KV head
+//   gate_up: ffn_norm /= s, W_gate,up[:, j] *= s_j             s [d]
+//   down:    W_up rows /= s, W_down[:, j] *= s_j                s [ff]
+void fold_smooth_qkv(LayerWeights& L, const std::vector<float>& s);
+void fold_smooth_o(LayerWeights& L, const ModelConfig& c, const std::vector<float>& s);
+void fold_smooth_gate_up(LayerWeights& L, const std::vector<float>& s);
+void fold_smooth_down(LayerWeights& L, const std::vector<float>& s);
+// QuaRot's offline rotation: RMSNorm weights fused into the next linears,
+// residual stream rotated by diag(±1)·H_d (seeded), V rotated per head by H_hd
+// (undone in W_o), q/k rotated per head at run time (w.qk_rotate).
+void model_rotate(ModelWeights& w, uint64_t seed);
+
 // Quantizes `w` (float32, consumed) on calibration text. Prints progress;
 // `report` (optional) receives per-layer statistics and timings.
 ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantConfig& qc,

@@ -1,0 +1,195 @@
+// The quantization pipeline on the tiny fixtures: exact folds (smoothing,
+// rotation), determinism, packed round trip, and that the methods behave.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "core/error.h"
+#include "io/checkpoint.h"
+#include "io/tokenizer.h"
+#include "model/linear_w4a4.h"
+#include "model/model.h"
+#include "quant/packed_model.h"
+#include "quant/pipeline.h"
+
+using namespace sq;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kData = SQ_TEST_DATA;
+const std::string kCalib = std::string(SQ_SOURCE_DIR) + "/../shared/data/calib/c4.utf8";
+
+std::vector<float> logits_of(const Model& m, const std::vector<int>& toks) {
+    KVCache c(m.config(), (int)toks.size());
+    std::vector<float> out(toks.size() * m.config().vocab);
+    m.forward(toks.data(), (int)toks.size(), c, out.data(), true);
+    return out;
+}
+
+double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        num = std::max(num, (double)std::fabs(a[i] - b[i]));
+        den = std::max(den, (double)std::fabs(b[i]));
+    }
+    return num / den;
+}
+
+double frob_rel(const std::vector<float>& a, const std::vector<float>& b) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); ++i) num += (double)(a[i] - b[i]) * (a[i] - b[i]), den += (double)b[i] * b[i];
+    return std::sqrt(num / den);
+}
+
+std::vector<int> some_tokens(int vocab, int n, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::vector<int> t(n);
+    for (auto& x : t) x = (int)(rng() % vocab);
+    return t;
+}
+
+std::vector<float> random_scales(int64_t n, std::mt19937& rng) {
+    std::lognormal_distribution<float> ln(0.0f, 1.0f);
+    std::vector<float> s(n);
+    for (auto& v : s) v = ln(rng);
+    return s;
+}
+
+std::string read_bytes(const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+}  // namespace
+
+// Smoothing folds leave the float model's function unchanged (GQA o_proj
+// scales shared per KV head; Qwen2 v bias divided too).
+TEST(Pipeline, SmoothingFoldsAreExact) {
+    for (const char* name : {"tiny_llama", "tiny_qwen2"}) {
+        Checkpoint ck = checkpoint_open(kData + "/models/" + name);
+        const ModelConfig& c = ck.config;
+        auto toks = some_tokens(c.vocab, 17, 5);
+        const auto ref = logits_of(Model(model_load_f32(ck, false)), toks);
+        ModelWeights w = model_load_f32(ck, false);
+        std::mt19937 rng(9);
+        const int64_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
+        for (auto& L : w.layers) {
+            fold_smooth_qkv(L, random_scales(c.d_model, rng));
+            auto so = random_scales((int64_t)c.n_heads * hd, rng);
+            for (int64_t h = 0; h < c.n_heads; ++h)
+                for (int64_t i = 0; i < hd; ++i) so[h * hd + i] = so[(h / group * group) * hd + i];
+            fold_smooth_o(L, c, so);
+            fold_smooth_gate_up(L, random_scales(c.d_model, rng));
+            fold_smooth_down(L, random_scales(c.d_ff, rng));
+        }
+        const auto got = logits_of(Model(std::move(w)), toks);
+        EXPECT_LE(rel_diff(got, ref), 1e-5) << name;
+    }
+}
+
+TEST(Pipeline, SmoothingFoldRejectsUntiedGqaScales) {
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    ModelWeights w = model_load_f32(ck, false);
+    std::mt19937 rng(1);
+    auto so = random_scales((int64_t)ck.config.n_heads * ck.config.head_dim, rng);  // differs across heads
+    EXPECT_THROW(fold_smooth_o(w.layers[0], ck.config, so), Error);
+}
+
+// QuaRot's offline rotation (norm fusion, residual rotation, V per-head
+// rotation + q/k rotation at run time) leaves the float model unchanged.
+TEST(Pipeline, RotationIsExact) {
+    for (const char* name : {"tiny_llama", "tiny_qwen2"}) {
+        Checkpoint ck = checkpoint_open(kData + "/models/" + name);
+        auto toks = some_tokens(ck.config.vocab, 17, 6);
+        const auto ref = logits_of(Model(model_load_f32(ck, false)), toks);
+        ModelWeights w = model_load_f32(ck, false);
+        model_rotate(w, 77);
+        EXPECT_TRUE(w.qk_rotate);
+        const auto got = logits_of(Model(std::move(w)), toks);
+        EXPECT_LE(rel_diff(got, ref), 1e-5) << name;
+    }
+}
+
+// Every method runs end to end on a tiny model; W4A16 stays close to FP,
+// the output is deterministic (byte-identical files) and round-trips.
+TEST(Pipeline, MethodsRunDeterministicallyAndRoundTrip) {
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    Tokenizer tok(ck.tokenizer);
+    auto toks = some_tokens(ck.config.vocab, 20, 7);
+    const auto ref = logits_of(Model(model_load_f32(ck, false)), toks);
+    const std::string dir = fs::temp_directory_path().string();
+    for (const char* method : {"rtn", "smoothquant", "gptq", "quarot", "specquant"}) {
+        double w4a16_err = 0;
+        for (int a_bits : {16, 4}) {
+            QuantConfig qc = quant_config_for(method);
+            qc.a_bits = a_bits;
+            qc.kv_bits = a_bits == 4 ? 4 : 16;
+            qc.calib_path = kCalib;
+            qc.calib_n = 4;
+            qc.calib_len = 64;
+            qc.k_bar = 4;
+            nlohmann::json quant = quant_config_to_json(qc);
+            std::string files[2];
+            for (int rep = 0; rep < 2; ++rep) {
+                ModelWeights w = quantize_model(model_load_f32(ck, false), tok, qc);
+                files[rep] = dir + "/sq_pipe_" + method + std::to_string(rep) + ".sqm";
+                packed_model_save(files[rep], w, ck.tokenizer, quant);
+            }
+            EXPECT_EQ(read_bytes(files[0]), read_bytes(files[1])) << method << " not deterministic";
+            // Load → save again: byte-identical.
+            PackedModel pm = packed_model_load(files[0]);
+            const std::string again = dir + "/sq_pipe_again.sqm";
+            packed_model_save(again, pm.weights, pm.tokenizer, pm.quant);
+            EXPECT_EQ(read_bytes(again), read_bytes(files[0])) << method << " round trip";
+            const auto got = logits_of(Model(std::move(pm.weights)), toks);
+            // Relative Frobenius error of the logits. Unrelated logits of the
+            // same scale give ≈ √2; a 4-bit per-channel step on 64-wide rows
+            // (≈ 9% weight noise per linear, 14 linears) lands well below 1.
+            const double err = frob_rel(got, ref);
+            EXPECT_LT(err, 0.7) << method << " a" << a_bits;
+            if (a_bits == 16) w4a16_err = err;
+            else EXPECT_GT(err, w4a16_err) << method << ": 4-bit activations should add error";
+            for (auto& f : files) fs::remove(f);
+            fs::remove(again);
+        }
+    }
+}
+
+TEST(Pipeline, BadConfigurationsAreErrors) {
+    EXPECT_THROW(quant_config_for("awq"), Error);
+    QuantConfig qc = quant_config_for("specquant");
+    qc.a_bits = 1;
+    EXPECT_THROW(quant_config_validate(qc), Error);
+    qc = quant_config_for("specquant");
+    qc.w_bits = 3;
+    EXPECT_THROW(quant_config_validate(qc), Error);
+    qc = quant_config_for("specquant");
+    qc.importance = "vibes";
+    EXPECT_THROW(quant_config_validate(qc), Error);
+    qc = quant_config_for("specquant");
+    qc.basis = "wavelet";
+    EXPECT_THROW(quant_config_validate(qc), Error);
+    // Calibration file missing / too short.
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    Tokenizer tok(ck.tokenizer);
+    qc = quant_config_for("rtn");
+    qc.calib_path = "/nonexistent/calib.txt";
+    EXPECT_THROW(quantize_model(model_load_f32(ck, false), tok, qc), Error);
+    const std::string shortf = fs::temp_directory_path().string() + "/sq_short_calib.txt";
+    { std::ofstream(shortf) << "just a few words"; }
+    qc.calib_path = shortf;
+    try {
+        quantize_model(model_load_f32(ck, false), tok, qc);
+        FAIL() << "short calibration accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("too short"), std::string::npos) << e.what();
+    }
+    fs::remove(shortf);
+}
