@@ -27,8 +27,9 @@ LinearF32::LinearF32(int64_t in_, int64_t out_, std::vector<float> w_, std::vect
 
 void LinearF32::forward(const float* x, int64_t n, float* y) const {
     const PackedF32 p = gemm_f32_view(w.data(), out, in);
-    // Decode (a few tokens): stream W once. Prefill: cache-blocked GEMM.
-    // Crossover measured in bench BM_GemvF32 vs BM_GemvViaGemmF32.
+    // Decode and small batches (n ≤ 16 tokens): stream W once. Prefill:
+    // cache-blocked GEMM. Crossover measured in bench BM_GemvF32 vs
+    // BM_GemvViaGemmF32 (docs/kernels-cpu-notes.md).
     if (n <= gemv_f32_max_m) gemv_f32(x, n, p, y);
     else gemm_f32(x, n, p, y);
     if (bias.empty()) return;

@@ -1,0 +1,264 @@
+// AVX2+FMA FP32 GEMM/GEMV. See gemm_f32.h for the layout and
+// docs/kernels-cpu-notes.md for the measurements behind the numbers below.
+//
+// Micro-kernel (tile<3, 4>): per 8 k-lanes, 3 loads of x + 4 loads of W feed
+// 12 FMAs into 12 ymm accumulators (16 ymm registers in all: 12 acc, 3 x, 1 W).
+// Zen 4 issues 2 FMAs and 2–3 loads per cycle, so 7 loads per 12 FMAs leave
+// the FMA pipes as the bottleneck; 12 independent chains cover the 4-cycle
+// FMA latency × 2 pipes = 8 in flight. The 8 lanes of each accumulator are
+// summed with 3 hadds per 4 accumulators once per k-block (≤ 5% of the FMAs
+// for kc ≥ 288).
+#include "kernels/cpu/gemm_f32.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "core/threads.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/ref/gemm_ref.h"
+
+#define SQ_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace sq {
+
+namespace {
+
+constexpr int64_t kMR = 3;  // rows of x per tile
+constexpr int64_t kNR = 4;  // rows of W per tile (= one hadd reduction)
+
+// Mask selecting the first r (1..7) of 8 lanes, for the k tail.
+SQ_AVX2 inline __m256i tail_mask(int64_t r) {
+    alignas(32) static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256((const __m256i*)(m + 8 - r));
+}
+
+// [sum(a0), sum(a1), sum(a2), sum(a3)]; lane order is fixed, so every output
+// element is reduced identically whatever tile it lands in.
+SQ_AVX2 inline __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 h01 = _mm256_hadd_ps(a0, a1);  // a0 01 23, a1 01 23 | a0 45 67, a1 45 67
+    const __m256 h23 = _mm256_hadd_ps(a2, a3);
+    const __m256 h = _mm256_hadd_ps(h01, h23);  // a0..a3 lanes 0-3 | a0..a3 lanes 4-7
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+// y[i, j] (+)= sum_{p<kc} x[i*ldx + p] * w[j*ldw + p] for i < MR, j < NR.
+// add = false on the first k-block (y may hold NaN poison), true after.
+// kPrefetch (GEMV only, where the NR rows are whole and contiguous, ldw == kc):
+// the bytes that come next in memory are the next tile's NR rows; pull them
+// into L2 at the rate this tile consumes its own (2 lines per 8 k-lanes of 4
+// rows). Short rows (k = 576: 2.3 KB) restart the hardware prefetcher's
+// streams every tile; this kept decode at ~55–75% of the streaming bandwidth
+// without and ~80–90% with (notes, v2).
+template <int MR, int NR, bool kPrefetch>
+SQ_AVX2 inline void tile(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t kc,
+                         float* y, int64_t ldy, bool add) {
+    __m256 acc[MR][NR];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+
+    const char* ahead = (const char*)(w + NR * ldw);
+    int64_t p = 0;
+    for (; p + 8 <= kc; p += 8) {
+        if constexpr (kPrefetch) {
+            _mm_prefetch(ahead + p * NR * 4, _MM_HINT_T1);
+            _mm_prefetch(ahead + p * NR * 4 + 64, _MM_HINT_T1);
+        }
+        __m256 xv[MR];
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; ++i) xv[i] = _mm256_loadu_ps(x + i * ldx + p);
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) {
+            const __m256 wv = _mm256_loadu_ps(w + j * ldw + p);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; ++i) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+        }
+    }
+    if (p < kc) {  // k tail: masked loads read nothing past the row end
+        const __m256i mk = tail_mask(kc - p);
+        __m256 xv[MR];
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; ++i) xv[i] = _mm256_maskload_ps(x + i * ldx + p, mk);
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) {
+            const __m256 wv = _mm256_maskload_ps(w + j * ldw + p, mk);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; ++i) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+        }
+    }
+
+    const __m256 z = _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+        __m128 s = hsum4(acc[i][0], NR > 1 ? acc[i][NR > 1 ? 1 : 0] : z, NR > 2 ? acc[i][NR > 2 ? 2 : 0] : z,
+                         NR > 3 ? acc[i][NR > 3 ? 3 : 0] : z);
+        float* yi = y + i * ldy;
+        if constexpr (NR == 4) {
+            if (add) s = _mm_add_ps(s, _mm_loadu_ps(yi));
+            _mm_storeu_ps(yi, s);
+        } else {
+            alignas(16) float t[4];
+            _mm_store_ps(t, s);
+            for (int j = 0; j < NR; ++j) yi[j] = add ? yi[j] + t[j] : t[j];
+        }
+    }
+}
+
+using TileFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t, bool);
+
+// tile_table[mr-1][nr-1]: edge tiles for m % 3 and n % 4 remainders.
+const TileFn tile_table[kMR][kNR] = {
+    {tile<1, 1, false>, tile<1, 2, false>, tile<1, 3, false>, tile<1, 4, false>},
+    {tile<2, 1, false>, tile<2, 2, false>, tile<2, 3, false>, tile<2, 4, false>},
+    {tile<3, 1, false>, tile<3, 2, false>, tile<3, 3, false>, tile<3, 4, false>},
+};
+const TileFn tile_table_gemv[kMR][kNR] = {
+    {tile<1, 1, true>, tile<1, 2, true>, tile<1, 3, true>, tile<1, 4, true>},
+    {tile<2, 1, true>, tile<2, 2, true>, tile<2, 3, true>, tile<2, 4, true>},
+    {tile<3, 1, true>, tile<3, 2, true>, tile<3, 3, true>, tile<3, 4, true>},
+};
+
+// k-blocks of equal size (multiple of 8) not above kc_max, so every element
+// sees the same block boundaries whatever m and the thread count are.
+int64_t pick_kc(int64_t k, int64_t kc_max) {
+    const int64_t nb = std::max<int64_t>(1, (k + kc_max - 1) / kc_max);
+    const int64_t kc = (k + nb - 1) / nb;
+    return (kc + 7) / 8 * 8;
+}
+
+// One task of gemm_f32: rows [i0, i1) of x against rows [j0, j1) of W.
+// Loop order (outer→inner): k-block, W strip of 4 rows (stays in L1 while
+// the 3-row x strips of the mc block stream from L2), x strip. While one W
+// strip is in use, the next one (from DRAM for large n, e.g. lm_head) is
+// prefetched into L2, a few lines per x strip, so the first tile of each
+// strip does not stall on memory.
+SQ_AVX2 void gemm_task(const float* x, const float* w, float* y, int64_t n, int64_t k, int64_t kc, int64_t i0,
+                       int64_t i1, int64_t j0, int64_t j1) {
+    const int64_t tiles = (i1 - i0 + kMR - 1) / kMR;
+    for (int64_t p0 = 0; p0 < k; p0 += kc) {
+        const int64_t kb = std::min(kc, k - p0);
+        const bool add = p0 > 0;
+        const int64_t row_lines = (kb * 4 + 63) / 64;
+        for (int64_t j = j0; j < j1; j += kNR) {
+            const int64_t nr = std::min(kNR, j1 - j);
+            const float* wj = w + j * k + p0;
+            // next strip: rows [j + 4, j + 8) of this k-block, if in this task
+            const int64_t next_rows = std::min(kNR, j1 - j - kNR);
+            const int64_t pf_lines = std::max<int64_t>(0, next_rows) * row_lines;
+            const int64_t pf_per_tile = (pf_lines + tiles - 1) / tiles;
+            int64_t pf = 0;
+            auto prefetch_some = [&] {
+                for (int64_t e = std::min(pf_lines, pf + pf_per_tile); pf < e; ++pf) {
+                    const int64_t r = pf / row_lines, off = (pf % row_lines) * 16;
+                    _mm_prefetch((const char*)(wj + (kNR + r) * k + off), _MM_HINT_T1);
+                }
+            };
+            int64_t i = i0;
+            const TileFn full = tile_table[kMR - 1][nr - 1];
+            for (; i + kMR <= i1; i += kMR) {
+                prefetch_some();
+                full(x + i * k + p0, k, wj, k, kb, y + i * n + j, n, add);
+            }
+            if (i < i1) {
+                prefetch_some();
+                tile_table[i1 - i - 1][nr - 1](x + i * k + p0, k, wj, k, kb, y + i * n + j, n, add);
+            }
+        }
+    }
+}
+
+// Rows [j0, j1) of W against all m rows of x, whole k at once: W streams once.
+SQ_AVX2 void gemv_rows(const float* x, int64_t m, const float* w, float* y, int64_t n, int64_t k, int64_t j0,
+                       int64_t j1) {
+    for (int64_t j = j0; j < j1; j += kNR) {
+        const int64_t nr = std::min(kNR, j1 - j);
+        for (int64_t i = 0; i < m; i += kMR) {
+            const int64_t mr = std::min(kMR, m - i);
+            tile_table_gemv[mr - 1][nr - 1](x + i * k, k, w + j * k, k, k, y + i * n + j, n, false);
+        }
+    }
+}
+
+void check_args(const char* fn, const float* x, int64_t m, const PackedF32& w, const float* y) {
+    SQ_CHECK(m >= 0 && w.n >= 0 && w.k >= 0, fn, ": negative shape m=", m, " n=", w.n, " k=", w.k);
+    SQ_CHECK(m == 0 || w.n == 0 || (x && y && (w.k == 0 || w.data())), fn, ": null pointer for m=", m,
+             " n=", w.n, " k=", w.k);
+}
+
+}  // namespace
+
+PackedF32 gemm_f32_pack(const float* w, int64_t n, int64_t k) {
+    SQ_CHECK(n >= 0 && k >= 0, "gemm_f32_pack: negative shape n=", n, " k=", k);
+    PackedF32 p;
+    p.n = n;
+    p.k = k;
+    p.owned.assign(w, w + n * k);
+    return p;
+}
+
+PackedF32 gemm_f32_view(const float* w, int64_t n, int64_t k) {
+    SQ_CHECK(n >= 0 && k >= 0, "gemm_f32_view: negative shape n=", n, " k=", k);
+    PackedF32 p;
+    p.n = n;
+    p.k = k;
+    p.borrowed = w;
+    return p;
+}
+
+void gemm_f32(const float* x, int64_t m, const PackedF32& w, float* y) { gemm_f32(x, m, w, y, GemmF32Blocking{}); }
+
+void gemm_f32(const float* x, int64_t m, const PackedF32& w, float* y, const GemmF32Blocking& b) {
+    check_args("gemm_f32", x, m, w, y);
+    SQ_CHECK(b.kc_max >= 8 && b.mc >= kMR && b.mc % kMR == 0 && b.nc >= kNR && b.nc % kNR == 0,
+             "gemm_f32: bad blocking kc_max=", b.kc_max, " mc=", b.mc, " nc=", b.nc);
+    const int64_t n = w.n, k = w.k;
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+        std::fill(y, y + m * n, 0.0f);
+        return;
+    }
+    const float* wd = w.data();
+    if (!cpu_use_avx2()) {
+        cpu_warn_fallback("gemm_f32");
+        gemm_f32_ref(x, m, wd, n, k, y);
+        return;
+    }
+    const int64_t kc = pick_kc(k, b.kc_max);
+    const int64_t mb = (m + b.mc - 1) / b.mc, nb = (n + b.nc - 1) / b.nc;
+    // Task t = (x block t / nb, W block t % nb): consecutive tasks share the
+    // x block, which each core then keeps in its L2; W blocks stream.
+    parallel_for_dynamic(mb * nb, [&](int64_t t) {
+        const int64_t ib = t / nb, jb = t % nb;
+        gemm_task(x, wd, y, n, k, kc, ib * b.mc, std::min(m, (ib + 1) * b.mc), jb * b.nc,
+                  std::min(n, (jb + 1) * b.nc));
+    });
+}
+
+void gemv_f32(const float* x, int64_t m, const PackedF32& w, float* y) {
+    check_args("gemv_f32", x, m, w, y);
+    const int64_t n = w.n, k = w.k;
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+        std::fill(y, y + m * n, 0.0f);
+        return;
+    }
+    const float* wd = w.data();
+    if (!cpu_use_avx2()) {
+        cpu_warn_fallback("gemv_f32");
+        gemm_f32_ref(x, m, wd, n, k, y);
+        return;
+    }
+    // One contiguous range of W rows per thread (multiple of 4 rows), so
+    // each core streams its part of W front to back exactly once.
+    const int64_t nt = std::max(1, threads_count());
+    const int64_t per = ((n + nt - 1) / nt + kNR - 1) / kNR * kNR;
+    parallel_for(nt, [&](int64_t t) {
+        const int64_t j0 = std::min(n, t * per), j1 = std::min(n, (t + 1) * per);
+        if (j0 < j1) gemv_rows(x, m, wd, y, n, k, j0, j1);
+    });
+}
+
+}  // namespace sq

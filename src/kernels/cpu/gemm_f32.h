@@ -1,0 +1,61 @@
+// FP32 GEMM and GEMV on AVX2+FMA:  y[m, n] = x[m, k] · W[n, k]ᵀ   (nn.Linear layout).
+//
+// Build: part of specquant_lib.  Test: build/specquant_tests --gtest_filter='Gemm*'
+// Bench: build/specquant_bench --benchmark_filter='Gemm|Gemv|MemBw|Clock'
+// Notes (versions, predictions, measurements): docs/kernels-cpu-notes.md
+//
+// Layout. The "packed" weight format is W itself, row-major [n, k]: both
+// operands are contiguous along k, so the micro-kernel is a dot-product tile
+// (3 rows of x × 4 rows of W, 12 ymm accumulators of 8 k-lanes each, reduced
+// with hadd once per k-block). GEMV therefore reads every weight byte exactly
+// once, front to back within each row, with no repacking, and LinearF32 runs
+// on its own `w` without a second copy. PackedF32 either owns a copy
+// (gemm_f32_pack) or borrows (gemm_f32_view).
+//
+// Results are bitwise independent of the thread count and of how the output
+// is tiled (every y element sees the same k-blocks, lane order and reduction).
+// Without AVX2+FMA (or with SQ_FORCE_SCALAR=1) both entry points run
+// gemm_f32_ref after a one-line warning on stderr.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace sq {
+
+struct PackedF32 {
+    int64_t n = 0;  // output features: rows of W
+    int64_t k = 0;  // input features: columns of W
+    std::vector<float> owned;        // W [n, k] when owning (gemm_f32_pack), else empty
+    const float* borrowed = nullptr; // W [n, k] when borrowing (gemm_f32_view)
+    const float* data() const { return owned.empty() ? borrowed : owned.data(); }
+    size_t bytes() const { return (size_t)n * (size_t)k * sizeof(float); }
+};
+
+// Copies W [n, k] row-major. Throws sq::Error on negative sizes.
+PackedF32 gemm_f32_pack(const float* w, int64_t n, int64_t k);
+// Borrows W [n, k] row-major; w must outlive the result and stay unchanged.
+PackedF32 gemm_f32_view(const float* w, int64_t n, int64_t k);
+
+// Cache blocking of gemm_f32 (defaults measured on Zen 4, see the notes).
+struct GemmF32Blocking {
+    int64_t kc_max = 768;  // k-block: a 4×kc W strip + 3×kc x strip stay in 32 KB L1d
+    int64_t mc = 144;      // x block mc×kc stays in L2 (multiple of 3)
+    int64_t nc = 128;      // W rows per task (multiple of 4): the unit of work per thread
+};
+
+// Cache-blocked GEMM for prefill (m large). Any m >= 0; x [m, k], y [m, n]
+// row-major, y overwritten. Threads: tasks of (mc rows of x) × (nc rows of W).
+void gemm_f32(const float* x, int64_t m, const PackedF32& w, float* y);
+void gemm_f32(const float* x, int64_t m, const PackedF32& w, float* y, const GemmF32Blocking& b);
+
+// Streaming GEMV for decode and small batches: each thread streams a
+// contiguous range of W rows from DRAM exactly once (whole rows, next rows
+// prefetched), and every 4-row group is applied to all m rows of x while it
+// sits in L1/L2. Correct for any m; faster than gemm_f32 up to about m = 16
+// on the measured shapes (bench: BM_GemvF32 vs BM_GemvViaGemmF32), beyond
+// which gemm_f32's k-blocking wins as the work turns compute-bound.
+void gemv_f32(const float* x, int64_t m, const PackedF32& w, float* y);
+inline constexpr int64_t gemv_f32_max_m = 16;
+
+}  // namespace sq
