@@ -288,6 +288,16 @@ TEST(EvalScoring, AccNormDividesByUtf8Bytes) {
     EXPECT_EQ(m[0].value, 0.0);  // acc: -2.2 wins
 }
 
+TEST(EvalScoring, AccNormLengthExcludesTheDelimiter) {
+    // lm-eval divides by the choice's length, not by that of " " + choice:
+    // "a": -1.0/1 = -1.0 < "bbb": -2.4/3 = -0.8 -> choice 1 (gold). Counting the
+    // space would give -0.5 > -0.6 -> choice 0.
+    TaskDoc d = task_parse_line(spec("arc_easy"), R"({"query":"Question: q","choices":["a","bbb"],"gold":1})", "f", 1);
+    auto m = task_metrics(spec("arc_easy"), {&d}, {{{-1.0, false}, {-2.4, false}}});
+    EXPECT_EQ(m[0].value, 0.0);  // acc picks "a"
+    EXPECT_EQ(m[1].value, 1.0);  // acc_norm picks "bbb"
+}
+
 TEST(EvalScoring, ArgmaxTiesTakeTheFirst) {
     EXPECT_EQ(argmax_first({-1.0, -0.5, -0.5}), 1);
     EXPECT_EQ(argmax_first({-3.0}), 0);
@@ -393,14 +403,31 @@ TEST(EvalModelLoglik, SharedPrefixBranchesMatchScoringFromScratch) {
     // common prefix is the 4 context tokens; logits from the last one on.
     EXPECT_EQ(plan.shared, 4);
     EXPECT_EQ(plan.shared_logits, 3);
-    const int64_t before = src.tokens_forwarded();
+    const int64_t before = src.tokens_forwarded(), calls_before = src.forward_calls();
     auto got = src.score(group);
     EXPECT_EQ(src.tokens_forwarded() - before, plan.forward_tokens);
+    EXPECT_EQ(src.forward_calls() - calls_before, plan.forward_calls);
+    EXPECT_EQ(plan.forward_calls, 1 + 0 + 1 + 1 + 1);  // context (last row) + 3 branches
     EXPECT_EQ(plan.forward_tokens, 4 + 0 + 3 + 2 + 1);  // context once, then each branch
     for (size_t i = 0; i < group.size(); ++i) {
         ContinuationScore ref = naive_score(m, group[i]);
         EXPECT_NEAR(got[i].logprob, ref.logprob, 1e-4 * (1 + std::fabs(ref.logprob))) << "request " << i;
         EXPECT_EQ(got[i].greedy, ref.greedy) << "request " << i;
+    }
+    // Continuations sharing two tokens: the shared part then holds three
+    // scored rows (last context token, 5, 6), read from one all-logits call.
+    std::vector<TokenPair> deep = {{{1, 2, 3, 4}, {5, 6, 7}}, {{1, 2, 3, 4}, {5, 6, 9}}};
+    GroupPlan dp = group_plan(deep, 32);
+    EXPECT_EQ(dp.shared, 6);
+    EXPECT_EQ(dp.shared_logits, 3);
+    const int64_t deep_calls = src.forward_calls();
+    auto dg = src.score(deep);
+    EXPECT_EQ(src.forward_calls() - deep_calls, dp.forward_calls);
+    EXPECT_EQ(dp.forward_calls, 2);  // prefix + one all-logits call, no branches
+    for (size_t i = 0; i < deep.size(); ++i) {
+        ContinuationScore ref = naive_score(m, deep[i]);
+        EXPECT_NEAR(dg[i].logprob, ref.logprob, 1e-4 * (1 + std::fabs(ref.logprob))) << "deep request " << i;
+        EXPECT_EQ(dg[i].greedy, ref.greedy) << "deep request " << i;
     }
     // WinoGrande shape: different contexts, same continuation.
     std::vector<TokenPair> wino = {{{1, 2, 30}, {7, 8}}, {{1, 2, 31, 32}, {7, 8}}};

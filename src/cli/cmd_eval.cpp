@@ -1,5 +1,5 @@
-// specquant eval -m MODEL --tasks LIST|all|quick [--limit N] [--seed S] [-c CTX]
-//                [--data-dir DIR] [--json OUT] [-t T]
+// specquant eval -m MODEL --tasks LIST|all|quick [--limit N] [--chunks N] [--seed S]
+//                [-c CTX] [--data-dir DIR] [--json OUT] [-t T] [--dry-run]
 // Zero-shot tasks and WikiText-2 perplexity with lm-evaluation-harness
 // prompts and scoring (docs/eval.md). Table on stdout; --json writes the same
 // numbers atomically (nothing is written when the run fails or is interrupted).
@@ -20,9 +20,10 @@ namespace sq {
 namespace {
 
 struct EvalArgs {
-    std::string model, tasks = "quick", data_dir, json_out;
-    int limit = 0, ctx = 2048, threads = 0;
+    std::string model, tasks = "quick", data_dir, json_out, samples_out;
+    int limit = 0, ctx = 2048, threads = 0, chunks = 0;
     uint64_t seed = 1234;
+    bool dry_run = false;
 };
 
 // Fails before the (long) run when the report could not be written.
@@ -48,11 +49,16 @@ CommandAction eval_setup(CLI::App& app) {
         ->capture_default_str();
     app.add_option("--limit", a->limit, "documents per task: seeded shuffle, then the first N (0 = all)")
         ->capture_default_str();
+    app.add_option("--chunks", a->chunks, "WikiText-2: score only the first N windows (0 = all)")
+        ->capture_default_str();
     app.add_option("--seed", a->seed, "seed of the document subsets")->capture_default_str();
     app.add_option("-c,--ctx", a->ctx, "max tokens per request; WikiText-2 window length")->capture_default_str();
     app.add_option("--data-dir", a->data_dir, "evaluation data (default ../shared/data)");
     app.add_option("--json", a->json_out, "also write the report as JSON to this file");
+    app.add_option("--samples", a->samples_out,
+                   "also write per-document log-likelihoods as JSON lines (for scripts/eval_reference.py)");
     app.add_option("-t,--threads", a->threads, "threads (0 = all)")->capture_default_str();
+    app.add_flag("--dry-run", a->dry_run, "validate and tokenize the data, print tokens and forward calls per task");
     return [a]() {
         EvalOptions o;
         eval_select(a->tasks, o);
@@ -61,10 +67,17 @@ CommandAction eval_setup(CLI::App& app) {
             o.limit = a->limit;
         }
         SQ_CHECK(a->limit >= 0, "--limit must be >= 0");
+        SQ_CHECK(a->chunks >= 0, "--chunks must be >= 0");
+        if (a->chunks > 0) {
+            SQ_CHECK(o.suite != "quick", "--chunks does not combine with --tasks quick (fixed sizes)");
+            o.ppl_windows = a->chunks;
+        }
         o.seed = a->seed;
         o.ctx = a->ctx;
         o.data_dir = a->data_dir.empty() ? default_data_dir() : a->data_dir;
+        o.dry_run = a->dry_run;
         if (!a->json_out.empty()) check_writable(a->json_out);
+        if (!a->samples_out.empty()) check_writable(a->samples_out);
         threads_set(a->threads);
 
         LoadedModel lm = model_open(a->model);
@@ -87,9 +100,13 @@ CommandAction eval_setup(CLI::App& app) {
         info.threads = threads_count();
         info.load_seconds = lm.load_s;
         report_print(info, o, r, stdout);
-        if (!a->json_out.empty()) {
+        if (!a->json_out.empty() && !o.dry_run) {
             write_file_atomic(a->json_out, report_json(info, o, r));
             std::fprintf(stderr, "wrote %s\n", a->json_out.c_str());
+        }
+        if (!a->samples_out.empty() && !o.dry_run) {
+            write_file_atomic(a->samples_out, report_samples_jsonl(r));
+            std::fprintf(stderr, "wrote %s\n", a->samples_out.c_str());
         }
         return 0;
     };

@@ -1,5 +1,7 @@
 #include "eval/eval.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <memory>
@@ -18,6 +20,13 @@ double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+double cpu_s() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec + (double)u.ru_stime.tv_sec +
+           1e-6 * (double)u.ru_stime.tv_usec;
+}
+
 void check_cancel(const std::atomic<bool>* cancel) {
     if (cancel && cancel->load()) fail("interrupted (SIGINT); no results written");
 }
@@ -28,18 +37,22 @@ struct PreparedTask {
     std::vector<int> idx;                       // selected documents
     std::vector<std::vector<TokenPair>> groups;  // per selected document
     std::vector<int64_t> cost;                  // tokens forwarded per document
+    int64_t calls = 0;                          // planned Model::forward calls
     int limit = 0;
 };
 
 }  // namespace
 
 const std::map<std::string, int>& quick_task_limits() {
-    // Sized from the measured FP32 SmolLM2-135M throughput on the 2-core dev
-    // machine so that the whole quick suite stays under 20 minutes; see
-    // docs/eval.md for the measurement and the token budget per task.
+    // FP32 SmolLM2-135M on the 2-core dev machine costs t = 0.03 s per
+    // Model::forward call + 0.006 s per token (min of 7, docs/eval.md). With
+    // the per-document calls and tokens of each task (--dry-run), n_i is
+    // proportional to 1/sqrt(cost per document), which minimizes the variance
+    // of the 9-task mean for a fixed time: ~500 s of scoring + 4 windows
+    // (~60 s), half the 20-minute budget, leaving room for a busy machine.
     static const std::map<std::string, int> m = {
-        {"arc_easy", 400},  {"arc_challenge", 400}, {"boolq", 200},     {"hellaswag", 200}, {"lambada", 400},
-        {"openbookqa", 400}, {"piqa", 300},         {"siqa", 400},      {"winogrande", 400},
+        {"arc_easy", 130},   {"arc_challenge", 120}, {"boolq", 85},  {"hellaswag", 75},   {"lambada", 110},
+        {"openbookqa", 165}, {"piqa", 125},          {"siqa", 140},  {"winogrande", 160},
     };
     return m;
 }
@@ -133,7 +146,9 @@ EvalResult eval_run(LoglikSource& src, const TextEncoder& enc, const EvalOptions
                 }
                 int64_t cost = 0;
                 try {
-                    cost = group_plan(g, max_len).forward_tokens;
+                    GroupPlan plan = group_plan(g, max_len);
+                    cost = plan.forward_tokens;
+                    p.calls += plan.forward_calls;
                 } catch (const Error& e) {
                     fail(p.data.path, ":", d.line, ": ", e.what());
                 }
@@ -154,6 +169,33 @@ EvalResult eval_run(LoglikSource& src, const TextEncoder& enc, const EvalOptions
 
     EvalResult res;
     res.prepare_seconds = now_s() - t_start;
+    if (o.dry_run) {
+        if (ppl) {
+            TaskRun run;
+            run.task = kWikitext;
+            run.path = ppl_path;
+            run.sha256 = ppl_sha;
+            run.n_total = ppl_total;
+            run.n = ppl_used;
+            run.tokens = (int64_t)ppl_used * max_len;
+            run.calls = (int64_t)ppl_used * ((max_len - 1 + kLogitChunk - 1) / kLogitChunk);
+            res.runs.push_back(run);
+        }
+        for (const auto& p : tasks) {
+            TaskRun run;
+            run.task = p.spec->name;
+            run.path = p.data.path;
+            run.sha256 = p.data.sha256;
+            run.n_total = (int64_t)p.data.docs.size();
+            run.n = (int64_t)p.idx.size();
+            run.limit = p.limit;
+            run.calls = p.calls;
+            for (int64_t c : p.cost) run.tokens += c;
+            res.runs.push_back(run);
+        }
+        for (const auto& r : res.runs) res.tokens += r.tokens, res.calls += r.calls;
+        return res;
+    }
 
     // 3. Score, one progress bar over all forwarded tokens.
     int64_t total_cost = (int64_t)ppl_used * max_len;
@@ -161,8 +203,8 @@ EvalResult eval_run(LoglikSource& src, const TextEncoder& enc, const EvalOptions
         for (int64_t c : p.cost) total_cost += c;
     std::unique_ptr<Progress> bar;
     if (o.progress) bar = std::make_unique<Progress>("eval", total_cost, "tok");
-    const double t_score = now_s();
-    const int64_t tok0 = src.tokens_forwarded();
+    const double t_score = now_s(), cpu_score = cpu_s();
+    const int64_t tok0 = src.tokens_forwarded(), calls0 = src.forward_calls();
 
     if (ppl) {
         TaskRun run;
@@ -170,15 +212,17 @@ EvalResult eval_run(LoglikSource& src, const TextEncoder& enc, const EvalOptions
         run.path = ppl_path;
         run.sha256 = ppl_sha;
         run.limit = o.ppl_windows;
-        const double t0 = now_s();
-        const int64_t k0 = src.tokens_forwarded();
+        const double t0 = now_s(), u0 = cpu_s();
+        const int64_t k0 = src.tokens_forwarded(), c0 = src.forward_calls();
         if (bar) bar->set_suffix(kWikitext);
         run.ppl = perplexity_eval(
             src, ppl_tokens, max_len, ppl_used, [&bar](int64_t n) { if (bar) bar->add(n); }, cancel);
         run.n_total = run.ppl.windows_total;
         run.n = run.ppl.windows;
         run.seconds = now_s() - t0;
+        run.cpu_seconds = cpu_s() - u0;
         run.tokens = src.tokens_forwarded() - k0;
+        run.calls = src.forward_calls() - c0;
         run.metrics.push_back({kWikitext, "ppl", run.ppl.ppl, run.ppl.ppl_se, run.n});
         res.runs.push_back(std::move(run));
     }
@@ -191,8 +235,8 @@ EvalResult eval_run(LoglikSource& src, const TextEncoder& enc, const EvalOptions
         run.n_total = (int64_t)p.data.docs.size();
         run.n = (int64_t)p.idx.size();
         run.limit = p.limit;
-        const double t0 = now_s();
-        const int64_t k0 = src.tokens_forwarded();
+        const double t0 = now_s(), u0 = cpu_s();
+        const int64_t k0 = src.tokens_forwarded(), c0 = src.forward_calls();
         if (bar) bar->set_suffix(run.task);
         std::vector<const TaskDoc*> docs;
         std::vector<std::vector<ContinuationScore>> scores;
@@ -203,8 +247,12 @@ EvalResult eval_run(LoglikSource& src, const TextEncoder& enc, const EvalOptions
             if (bar) bar->add(p.cost[k]);
         }
         run.metrics = task_metrics(*p.spec, docs, scores);
+        for (const TaskDoc* d : docs) run.lines.push_back(d->line);
+        run.scores = std::move(scores);
         run.seconds = now_s() - t0;
+        run.cpu_seconds = cpu_s() - u0;
         run.tokens = src.tokens_forwarded() - k0;
+        run.calls = src.forward_calls() - c0;
         for (const auto& m : run.metrics) {
             if (m.metric == p.spec->headline) headline_parts.push_back(m);
             if (m.metric == "acc") acc_parts.push_back(m);
@@ -213,7 +261,9 @@ EvalResult eval_run(LoglikSource& src, const TextEncoder& enc, const EvalOptions
     }
     if (bar) bar->finish();
     res.seconds = now_s() - t_score;
+    res.cpu_seconds = cpu_s() - cpu_score;
     res.tokens = src.tokens_forwarded() - tok0;
+    res.calls = src.forward_calls() - calls0;
     res.zero_shot_tasks = (int)tasks.size();
     res.headline = metric_mean("zero_shot_mean", headline_parts);
     res.headline.metric = "headline";

@@ -28,6 +28,7 @@ struct EvalOptions {
     std::string data_dir;             // holds tasks/ and wikitext2/
     std::string ppl_file;             // default <data_dir>/wikitext2/wiki.test.raw
     bool progress = true;
+    bool dry_run = false;             // load, validate, tokenize and plan; score nothing
 };
 
 // Parses "--tasks": comma-separated names, "all", "quick". Fills tasks, suite
@@ -42,10 +43,16 @@ struct TaskRun {
     std::string task, path, sha256;
     int64_t n_total = 0, n = 0;   // documents in the file, scored
     int limit = 0;
-    int64_t tokens = 0;           // tokens forwarded
+    int64_t tokens = 0;           // tokens forwarded (planned, in a dry run)
+    int64_t calls = 0;            // Model::forward calls (planned, in a dry run)
     double seconds = 0.0;
+    double cpu_seconds = 0.0;     // process CPU time (user + sys): with T threads on an
+                                  // otherwise idle machine, wall ~ cpu / T
     std::vector<Metric> metrics;
     PplResult ppl;                // wikitext2 only
+    // Per scored document (kept for --samples): its line and one score per request.
+    std::vector<int> lines;
+    std::vector<std::vector<ContinuationScore>> scores;
 };
 
 struct EvalResult {
@@ -54,8 +61,10 @@ struct EvalResult {
     Metric acc_mean;              // mean of acc over the same tasks
     int zero_shot_tasks = 0;      // tasks in the means (9 for the full headline)
     double seconds = 0.0;         // scoring wall time (after loading/tokenizing)
+    double cpu_seconds = 0.0;     // process CPU time while scoring
     double prepare_seconds = 0.0; // data loading, hashing, tokenization
     int64_t tokens = 0;           // tokens forwarded while scoring
+    int64_t calls = 0;            // Model::forward calls while scoring
 };
 
 EvalResult eval_run(LoglikSource& src, const TextEncoder& enc, const EvalOptions& o,

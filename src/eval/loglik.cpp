@@ -74,8 +74,21 @@ GroupPlan group_plan(const std::vector<TokenPair>& group, int max_length) {
     }
     g.shared = (int)shared;
     g.shared_logits = std::min(g.shared, first);
+    // Mirrors ModelLoglik::score: the shared part in one last-row call when it
+    // holds a single scored row, else a prefix call and an all-logits call;
+    // then one all-logits call per request that extends past the shared part.
+    auto calls = [](int n, bool all) -> int64_t { return n <= 0 ? 0 : all ? (n + kLogitChunk - 1) / kLogitChunk : 1; };
+    if (g.shared - g.shared_logits == 1) {
+        g.forward_calls = calls(g.shared, false);
+    } else {
+        g.forward_calls = calls(g.shared_logits, false) + calls(g.shared - g.shared_logits, true);
+    }
     g.forward_tokens = g.shared;
-    for (const auto& s : g.inputs) g.forward_tokens += (int64_t)s.input.size() - g.shared;
+    for (const auto& s : g.inputs) {
+        const int rest = (int)s.input.size() - g.shared;
+        g.forward_tokens += rest;
+        g.forward_calls += calls(rest, true);
+    }
     return g;
 }
 

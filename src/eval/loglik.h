@@ -54,7 +54,12 @@ public:
     virtual std::vector<double> rolling_logprobs(const std::vector<int>& tokens) = 0;
     virtual int max_length() const = 0;
     virtual int64_t tokens_forwarded() const { return 0; }  // for tokens/s
+    virtual int64_t forward_calls() const { return 0; }
 };
+
+// Rows of logits one Model::forward materializes at most: 256 x 49152 vocab x
+// 4 B = 50 MB, so a 2048-token window never holds 400 MB of logits at once.
+constexpr int kLogitChunk = 256;
 
 // lm-eval truncation: input = (context + continuation)[-(max_length + 1):][:-1].
 // first = index in `input` of the logits row that predicts continuation[0].
@@ -71,6 +76,7 @@ struct GroupPlan {
     int shared = 0;         // tokens run once for all requests
     int shared_logits = 0;  // logits needed from position shared_logits on within the shared part
     int64_t forward_tokens = 0;
+    int64_t forward_calls = 0;  // Model::forward calls ModelLoglik makes for it
 };
 GroupPlan group_plan(const std::vector<TokenPair>& group, int max_length);
 
@@ -85,13 +91,14 @@ public:
     std::vector<double> rolling_logprobs(const std::vector<int>& tokens) override;
     int max_length() const override { return max_length_; }
     int64_t tokens_forwarded() const override { return forwarded_; }
+    int64_t forward_calls() const override { return calls_; }
 
 private:
     void run(const int* tokens, int n, bool all_logits, std::vector<float>& logits);
     const Model& model_;
     int max_length_;
     KVCache cache_;
-    int64_t forwarded_ = 0;
+    int64_t forwarded_ = 0, calls_ = 0;
 };
 
 }  // namespace sq

@@ -8,11 +8,6 @@
 
 namespace sq {
 
-namespace {
-// Rows of logits materialized at once: 256 x 49152 vocab x 4 B = 50 MB.
-constexpr int kLogitChunk = 256;
-}  // namespace
-
 ModelLoglik::ModelLoglik(const Model& model, int max_length)
     : model_(model), max_length_(max_length), cache_(model.config(), max_length) {
     SQ_CHECK(max_length >= 2, "context length ", max_length, " too small");
@@ -21,10 +16,12 @@ ModelLoglik::ModelLoglik(const Model& model, int max_length)
 // Forwards tokens from cache_.pos; with all_logits the rows are appended to
 // `logits` (chunked so a 2048-token window never holds 400 MB of logits at once
 // inside the model), else `logits` gets the last row only.
+// group_plan() counts the same tokens and calls; keep the two in step.
 void ModelLoglik::run(const int* tokens, int n, bool all_logits, std::vector<float>& logits) {
     const int V = model_.config().vocab;
     forwarded_ += n;
     if (!all_logits) {
+        ++calls_;
         logits.resize(V);
         model_.forward(tokens, n, cache_, logits.data(), false);
         return;
@@ -33,6 +30,7 @@ void ModelLoglik::run(const int* tokens, int n, bool all_logits, std::vector<flo
     logits.resize(base + (size_t)n * V);
     for (int i = 0; i < n; i += kLogitChunk) {
         int m = std::min(kLogitChunk, n - i);
+        ++calls_;
         model_.forward(tokens + i, m, cache_, logits.data() + base + (size_t)i * V, true);
     }
 }

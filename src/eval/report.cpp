@@ -42,6 +42,19 @@ bool is_hex40(const std::string& s) {
 }  // namespace
 
 void report_print(const RunInfo& info, const EvalOptions& o, const EvalResult& r, FILE* out) {
+    if (o.dry_run) {
+        std::fprintf(out, "\nplan (dry run): ctx %d | suite %s | seed %llu\n", o.ctx, o.suite.c_str(),
+                     (unsigned long long)o.seed);
+        std::fprintf(out, "%-16s %8s %8s %12s %10s %10s %10s\n", "task", "n", "n_total", "tokens", "calls", "tok/doc",
+                     "calls/doc");
+        for (const auto& run : r.runs)
+            std::fprintf(out, "%-16s %8lld %8lld %12lld %10lld %10.1f %10.2f\n", run.task.c_str(), (long long)run.n,
+                         (long long)run.n_total, (long long)run.tokens, (long long)run.calls,
+                         run.n ? (double)run.tokens / (double)run.n : 0.0,
+                         run.n ? (double)run.calls / (double)run.n : 0.0);
+        std::fprintf(out, "%-16s %8s %8s %12lld %10lld\n", "total", "", "", (long long)r.tokens, (long long)r.calls);
+        return;
+    }
     std::fprintf(out, "\nmodel %s (%s) | method %s | W%s A%s KV%s | ctx %d | suite %s | seed %llu | git %.12s\n",
                  info.model.c_str(), info.checkpoint_dtype.c_str(), info.method.c_str(), info.w_bits.c_str(),
                  info.a_bits.c_str(), info.kv_bits.c_str(), o.ctx, o.suite.c_str(), (unsigned long long)o.seed,
@@ -65,8 +78,11 @@ void report_print(const RunInfo& info, const EvalOptions& o, const EvalResult& r
                           "acc for boolq, lambada, siqa, winogrande\n");
     }
     const double tps = r.seconds > 0 ? (double)r.tokens / r.seconds : 0.0;
-    std::fprintf(out, "%lld tokens in %.1f s = %.1f tokens/s (%d threads); prepare %.1f s, load %.1f s\n",
-                 (long long)r.tokens, r.seconds, tps, info.threads, r.prepare_seconds, info.load_seconds);
+    std::fprintf(out,
+                 "%lld tokens (%lld forward calls) in %.1f s = %.1f tokens/s (%d threads, %.1f CPU s); "
+                 "prepare %.1f s, load %.1f s\n",
+                 (long long)r.tokens, (long long)r.calls, r.seconds, tps, info.threads, r.cpu_seconds,
+                 r.prepare_seconds, info.load_seconds);
 }
 
 std::string report_json(const RunInfo& info, const EvalOptions& o, const EvalResult& r) {
@@ -92,7 +108,9 @@ std::string report_json(const RunInfo& info, const EvalOptions& o, const EvalRes
         t["n_total"] = run.n_total;
         t["limit"] = run.limit;
         t["seconds"] = run.seconds;
+        t["cpu_seconds"] = run.cpu_seconds;
         t["tokens"] = run.tokens;
+        t["forward_calls"] = run.calls;
         json ms = json::object();
         for (const auto& m : run.metrics) ms[m.metric] = {{"value", num(m.value)}, {"stderr", num(m.se)}};
         t["metrics"] = ms;
@@ -122,11 +140,31 @@ std::string report_json(const RunInfo& info, const EvalOptions& o, const EvalRes
         {"mean", "sqrt(sum of squared task stderrs) / tasks"},
     };
     j["speed"] = {{"tokens", r.tokens},
+                  {"forward_calls", r.calls},
                   {"seconds", r.seconds},
+                  {"cpu_seconds", r.cpu_seconds},
                   {"tokens_per_s", r.seconds > 0 ? (double)r.tokens / r.seconds : 0.0},
                   {"prepare_seconds", r.prepare_seconds},
                   {"load_seconds", info.load_seconds}};
     return j.dump(2) + "\n";
+}
+
+std::string report_samples_jsonl(const EvalResult& r) {
+    std::string out;
+    for (const auto& run : r.runs) {
+        for (size_t k = 0; k < run.scores.size(); ++k) {
+            nlohmann::json j;
+            j["task"] = run.task;
+            j["line"] = run.lines[k];
+            std::vector<double> ll;
+            std::vector<bool> greedy;
+            for (const auto& s : run.scores[k]) ll.push_back(s.logprob), greedy.push_back(s.greedy);
+            j["ll"] = ll;
+            j["greedy"] = greedy;
+            out += j.dump() + "\n";
+        }
+    }
+    return out;
 }
 
 void write_file_atomic(const std::string& path, const std::string& text) {

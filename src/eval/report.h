@@ -24,6 +24,11 @@ void report_print(const RunInfo& info, const EvalOptions& o, const EvalResult& r
 
 std::string report_json(const RunInfo& info, const EvalOptions& o, const EvalResult& r);
 
+// One JSON line per scored document: task, line (1-based, in the task file),
+// gold, and per request the summed log-likelihood and the greedy flag, so
+// scripts/eval_reference.py can compare document by document.
+std::string report_samples_jsonl(const EvalResult& r);
+
 // Writes `text` to path.tmp.<pid>, fsyncs, renames over `path`. SIGINT is
 // blocked meanwhile, so Ctrl-C never leaves a partial file; on error the
 // temporary is removed and sq::Error names the path.
