@@ -1,14 +1,19 @@
 // FP32 GEMM/GEMV benchmarks with their rooflines.
 //
 //   cmake --build build --target specquant_bench -j2
-//   build/specquant_bench --benchmark_filter='Clock|MemBw|GemmF32|GemvF32'
+//   build/specquant_bench --benchmark_filter='Clock|MemBw|BM_GemmF32/|BM_GemvF32/1/' \
+//       --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 //
-// Counters: GFLOPs and pct_peak (peak = 2 FMA pipes × 8 lanes × 2 flop ×
-// the clock measured by BM_Clock × threads), GBs = weight bytes per second
-// and pct_bw against BM_MemBw (a 1 GiB streaming AVX2 sum on the same
-// threads). GEMV cycles through enough copies of W (≥ 256 MiB, 8× the L3) that
-// every call reads its weights from DRAM, as decode does. Numbers, dates and
-// the machine: docs/kernels-cpu-notes.md.
+// Counters. GEMM: GFLOPs and pct_peak, peak = 2 FMA pipes × 8 fp32 lanes ×
+// 2 flop × the all-core clock measured by BM_Clock (dependent integer adds,
+// 1 per cycle) × threads. GEMV: GBs = weight bytes / s and pct_bw against
+// stream_GBs, a streaming AVX2 sum over the same weight copies on the same
+// threads, measured right before and after the timed loop (the machine is
+// shared and the bandwidth left to us drifts). GEMV cycles through enough
+// copies of W (≥ 256 MiB, 8× the L3) that every call reads its weights from
+// DRAM, as decode does. BM_MemBw is the 1 GiB streaming sum on its own.
+// *_best: the fastest single call (least disturbed by other processes).
+// Numbers, dates and the machine: docs/kernels-cpu-notes.md.
 #include <benchmark/benchmark.h>
 #include <immintrin.h>
 
