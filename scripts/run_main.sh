@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # The main job, end to end on the default model (SmolLM2-135M-Instruct):
-# install what is missing, fetch the model, build, then show the model,
-# generate from a prompt and measure WikiText-2 perplexity.
-#   SQ_PPL_CHUNKS=0 scripts/run_main.sh    # all WikiText-2 windows (~20 min)
+# install what is missing, fetch the model, build; generate from a prompt;
+# then quantize with SpecQuant (W4A4KV4) and with the QuaRot-style baseline
+# and compare them with full precision on the same WikiText-2 windows.
+#   SQ_PPL_CHUNKS=8 SQ_CTX=512 scripts/run_main.sh     (defaults; more windows = slower)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
 SQ=build/specquant
+mkdir -p out
 echo "== info"
 $SQ info -m "$MODEL"
-echo "== generate (greedy)"
+echo "== generate (greedy, full precision)"
 $SQ generate -m "$MODEL" -n 48 -p $'<|im_start|>user\nWhat is the tallest mountain in the world?<|im_end|>\n<|im_start|>assistant\n'
-echo "== WikiText-2 perplexity, ctx 2048 (full precision = the GGUF's dequantized Q4_1 weights)"
-$SQ ppl -m "$MODEL" -c 2048 --chunks "${SQ_PPL_CHUNKS:-8}"
+echo "== quantize with SpecQuant (W4A4KV4) and compare with full precision and QuaRot on WikiText-2"
+echo "   (full precision = the GGUF's Q4_1/Q8_0 weights dequantized; quantized models run on the reference backend)"
+$SQ compare -m "$MODEL" --methods fp,quarot,specquant --bits w4a4kv4 --suite wikitext2 \
+    -c "${SQ_CTX:-512}" --chunks "${SQ_PPL_CHUNKS:-8}" --calib-n 8 --calib-len 256 --json out/main_compare.json
+echo "(JSON: out/main_compare.json)"
