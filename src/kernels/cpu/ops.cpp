@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/threads.h"
+#include "kernels/cpu/gemm_f32.h"
 
 #define SQ_CLONES __attribute__((target_clones("avx2,fma", "default")))
 
@@ -65,8 +66,49 @@ SQ_CLONES static void axpy_f32(float a, const float* x, float* y, int n) {
     for (int i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+// Prefill path: per head, S = Q Kᵀ and O = P V through the float GEMM
+// (≈ 180 GFLOP/s here against ≈ 15 for the dot-product loop below). The
+// causal half of S is computed and masked: 2× the flops, still ~6× faster.
+static void attention_gemm(const float* q, const float* k, const float* v, int64_t kv_stride, int64_t n, int pos0,
+                           int n_heads, int n_kv_heads, int hd, float* out) {
+    const int group = n_heads / n_kv_heads;
+    const int64_t len = pos0 + n;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    std::vector<float> kg((size_t)len * hd), vt((size_t)hd * len), qh((size_t)n * hd), S((size_t)n * len),
+        oh((size_t)n * hd);
+    for (int g = 0; g < n_kv_heads; ++g) {
+        parallel_for(len, [&](int64_t j) {
+            for (int i = 0; i < hd; ++i) {
+                kg[j * hd + i] = k[j * kv_stride + g * hd + i];
+                vt[(size_t)i * len + j] = v[j * kv_stride + g * hd + i];
+            }
+        });
+        const PackedF32 kp = gemm_f32_view(kg.data(), len, hd), vp = gemm_f32_view(vt.data(), hd, len);
+        for (int h = g * group; h < (g + 1) * group; ++h) {
+            for (int64_t t = 0; t < n; ++t)
+                for (int i = 0; i < hd; ++i) qh[t * hd + i] = q[(t * n_heads + h) * hd + i] * scale;
+            gemm_f32(qh.data(), n, kp, S.data());
+            parallel_for(n, [&](int64_t t) {
+                float* row = &S[t * len];
+                const int64_t valid = pos0 + t + 1;
+                float mx = -INFINITY;
+                for (int64_t j = 0; j < valid; ++j) mx = row[j] > mx ? row[j] : mx;
+                float sum = 0.0f;
+                for (int64_t j = 0; j < valid; ++j) sum += row[j] = std::exp(row[j] - mx);
+                const float inv = 1.0f / sum;
+                for (int64_t j = 0; j < valid; ++j) row[j] *= inv;
+                for (int64_t j = valid; j < len; ++j) row[j] = 0.0f;
+            });
+            gemm_f32(S.data(), n, vp, oh.data());
+            for (int64_t t = 0; t < n; ++t)
+                for (int i = 0; i < hd; ++i) out[(t * n_heads + h) * hd + i] = oh[t * hd + i];
+        }
+    }
+}
+
 void attention_f32(const float* q, const float* k, const float* v, int64_t kv_stride, int64_t n, int pos0,
                    int n_heads, int n_kv_heads, int hd, float* out) {
+    if (n >= 16) return attention_gemm(q, k, v, kv_stride, n, pos0, n_heads, n_kv_heads, hd, out);
     const int group = n_heads / n_kv_heads;
     const float scale = 1.0f / std::sqrt((float)hd);
     const int64_t jobs = n * n_heads;
