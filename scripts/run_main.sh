@@ -3,7 +3,7 @@
 # install what is missing, fetch the model, build; generate from a prompt;
 # then quantize with SpecQuant (W4A4KV4) and with the QuaRot-style baseline
 # and compare them with full precision on the same WikiText-2 windows.
-#   SQ_PPL_CHUNKS=8 SQ_CTX=512 scripts/run_main.sh     (defaults; more windows = slower)
+#   SQ_PPL_CHUNKS=4 SQ_CTX=512 SQ_CALIB_N=8 scripts/run_main.sh     (defaults; more windows = slower)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -17,5 +17,5 @@ $SQ generate -m "$MODEL" -n 48 -p $'<|im_start|>user\nWhat is the tallest mounta
 echo "== quantize with SpecQuant (W4A4KV4) and compare with full precision and QuaRot on WikiText-2"
 echo "   (full precision = the GGUF's Q4_1/Q8_0 weights dequantized; quantized models run on the reference backend)"
 $SQ compare -m "$MODEL" --methods fp,quarot,specquant --bits w4a4kv4 --suite wikitext2 \
-    -c "${SQ_CTX:-512}" --chunks "${SQ_PPL_CHUNKS:-8}" --calib-n 8 --calib-len 256 --json out/main_compare.json
+    -c "${SQ_CTX:-512}" --chunks "${SQ_PPL_CHUNKS:-4}" --calib-n "${SQ_CALIB_N:-8}" --calib-len 256 --json out/main_compare.json
 echo "(JSON: out/main_compare.json)"
