@@ -14,26 +14,11 @@
 #include "quant/gptq.h"
 #include "quant/quantizer.h"
 
+#include "test_random.h"
+
 namespace {
 
 using namespace sq;
-
-uint32_t test_seed() {
-    static const uint32_t s = [] {
-        const char* e = std::getenv("SQ_TEST_SEED");
-        const uint32_t v = e ? (uint32_t)std::strtoul(e, nullptr, 10) : std::random_device{}();
-        std::printf("[quant_gptq] SQ_TEST_SEED=%u\n", v);
-        return v;
-    }();
-    return s;
-}
-
-std::vector<float> gaussian(size_t n, std::mt19937& rng, float sd = 1.0f) {
-    std::normal_distribution<float> nd(0.0f, sd);
-    std::vector<float> v(n);
-    for (auto& e : v) e = nd(rng);
-    return v;
-}
 
 // ‖X (W - Ŵ)ᵀ‖² in double, X [tokens, cols], W [rows, cols].
 double output_error(const std::vector<float>& x, int64_t tokens, const std::vector<float>& w, const QuantWeights& q) {

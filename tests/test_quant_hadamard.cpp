@@ -20,19 +20,11 @@
 #include "core/error.h"
 #include "quant/hadamard.h"
 
+#include "test_random.h"
+
 namespace {
 
 using namespace sq;
-
-uint32_t test_seed() {
-    static const uint32_t s = [] {
-        const char* e = std::getenv("SQ_TEST_SEED");
-        const uint32_t v = e ? (uint32_t)std::strtoul(e, nullptr, 10) : std::random_device{}();
-        std::printf("[quant_hadamard] SQ_TEST_SEED=%u\n", v);
-        return v;
-    }();
-    return s;
-}
 
 std::vector<float> uniform_pm(size_t n, std::mt19937& rng) {
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);

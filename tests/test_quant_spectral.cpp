@@ -20,26 +20,11 @@
 #include "core/fp16.h"
 #include "quant/spectral.h"
 
+#include "test_random.h"
+
 namespace {
 
 using namespace sq;
-
-uint32_t test_seed() {
-    static const uint32_t s = [] {
-        const char* e = std::getenv("SQ_TEST_SEED");
-        const uint32_t v = e ? (uint32_t)std::strtoul(e, nullptr, 10) : std::random_device{}();
-        std::printf("[quant_spectral] SQ_TEST_SEED=%u\n", v);
-        return v;
-    }();
-    return s;
-}
-
-std::vector<float> gaussian(size_t n, std::mt19937& rng, float sd = 1.0f) {
-    std::normal_distribution<float> nd(0.0f, sd);
-    std::vector<float> v(n);
-    for (auto& e : v) e = nd(rng);
-    return v;
-}
 
 double row_norm(const float* v, int64_t n) {
     double s = 0;
