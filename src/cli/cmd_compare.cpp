@@ -136,10 +136,14 @@ CommandAction compare_setup(CLI::App& app) {
                                                  {"n", mt.n}};
                     }
             }
-            std::printf(" %8.2f %8.1f\n", 100.0 * row.r.headline.value, row.quant_s);
-            jr["mean"] = row.r.headline.value;
-            jr["mean_stderr"] = row.r.headline.se;
-            jr["acc_mean"] = row.r.acc_mean.value;
+            if (row.r.zero_shot_tasks > 0) std::printf(" %8.2f %8.1f\n", 100.0 * row.r.headline.value, row.quant_s);
+            else std::printf(" %8s %8.1f\n", "-", row.quant_s);
+            if (row.r.zero_shot_tasks > 0) {
+                jr["mean"] = row.r.headline.value;
+                jr["mean_stderr"] = row.r.headline.se;
+                jr["acc_mean"] = row.r.acc_mean.value;
+                jr["zero_shot_tasks"] = row.r.zero_shot_tasks;
+            }
             js.push_back(jr);
         }
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -35,11 +35,6 @@ void check_writable(const std::string& path) {
     SQ_CHECK(::access(dir.c_str(), W_OK) == 0, path, ": directory ", dir.string(), " is not writable");
 }
 
-std::string checkpoint_dtype(const Checkpoint& ck) {
-    auto it = ck.tensors.find("layers.0.q");
-    return it == ck.tensors.end() ? "?" : it->second.dtype;
-}
-
 CommandAction eval_setup(CLI::App& app) {
     auto a = std::make_shared<EvalArgs>();
     app.add_option("-m,--model", a->model, "GGUF file or Hugging Face directory")->required();
@@ -93,9 +88,7 @@ CommandAction eval_setup(CLI::App& app) {
 
         RunInfo info;
         info.model = a->model;
-        info.method = "fp";
-        info.w_bits = info.a_bits = info.kv_bits = "32";
-        info.checkpoint_dtype = checkpoint_dtype(lm.ck);
+        run_info_quant(info, lm);
         info.git_rev = git_revision(repo_root());
         info.threads = threads_count();
         info.load_seconds = lm.load_s;

@@ -58,9 +58,7 @@ CommandAction ppl_setup(CLI::App& app) {
         if (!a->json_out.empty()) {
             RunInfo info;
             info.model = a->model;
-            info.method = "fp";
-            auto it = lm.ck.tensors.find("layers.0.q");
-            info.checkpoint_dtype = it == lm.ck.tensors.end() ? "?" : it->second.dtype;
+            run_info_quant(info, lm);
             info.git_rev = git_revision(repo_root());
             info.threads = threads_count();
             info.load_seconds = lm.load_s;

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "eval/report.h"
 #include "io/packed_file.h"
 #include "quant/packed_model.h"
 
@@ -31,6 +32,21 @@ LoadedModel model_open(const std::string& path, bool progress) {
     }
     m.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return m;
+}
+
+void run_info_quant(RunInfo& info, const LoadedModel& m) {
+    const std::string method = m.quant.value("method", "fp");
+    info.method = method;
+    if (!m.packed) {
+        info.w_bits = info.a_bits = info.kv_bits = "32";
+        auto it = m.ck.tensors.find("layers.0.q");
+        info.checkpoint_dtype = it == m.ck.tensors.end() ? "?" : it->second.dtype;
+        return;
+    }
+    info.w_bits = std::to_string(m.quant.value("w_bits", 4));
+    info.a_bits = std::to_string(m.quant.value("a_bits", 4));
+    info.kv_bits = std::to_string(m.quant.value("kv_bits", 16));
+    info.checkpoint_dtype = "packed";
 }
 
 std::string default_data_dir() {

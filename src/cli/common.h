@@ -26,6 +26,12 @@ struct LoadedModel {
 // packed quantized model written by `specquant quantize`.
 LoadedModel model_open(const std::string& path, bool progress = true);
 
+struct RunInfo;
+// Method, W/A/KV bits and storage dtype of a loaded model, for reports:
+// a checkpoint runs in float32 ("fp", 32/32/32); a packed model reports the
+// method and bits it was quantized with.
+void run_info_quant(RunInfo& info, const LoadedModel& m);
+
 // The shared data directory: `../shared/data` relative to the working
 // directory, else relative to the repository the binary was built from.
 std::string default_data_dir();
