@@ -445,6 +445,27 @@ void calib_attention(const ModelWeights& w, int l, const float* inv_freq, const 
         attention_block(w, l, inv_freq, &X[(size_t)s * len * d], len, 0, kc.data(), vc.data(), &A[(size_t)s * len * qd]);
 }
 
+// Quantizes one float linear whose input is X [n, in]. had > 0: QuaRot's
+// online Hadamard on the input — the weights are rotated here (W·R) and the
+// GPTQ Hessian is taken on the rotated inputs, as the layer will see them.
+void quantize_single(std::unique_ptr<Linear>& L, const std::vector<float>& X, int64_t n, int had, uint64_t had_seed,
+                     const QuantConfig& qc, json& stats) {
+    LinearF32& f = as_f32(L);
+    std::vector<float> Xr;
+    const float* xin = X.data();
+    if (had) {
+        Xr = X;
+        const std::vector<float> sg = hadamard_signs(had, had_seed);
+        hadamard_transform(Xr.data(), n, had, sg.data());
+        xin = Xr.data();
+        hadamard_transform(f.w.data(), f.out, had, sg.data());
+    }
+    const std::vector<double> Hx = qc.gptq ? hessian(xin, n, f.in) : std::vector<double>();
+    QLinearData q = quantize_linear(f.w, f.out, f.in, f.bias, qc.gptq ? Hx.data() : nullptr, qc, qc.gptq, had,
+                                    had_seed, &stats);
+    L = std::make_unique<LinearW4A4Ref>(std::move(q));
+}
+
 void add_linear_out(const Linear& L, const std::vector<float>& x, int64_t n, std::vector<float>& h) {
     std::vector<float> y((size_t)n * L.out);
     const int64_t chunk = 4096;
@@ -520,26 +541,7 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
         }
         // ---------------- o ----------------
         calib_attention(w, l, inv_freq.data(), X, n_seq, len, A);
-        {
-            const int had = qc.rotate ? (int)qd : 0;
-            std::vector<float> Ar;
-            const float* xin = A.data();
-            if (had) {
-                Ar = A;
-                const std::vector<float> sg = hadamard_signs(had, had_seed_o);
-                hadamard_transform(Ar.data(), N, had, sg.data());
-                xin = Ar.data();
-                LinearF32& o = as_f32(L.o);
-                hadamard_transform(o.w.data(), d, had, sg.data());
-            }
-            const std::vector<double> Ha = qc.gptq ? hessian(xin, N, qd) : std::vector<double>();
-            LinearF32& f = as_f32(L.o);
-            json st;
-            QLinearData q = quantize_linear(f.w, d, qd, f.bias, qc.gptq ? Ha.data() : nullptr, qc, qc.gptq, had,
-                                            had_seed_o, &st);
-            lj["o"] = st;
-            L.o = std::make_unique<LinearW4A4Ref>(std::move(q));
-        }
+        quantize_single(L.o, A, N, qc.rotate ? (int)qd : 0, had_seed_o, qc, lj["o"]);
         add_linear_out(*L.o, A, N, H);
         // ---------------- gate, up ----------------
         rmsnorm_f32(H.data(), L.ffn_norm.data(), N, d, c.rms_eps, X.data());
@@ -571,25 +573,7 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
         }
         // ---------------- down ----------------
         mlp_block(L, ff, X.data(), N, G.data());
-        {
-            const int had = qc.rotate ? (int)ff : 0;
-            std::vector<float> Gr;
-            const float* xin = G.data();
-            if (had) {
-                Gr = G;
-                const std::vector<float> sg = hadamard_signs(had, had_seed_down);
-                hadamard_transform(Gr.data(), N, had, sg.data());
-                xin = Gr.data();
-                hadamard_transform(as_f32(L.down).w.data(), d, had, sg.data());
-            }
-            const std::vector<double> Hg = qc.gptq ? hessian(xin, N, ff) : std::vector<double>();
-            LinearF32& f = as_f32(L.down);
-            json st;
-            QLinearData q = quantize_linear(f.w, d, ff, f.bias, qc.gptq ? Hg.data() : nullptr, qc, qc.gptq, had,
-                                            had_seed_down, &st);
-            lj["down"] = st;
-            L.down = std::make_unique<LinearW4A4Ref>(std::move(q));
-        }
+        quantize_single(L.down, G, N, qc.rotate ? (int)ff : 0, had_seed_down, qc, lj["down"]);
         add_linear_out(*L.down, G, N, H);
         layers.push_back(lj);
         bar.add();
