@@ -1,6 +1,8 @@
 // Scalar weight and activation quantizers (definitions in quantizer.h).
 #include "quant/quantizer.h"
 
+#include "kernels/ref/w4a4_ref.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -105,27 +107,7 @@ void weight_dequantize(const QuantWeights& q, float* out) {
 void act_quant_asym(const float* x, int64_t n, int bits, float clip, uint8_t* q, float* scale, int32_t* zero) {
     check_bits(bits, "act_quant_asym");
     SQ_CHECK(clip > 0.0f && clip <= 1.0f, "act_quant_asym: clip must be in (0, 1], got ", clip);
-    const int32_t qmax = (1 << bits) - 1;
-    float mx = 0.0f, mn = 0.0f;
-    for (int64_t i = 0; i < n; ++i) {
-        mx = std::max(mx, x[i]);
-        mn = std::min(mn, x[i]);
-    }
-    const float hi = clip * mx;
-    const float lo = clip * mn;
-    float s = (hi - lo) / (float)qmax;
-    if (!(s > 0.0f)) s = 1.0f;
-    int32_t z = (int32_t)std::nearbyint(-lo / s);
-    z = std::clamp(z, 0, qmax);
-    for (int64_t i = 0; i < n; ++i) {
-        const float r = std::nearbyint(x[i] / s);
-        // Clamp in float first: x/s can exceed the int range only for non-finite input.
-        const float v = r + (float)z;
-        const float c = v != v ? (float)z : std::clamp(v, 0.0f, (float)qmax);  // NaN input -> the zero code
-        q[i] = (uint8_t)(int32_t)c;
-    }
-    *scale = s;
-    *zero = z;
+    act_quant_ref(x, 1, n, bits, clip, q, scale, zero);  // the kernels' reference is the definition
 }
 
 void act_dequant_asym(const uint8_t* q, int64_t n, float scale, int32_t zero, float* out) {
@@ -134,13 +116,8 @@ void act_dequant_asym(const uint8_t* q, int64_t n, float scale, int32_t zero, fl
 
 void act_fake_quant_asym(float* x, int64_t rows, int64_t n, int bits, float clip) {
     check_bits(bits, "act_fake_quant_asym");
-    parallel_for(rows, [&](int64_t r) {
-        std::vector<uint8_t> q(n);
-        float s;
-        int32_t z;
-        act_quant_asym(x + r * n, n, bits, clip, q.data(), &s, &z);
-        act_dequant_asym(q.data(), n, s, z, x + r * n);
-    });
+    SQ_CHECK(clip > 0.0f && clip <= 1.0f, "act_fake_quant_asym: clip must be in (0, 1], got ", clip);
+    parallel_for(rows, [&](int64_t r) { fake_quant_asym_ref(x + r * n, n, bits, clip); });
 }
 
 }  // namespace sq

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/w4a4_format.h"
 
@@ -35,8 +36,9 @@ void act_quant_ref(const float* x, int64_t n, int64_t k, int bits, float clip, u
         int32_t z;
         asym_params(xr, k, bits, clip, &s, &z);
                 for (int64_t i = 0; i < k; ++i) {
-            const int v = (int)std::nearbyint(xr[i] / s) + z;
-            q[t * k + i] = (uint8_t)std::clamp(v, 0, qmax);
+            // Clamp in float: x/s leaves the int range only for non-finite input; NaN -> the zero code.
+            const float v = std::nearbyint(xr[i] / s) + (float)z;
+            q[t * k + i] = (uint8_t)(int32_t)(v != v ? (float)z : std::clamp(v, 0.0f, (float)qmax));
         }
         scale[t] = s;
         zero[t] = z;
@@ -62,14 +64,12 @@ void w4a4_epilogue_ref(const int32_t* acc, int64_t n, int64_t m, const float* ac
 }
 
 void fake_quant_asym_ref(float* x, int64_t k, int bits, float clip) {
-    const int qmax = (1 << bits) - 1;
+    thread_local std::vector<uint8_t> q;  // KV path: once per token and head, no allocation
+    q.resize(k);
     float s;
     int32_t z;
-    asym_params(x, k, bits, clip, &s, &z);
-        for (int64_t i = 0; i < k; ++i) {
-        const int v = std::clamp((int)std::nearbyint(x[i] / s) + z, 0, qmax);
-        x[i] = s * (float)(v - z);
-    }
+    act_quant_ref(x, 1, k, bits, clip, q.data(), &s, &z);
+    for (int64_t i = 0; i < k; ++i) x[i] = (float)((int32_t)q[i] - z) * s;
 }
 
 }  // namespace sq
