@@ -7,6 +7,7 @@
 #include "io/packed_file.h"
 #include "kernels/w4a4_format.h"
 #include "model/linear_w4a4.h"
+#include "model/linear_w4a4_cpu.h"
 
 namespace sq {
 
@@ -134,8 +135,8 @@ void packed_model_save(const std::string& path, const ModelWeights& w, const Tok
     ts.push_back(f16_of("embed", {c.vocab, c.d_model}, w.embed));
     ts.push_back(tensor_of("final_norm", "f32", {c.d_model}, w.final_norm));
     auto add_linear = [&](const std::string& name, const Linear& L) {
-        if (auto* q = dynamic_cast<const LinearW4A4Ref*>(&L)) {
-            const QLinearData& d = q->data();
+        QLinearData d;
+        if (linear_w4a4_data(L, &d)) {  // either backend (reference or AVX2)
             linears[name] = {{"type", "w4"}, {"in", d.in}, {"out", d.out}, {"a_bits", d.a_bits},
                              {"a_clip", d.a_clip}, {"rank", d.rank}, {"basis", d.basis}, {"had_in", d.had_in},
                              {"had_seed", d.had_seed}, {"bias", !d.bias.empty()}};
@@ -223,7 +224,7 @@ PackedModel packed_model_load(const std::string& path) {
                 d.basis_f16 = read_vec<uint16_t>(pf, name + ".basis", "f16", {in, d.rank});
             if (has_bias) d.bias = read_vec<float>(pf, name + ".bias", "f32", {out});
             d.validate(path + ": " + name);
-            return std::make_unique<LinearW4A4Ref>(std::move(d));
+            return make_linear_w4a4(std::move(d));  // AVX2 when the CPU has it, else the reference (loud)
         } catch (const json::exception& e) {
             fail(path, ": linear ", name, ": ", e.what());
         }

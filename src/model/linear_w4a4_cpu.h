@@ -1,0 +1,55 @@
+// The W4A4 / W4A16 linear layer on the AVX2 kernels (kernels/cpu/w4a4_avx2.h),
+// and the factory that picks a backend for a QLinearData.
+//
+// Same semantics as LinearW4A4Ref (the specification, model/linear_w4a4.h):
+// online Hadamard, per-token activation quantization (bit-identical codes),
+// integer GEMM (bit-exact accumulators), epilogue (bitwise the reference's),
+// spectral branch y += (x·B)·Cᵀ and bias. x·B runs through the same float
+// GEMM as the reference (bitwise the same zb); only zb·Cᵀ (fused into the
+// GEMM epilogue) and the W4A16 dot products round differently.
+// Test: build-avx2/specquant_tests --gtest_filter='W4A4Avx2*'
+#pragma once
+#include <memory>
+#include <string>
+
+#include "kernels/cpu/gemm_f32.h"
+#include "kernels/cpu/w4a4_avx2.h"
+#include "model/linear_w4a4.h"
+
+namespace sq {
+
+enum class W4A4Backend { kAuto, kRef, kAvx2 };
+
+// "auto" | "ref" | "avx2" → backend; anything else is an error naming `s`.
+W4A4Backend w4a4_backend_from_string(const std::string& s);
+
+class LinearW4A4Cpu : public Linear {
+public:
+    // spectral_fused = false: zb·Cᵀ through gemm_f32 and an add pass, as the
+    // reference does (kept for the fused-vs-separate measurement).
+    explicit LinearW4A4Cpu(QLinearData d, bool spectral_fused = true);
+    void forward(const float* x, int64_t n, float* y) const override;
+    std::string kind() const override { return meta_.a_bits >= 16 ? "w4a16-avx2" : "w4a4-avx2"; }
+    size_t weight_bytes() const override;
+    // The canonical data back (codes rebuilt from the kernel layout): saving, tests.
+    QLinearData data() const;
+    const W4A4Weights& weights() const { return w_; }
+
+private:
+    QLinearData meta_;  // everything but codes/scale/rowsum/coef/bias (those live in w_)
+    W4A4Weights w_;
+    std::shared_ptr<const std::vector<float>> basis_t_;  // Bᵀ [rp, in] fp32, zero rows past rank
+    PackedF32 coef_f_;                                   // C [out, rp] fp32 (unfused spectral only)
+    std::vector<float> had_signs_;
+    bool fused_ = true;
+};
+
+// Backend choice for a quantized layer: kAuto = AVX2 when the CPU has it
+// (w4a4_avx2_available), else the reference after one loud line on stderr;
+// env SQ_FORCE_SCALAR=1 forces the reference. kAvx2 without AVX2 is an error.
+std::unique_ptr<Linear> make_linear_w4a4(QLinearData d, W4A4Backend backend = W4A4Backend::kAuto);
+
+// The QLinearData behind a W4A4 layer of either backend, or false for other layers.
+bool linear_w4a4_data(const Linear& L, QLinearData* out);
+
+}  // namespace sq
