@@ -15,6 +15,7 @@
 #include "core/threads.h"
 #include "eval/eval.h"
 #include "eval/interrupt.h"
+#include "eval/loglik_cuda.h"
 #include "eval/report.h"
 #include "eval/tasks.h"
 #include "quant/pipeline.h"
@@ -53,7 +54,7 @@ struct Row {
 CommandAction compare_setup(CLI::App& app) {
     struct Opts {
         std::string model, methods = "fp,rtn,smoothquant,gptq,quarot,specquant", bits = "w4a4kv4,w4a4kv16,w4a16",
-                           suite = "quick", data_dir, json_out;
+                           suite = "quick", data_dir, json_out, device = "cpu";
         int threads = 0, ctx = 2048, limit = 0, chunks = 0;
         uint64_t eval_seed = 1234;
         QuantCliOptions q;
@@ -70,6 +71,9 @@ CommandAction compare_setup(CLI::App& app) {
     app.add_option("--data-dir", o->data_dir, "evaluation data (default ../shared/data)");
     app.add_option("--json", o->json_out, "also write all results as JSON");
     app.add_option("-t,--threads", o->threads, "threads (0 = all)")->capture_default_str();
+    app.add_option("--device", o->device, "where the model runs: cpu, or cuda (a build with -DSPECQUANT_CUDA=ON)")
+        ->check(CLI::IsMember({"cpu", "cuda"}))
+        ->capture_default_str();
     quant_cli_add(app, o->q, false, false);
     return [o]() {
         threads_set(o->threads);
@@ -78,6 +82,8 @@ CommandAction compare_setup(CLI::App& app) {
         std::vector<Bits> bits;
         for (auto& b : split(o->bits)) bits.push_back(parse_bits(b));
         SQ_CHECK(!methods.empty() && !bits.empty(), "compare: no methods or no bit settings");
+        SQ_CHECK(o->device != "cuda" || cuda_built(),
+                 "--device cuda: this specquant was built without CUDA (configure with -DSPECQUANT_CUDA=ON)");
         // Validate every configuration before the (long) run.
         for (auto& m : methods)
             for (auto& b : bits) quant_cli_config(o->q, m, b.w, b.a, b.kv);
@@ -102,8 +108,9 @@ CommandAction compare_setup(CLI::App& app) {
                 Model model(quantize_model(model_load_f32(base.ck, false), *base.tok, qc));
                 Row row{m, m == "fp" ? "w16a16kv16" : b.name, {}, 0.0};
                 row.quant_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - tq).count();
-                ModelLoglik src(model, std::min(eo.ctx, model.config().max_ctx));
-                row.r = eval_run(src, text_encoder(*base.tok), eo, sigint.flag());
+                std::unique_ptr<LoglikSource> src =
+                    loglik_source_make(model, std::min(eo.ctx, model.config().max_ctx), o->device);
+                row.r = eval_run(*src, text_encoder(*base.tok), eo, sigint.flag());
                 rows.push_back(std::move(row));
             }
         }

@@ -13,6 +13,7 @@
 #include "core/threads.h"
 #include "eval/eval.h"
 #include "eval/interrupt.h"
+#include "eval/loglik_cuda.h"
 #include "eval/report.h"
 
 namespace sq {
@@ -20,7 +21,7 @@ namespace sq {
 namespace {
 
 struct EvalArgs {
-    std::string model, tasks = "quick", data_dir, json_out, samples_out;
+    std::string model, tasks = "quick", data_dir, json_out, samples_out, device = "cpu";
     int limit = 0, ctx = 2048, threads = 0, chunks = 0;
     uint64_t seed = 1234;
     bool dry_run = false;
@@ -53,6 +54,9 @@ CommandAction eval_setup(CLI::App& app) {
     app.add_option("--samples", a->samples_out,
                    "also write per-document log-likelihoods as JSON lines (for scripts/eval_reference.py)");
     app.add_option("-t,--threads", a->threads, "threads (0 = all)")->capture_default_str();
+    app.add_option("--device", a->device, "where the model runs: cpu, or cuda (a build with -DSPECQUANT_CUDA=ON)")
+        ->check(CLI::IsMember({"cpu", "cuda"}))
+        ->capture_default_str();
     app.add_flag("--dry-run", a->dry_run, "validate and tokenize the data, print tokens and forward calls per task");
     return [a]() {
         EvalOptions o;
@@ -83,8 +87,8 @@ CommandAction eval_setup(CLI::App& app) {
         }
         SQ_CHECK(o.ctx >= 16, "-c ", o.ctx, " too small");
         SigintGuard sigint;
-        ModelLoglik src(*lm.model, o.ctx);
-        EvalResult r = eval_run(src, text_encoder(*lm.tok), o, sigint.flag());
+        std::unique_ptr<LoglikSource> src = loglik_source_make(*lm.model, o.ctx, a->dry_run ? "cpu" : a->device);
+        EvalResult r = eval_run(*src, text_encoder(*lm.tok), o, sigint.flag());
 
         RunInfo info;
         info.model = a->model;

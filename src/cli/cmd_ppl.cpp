@@ -10,6 +10,7 @@
 #include "core/threads.h"
 #include "eval/eval.h"
 #include "eval/interrupt.h"
+#include "eval/loglik_cuda.h"
 #include "eval/report.h"
 
 namespace sq {
@@ -17,7 +18,7 @@ namespace sq {
 namespace {
 
 struct PplArgs {
-    std::string model, file, json_out;
+    std::string model, file, json_out, device = "cpu";
     int ctx = 2048, chunks = 0, threads = 0;
 };
 
@@ -29,6 +30,9 @@ CommandAction ppl_setup(CLI::App& app) {
     app.add_option("--chunks", a->chunks, "score only the first N windows (0 = all)")->capture_default_str();
     app.add_option("-t,--threads", a->threads, "threads (0 = all)")->capture_default_str();
     app.add_option("--json", a->json_out, "also write the report as JSON to this file");
+    app.add_option("--device", a->device, "where the model runs: cpu, or cuda (a build with -DSPECQUANT_CUDA=ON)")
+        ->check(CLI::IsMember({"cpu", "cuda"}))
+        ->capture_default_str();
     return [a]() {
         SQ_CHECK(a->chunks >= 0, "--chunks must be >= 0");
         EvalOptions o;
@@ -44,8 +48,8 @@ CommandAction ppl_setup(CLI::App& app) {
         SQ_CHECK(o.ctx >= 2 && o.ctx <= lm.model->config().max_ctx, "-c ", o.ctx, " outside [2, ",
                  lm.model->config().max_ctx, "] (the model's context)");
         SigintGuard sigint;
-        ModelLoglik src(*lm.model, o.ctx);
-        EvalResult r = eval_run(src, text_encoder(*lm.tok), o, sigint.flag());
+        std::unique_ptr<LoglikSource> src = loglik_source_make(*lm.model, o.ctx, a->device);
+        EvalResult r = eval_run(*src, text_encoder(*lm.tok), o, sigint.flag());
         const PplResult& p = r.runs.at(0).ppl;
         std::printf("%s: %d of %d windows x %d tokens, %lld tokens scored, %.1f s (%.1f tokens/s)\n",
                     r.runs[0].path.c_str(), p.windows, p.windows_total, p.ctx, (long long)p.tokens_scored, r.seconds,

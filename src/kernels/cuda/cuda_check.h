@@ -12,3 +12,7 @@
             ::sq::fail("CUDA: ", #call, " failed: ", cudaGetErrorString(sq_err_), " at ", __FILE__, \
                        ":", __LINE__);                                                         \
     } while (0)
+
+// After a kernel launch: a bad configuration (grid, shared memory) or an
+// earlier asynchronous fault surfaces here as sq::Error.
+#define SQ_CUDA_LAUNCH(name) SQ_CUDA(cudaPeekAtLastError()); (void)(name)

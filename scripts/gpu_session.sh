@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# GPU evaluation session on the lent H100 (docs/perf.md, "GPU eval engine").
+#
+# The device machine has the CUDA driver and toolkit but none of our -dev
+# packages, so the binaries are built here and carried, and one call may
+# carry 64 MiB while the default model alone is 98 MB. So:
+#   cmake -S . -B build-gpu -DSPECQUANT_CUDA=ON && cmake --build build-gpu -j2
+#   scripts/gpu_session.sh pack    # .gpu1/ = bundle.tar.xz (binaries, their non-system
+#                                  # libraries, ../shared/data) + model part 1; .gpu2/ = part 2
+# and two device calls within 30 s of each other (the machine stays warm;
+# /tmp survives between calls), from the repository root:
+#   call 1 (carry .gpu1):  scripts/gpu_session.sh unpack .gpu1 && scripts/gpu_session.sh tests
+#   call 2 (carry .gpu2):  scripts/gpu_session.sh unpack .gpu2 && scripts/gpu_session.sh evals
+# .gpu*/ is git-ignored through .git/info/exclude. Logs go to $OUT (or out/gpu).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/gpu}
+mkdir -p "$OUT"
+S=/tmp/sq  # everything unpacked on the device
+MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+
+env_setup() {
+    export LD_LIBRARY_PATH=$S/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+    # The binaries carry this checkout's absolute paths (tests/data, ../shared/data).
+    if [ ! -e /work/main/tests/data ]; then mkdir -p /work && ln -sfn "$PWD" /work/main; fi
+    if [ ! -e /work/shared/data ]; then mkdir -p /work && ln -sfn "$S/shared" /work/shared; fi
+    if [ ! -e ../shared/data ]; then ln -sfn "$S/shared" ../shared; fi
+    SQ=$S/bin/specquant
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+}
+
+case "${1:-}" in
+pack)
+    rm -rf .gpu1 .gpu2 /tmp/sq_pack && mkdir -p .gpu1 .gpu2 /tmp/sq_pack/bin /tmp/sq_pack/lib /tmp/sq_pack/shared/data
+    cp build-gpu/specquant build-gpu/specquant_tests /tmp/sq_pack/bin/ && strip /tmp/sq_pack/bin/*
+    for lib in $(ldd build-gpu/specquant build-gpu/specquant_tests | awk '/=>/ {print $3}' |
+                 grep -E 'fftw3f|pcre2|gomp' | sort -u); do cp -L "$lib" /tmp/sq_pack/lib/; done
+    cp -r ../shared/data/wikitext2 ../shared/data/tasks ../shared/data/calib /tmp/sq_pack/shared/data/
+    tar -C /tmp/sq_pack -I 'xz -T2' -cf .gpu1/bundle.tar.xz .
+    split -b 48M $MODEL /tmp/sq_pack/model.part.
+    mv /tmp/sq_pack/model.part.aa .gpu1/ && mv /tmp/sq_pack/model.part.ab .gpu2/
+    test ! -e /tmp/sq_pack/model.part.ac || { echo "model needs 3 parts" >&2; exit 1; }
+    du -sh .gpu1 .gpu2
+    ;;
+unpack)  # unpack a carried folder into /tmp/sq; assemble the model once both parts are there
+    mkdir -p $S
+    if [ -f "$2/bundle.tar.xz" ]; then tar -C $S -xJf "$2/bundle.tar.xz"; fi
+    cp "$2"/model.part.* $S/ 2>/dev/null
+    if [ -f $S/model.part.aa ] && [ -f $S/model.part.ab ]; then
+        cat $S/model.part.aa $S/model.part.ab > $S/model.gguf && rm $S/model.part.*
+        echo "$MODEL_SHA  $S/model.gguf" | sha256sum -c - || exit 1
+    fi
+    ;;
+tests)
+    env_setup
+    $S/bin/specquant_tests --gtest_filter='Cuda*' 2>&1 | tee "$OUT/tests_cuda.log"
+    ;;
+evals)
+    env_setup
+    M=$S/model.gguf D=$S/shared/data Q=$S/q.sqm W=$S/shared/data/wikitext2/wiki.test.raw
+    # step NAME CMD...: full output (progress bars dropped) appended to evals.log, wall time to summary.txt
+    step() {
+        local name=$1 t0 t1 rc
+        shift
+        echo "== $name: $*" >>"$OUT/evals.log"
+        t0=$(date +%s%N)
+        "$@" 2>&1 | tr '\r' '\n' | grep -v -E '\[[#.]+\]' >>"$OUT/evals.log"
+        rc=${PIPESTATUS[0]}
+        t1=$(date +%s%N)
+        echo "$name: rc=$rc wall=$(( (t1 - t0) / 1000000 )) ms" | tee -a "$OUT/summary.txt"
+    }
+    step ppl_fp_gpu $SQ ppl -m $M -c 2048 --device cuda -f $W --json "$OUT/ppl_fp_gpu.json"
+    step quick_fp_gpu $SQ eval -m $M --tasks quick --device cuda --data-dir $D --json "$OUT/quick_fp_gpu.json"
+    step quantize $SQ quantize -m $M --method quarot --kv-bits 4 --calib-n 4 --calib-len 128 \
+        --calib /work/shared/data/calib/wiki.utf8 -o $Q
+    sha256sum $Q | tee -a "$OUT/summary.txt"
+    step ppl_q4_gpu_4w $SQ ppl -m $Q -c 2048 --chunks 4 --device cuda -f $W
+    step ppl_q4_cpu_4w $SQ ppl -m $Q -c 2048 --chunks 4 --device cpu -f $W
+    step ppl_q4_gpu $SQ ppl -m $Q -c 2048 --device cuda -f $W --json "$OUT/ppl_q4_gpu.json"
+    step quick_q4_gpu $SQ eval -m $Q --tasks quick --device cuda --data-dir $D --json "$OUT/quick_q4_gpu.json"
+    grep -E '^PPL|windows x|^== ' "$OUT/evals.log"
+    ;;
+*)
+    echo "usage: $0 pack|unpack DIR|tests|evals" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,156 @@
+// Causal GQA attention over a float KV cache (prefill and decode), one pass
+// with an online softmax (flash-style) in FP32. Build: cmake -DSPECQUANT_CUDA=ON.
+//
+// Tiling: a block serves one KV head and kRows query rows, a row being a
+// (token, query head of this KV head's group) pair, token-major, so the
+// group's heads share every K/V tile (GQA reuse ×group) and a block's rows sit
+// at neighbouring positions (similar causal limits). 4 warps × 4 rows each.
+// Keys stream through shared memory 32 at a time: lane j scores key j of the
+// tile for each of its warp's rows (K rows padded to hd+1 floats: lanes read
+// different rows without bank conflicts), then every lane accumulates its
+// hd/32 output dims over the 32 keys (V rows read across lanes: conflict-free).
+// Shared memory: (16·hd + 32·(hd+1) + 32·hd)·4 B = 20.6 KB at hd = 64, 82 KB at 256.
+// Work at n = 2048, hd = 64, 9 heads: ~2.4 G FMA per layer (causal half).
+#include <cfloat>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/reduce.cuh"
+
+namespace sq::cuda {
+
+namespace {
+
+constexpr int kWarps = 4, kRowsPerWarp = 4, kRows = kWarps * kRowsPerWarp, kKeys = 32;
+
+size_t attention_smem(int hd) { return (size_t)(kRows * hd + kKeys * (hd + 1) + kKeys * hd) * sizeof(float); }
+
+template <int DPL>  // output dims per lane: ceil(hd / 32)
+__global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __restrict__ q, const float* __restrict__ kc,
+                                                                 const float* __restrict__ vc, int n, int pos0,
+                                                                 int heads, int kv_heads, int hd, float scale,
+                                                                 float* __restrict__ out) {
+    extern __shared__ float sm[];
+    float* sq = sm;                        // [kRows][hd]
+    float* sk = sq + kRows * hd;           // [kKeys][hd + 1]
+    float* sv = sk + kKeys * (hd + 1);     // [kKeys][hd]
+    const int group = heads / kv_heads;
+    const int g = blockIdx.y;
+    const int total_rows = n * group;
+    const int row0 = blockIdx.x * kRows;
+    const int kvd = kv_heads * hd;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+
+    for (int i = threadIdx.x; i < kRows * hd; i += blockDim.x) {
+        const int r = i / hd, d = i - r * hd, row = row0 + r;
+        float val = 0.0f;
+        if (row < total_rows) {
+            const int t = row / group, h = g * group + (row - t * group);
+            val = q[((size_t)t * heads + h) * hd + d];
+        }
+        sq[i] = val;
+    }
+    const int last_row = min(row0 + kRows, total_rows) - 1;
+    const int kend = pos0 + last_row / group + 1;  // keys [0, kend) cover every row of the block
+
+    float m[kRowsPerWarp], l[kRowsPerWarp], o[kRowsPerWarp][DPL];
+    int lim[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+        const int row = row0 + warp * kRowsPerWarp + r;
+        lim[r] = row < total_rows ? pos0 + row / group + 1 : 1;  // padding rows: key 0 only (finite, unused)
+        m[r] = -FLT_MAX;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int dd = 0; dd < DPL; ++dd) o[r][dd] = 0.0f;
+    }
+
+    for (int k0 = 0; k0 < kend; k0 += kKeys) {
+        __syncthreads();  // previous tile fully consumed (and sq written on the first pass)
+        for (int i = threadIdx.x; i < kKeys * hd; i += blockDim.x) {
+            const int j = i / hd, d = i - j * hd, key = k0 + j;
+            float kv = 0.0f, vv = 0.0f;
+            if (key < kend) {
+                const size_t off = (size_t)key * kvd + (size_t)g * hd + d;
+                kv = kc[off];
+                vv = vc[off];
+            }
+            sk[j * (hd + 1) + d] = kv;
+            sv[j * hd + d] = vv;
+        }
+        __syncthreads();
+        const int key = k0 + lane;
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) {
+            if (k0 >= lim[r]) continue;  // warp-uniform: every key of the tile is masked for this row
+            const float* qr = sq + (warp * kRowsPerWarp + r) * hd;
+            const float* kr = sk + lane * (hd + 1);
+            float s = -FLT_MAX;
+            if (key < lim[r]) {
+                float acc = 0.0f;
+                for (int d = 0; d < hd; ++d) acc += qr[d] * kr[d];
+                s = acc * scale;
+            }
+            const float mnew = fmaxf(m[r], warp_max(s));
+            const float p = key < lim[r] ? expf(s - mnew) : 0.0f;
+            const float corr = expf(m[r] - mnew);
+            l[r] = l[r] * corr + warp_sum(p);
+#pragma unroll
+            for (int dd = 0; dd < DPL; ++dd) o[r][dd] *= corr;
+            const int jmax = min(kKeys, lim[r] - k0);
+            for (int j = 0; j < jmax; ++j) {
+                const float pj = __shfl_sync(0xffffffffu, p, j);
+#pragma unroll
+                for (int dd = 0; dd < DPL; ++dd) {
+                    const int d = lane + 32 * dd;
+                    if (d < hd) o[r][dd] += pj * sv[j * hd + d];
+                }
+            }
+            m[r] = mnew;
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+        const int row = row0 + warp * kRowsPerWarp + r;
+        if (row >= total_rows) continue;
+        const int t = row / group, h = g * group + (row - t * group);
+        const float inv = 1.0f / l[r];
+#pragma unroll
+        for (int dd = 0; dd < DPL; ++dd) {
+            const int d = lane + 32 * dd;
+            if (d < hd) out[((size_t)t * heads + h) * hd + d] = o[r][dd] * inv;
+        }
+    }
+}
+
+template <int DPL>
+void launch(const float* q, const float* kc, const float* vc, int n, int pos0, int heads, int kv_heads, int hd,
+            float* out, cudaStream_t s) {
+    const size_t smem = attention_smem(hd);
+    if (smem > 48 * 1024) {
+        // Above the default 48 KB a kernel must opt in (hd > 128).
+        SQ_CUDA(cudaFuncSetAttribute(attention_kernel<DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    }
+    const int group = heads / kv_heads;
+    dim3 grid((unsigned)((n * group + kRows - 1) / kRows), (unsigned)kv_heads);
+    attention_kernel<DPL><<<grid, kWarps * 32, smem, s>>>(q, kc, vc, n, pos0, heads, kv_heads, hd,
+                                                          1.0f / sqrtf((float)hd), out);
+    SQ_CUDA_LAUNCH("attention");
+}
+
+}  // namespace
+
+void attention(const float* q, const float* kc, const float* vc, int n, int pos0, int heads, int kv_heads, int hd,
+               float* out, cudaStream_t s) {
+    if (n <= 0) return;
+    SQ_CHECK(hd >= 1 && hd <= 256, "CUDA attention: head_dim ", hd, " unsupported (1..256)");
+    SQ_CHECK(kv_heads > 0 && heads % kv_heads == 0, "CUDA attention: ", heads, " heads not a multiple of ", kv_heads,
+             " KV heads");
+    if (hd <= 32) launch<1>(q, kc, vc, n, pos0, heads, kv_heads, hd, out, s);
+    else if (hd <= 64) launch<2>(q, kc, vc, n, pos0, heads, kv_heads, hd, out, s);
+    else if (hd <= 128) launch<4>(q, kc, vc, n, pos0, heads, kv_heads, hd, out, s);
+    else launch<8>(q, kc, vc, n, pos0, heads, kv_heads, hd, out, s);
+}
+
+}  // namespace sq::cuda

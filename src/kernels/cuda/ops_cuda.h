@@ -1,0 +1,72 @@
+// CUDA kernels of the decoder forward pass (sm_90a), model-agnostic: each
+// launcher takes device pointers, enqueues on `stream`, checks the launch and
+// throws sq::Error on failure. Semantics are those of the CPU ops they mirror
+// (kernels/cpu/ops.h, kernels/ref/w4a4_ref.h); where the reference fixes the
+// rounding (activation and KV quantization, the W4A4 epilogue) the kernels use
+// explicitly rounded intrinsics so that nvcc cannot contract or reorder them.
+//
+// Build: cmake -DSPECQUANT_CUDA=ON; tests: tests/test_cuda_model.cpp.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace sq::cuda {
+
+// out[t, :] = table[tokens[t], :]   table [vocab, d], tokens [n] (validated by the caller)
+void embed_gather(const float* table, const int* tokens, int n, int d, float* out, cudaStream_t s);
+
+// y[t, :] = x[t, :] / sqrt(mean(x[t, :]²) + eps) * w
+void rmsnorm(const float* x, const float* w, int n, int d, float eps, float* y, cudaStream_t s);
+
+// h[t, :] += add[t, :]; y[t, :] = rmsnorm(h[t, :]) * w   (residual add fused with the next norm)
+void add_rmsnorm(float* h, const float* add, const float* w, int n, int d, float eps, float* y, cudaStream_t s);
+
+// In-place rotate-half RoPE on x [n, heads, hd]; token t at position pos0 + t; inv_freq [hd/2] (device).
+void rope(float* x, int n, int heads, int hd, int pos0, const float* inv_freq, cudaStream_t s);
+
+// Writes n tokens of k, v [n, kv_heads, hd] to the cache rows kc, vc (the
+// same layout, at the first new position); bits < 16 fake-quantizes every
+// (token, head) vector first: fake_quant_asym_ref semantics, bit-exact.
+void kv_store(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
+              float* vc, cudaStream_t s);
+
+// Causal GQA attention of n queries at positions pos0.. over cache rows
+// 0..pos0+n-1: q [n, heads, hd], kc/vc [pos, kv_heads, hd], out [n, heads, hd].
+// hd ≤ 256.
+void attention(const float* q, const float* kc, const float* vc, int n, int pos0, int heads, int kv_heads, int hd,
+               float* out, cudaStream_t s);
+
+// g[i] = silu(g[i]) * u[i]
+void silu_mul(float* g, const float* u, int64_t count, cudaStream_t s);
+
+// y[t, j] = (y[t, j] + add[t, j]) + bias[j]; either may be null.
+void add_bias(float* y, const float* add, const float* bias, int n, int m, cudaStream_t s);
+
+// y[t, j] = x[t, j] · signs[j]   (the ±1 diagonal of a random Hadamard; exact)
+void mul_signs(const float* x, const float* signs, int n, int k, float* y, cudaStream_t s);
+
+// Per-token asymmetric activation quantization, act_quant_ref bit for bit:
+// codes as integer-valued floats qf [n, k] (GEMM operand), optionally as
+// bytes q8 [n, k] (may be null), scale [n], zero [n].
+void act_quant(const float* x, int n, int64_t k, int bits, float clip, float* qf, uint8_t* q8, float* scale,
+               int32_t* zero, cudaStream_t s);
+
+// acc[i] = (first ? 0 : acc[i]) + (int32)part[i]: integer sums of K chunks whose
+// float partial sums are exact integers (below 2^24).
+void acc_add_i32(const float* part, int64_t count, bool first, int32_t* acc, cudaStream_t s);
+
+// W4A4 epilogue (w4a4_format.h): y[t, j] = ((s_t · scale_j) · (acc − z_t · rowsum_j) + spec[t, j]) + bias_j.
+// acc is given either as exact integer-valued floats (acc_f) or as int32
+// (acc_i); spec and bias may be null.
+void w4a4_epilogue(const float* acc_f, const int32_t* acc_i, int n, int m, const float* act_scale,
+                   const int32_t* act_zero, const float* w_scale, const int32_t* w_rowsum, const float* spec,
+                   const float* bias, float* y, cudaStream_t s);
+
+// For each query i: logits row rows[i] of `logits` [*, vocab]; writes
+// logprob[i] = log_softmax(row)[targets[i]] (double, as logprob_of) and
+// greedy[i] = (first argmax of row == targets[i]).
+void logprob_gather(const float* logits, int vocab, const int* rows, const int* targets, int nq, double* logprob,
+                    uint8_t* greedy, cudaStream_t s);
+
+}  // namespace sq::cuda

@@ -1,0 +1,177 @@
+// Quantization kernels: per-token activation quantization, the W4A4 epilogue,
+// KV cache fake quantization. Build: cmake -DSPECQUANT_CUDA=ON.
+//
+// These must equal kernels/ref/w4a4_ref.cpp bit for bit (tests/test_cuda_model.cpp):
+// the range reduction is order-free (max/min), and every rounding step the
+// reference makes is spelled out with a correctly rounded intrinsic
+// (__fmul_rn, __fdiv_rn, rintf = round half to even) so nvcc cannot fuse
+// `mx·clip − mn·clip` into an FMA or turn x / s into x · (1/s).
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/reduce.cuh"
+
+namespace sq::cuda {
+
+namespace {
+
+// (s, z) of asym_params() from the row's max (≥ 0) and min (≤ 0).
+__device__ __forceinline__ void asym_params(float mx, float mn, int bits, float clip, float* s_out, int* z_out) {
+    const int qmax = (1 << bits) - 1;
+    mx = __fmul_rn(mx, clip);
+    mn = __fmul_rn(mn, clip);
+    float s = __fdiv_rn(__fsub_rn(mx, mn), (float)qmax);
+    if (!(s > 0.0f)) s = 1.0f;
+    int z = (int)rintf(__fdiv_rn(-mn, s));
+    z = z < 0 ? 0 : (z > qmax ? qmax : z);
+    *s_out = s;
+    *z_out = z;
+}
+
+// One element: clamp(round_half_even(x / s) + z, 0, qmax); NaN -> z.
+__device__ __forceinline__ int quant_one(float x, float s, int z, int qmax) {
+    const float v = __fadd_rn(rintf(__fdiv_rn(x, s)), (float)z);
+    const float c = v != v ? (float)z : (v < 0.0f ? 0.0f : ((float)qmax < v ? (float)qmax : v));
+    return (int)c;
+}
+
+// std::max / std::min as the reference applies them: NaN never replaces the running value.
+__device__ __forceinline__ float ref_max(float a, float b) { return a < b ? b : a; }
+__device__ __forceinline__ float ref_min(float a, float b) { return b < a ? b : a; }
+
+// One block per token row.
+__global__ void act_quant_kernel(const float* __restrict__ x, int64_t k, int bits, float clip, float* __restrict__ qf,
+                                 uint8_t* __restrict__ q8, float* __restrict__ scale, int32_t* __restrict__ zero) {
+    __shared__ float red_mx[32], red_mn[32];
+    __shared__ float s_sh;
+    __shared__ int z_sh;
+    const int64_t t = blockIdx.x;
+    const float* xr = x + t * k;
+    float mx = 0.0f, mn = 0.0f;  // the range always contains 0
+    for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+        const float v = xr[i];
+        mx = ref_max(mx, v);
+        mn = ref_min(mn, v);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        mx = ref_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        mn = ref_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        red_mx[warp] = mx;
+        red_mn[warp] = mn;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float a = 0.0f, b = 0.0f;
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
+            a = ref_max(a, red_mx[w]);
+            b = ref_min(b, red_mn[w]);
+        }
+        float s;
+        int z;
+        asym_params(a, b, bits, clip, &s, &z);
+        s_sh = s;
+        z_sh = z;
+        scale[t] = s;
+        zero[t] = z;
+    }
+    __syncthreads();
+    const float s = s_sh;
+    const int z = z_sh, qmax = (1 << bits) - 1;
+    for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+        const int q = quant_one(xr[i], s, z, qmax);
+        qf[t * k + i] = (float)q;
+        if (q8) q8[t * k + i] = (uint8_t)q;
+    }
+}
+
+__global__ void acc_add_kernel(const float* __restrict__ part, int64_t count, bool first, int32_t* __restrict__ acc) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    const int32_t p = (int32_t)part[i];
+    acc[i] = first ? p : acc[i] + p;
+}
+
+__global__ void epilogue_kernel(const float* __restrict__ acc_f, const int32_t* __restrict__ acc_i, int64_t count,
+                                int m, const float* __restrict__ act_scale, const int32_t* __restrict__ act_zero,
+                                const float* __restrict__ w_scale, const int32_t* __restrict__ w_rowsum,
+                                const float* __restrict__ spec, const float* __restrict__ bias, float* __restrict__ y) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    const int64_t t = i / m;
+    const int j = (int)(i % m);
+    const int32_t a = acc_i ? acc_i[i] : (int32_t)acc_f[i];
+    float v = __fmul_rn(__fmul_rn(act_scale[t], w_scale[j]), (float)(a - act_zero[t] * w_rowsum[j]));
+    if (spec) v = __fadd_rn(v, spec[i]);
+    if (bias) v = __fadd_rn(v, bias[j]);
+    y[i] = v;
+}
+
+// One warp per (token, KV head) vector of hd elements: fake_quant_asym_ref on
+// k and v, written to the cache. hd ≤ 32 · 8.
+__global__ void kv_store_kernel(const float* __restrict__ k, const float* __restrict__ v, int64_t vectors, int hd,
+                                int bits, float clip, float* __restrict__ kc, float* __restrict__ vc) {
+    const int64_t vec = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (vec >= vectors) return;
+    const int lane = threadIdx.x & 31, qmax = (1 << bits) - 1;
+    for (int which = 0; which < 2; ++which) {
+        const float* src = (which ? v : k) + vec * hd;
+        float* dst = (which ? vc : kc) + vec * hd;
+        float mx = 0.0f, mn = 0.0f;
+        for (int i = lane; i < hd; i += 32) {
+            mx = ref_max(mx, src[i]);
+            mn = ref_min(mn, src[i]);
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            mx = ref_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            mn = ref_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+        }
+        float s;
+        int z;
+        asym_params(mx, mn, bits, clip, &s, &z);
+        for (int i = lane; i < hd; i += 32) dst[i] = __fmul_rn((float)(quant_one(src[i], s, z, qmax) - z), s);
+    }
+}
+
+unsigned blocks_for(int64_t count, int threads) { return (unsigned)((count + threads - 1) / threads); }
+
+}  // namespace
+
+void act_quant(const float* x, int n, int64_t k, int bits, float clip, float* qf, uint8_t* q8, float* scale,
+               int32_t* zero, cudaStream_t s) {
+    if (n <= 0) return;
+    act_quant_kernel<<<n, 256, 0, s>>>(x, k, bits, clip, qf, q8, scale, zero);
+    SQ_CUDA_LAUNCH("act_quant");
+}
+
+void acc_add_i32(const float* part, int64_t count, bool first, int32_t* acc, cudaStream_t s) {
+    if (count <= 0) return;
+    acc_add_kernel<<<blocks_for(count, 256), 256, 0, s>>>(part, count, first, acc);
+    SQ_CUDA_LAUNCH("acc_add_i32");
+}
+
+void w4a4_epilogue(const float* acc_f, const int32_t* acc_i, int n, int m, const float* act_scale,
+                   const int32_t* act_zero, const float* w_scale, const int32_t* w_rowsum, const float* spec,
+                   const float* bias, float* y, cudaStream_t s) {
+    const int64_t count = (int64_t)n * m;
+    if (count <= 0) return;
+    epilogue_kernel<<<blocks_for(count, 256), 256, 0, s>>>(acc_f, acc_i, count, m, act_scale, act_zero, w_scale,
+                                                           w_rowsum, spec, bias, y);
+    SQ_CUDA_LAUNCH("w4a4_epilogue");
+}
+
+void kv_store(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
+              float* vc, cudaStream_t s) {
+    const int64_t vectors = (int64_t)n * kv_heads;
+    if (vectors <= 0) return;
+    if (bits >= 16) {
+        SQ_CUDA(cudaMemcpyAsync(kc, k, vectors * hd * sizeof(float), cudaMemcpyDeviceToDevice, s));
+        SQ_CUDA(cudaMemcpyAsync(vc, v, vectors * hd * sizeof(float), cudaMemcpyDeviceToDevice, s));
+        return;
+    }
+    kv_store_kernel<<<blocks_for(vectors, 8), 256, 0, s>>>(k, v, vectors, hd, bits, clip, kc, vc);
+    SQ_CUDA_LAUNCH("kv_store");
+}
+
+}  // namespace sq::cuda

@@ -1,0 +1,63 @@
+// The decoder forward pass on one CUDA device (built with -DSPECQUANT_CUDA=ON;
+// the class exists only when SPECQUANT_HAS_CUDA is defined).
+//
+// Same semantics as Model::forward (model/model.h) for every Linear the CPU
+// runs (LinearF32, LinearW4A4Ref in W4A4 and W4A16 mode, with spectral branch,
+// online Hadamard and bias), the KV cache precision (kv_bits, kv_clip) and
+// qk_rotate. Linear layers run through cuBLAS in FP32 (no TF32); W4A4 layers
+// multiply integer-valued float codes, exact like the reference (every
+// partial sum an integer below 2^24, K split where needed). The rest are the
+// kernels of kernels/cuda/ops_cuda.h. The weights are copied to the device
+// once; the KV cache lives on the device and can be truncated for branching.
+#pragma once
+#ifdef SPECQUANT_HAS_CUDA
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+
+namespace sq {
+
+struct RowTarget {
+    int row = 0;     // row of this forward call's tokens, [0, n)
+    int target = 0;  // token id whose log-probability is wanted
+};
+
+struct RowScore {
+    double logprob = 0.0;  // log_softmax(logits[row])[target], in double as logprob_of()
+    bool greedy = false;   // target is the first argmax of the row
+};
+
+class ModelCuda {
+public:
+    // Copies the weights to the current CUDA device; capacity = KV cache
+    // length and the most tokens one forward call may carry. Throws sq::Error
+    // when no device is present, memory runs out or a Linear kind is unknown.
+    ModelCuda(const ModelWeights& w, int capacity);
+    ~ModelCuda();
+    ModelCuda(const ModelCuda&) = delete;
+    ModelCuda& operator=(const ModelCuda&) = delete;
+
+    const ModelConfig& config() const;
+    int capacity() const;
+    int pos() const;         // tokens in the cache
+    void truncate(int n);    // forget tokens from n on (n ≤ pos)
+    size_t device_bytes() const;  // weights, cache and scratch
+
+    // Runs n tokens from pos() (appending them to the cache) and scores the
+    // given (row, target) pairs on the device: only those rows go through
+    // lm_head, and only the scores come back. One result per target, in order.
+    std::vector<RowScore> forward_score(const int* tokens, int n, const std::vector<RowTarget>& targets);
+
+    // Runs n tokens from pos(); logits [n, vocab] when all_logits, else
+    // [1, vocab] for the last token, copied to host memory (tests, generation).
+    void forward_logits(const int* tokens, int n, float* logits, bool all_logits);
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> p_;
+};
+
+}  // namespace sq
+#endif
