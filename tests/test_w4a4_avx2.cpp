@@ -229,9 +229,21 @@ TEST(W4A4Avx2, LayerMatchesReference) {
         {1536, 24, 4, 31, false, true, false}, {64, 9, 8, 3, false, false, false},
         {96, 13, 2, 0, true, false, false},    {576, 30, 16, 0, false, false, false},
         {100, 21, 16, 9, true, false, false},  {576, 17, 16, 15, true, true, false},
+        {576, 50, 4, 127, false, true, false},  // SmolLM2's rank, rows keeping 1..64 bins
     };
     for (const LayerCase& c : cases) {
         QLinearData d = random_qlinear(c.in, c.out, c.a_bits, c.rank, c.bias, rng);
+        if (c.rank >= 31) {  // as the quantizer stores it: row j keeps k_j bins, C zero beyond
+            const int K = (c.rank + 1) / 2;
+            std::uniform_int_distribution<int> kb(1, K);
+            for (int64_t j = 0; j < c.out; ++j) {
+                const int kj = j == 0 ? K : kb(rng);
+                for (int f = kj; f < K; ++f) {
+                    d.coef[j * c.rank + f] = 0;
+                    d.coef[j * c.rank + K - 1 + f] = 0;
+                }
+            }
+        }
         if (c.had) {
             d.had_in = (int)c.in;
             d.had_seed = rng();

@@ -1,5 +1,6 @@
 #include "model/linear_w4a4_cpu.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -25,6 +26,22 @@ std::vector<float> basis_transposed(const std::vector<float>& B, int64_t in, int
     return Bt;
 }
 
+// Column order for the Fourier basis: quant/spectral.h stores [DC, cos 1..K−1,
+// sin 1..K−1], so a row keeping k bins has nonzeros at [0, k) and [K, K−1+k).
+// Interleaved [DC, cos 1, sin 1, cos 2, sin 2, …] makes them the prefix
+// [0, 2k−1), and the epilogue stops at its group's last nonzero (w4a4_pack's
+// coef_len). B's and C's columns are permuted alike: (x·B)·Cᵀ is unchanged.
+// perm[c] = the stored column that goes to position c.
+std::vector<int> fourier_interleave(int rank) {
+    const int K = (rank + 1) / 2;
+    std::vector<int> p = {0};
+    for (int f = 1; f < K; ++f) {
+        p.push_back(f);
+        p.push_back(K - 1 + f);
+    }
+    return p;
+}
+
 // The Fourier basis depends on (in, rank) only: one copy shared by every
 // layer of that shape (SmolLM2: 210 layers, 2 shapes → 145 KB each instead of
 // 30 MB). Entries live while a layer holds them.
@@ -34,7 +51,12 @@ std::shared_ptr<const std::vector<float>> fourier_basis_t_shared(int64_t in, int
     std::lock_guard<std::mutex> lock(mu);
     auto& slot = cache[{in, rank}];
     if (auto p = slot.lock()) return p;
-    auto p = std::make_shared<const std::vector<float>>(basis_transposed(fourier_basis_f16(in, rank), in, rank, rp));
+    const std::vector<float> B = fourier_basis_f16(in, rank);
+    const std::vector<int> perm = fourier_interleave(rank);
+    std::vector<float> Bp(B.size());
+    for (int64_t k = 0; k < in; ++k)
+        for (int c = 0; c < rank; ++c) Bp[(size_t)k * rank + c] = B[(size_t)k * rank + perm[c]];
+    auto p = std::make_shared<const std::vector<float>>(basis_transposed(Bp, in, rank, rp));
     slot = p;
     return p;
 }
@@ -59,8 +81,13 @@ LinearW4A4Cpu::LinearW4A4Cpu(QLinearData d, bool spectral_fused) : fused_(spectr
              ", SQ_FORCE_SCALAR ", cpu_use_avx2() ? "unset" : "set or no AVX2", ")");
     in = d.in;
     out = d.out;
+    if (d.rank > 0 && d.basis == "fourier") perm_ = fourier_interleave(d.rank);
+    std::vector<uint16_t> coef = d.coef;  // C's columns in B's (permuted) order
+    if (!perm_.empty())
+        for (int64_t j = 0; j < out; ++j)
+            for (int c = 0; c < d.rank; ++c) coef[j * d.rank + c] = d.coef[j * d.rank + perm_[c]];
     w_ = w4a4_pack(d.codes.data(), out, in, d.scale.data(), d.bias.empty() ? nullptr : d.bias.data(),
-                   d.rank > 0 ? d.coef.data() : nullptr, d.rank);
+                   d.rank > 0 ? coef.data() : nullptr, d.rank);
     if (d.had_in) had_signs_ = hadamard_signs(d.had_in, d.had_seed);
     if (d.rank > 0) {
         if (d.basis == "fourier") {
@@ -98,14 +125,14 @@ QLinearData LinearW4A4Cpu::data() const {
     if (!w_.bias.empty()) d.bias.assign(w_.bias.begin(), w_.bias.begin() + out);
     d.coef.resize(out * d.rank);
     for (int64_t j = 0; j < out; ++j)
-        for (int r = 0; r < d.rank; ++r) d.coef[j * d.rank + r] = w_.coef[j * w_.rp + r];
+        for (int r = 0; r < d.rank; ++r) d.coef[j * d.rank + (perm_.empty() ? r : perm_[r])] = w_.coef[j * w_.rp + r];
     return d;
 }
 
 void LinearW4A4Cpu::forward(const float* x_in, int64_t n, float* y) const {
     if (n == 0) return;
     // Per-thread scratch: decode calls this ~200 times per token.
-    thread_local std::vector<float> rotated, xp, zb, ys;
+    thread_local std::vector<float> rotated, xp, ys;
     thread_local W4A4Act act;
     const float* x = x_in;
     if (meta_.had_in) {  // online Hadamard, exactly the reference's call
@@ -114,11 +141,28 @@ void LinearW4A4Cpu::forward(const float* x_in, int64_t n, float* y) const {
         x = rotated.data();
     }
     const int rank = meta_.rank, rp = w_.rp;
-    if (rank > 0) {  // zb [n, rp] = x·B, the reference's GEMM on the same values
-        zb.resize((size_t)n * rp);
-        gemm_any(x, n, gemm_f32_view(basis_t_->data(), rp, in), zb.data());
+    const float* zbp = nullptr;
+    if (rank > 0) {
+        // zb [n, rp] = x·B, the reference's GEMM on the same values. q/k/v and
+        // gate/up read the same input through the same shared Fourier basis:
+        // the last result is reused when basis and input are identical
+        // (memcmp of x costs ~1/rank of the GEMM; exact by construction).
+        thread_local struct {
+            std::shared_ptr<const std::vector<float>> basis;
+            int64_t n = 0;
+            std::vector<float> x, zb;
+        } last;
+        if (!(last.basis == basis_t_ && last.n == n && last.x.size() == (size_t)(n * in) &&
+              std::memcmp(last.x.data(), x, n * in * sizeof(float)) == 0)) {
+            last.basis = basis_t_;
+            last.n = n;
+            last.x.assign(x, x + n * in);
+            last.zb.resize((size_t)n * rp);
+            gemm_any(x, n, gemm_f32_view(basis_t_->data(), rp, in), last.zb.data());
+        }
+        zbp = last.zb.data();
     }
-    const float* zb_fused = rank > 0 && fused_ ? zb.data() : nullptr;
+    const float* zb_fused = fused_ ? zbp : nullptr;
     if (meta_.a_bits >= 16) {
         const float* xk = x;
         if (w_.kp != in) {  // the kernel reads whole 64-wide blocks: zero-padded copy
@@ -133,12 +177,16 @@ void LinearW4A4Cpu::forward(const float* x_in, int64_t n, float* y) const {
     }
     if (rank > 0 && !fused_) {  // separate pass (measurement variant): y += zb·Cᵀ after the bias
         ys.resize((size_t)n * out);
-        gemm_any(zb.data(), n, coef_f_, ys.data());
+        gemm_any(zbp, n, coef_f_, ys.data());
         for (size_t i = 0; i < ys.size(); ++i) y[i] += ys[i];
     }
 }
 
 std::unique_ptr<Linear> make_linear_w4a4(QLinearData d, W4A4Backend backend) {
+    if (backend == W4A4Backend::kAuto) {  // A/B runs of whole models: SQ_W4A4_BACKEND=ref|avx2
+        const char* e = std::getenv("SQ_W4A4_BACKEND");
+        if (e && *e) backend = w4a4_backend_from_string(e);
+    }
     switch (backend) {
     case W4A4Backend::kRef:
         return std::make_unique<LinearW4A4Ref>(std::move(d));

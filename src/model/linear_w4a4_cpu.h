@@ -41,12 +41,15 @@ private:
     std::shared_ptr<const std::vector<float>> basis_t_;  // Bᵀ [rp, in] fp32, zero rows past rank
     PackedF32 coef_f_;                                   // C [out, rp] fp32 (unfused spectral only)
     std::vector<float> had_signs_;
+    std::vector<int> perm_;  // Fourier: stored spectral column perm_[c] sits at c (interleaved cos/sin)
     bool fused_ = true;
 };
 
 // Backend choice for a quantized layer: kAuto = AVX2 when the CPU has it
 // (w4a4_avx2_available), else the reference after one loud line on stderr;
-// env SQ_FORCE_SCALAR=1 forces the reference. kAvx2 without AVX2 is an error.
+// env SQ_FORCE_SCALAR=1 forces the reference (and every other scalar kernel);
+// env SQ_W4A4_BACKEND=ref|avx2 overrides kAuto for W4A4 layers only (A/B runs
+// of whole models). kAvx2 without AVX2 is an error.
 std::unique_ptr<Linear> make_linear_w4a4(QLinearData d, W4A4Backend backend = W4A4Backend::kAuto);
 
 // The QLinearData behind a W4A4 layer of either backend, or false for other layers.

@@ -260,15 +260,17 @@ SQ_AVX2 inline void int_tile(const int8_t* a, int64_t lda, const uint8_t* wg, in
     }
 }
 
-// spec[i] = [Σ_r zb_i[r]·C_j[r] for j < 4]; C group fp16 [4][rp].
+// spec[i] = [Σ_{r < len} zb_i[r]·C_j[r] for j < 4]; C group fp16 [4][rp],
+// zero beyond len.
 template <int MR>
-SQ_AVX2 inline void spec_tile(const float* zb, int64_t ldz, const uint16_t* cg, int64_t rp, __m128* spec) {
+SQ_AVX2 inline void spec_tile(const float* zb, int64_t ldz, const uint16_t* cg, int64_t rp, int64_t len,
+                              __m128* spec) {
     __m256 acc[MR][4];
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
         for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_ps();
-    for (int64_t r = 0; r < rp; r += 8) {
+    for (int64_t r = 0; r < len; r += 8) {
 #pragma GCC unroll 4
         for (int j = 0; j < 4; ++j) {
             const __m256 c = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(cg + j * rp + r)));
@@ -380,7 +382,7 @@ SQ_AVX2 void run_tile(const Job& jb, int64_t i, int64_t g) {
     }
     if (jb.zb && w.rank > 0) {
         __m128 spec[MR];
-        spec_tile<MR>(jb.zb + i * w.rp, w.rp, w.coef.data() + j0 * w.rp, w.rp, spec);
+        spec_tile<MR>(jb.zb + i * w.rp, w.rp, w.coef.data() + j0 * w.rp, w.rp, w.coef_len[g], spec);
         for (int r = 0; r < MR; ++r) base[r] = _mm_add_ps(base[r], spec[r]);
     }
     if (!w.bias.empty()) {
@@ -469,7 +471,15 @@ W4A4Weights w4a4_pack(const uint8_t* codes, int64_t n, int64_t k, const float* s
     if (rank > 0) {
         w.rp = (rank + 7) / 8 * 8;
         w.coef.assign(np * w.rp, 0);
-        for (int64_t j = 0; j < n; ++j) std::copy(coef + j * rank, coef + (j + 1) * rank, &w.coef[j * w.rp]);
+        w.coef_len.assign(w.groups, 0);
+        for (int64_t j = 0; j < n; ++j) {
+            std::copy(coef + j * rank, coef + (j + 1) * rank, &w.coef[j * w.rp]);
+            int32_t last = 0;  // ±0 coefficients contribute nothing
+            for (int r = 0; r < rank; ++r)
+                if (coef[j * rank + r] & 0x7FFF) last = r + 1;
+            int32_t& len = w.coef_len[j / kGroup];
+            len = std::max(len, (last + 7) / 8 * 8);
+        }
     }
     return w;
 }

@@ -42,8 +42,12 @@ struct W4A4Weights {
     std::vector<float> scale;      // [groups·4]
     std::vector<float> bias;       // [groups·4] or empty
     // Spectral coefficients C fp16 [groups][4][rp], rp = rank rounded up to 8, zero padded.
+    // coef_len [groups]: columns a group's dot products run over = the last
+    // nonzero coefficient of its 4 rows, rounded up to 8 (rows keep different
+    // numbers of bins: SmolLM2 at k̄ 32 keeps 32 on average of K = 64).
     int rank = 0, rp = 0;
     std::vector<uint16_t> coef;
+    std::vector<int32_t> coef_len;
     size_t bytes() const { return data.size() + (rowsum.size() + scale.size() + bias.size()) * 4 + coef.size() * 2; }
 };
 
