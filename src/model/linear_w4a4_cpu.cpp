@@ -81,7 +81,7 @@ LinearW4A4Cpu::LinearW4A4Cpu(QLinearData d, bool spectral_fused) : fused_(spectr
              ", SQ_FORCE_SCALAR ", cpu_use_avx2() ? "unset" : "set or no AVX2", ")");
     in = d.in;
     out = d.out;
-    if (d.rank > 0 && d.basis == "fourier") perm_ = fourier_interleave(d.rank);
+    if (d.rank > 0 && d.basis == "fourier" && fused_) perm_ = fourier_interleave(d.rank);
     std::vector<uint16_t> coef = d.coef;  // C's columns in B's (permuted) order
     if (!perm_.empty())
         for (int64_t j = 0; j < out; ++j)
@@ -97,10 +97,14 @@ LinearW4A4Cpu::LinearW4A4Cpu(QLinearData d, bool spectral_fused) : fused_(spectr
             for (size_t i = 0; i < B.size(); ++i) B[i] = fp16_to_fp32(d.basis_f16[i]);
             basis_t_ = std::make_shared<const std::vector<float>>(basis_transposed(B, in, d.rank, w_.rp));
         }
-        if (!fused_) {
-            std::vector<float> C((size_t)out * w_.rp);
-            for (size_t i = 0; i < C.size(); ++i) C[i] = fp16_to_fp32(w_.coef[i]);
-            coef_f_ = gemm_f32_pack(C.data(), out, w_.rp);
+        if (!fused_) {  // the reference's own operands: Bᵀ [rank, in], C [out, rank] fp32, stored order
+            std::vector<float> B = d.basis == "fourier" ? fourier_basis_f16(in, d.rank) : std::vector<float>();
+            if (B.empty())
+                for (uint16_t h : d.basis_f16) B.push_back(fp16_to_fp32(h));
+            basis_t_ = std::make_shared<const std::vector<float>>(basis_transposed(B, in, d.rank, d.rank));
+            std::vector<float> C(d.coef.size());
+            for (size_t i = 0; i < C.size(); ++i) C[i] = fp16_to_fp32(d.coef[i]);
+            coef_f_ = gemm_f32_pack(C.data(), out, d.rank);
         }
     }
     // The kernel layout holds codes, scales, rowsums, coefficients and bias;
@@ -132,7 +136,7 @@ QLinearData LinearW4A4Cpu::data() const {
 void LinearW4A4Cpu::forward(const float* x_in, int64_t n, float* y) const {
     if (n == 0) return;
     // Per-thread scratch: decode calls this ~200 times per token.
-    thread_local std::vector<float> rotated, xp, ys;
+    thread_local std::vector<float> rotated, xp, ys, sep;
     thread_local W4A4Act act;
     const float* x = x_in;
     if (meta_.had_in) {  // online Hadamard, exactly the reference's call
@@ -143,7 +147,7 @@ void LinearW4A4Cpu::forward(const float* x_in, int64_t n, float* y) const {
     const int rank = meta_.rank, rp = w_.rp;
     const float* zbp = nullptr;
     if (rank > 0) {
-        // zb [n, rp] = x·B, the reference's GEMM on the same values. q/k/v and
+        // zb = x·B, the reference's GEMM on the same values. q/k/v and
         // gate/up read the same input through the same shared Fourier basis:
         // the last result is reused when basis and input are identical
         // (memcmp of x costs ~1/rank of the GEMM; exact by construction).
@@ -157,8 +161,10 @@ void LinearW4A4Cpu::forward(const float* x_in, int64_t n, float* y) const {
             last.basis = basis_t_;
             last.n = n;
             last.x.assign(x, x + n * in);
-            last.zb.resize((size_t)n * rp);
-            gemm_any(x, n, gemm_f32_view(basis_t_->data(), rp, in), last.zb.data());
+            // fused: Bᵀ [rp, in] (permuted, zero padded); separate: the reference's Bᵀ [rank, in]
+            const int64_t cols = fused_ ? rp : rank;
+            last.zb.resize((size_t)n * cols);
+            gemm_any(x, n, gemm_f32_view(basis_t_->data(), cols, in), last.zb.data());
         }
         zbp = last.zb.data();
     }
@@ -170,19 +176,28 @@ void LinearW4A4Cpu::forward(const float* x_in, int64_t n, float* y) const {
             for (int64_t t = 0; t < n; ++t) std::memcpy(&xp[t * w_.kp], x + t * in, in * sizeof(float));
             xk = xp.data();
         }
-        w4a16_gemm(xk, n, w_, zb_fused, y);
+        w4a16_gemm(xk, n, w_, zb_fused, y, fused_);
     } else {
         w4a4_act_prepare(x, n, in, meta_.a_bits, meta_.a_clip, w_.kp, act);
-        w4a4_gemm(act, w_, zb_fused, y);
+        w4a4_gemm(act, w_, zb_fused, y, fused_);
     }
-    if (rank > 0 && !fused_) {  // separate pass (measurement variant): y += zb·Cᵀ after the bias
-        ys.resize((size_t)n * out);
-        gemm_any(zbp, n, coef_f_, ys.data());
-        for (size_t i = 0; i < ys.size(); ++i) y[i] += ys[i];
+    if (!fused_) {  // separate passes in the reference's order: y += zb·Cᵀ, then y += bias
+        if (rank > 0) {
+            sep.resize((size_t)n * out);
+            gemm_any(zbp, n, coef_f_, sep.data());
+            for (size_t i = 0; i < sep.size(); ++i) y[i] += sep[i];
+        }
+        if (!w_.bias.empty())
+            for (int64_t t = 0; t < n; ++t)
+                for (int64_t j = 0; j < out; ++j) y[t * out + j] += w_.bias[j];
     }
 }
 
 std::unique_ptr<Linear> make_linear_w4a4(QLinearData d, W4A4Backend backend) {
+    // SQ_W4A4_SPECTRAL=separate: the reference's operation order (bitwise its
+    // output at a_bits < 16), for telling rounding apart from bugs end to end.
+    const char* sp = std::getenv("SQ_W4A4_SPECTRAL");
+    const bool fused = !(sp && std::string(sp) == "separate");
     if (backend == W4A4Backend::kAuto) {  // A/B runs of whole models: SQ_W4A4_BACKEND=ref|avx2
         const char* e = std::getenv("SQ_W4A4_BACKEND");
         if (e && *e) backend = w4a4_backend_from_string(e);
@@ -191,11 +206,11 @@ std::unique_ptr<Linear> make_linear_w4a4(QLinearData d, W4A4Backend backend) {
     case W4A4Backend::kRef:
         return std::make_unique<LinearW4A4Ref>(std::move(d));
     case W4A4Backend::kAvx2:
-        return std::make_unique<LinearW4A4Cpu>(std::move(d));
+        return std::make_unique<LinearW4A4Cpu>(std::move(d), fused);
     case W4A4Backend::kAuto:
         break;
     }
-    if (w4a4_avx2_available()) return std::make_unique<LinearW4A4Cpu>(std::move(d));
+    if (w4a4_avx2_available()) return std::make_unique<LinearW4A4Cpu>(std::move(d), fused);
     cpu_warn_fallback("w4a4 linear");
     return std::make_unique<LinearW4A4Ref>(std::move(d));
 }

@@ -25,8 +25,10 @@ W4A4Backend w4a4_backend_from_string(const std::string& s);
 
 class LinearW4A4Cpu : public Linear {
 public:
-    // spectral_fused = false: zb·Cᵀ through gemm_f32 and an add pass, as the
-    // reference does (kept for the fused-vs-separate measurement).
+    // spectral_fused = false: the reference's order of operations (zb and
+    // zb·Cᵀ through gemm_f32 on its operands, + spectral, then + bias): the
+    // output is then bitwise the reference's at a_bits < 16. Slower; kept for
+    // the fused-vs-separate measurement and end-to-end A/B runs.
     explicit LinearW4A4Cpu(QLinearData d, bool spectral_fused = true);
     void forward(const float* x, int64_t n, float* y) const override;
     std::string kind() const override { return meta_.a_bits >= 16 ? "w4a16-avx2" : "w4a4-avx2"; }
@@ -38,8 +40,8 @@ public:
 private:
     QLinearData meta_;  // everything but codes/scale/rowsum/coef/bias (those live in w_)
     W4A4Weights w_;
-    std::shared_ptr<const std::vector<float>> basis_t_;  // Bᵀ [rp, in] fp32, zero rows past rank
-    PackedF32 coef_f_;                                   // C [out, rp] fp32 (unfused spectral only)
+    std::shared_ptr<const std::vector<float>> basis_t_;  // Bᵀ [rp, in] fp32, zero rows past rank ([rank, in] when separate)
+    PackedF32 coef_f_;                                   // C [out, rank] fp32 (separate spectral only)
     std::vector<float> had_signs_;
     std::vector<int> perm_;  // Fourier: stored spectral column perm_[c] sits at c (interleaved cos/sin)
     bool fused_ = true;
@@ -49,7 +51,8 @@ private:
 // (w4a4_avx2_available), else the reference after one loud line on stderr;
 // env SQ_FORCE_SCALAR=1 forces the reference (and every other scalar kernel);
 // env SQ_W4A4_BACKEND=ref|avx2 overrides kAuto for W4A4 layers only (A/B runs
-// of whole models). kAvx2 without AVX2 is an error.
+// of whole models); SQ_W4A4_SPECTRAL=separate builds the AVX2 layers in the
+// reference's operation order. kAvx2 without AVX2 is an error.
 std::unique_ptr<Linear> make_linear_w4a4(QLinearData d, W4A4Backend backend = W4A4Backend::kAuto);
 
 // The QLinearData behind a W4A4 layer of either backend, or false for other layers.

@@ -332,6 +332,7 @@ struct Job {
     int32_t* acc = nullptr;  // acc output (tests) or
     float* y = nullptr;      // float output
     const float* zb = nullptr;
+    bool bias = true;
     // W4A16 path
     const float* x = nullptr;  // [m, kp] padded
 };
@@ -385,7 +386,7 @@ SQ_AVX2 void run_tile(const Job& jb, int64_t i, int64_t g) {
         spec_tile<MR>(jb.zb + i * w.rp, w.rp, w.coef.data() + j0 * w.rp, w.rp, w.coef_len[g], spec);
         for (int r = 0; r < MR; ++r) base[r] = _mm_add_ps(base[r], spec[r]);
     }
-    if (!w.bias.empty()) {
+    if (jb.bias && !w.bias.empty()) {
         const __m128 bv = _mm_loadu_ps(w.bias.data() + j0);
         for (int r = 0; r < MR; ++r) base[r] = _mm_add_ps(base[r], bv);
     }
@@ -554,7 +555,7 @@ void w4a4_gemm_acc(const W4A4Act& act, const W4A4Weights& w, int32_t* acc) {
     run_job(jb, act.m);
 }
 
-void w4a4_gemm(const W4A4Act& act, const W4A4Weights& w, const float* zb, float* y) {
+void w4a4_gemm(const W4A4Act& act, const W4A4Weights& w, const float* zb, float* y, bool add_bias) {
     SQ_CHECK(act.kp == w.kp, "w4a4_gemm: activations padded to ", act.kp, ", weights to ", w.kp);
     require_avx2("w4a4_gemm");
     if (act.m == 0) return;
@@ -566,10 +567,11 @@ void w4a4_gemm(const W4A4Act& act, const W4A4Weights& w, const float* zb, float*
     jb.flush = flush_blocks(act);
     jb.y = y;
     jb.zb = zb;
+    jb.bias = add_bias;
     run_job(jb, act.m);
 }
 
-void w4a16_gemm(const float* xp, int64_t m, const W4A4Weights& w, const float* zb, float* y) {
+void w4a16_gemm(const float* xp, int64_t m, const W4A4Weights& w, const float* zb, float* y, bool add_bias) {
     require_avx2("w4a16_gemm");
     if (m == 0) return;
     Job jb;
@@ -579,6 +581,7 @@ void w4a16_gemm(const float* xp, int64_t m, const W4A4Weights& w, const float* z
     jb.x = xp;
     jb.y = y;
     jb.zb = zb;
+    jb.bias = add_bias;
     run_job(jb, m);
 }
 

@@ -88,16 +88,16 @@ void w4a4_gemm_acc(const W4A4Act& act, const W4A4Weights& w, int32_t* acc);
 
 // y [m, n] = s_t · scale_j · (acc − z_t · rowsum_j)  [bitwise as w4a4_epilogue_ref]
 //          + zb_t · C_jᵀ  (when zb: [m, w.rp] fp32, zero padded, and w.rank > 0)
-//          + bias_j       (when w.bias is set)
+//          + bias_j       (when w.bias is set and add_bias)
 // m ≤ w4a4_gemv_max_m: each thread streams a contiguous range of row groups
 // once; above: cache-blocked tasks (act block in L2 × group block).
-void w4a4_gemm(const W4A4Act& act, const W4A4Weights& w, const float* zb, float* y);
+void w4a4_gemm(const W4A4Act& act, const W4A4Weights& w, const float* zb, float* y, bool add_bias = true);
 inline constexpr int64_t w4a4_gemv_max_m = 16;
 
 // W4A16: y [m, n] = scale_j · Σ_k xp_k · code_jk  + zb·Cᵀ + bias (as w4a4_gemm),
 // xp fp32 [m, kp] zero padded; the codes are converted to float on the fly.
 // Same threading as w4a4_gemm.
-void w4a16_gemm(const float* xp, int64_t m, const W4A4Weights& w, const float* zb, float* y);
+void w4a16_gemm(const float* xp, int64_t m, const W4A4Weights& w, const float* zb, float* y, bool add_bias = true);
 
 // Rows [j0, j1) of scale·code as fp32 [j1 − j0, k] (the W4A16 reference's values).
 void w4a4_dequant_rows(const W4A4Weights& w, int64_t j0, int64_t j1, float* out);
