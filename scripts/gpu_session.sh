@@ -79,7 +79,9 @@ evals)
     step ppl_q4_cpu_4w $SQ ppl -m $Q -c 2048 --chunks 4 --device cpu -f $W
     step ppl_q4_gpu $SQ ppl -m $Q -c 2048 --device cuda -f $W --json "$OUT/ppl_q4_gpu.json"
     step quick_q4_gpu $SQ eval -m $Q --tasks quick --device cuda --data-dir $D --json "$OUT/quick_q4_gpu.json"
-    grep -E '^PPL|windows x|^== ' "$OUT/evals.log"
+    SQ_CUDA_GRAPHS=0 step quick_fp_gpu_nographs $SQ eval -m $M --tasks quick --device cuda --data-dir $D
+    step quick_fp_cpu timeout 300 $SQ eval -m $M --tasks quick --device cpu --data-dir $D --json "$OUT/quick_fp_cpu.json"
+    grep -E '^PPL|windows x|^== |tokens/s|^mean' "$OUT/evals.log"
     ;;
 *)
     echo "usage: $0 pack|unpack DIR|tests|evals" >&2

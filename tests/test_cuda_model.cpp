@@ -135,7 +135,7 @@ TEST(CudaKernels, KvFakeQuantEqualsReferenceBitForBit) {
             Dev<float> dk(k.size()), dv(v.size()), kc(k.size()), vc(v.size());
             dk.put(k);
             dv.put(v);
-            cuda::kv_store(dk.p, dv.p, n, kv, hd, bits, 1.0f, kc.p, vc.p, nullptr);
+            cuda::kv_store(dk.p, dv.p, n, kv, hd, bits, 1.0f, kc.p, vc.p, nullptr, nullptr);
             const auto kg = kc.get(), vg = vc.get();
             int bad = 0;
             for (size_t i = 0; i < k.size(); ++i)
@@ -385,6 +385,7 @@ TEST(CudaLoglik, GroupsAndWindowsMatchCpu) {
 #else
 #include <gtest/gtest.h>
 
+#include "core/error.h"
 #include "eval/loglik_cuda.h"
 #include "io/checkpoint.h"
 #include "model/model.h"

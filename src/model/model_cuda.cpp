@@ -19,6 +19,7 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <numeric>
@@ -42,6 +43,15 @@ constexpr int kLogitRows = 512;
 
 // Largest online-Hadamard order built as a dense matrix (n² floats: 8192² = 256 MB).
 constexpr int kMaxDenseHadamard = 8192;
+
+// Forward calls of up to kGraphMaxTokens tokens replay a CUDA graph captured
+// once per token count (~450 launches for SmolLM2: ~17 s of host time over
+// the quick suite's 3.6k calls when launched one by one). The cache position
+// is read on the device, so one graph serves every position. At most
+// kGraphCache graphs are kept (the cache is cleared when full).
+constexpr int kGraphMaxTokens = 256;
+constexpr size_t kGraphCache = 512;
+constexpr size_t kCublasWorkspace = 32u << 20;  // set explicitly: cuBLAS must not allocate while captured
 
 // Owning device allocation (cudaMalloc; no managed memory). Move-only.
 template <class T>
@@ -145,6 +155,10 @@ struct ModelCuda::Impl {
     DevBuf<float> zb, spec;            // [rows, max_rank], [rows, max_out]
     DevBuf<float> logits;              // [kLogitRows, vocab]
     DevBuf<int> tokens;                // [cap]
+    DevBuf<int> pos_dev;               // [1]: the cache position of this call's first token
+    DevBuf<uint8_t> blas_ws;           // cuBLAS workspace
+    std::map<int, cudaGraphExec_t> graphs;  // by token count
+    bool use_graphs = true;
     DevBuf<int> q_rows, q_targets;     // [queries]: grown on demand
     DevBuf<double> q_lp;
     DevBuf<uint8_t> q_greedy;
@@ -157,8 +171,14 @@ struct ModelCuda::Impl {
     float quant_clip = 0.0f;
 
     ~Impl() {
+        clear_graphs();
         if (blas) cublasDestroy(blas);
         if (stream) cudaStreamDestroy(stream);
+    }
+
+    void clear_graphs() {
+        for (auto& [n, g] : graphs) cudaGraphExecDestroy(g);
+        graphs.clear();
     }
 
     void ensure_queries(int nq) {
@@ -319,9 +339,48 @@ struct ModelCuda::Impl {
         for (int t = 0; t < n; ++t)
             SQ_CHECK(tokens_h[t] >= 0 && tokens_h[t] < c.vocab, "forward: token id ", tokens_h[t],
                      " out of range [0, ", c.vocab, ")");
+        // Pageable sources: the copies are staged before these calls return.
+        SQ_CUDA(cudaMemcpyAsync(tokens.get(), tokens_h, n * sizeof(int), cudaMemcpyHostToDevice, stream));
+        SQ_CUDA(cudaMemcpyAsync(pos_dev.get(), &pos, sizeof(int), cudaMemcpyHostToDevice, stream));
+        if (!use_graphs || n > kGraphMaxTokens) {
+            layers_body(n);
+        } else {
+            auto it = graphs.find(n);
+            if (it == graphs.end()) {
+                if (graphs.size() >= kGraphCache) clear_graphs();
+                it = graphs.emplace(n, capture(n)).first;
+            }
+            SQ_CUDA(cudaGraphLaunch(it->second, stream));
+        }
+        pos += n;
+    }
+
+    cudaGraphExec_t capture(int n) {
+        SQ_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        try {
+            layers_body(n);
+        } catch (...) {
+            cudaGraph_t g = nullptr;
+            cudaStreamEndCapture(stream, &g);
+            if (g) cudaGraphDestroy(g);
+            (void)cudaGetLastError();
+            throw;
+        }
+        cudaGraph_t g = nullptr;
+        SQ_CUDA(cudaStreamEndCapture(stream, &g));
+        cudaGraphExec_t exec = nullptr;
+        const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+        cudaGraphDestroy(g);
+        SQ_CUDA(e);
+        return exec;
+    }
+
+    // The device work of run_layers: launches only (captured into graphs),
+    // with the cache position read from pos_dev.
+    void layers_body(int n) {
+        const ModelConfig& c = cfg;
         const int d = c.d_model, hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads;
         const int64_t kvd = (int64_t)KV * hd, ff = c.d_ff;
-        SQ_CUDA(cudaMemcpyAsync(tokens.get(), tokens_h, n * sizeof(int), cudaMemcpyHostToDevice, stream));
         cuda::embed_gather(embed.get(), tokens.get(), n, d, h.get(), stream);
         cuda::rmsnorm(h.get(), layers[0].attn_norm.get(), n, d, c.rms_eps, x.get(), stream);
         for (int l = 0; l < c.n_layers; ++l) {
@@ -329,8 +388,8 @@ struct ModelCuda::Impl {
             linear(L.q, x.get(), n, q.get());
             linear(L.k, x.get(), n, k.get(), true);
             linear(L.v, x.get(), n, v.get(), true);
-            cuda::rope(q.get(), n, H, hd, pos, inv_freq.get(), stream);
-            cuda::rope(k.get(), n, KV, hd, pos, inv_freq.get(), stream);
+            cuda::rope(q.get(), n, H, hd, 0, pos_dev.get(), inv_freq.get(), stream);
+            cuda::rope(k.get(), n, KV, hd, 0, pos_dev.get(), inv_freq.get(), stream);
             const float *qa = q.get(), *ka = k.get();
             if (qk_rotate) {  // x·H_hd per head, as hadamard_transform(q, n·H, hd)
                 const float* Hh = had_matrix(hd);
@@ -340,9 +399,8 @@ struct ModelCuda::Impl {
             }
             float* kc_l = kc.get() + (size_t)l * cap * kvd;
             float* vc_l = vc.get() + (size_t)l * cap * kvd;
-            cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l + (size_t)pos * kvd,
-                           vc_l + (size_t)pos * kvd, stream);
-            cuda::attention(qa, kc_l, vc_l, n, pos, H, KV, hd, att.get(), stream);
+            cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, pos_dev.get(), stream);
+            cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream);
             linear(L.o, att.get(), n, proj.get());
             cuda::add_rmsnorm(h.get(), proj.get(), L.ffn_norm.get(), n, d, c.rms_eps, x.get(), stream);
             linear(L.gate, x.get(), n, act.get());
@@ -352,7 +410,6 @@ struct ModelCuda::Impl {
             const float* next_norm = l + 1 < c.n_layers ? layers[l + 1].attn_norm.get() : final_norm.get();
             cuda::add_rmsnorm(h.get(), proj.get(), next_norm, n, d, c.rms_eps, x.get(), stream);
         }
-        pos += n;
     }
 };
 
@@ -380,6 +437,10 @@ ModelCuda::ModelCuda(const ModelWeights& w, int capacity) : p_(std::make_unique<
     SQ_CUBLAS(cublasCreate(&m.blas));
     SQ_CUBLAS(cublasSetStream(m.blas, m.stream));
     SQ_CUBLAS(cublasSetMathMode(m.blas, CUBLAS_DEFAULT_MATH));  // FP32, never TF32
+    m.blas_ws.alloc(kCublasWorkspace, "cuBLAS workspace", &m.bytes);
+    SQ_CUBLAS(cublasSetWorkspace(m.blas, m.blas_ws.get(), kCublasWorkspace));
+    const char* g = std::getenv("SQ_CUDA_GRAPHS");
+    m.use_graphs = !(g && std::string(g) == "0");
 
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff;
@@ -449,6 +510,7 @@ ModelCuda::ModelCuda(const ModelWeights& w, int capacity) : p_(std::make_unique<
     }
     m.logits.alloc(lm_rows * c.vocab, "logits", &m.bytes);
     m.tokens.alloc(cap, "tokens", &m.bytes);
+    m.pos_dev.alloc(1, "cache position", &m.bytes);
     SQ_CUDA(cudaStreamSynchronize(m.stream));
 }
 

@@ -28,7 +28,8 @@ size_t attention_smem(int hd) { return (size_t)(kRows * hd + kKeys * (hd + 1) + 
 template <int DPL>  // output dims per lane: ceil(hd / 32)
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __restrict__ q, const float* __restrict__ kc,
                                                                  const float* __restrict__ vc, int n, int pos0,
-                                                                 int heads, int kv_heads, int hd, float scale,
+                                                                 const int* __restrict__ pos_dev, int heads,
+                                                                 int kv_heads, int hd, float scale,
                                                                  float* __restrict__ out) {
     extern __shared__ float sm[];
     float* sq = sm;                        // [kRows][hd]
@@ -40,6 +41,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
     const int row0 = blockIdx.x * kRows;
     const int kvd = kv_heads * hd;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (pos_dev) pos0 += *pos_dev;
 
     for (int i = threadIdx.x; i < kRows * hd; i += blockDim.x) {
         const int r = i / hd, d = i - r * hd, row = row0 + r;
@@ -125,8 +127,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
 }
 
 template <int DPL>
-void launch(const float* q, const float* kc, const float* vc, int n, int pos0, int heads, int kv_heads, int hd,
-            float* out, cudaStream_t s) {
+void launch(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
+            int kv_heads, int hd, float* out, cudaStream_t s) {
     const size_t smem = attention_smem(hd);
     if (smem > 48 * 1024) {
         // Above the default 48 KB a kernel must opt in (hd > 128).
@@ -134,23 +136,23 @@ void launch(const float* q, const float* kc, const float* vc, int n, int pos0, i
     }
     const int group = heads / kv_heads;
     dim3 grid((unsigned)((n * group + kRows - 1) / kRows), (unsigned)kv_heads);
-    attention_kernel<DPL><<<grid, kWarps * 32, smem, s>>>(q, kc, vc, n, pos0, heads, kv_heads, hd,
-                                                          1.0f / sqrtf((float)hd), out);
+    attention_kernel<DPL><<<grid, kWarps * 32, smem, s>>>(q, kc, vc, n, pos0, pos_dev, heads, kv_heads,
+                                                          hd, 1.0f / sqrtf((float)hd), out);
     SQ_CUDA_LAUNCH("attention");
 }
 
 }  // namespace
 
-void attention(const float* q, const float* kc, const float* vc, int n, int pos0, int heads, int kv_heads, int hd,
-               float* out, cudaStream_t s) {
+void attention(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
+               int kv_heads, int hd, float* out, cudaStream_t s) {
     if (n <= 0) return;
     SQ_CHECK(hd >= 1 && hd <= 256, "CUDA attention: head_dim ", hd, " unsupported (1..256)");
     SQ_CHECK(kv_heads > 0 && heads % kv_heads == 0, "CUDA attention: ", heads, " heads not a multiple of ", kv_heads,
              " KV heads");
-    if (hd <= 32) launch<1>(q, kc, vc, n, pos0, heads, kv_heads, hd, out, s);
-    else if (hd <= 64) launch<2>(q, kc, vc, n, pos0, heads, kv_heads, hd, out, s);
-    else if (hd <= 128) launch<4>(q, kc, vc, n, pos0, heads, kv_heads, hd, out, s);
-    else launch<8>(q, kc, vc, n, pos0, heads, kv_heads, hd, out, s);
+    if (hd <= 32) launch<1>(q, kc, vc, n, pos0, pos_dev, heads, kv_heads, hd, out, s);
+    else if (hd <= 64) launch<2>(q, kc, vc, n, pos0, pos_dev, heads, kv_heads, hd, out, s);
+    else if (hd <= 128) launch<4>(q, kc, vc, n, pos0, pos_dev, heads, kv_heads, hd, out, s);
+    else launch<8>(q, kc, vc, n, pos0, pos_dev, heads, kv_heads, hd, out, s);
 }
 
 }  // namespace sq::cuda

@@ -39,7 +39,7 @@ __global__ void rmsnorm_kernel(float* __restrict__ h, const float* __restrict__ 
 }
 
 // One thread per (token, head, i < hd/2) pair of rotated elements.
-__global__ void rope_kernel(float* __restrict__ x, int n, int heads, int hd, int pos0,
+__global__ void rope_kernel(float* __restrict__ x, int n, int heads, int hd, int pos0, const int* __restrict__ pos_dev,
                             const float* __restrict__ inv_freq) {
     const int half = hd / 2;
     const int64_t total = (int64_t)n * heads * half;
@@ -48,6 +48,7 @@ __global__ void rope_kernel(float* __restrict__ x, int n, int heads, int hd, int
     const int i = (int)(idx % half);
     const int64_t th = idx / half;  // t * heads + h
     const int t = (int)(th / heads);
+    if (pos_dev) pos0 += *pos_dev;
     const float ang = __fmul_rn((float)(pos0 + t), inv_freq[i]);
     const float c = cosf(ang), sn = sinf(ang);
     float* v = x + th * hd;
@@ -103,10 +104,10 @@ void add_rmsnorm(float* h, const float* add, const float* w, int n, int d, float
     SQ_CUDA_LAUNCH("add_rmsnorm");
 }
 
-void rope(float* x, int n, int heads, int hd, int pos0, const float* inv_freq, cudaStream_t s) {
+void rope(float* x, int n, int heads, int hd, int pos0, const int* pos_dev, const float* inv_freq, cudaStream_t s) {
     const int64_t total = (int64_t)n * heads * (hd / 2);
     if (total <= 0) return;
-    rope_kernel<<<blocks_for(total, 256), 256, 0, s>>>(x, n, heads, hd, pos0, inv_freq);
+    rope_kernel<<<blocks_for(total, 256), 256, 0, s>>>(x, n, heads, hd, pos0, pos_dev, inv_freq);
     SQ_CUDA_LAUNCH("rope");
 }
 

@@ -5,6 +5,10 @@
 // rounding (activation and KV quantization, the W4A4 epilogue) the kernels use
 // explicitly rounded intrinsics so that nvcc cannot contract or reorder them.
 //
+// Positions: where a kernel takes `pos0` and `pos_dev`, the first token sits
+// at pos0 + *pos_dev (pos_dev may be null): the cache position is read on the
+// device so that one captured CUDA graph serves every position.
+//
 // Build: cmake -DSPECQUANT_CUDA=ON; tests: tests/test_cuda_model.cpp.
 #pragma once
 #include <cuda_runtime.h>
@@ -22,20 +26,21 @@ void rmsnorm(const float* x, const float* w, int n, int d, float eps, float* y, 
 // h[t, :] += add[t, :]; y[t, :] = rmsnorm(h[t, :]) * w   (residual add fused with the next norm)
 void add_rmsnorm(float* h, const float* add, const float* w, int n, int d, float eps, float* y, cudaStream_t s);
 
-// In-place rotate-half RoPE on x [n, heads, hd]; token t at position pos0 + t; inv_freq [hd/2] (device).
-void rope(float* x, int n, int heads, int hd, int pos0, const float* inv_freq, cudaStream_t s);
+// In-place rotate-half RoPE on x [n, heads, hd]; token t at position pos0 (+ *pos_dev) + t;
+// inv_freq [hd/2] (device).
+void rope(float* x, int n, int heads, int hd, int pos0, const int* pos_dev, const float* inv_freq, cudaStream_t s);
 
-// Writes n tokens of k, v [n, kv_heads, hd] to the cache rows kc, vc (the
-// same layout, at the first new position); bits < 16 fake-quantizes every
+// Writes n tokens of k, v [n, kv_heads, hd] to the cache kc, vc [pos, kv_heads, hd]
+// from position (pos_dev ? *pos_dev : 0) on; bits < 16 fake-quantizes every
 // (token, head) vector first: fake_quant_asym_ref semantics, bit-exact.
 void kv_store(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
-              float* vc, cudaStream_t s);
+              float* vc, const int* pos_dev, cudaStream_t s);
 
-// Causal GQA attention of n queries at positions pos0.. over cache rows
-// 0..pos0+n-1: q [n, heads, hd], kc/vc [pos, kv_heads, hd], out [n, heads, hd].
-// hd ≤ 256.
-void attention(const float* q, const float* kc, const float* vc, int n, int pos0, int heads, int kv_heads, int hd,
-               float* out, cudaStream_t s);
+// Causal GQA attention of n queries at positions p.. (p = pos0 + *pos_dev)
+// over cache rows 0..p+n-1: q [n, heads, hd], kc/vc [pos, kv_heads, hd],
+// out [n, heads, hd]. hd ≤ 256.
+void attention(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
+               int kv_heads, int hd, float* out, cudaStream_t s);
 
 // g[i] = silu(g[i]) * u[i]
 void silu_mul(float* g, const float* u, int64_t count, cudaStream_t s);

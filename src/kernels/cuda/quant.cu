@@ -109,15 +109,21 @@ __global__ void epilogue_kernel(const float* __restrict__ acc_f, const int32_t* 
 }
 
 // One warp per (token, KV head) vector of hd elements: fake_quant_asym_ref on
-// k and v, written to the cache. hd ≤ 32 · 8.
-__global__ void kv_store_kernel(const float* __restrict__ k, const float* __restrict__ v, int64_t vectors, int hd,
-                                int bits, float clip, float* __restrict__ kc, float* __restrict__ vc) {
+// k and v (bits < 16) or a copy, written to the cache from position *pos_dev on.
+__global__ void kv_store_kernel(const float* __restrict__ k, const float* __restrict__ v, int64_t vectors,
+                                int kv_heads, int hd, int bits, float clip, float* __restrict__ kc,
+                                float* __restrict__ vc, const int* __restrict__ pos_dev) {
     const int64_t vec = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (vec >= vectors) return;
-    const int lane = threadIdx.x & 31, qmax = (1 << bits) - 1;
+    const int lane = threadIdx.x & 31, qmax = (1 << (bits < 16 ? bits : 1)) - 1;
+    const int64_t base = (pos_dev ? (int64_t)*pos_dev * kv_heads : 0) + vec;
     for (int which = 0; which < 2; ++which) {
         const float* src = (which ? v : k) + vec * hd;
-        float* dst = (which ? vc : kc) + vec * hd;
+        float* dst = (which ? vc : kc) + base * hd;
+        if (bits >= 16) {
+            for (int i = lane; i < hd; i += 32) dst[i] = src[i];
+            continue;
+        }
         float mx = 0.0f, mn = 0.0f;
         for (int i = lane; i < hd; i += 32) {
             mx = ref_max(mx, src[i]);
@@ -162,15 +168,10 @@ void w4a4_epilogue(const float* acc_f, const int32_t* acc_i, int n, int m, const
 }
 
 void kv_store(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
-              float* vc, cudaStream_t s) {
+              float* vc, const int* pos_dev, cudaStream_t s) {
     const int64_t vectors = (int64_t)n * kv_heads;
     if (vectors <= 0) return;
-    if (bits >= 16) {
-        SQ_CUDA(cudaMemcpyAsync(kc, k, vectors * hd * sizeof(float), cudaMemcpyDeviceToDevice, s));
-        SQ_CUDA(cudaMemcpyAsync(vc, v, vectors * hd * sizeof(float), cudaMemcpyDeviceToDevice, s));
-        return;
-    }
-    kv_store_kernel<<<blocks_for(vectors, 8), 256, 0, s>>>(k, v, vectors, hd, bits, clip, kc, vc);
+    kv_store_kernel<<<blocks_for(vectors, 8), 256, 0, s>>>(k, v, vectors, kv_heads, hd, bits, clip, kc, vc, pos_dev);
     SQ_CUDA_LAUNCH("kv_store");
 }
 
