@@ -11,6 +11,7 @@
 # /tmp survives between calls), from the repository root:
 #   call 1 (carry .gpu1):  scripts/gpu_session.sh unpack .gpu1 && scripts/gpu_session.sh tests
 #   call 2 (carry .gpu2):  scripts/gpu_session.sh unpack .gpu2 && scripts/gpu_session.sh evals
+#                          (and/or: scripts/gpu_session.sh w4a4check)
 # .gpu*/ is git-ignored through .git/info/exclude. Logs go to $OUT (or out/gpu).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -83,8 +84,21 @@ evals)
     step quick_fp_cpu timeout 300 $SQ eval -m $M --tasks quick --device cpu --data-dir $D --json "$OUT/quick_fp_cpu.json"
     grep -E '^PPL|windows x|^== |tokens/s|^mean' "$OUT/evals.log"
     ;;
+w4a4check)  # after evals: GPU vs CPU on a real W4A4 model (per-token diagnostic, 16 windows), compare --device cuda
+    env_setup
+    M=$S/model.gguf D=$S/shared/data Q=$S/q.sqm W=$S/shared/data/wikitext2/wiki.test.raw
+    test -f $Q || $SQ quantize -m $M --method quarot --kv-bits 4 --calib-n 4 --calib-len 128 \
+        --calib /work/shared/data/calib/wiki.utf8 -o $Q >/dev/null 2>&1
+    SQ_DIAG_SQM=$Q SQ_DIAG_TEXT=$W $S/bin/specquant_tests --gtest_filter='CudaDiag*' 2>&1 | grep -E 'diag|OK|FAIL'
+    for dev in cuda cpu; do
+        $SQ ppl -m $Q -c 2048 --chunks 16 --device $dev -f $W 2>&1 | grep -E 'windows x|^PPL' | sed "s/^/$dev: /"
+    done | tee "$OUT/w4a4check.log"
+    $SQ compare -m $M --methods fp,quarot --bits w4a4kv4 --suite quick --device cuda --calib-n 4 --calib-len 128 \
+        --calib /work/shared/data/calib/wiki.utf8 --data-dir $D 2>&1 | tr '\r' '\n' | grep -v -E '\[[#.]+\]' |
+        tail -8 | tee -a "$OUT/w4a4check.log"
+    ;;
 *)
-    echo "usage: $0 pack|unpack DIR|tests|evals" >&2
+    echo "usage: $0 pack|unpack DIR|tests|evals|w4a4check" >&2
     exit 2
     ;;
 esac
