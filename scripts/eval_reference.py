@@ -12,6 +12,16 @@ specquant's shared-prefix branching, its tokenizer and its forward pass.
     python3 scripts/eval_reference.py --samples out/quick_samples.jsonl [--max-docs 50] \
         [--ppl-windows 2] [--ctx 2048]
 
+Second mode, the committed reference of the C++ test EvalCrossCheck.*:
+
+    python3 scripts/eval_reference.py --make-reference tests/data/smollm2/eval_reference.json \
+        --tasks piqa,arc_easy --docs 200 --ppl-windows 8
+
+scores the first N documents (file order) of each task and the first W
+WikiText-2 windows of --ctx tokens from scratch and writes, per request, the
+log-likelihood, the continuation length in tokens and the greedy flag, and
+per window the summed NLL, with the accuracies recomputed here.
+
 Prints per task: documents compared, max and mean |delta ll| per request,
 documents whose acc / acc_norm prediction or LAMBADA greedy flag differs, and
 the metrics recomputed from the reference log-likelihoods. With --ppl-windows
@@ -90,10 +100,88 @@ def argmax(v):
     return max(range(len(v)), key=lambda i: (v[i], -i))
 
 
+def wiki_windows(args, torch, tok, model):
+    """Summed NLL and scored tokens of the first --ppl-windows windows (first
+    token of each window unscored, no BOS), and the token count of the text."""
+    with open(os.path.join(args.data_dir, "wikitext2", "wiki.test.raw"), encoding="utf-8", newline="") as fh:
+        rows = fh.read().replace("\r", "").split("\n")
+    if rows and rows[-1] == "":  # the file ends with a newline
+        rows.pop()
+    text = "\n\n".join(rows)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    out = []
+    for w in range(args.ppl_windows):
+        win = ids[w * args.ctx:(w + 1) * args.ctx]
+        logits = model(torch.tensor([win[:-1]])).logits[0].double()
+        lp = torch.log_softmax(logits, dim=-1)
+        nll = -float(lp[torch.arange(len(win) - 1), torch.tensor(win[1:])].sum())
+        out.append({"window": w, "nll": nll, "tokens": len(win) - 1})
+    return out, len(ids)
+
+
+def make_reference(args, torch, transformers, tok, model):
+    import hashlib
+    import time
+    with open(args.model, "rb") as fh:
+        model_sha = hashlib.sha256(fh.read()).hexdigest()
+    ref = {
+        "generator": "scripts/eval_reference.py --make-reference (Hugging Face transformers, float32, "
+                     "every request scored from scratch)",
+        "model": os.path.basename(args.model), "model_sha256": model_sha,
+        "tokenizer": os.path.relpath(args.tokenizer, ROOT) if args.tokenizer else "transformers from the GGUF",
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "date": time.strftime("%Y-%m-%d"), "ctx": args.ctx, "tasks": {},
+    }
+    for task in args.tasks.split(","):
+        path = os.path.join(args.data_dir, "tasks", FILES[task])
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        rows = raw.decode("utf-8").split("\n")
+        docs, hits, hits_norm = [], 0, 0
+        for i in range(args.docs):
+            doc = json.loads(rows[i])
+            reqs, choices, gold = requests(task, doc)
+            pairs = [encode_pair(tok, c, x) for c, x in reqs]
+            sc = [score(model, torch, c, x, args.ctx) for c, x in pairs]
+            ll = [r[0] for r in sc]
+            docs.append({"line": i + 1, "gold": gold, "ll": ll, "tokens": [len(x) for _, x in pairs],
+                         "greedy": [r[1] for r in sc]})
+            hits += argmax(ll) == gold
+            if task in ACC_NORM:
+                hits_norm += argmax([v / len(c.encode("utf-8")) for v, c in zip(ll, choices)]) == gold
+        entry = {"file": FILES[task], "file_sha256": hashlib.sha256(raw).hexdigest(), "docs": docs,
+                 "acc": hits / args.docs}
+        if task in ACC_NORM:
+            entry["acc_norm"] = hits_norm / args.docs
+        ref["tasks"][task] = entry
+        print(f"{task:14s} docs={args.docs} acc={entry['acc']:.4f} acc_norm={entry.get('acc_norm', float('nan')):.4f}",
+              flush=True)
+    if args.ppl_windows > 0:
+        wins, n_ids = wiki_windows(args, torch, tok, model)
+        total = sum(w["nll"] for w in wins)
+        count = sum(w["tokens"] for w in wins)
+        ref["wikitext2"] = {"windows": wins, "ppl": math.exp(total / count), "text_tokens": n_ids}
+        print(f"wikitext2      windows={len(wins)} ppl={math.exp(total / count):.4f}", flush=True)
+    tmp = args.make_reference + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(ref, fh, indent=1)
+        fh.write("\n")
+    os.replace(tmp, args.make_reference)
+    print(f"wrote {args.make_reference}")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", required=True, help="specquant eval --samples output")
+    ap.add_argument("--samples", help="specquant eval --samples output")
+    ap.add_argument("--make-reference", metavar="OUT", help="write the reference JSON of EvalCrossCheck")
+    ap.add_argument("--tasks", default="piqa,arc_easy", help="with --make-reference")
+    ap.add_argument("--docs", type=int, default=200, help="with --make-reference: first N documents per task")
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--tokenizer", default=os.path.join(ROOT, "tests", "data", "tokenizer", "smollm2", "tokenizer.json"),
+                    help="tokenizer.json for the model; '' = the one transformers builds from the GGUF (for "
+                         "SmolLM2 that one lacks the Digits pre-tokenizer of the real SmolLM tokenizer and "
+                         "differs on runs of spaces before digits)")
     ap.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
     ap.add_argument("--max-docs", type=int, default=0, help="per task, 0 = all in the samples file")
     ap.add_argument("--ctx", type=int, default=2048)
@@ -105,8 +193,18 @@ def main():
     import transformers
     torch.set_grad_enabled(False)
     d, f = os.path.split(os.path.abspath(args.model))
-    tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
+    if args.tokenizer:
+        # HF `tokenizers` with SmolLM2's vocab and merges (from the GGUF) and
+        # the real SmolLM pre-tokenizer (Digits + ByteLevel): scripts/make_tokenizer_golden.py
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_file=args.tokenizer)
+    else:
+        tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
     model = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32).eval()
+
+    if args.make_reference:
+        return make_reference(args, torch, transformers, tok, model)
+    if not args.samples:
+        ap.error("one of --samples or --make-reference is required")
 
     lines = {}
     per_task = collections.defaultdict(list)
@@ -153,20 +251,10 @@ def main():
         print(line, flush=True)
 
     if args.ppl_windows > 0:
-        with open(os.path.join(args.data_dir, "wikitext2", "wiki.test.raw"), encoding="utf-8", newline="") as fh:
-            rows = fh.read().replace("\r", "").split("\n")
-        if rows and rows[-1] == "":  # the file ends with a newline
-            rows.pop()
-        text = "\n\n".join(rows)
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        total, count = 0.0, 0
-        for w in range(args.ppl_windows):
-            win = ids[w * args.ctx:(w + 1) * args.ctx]
-            logits = model(torch.tensor([win[:-1]])).logits[0].double()
-            lp = torch.log_softmax(logits, dim=-1)
-            total -= float(lp[torch.arange(len(win) - 1), torch.tensor(win[1:])].sum())
-            count += len(win) - 1
-        print(f"wikitext2      windows={args.ppl_windows} of {len(ids) // args.ctx} tokens={len(ids)} "
+        wins, n_ids = wiki_windows(args, torch, tok, model)
+        total = sum(w["nll"] for w in wins)
+        count = sum(w["tokens"] for w in wins)
+        print(f"wikitext2      windows={args.ppl_windows} of {n_ids // args.ctx} tokens={n_ids} "
               f"ppl={math.exp(total / count):.4f}")
 
     if worst > args.tol:
