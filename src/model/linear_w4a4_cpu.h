@@ -51,8 +51,8 @@ private:
 // (w4a4_avx2_available), else the reference after one loud line on stderr;
 // env SQ_FORCE_SCALAR=1 forces the reference (and every other scalar kernel);
 // env SQ_W4A4_BACKEND=ref|avx2 overrides kAuto for W4A4 layers only (A/B runs
-// of whole models); SQ_W4A4_SPECTRAL=separate builds the AVX2 layers in the
-// reference's operation order. kAvx2 without AVX2 is an error.
+// of whole models); the AVX2 layers run the spectral branch in the
+// reference's operation order (bitwise) unless SQ_W4A4_SPECTRAL=fused. kAvx2 without AVX2 is an error.
 std::unique_ptr<Linear> make_linear_w4a4(QLinearData d, W4A4Backend backend = W4A4Backend::kAuto);
 
 // The QLinearData behind a W4A4 layer of either backend, or false for other layers.

@@ -28,6 +28,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/w4a4_format.h"
 #include "model/linear_w4a4.h"
+#include "model/linear_w4a4_cpu.h"
 #include "quant/calib_data.h"
 #include "quant/gptq.h"
 #include "quant/hadamard.h"
@@ -463,7 +464,7 @@ void quantize_single(std::unique_ptr<Linear>& L, const std::vector<float>& X, in
     const std::vector<double> Hx = qc.gptq ? hessian(xin, n, f.in) : std::vector<double>();
     QLinearData q = quantize_linear(f.w, f.out, f.in, f.bias, qc.gptq ? Hx.data() : nullptr, qc, qc.gptq, had,
                                     had_seed, &stats);
-    L = std::make_unique<LinearW4A4Ref>(std::move(q));
+    L = make_linear_w4a4(std::move(q));
 }
 
 void add_linear_out(const Linear& L, const std::vector<float>& x, int64_t n, std::vector<float>& h) {
@@ -536,7 +537,7 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
                 QLinearData qd_ = quantize_linear(f.w, f.out, f.in, f.bias, qc.gptq ? Hx.data() : nullptr, qc,
                                                   qc.gptq, 0, 0, &st);
                 lj[name] = st;
-                *p = std::make_unique<LinearW4A4Ref>(std::move(qd_));
+                *p = make_linear_w4a4(std::move(qd_));
             }
         }
         // ---------------- o ----------------
@@ -568,7 +569,7 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
                 QLinearData q = quantize_linear(f.w, f.out, f.in, f.bias, qc.gptq ? Hx.data() : nullptr, qc, qc.gptq,
                                                 0, 0, &st);
                 lj[name] = st;
-                *p = std::make_unique<LinearW4A4Ref>(std::move(q));
+                *p = make_linear_w4a4(std::move(q));
             }
         }
         // ---------------- down ----------------
