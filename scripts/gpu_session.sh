@@ -12,6 +12,11 @@
 #   call 1 (carry .gpu1):  scripts/gpu_session.sh unpack .gpu1 && scripts/gpu_session.sh tests
 #   call 2 (carry .gpu2):  scripts/gpu_session.sh unpack .gpu2 && scripts/gpu_session.sh evals
 #                          (and/or: scripts/gpu_session.sh w4a4check)
+#   or, for the method tables (docs/results.md), call 2 runs
+#       scripts/gpu_session.sh unpack .gpu2 && scripts/gpu_session.sh tables start && scripts/gpu_session.sh collect 560
+#   and further calls, each within 30 s of the last, `scripts/gpu_session.sh collect 560` until all jobs say done:
+#   quantization runs on the 16 CPU cores (7 methods in parallel, 2 threads each),
+#   every evaluation on the GPU. Jobs run detached (setsid) across calls.
 # .gpu*/ is git-ignored through .git/info/exclude. Logs go to $OUT (or out/gpu).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -97,8 +102,44 @@ w4a4check)  # after evals: GPU vs CPU on a real W4A4 model (per-token diagnostic
         --calib /work/shared/data/calib/wiki.utf8 --data-dir $D 2>&1 | tr '\r' '\n' | grep -v -E '\[[#.]+\]' |
         tail -8 | tee -a "$OUT/w4a4check.log"
     ;;
+tables)  # "start": the W4A4KV4 quick-suite table of every method + full suites, detached
+    env_setup
+    M=$S/model.gguf D=$S/shared/data R=$S/res
+    pkill -f "$S/bin/specquant" ; sleep 1; rm -rf $R && mkdir -p $R
+    CAL="--calib $D/calib/wiki.utf8 --calib-n 32 --calib-len 512 --seed 0"
+    # job NAME CMD: runs detached, its output in $R/NAME.log, "done rc=N" at the end
+    job() {
+        local name=$1
+        shift
+        setsid bash -c "{ $*; } > $R/$name.log 2>&1; echo \"done rc=\$?\" >> $R/$name.log" </dev/null >/dev/null 2>&1 &
+    }
+    job full_fp "$SQ eval -m $M --tasks all --device cuda --data-dir $D --json $R/full_fp.json && \
+                 $SQ eval -m $M --tasks quick --device cuda --data-dir $D --json $R/quick_fp.json"
+    for spec in "rtn:--method rtn" "smoothquant:--method smoothquant" "gptq:--method gptq" "quarot:--method quarot" \
+                "specquant:--method specquant" "specquant_r:--method specquant --rotate" \
+                "specquant_rs:--method specquant --rotate --basis svd"; do
+        name=${spec%%:*} args=${spec#*:}
+        full=""
+        if [ "$name" = specquant_rs ] || [ "$name" = specquant ]; then
+            full="&& $SQ eval -m $R/$name.sqm --tasks all --device cuda --data-dir $D --json $R/full_$name.json"
+        fi
+        job "$name" "/usr/bin/time -v $SQ quantize -m $M $args --kv-bits 4 $CAL -t 2 -o $R/$name.sqm && \
+                     $SQ eval -m $R/$name.sqm --tasks quick --device cuda --data-dir $D --json $R/quick_$name.json $full"
+    done
+    sleep 3
+    pgrep -fc "specquant" || true
+    ;;
+collect)  # wait up to $2 s for the detached jobs, then return their logs and JSON (one archive)
+    R=$S/res
+    end=$(( $(date +%s) + ${2:-0} ))
+    while [ "$(date +%s)" -lt $end ] && [ -n "$(grep -L '^done rc=' $R/*.log 2>/dev/null)" ]; do sleep 10; done
+    for f in $R/*.log; do
+        printf '%-16s %s\n' "$(basename $f .log)" "$(tr '\r' '\n' < $f | grep -v -E '\[[#.]+\]' | grep -E '^done|Elapsed|Maximum resident|headline|error' | tr '\n' ' ')"
+    done
+    tar -C $R -czf "$OUT/tables.tgz" $(cd $R && ls *.log *.json 2>/dev/null)
+    ;;
 *)
-    echo "usage: $0 pack|unpack DIR|tests|evals|w4a4check" >&2
+    echo "usage: $0 pack|unpack DIR|tests|evals|w4a4check|tables|collect SECONDS" >&2
     exit 2
     ;;
 esac

@@ -84,6 +84,8 @@ CommandAction compare_setup(CLI::App& app) {
         SQ_CHECK(!methods.empty() && !bits.empty(), "compare: no methods or no bit settings");
         SQ_CHECK(o->device != "cuda" || cuda_built(),
                  "--device cuda: this specquant was built without CUDA (configure with -DSPECQUANT_CUDA=ON)");
+        // Calibration text lives in the evaluation data directory unless --calib says otherwise.
+        if (o->q.calib.empty() && !o->data_dir.empty()) o->q.calib = o->data_dir + "/calib/wiki.utf8";
         // Validate every configuration before the (long) run.
         for (auto& m : methods)
             for (auto& b : bits) quant_cli_config(o->q, m, b.w, b.a, b.kv);

@@ -27,7 +27,7 @@ void quant_cli_add(CLI::App& app, QuantCliOptions& o, bool with_method, bool wit
     app.add_option("--smooth", o.smooth, "on | off: override the method's smoothing");
     app.add_option("--spectral", o.spectral, "on | off: override the method's spectral split");
     app.add_flag("--rotate", o.rotate, "add QuaRot-style rotation (e.g. rotation + SpecQuant)");
-    app.add_option("--calib", o.calib, "calibration text (default: <data-dir>/calib/wiki.utf8)");
+    app.add_option("--calib", o.calib, "calibration text (default: <data-dir>/calib/wiki.utf8, data-dir as given or ../shared/data)");
     app.add_option("--calib-n", o.calib_n, "calibration windows")->capture_default_str();
     app.add_option("--calib-len", o.calib_len, "tokens per calibration window")->capture_default_str();
     app.add_option("--seed", o.seed, "calibration sampling seed")->capture_default_str();
