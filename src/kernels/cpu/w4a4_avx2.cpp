@@ -100,11 +100,9 @@ SQ_AVX2 void quant_row(const float* x, int64_t k, int bits, float clip, uint8_t*
         mn = std::min(mn, x[i]);
     }
     const int qmax = (1 << bits) - 1;
-    mx *= clip;
-    mn *= clip;
-    float s = (mx - mn) / (float)qmax;
-    if (!(s > 0.0f)) s = 1.0f;
-    const int32_t z = std::clamp((int32_t)std::nearbyint(-mn / s), 0, qmax);
+    float s;
+    int32_t z;
+    act_params_from_range(mx, mn, bits, clip, &s, &z);
     *s_out = s;
     *z_out = z;
 

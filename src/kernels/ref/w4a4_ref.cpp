@@ -17,14 +17,7 @@ static inline void asym_params(const float* x, int64_t k, int bits, float clip, 
         mx = std::max(mx, x[i]);
         mn = std::min(mn, x[i]);
     }
-    const int qmax = (1 << bits) - 1;
-    mx *= clip;
-    mn *= clip;
-    float s = (mx - mn) / (float)qmax;
-    if (!(s > 0.0f)) s = 1.0f;
-    const int32_t z = (int32_t)std::nearbyint(-mn / s);  // default rounding: half to even
-    *s_out = s;
-    *z_out = std::clamp(z, 0, qmax);
+    act_params_from_range(mx, mn, bits, clip, s_out, z_out);
 }
 
 void act_quant_ref(const float* x, int64_t n, int64_t k, int bits, float clip, uint8_t* q, float* scale,

@@ -1,9 +1,27 @@
 // Scalar reference of the W4A4 kernels: the specification the AVX2 and CUDA
 // versions are tested against (integer parts bit-exact). Formats: w4a4_format.h.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 namespace sq {
+
+// Scale and zero point of one row from its range [mn, mx] (mn <= 0 <= mx;
+// the range always holds 0 so z lands in [0, 2^bits − 1]): every backend's
+// activation quantizer derives them here, so there is one formula. s > 0
+// always: a constant-zero row gets s = 1 (codes = z, dequantized to 0).
+// static inline: each translation unit (scalar or AVX2 target) keeps its own
+// plain-float copy, bitwise the same operations.
+static inline void act_params_from_range(float mx, float mn, int bits, float clip, float* s_out, int32_t* z_out) {
+    const int qmax = (1 << bits) - 1;
+    mx *= clip;
+    mn *= clip;
+    float s = (mx - mn) / (float)qmax;
+    if (!(s > 0.0f)) s = 1.0f;
+    const int32_t z = (int32_t)std::nearbyint(-mn / s);  // default rounding: half to even
+    *s_out = s;
+    *z_out = z < 0 ? 0 : (z > qmax ? qmax : z);
+}
 
 // Per-token asymmetric quantization of x [n, k] to `bits` (2..8).
 // q [n, k] codes in [0, 2^bits − 1]; scale [n]; zero [n].
