@@ -25,6 +25,7 @@
 #include <random>
 #include <vector>
 
+#include "bench_common.h"
 #include "core/threads.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/gemm_f32.h"
@@ -112,18 +113,7 @@ void bench_stats(benchmark::internal::Benchmark* b) {
         ->ComputeStatistics("min", [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); });
 }
 
-// Per-call wall times: mean (what a user sees on this machine now) and best
-// (closest to an unshared machine: other processes steal whole time slices).
-struct CallTimer {
-    double total = 0, best = 1e30;
-    std::chrono::steady_clock::time_point t0;
-    void start() { t0 = std::chrono::steady_clock::now(); }
-    void stop() {
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        total += s;
-        best = std::min(best, s);
-    }
-};
+using sq_bench::CallTimer;
 
 constexpr int64_t kMemBwBytes = int64_t(1) << 30;
 

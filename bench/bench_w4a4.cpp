@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/fp16.h"
+#include "bench_common.h"
 #include "core/threads.h"
 #include "kernels/cpu/gemm_f32.h"
 #include "kernels/cpu/w4a4_avx2.h"
@@ -34,16 +35,7 @@ namespace {
 
 using sq::W4A4Weights;
 
-struct Timer {
-    double total = 0, best = 1e30;
-    std::chrono::steady_clock::time_point t0;
-    void start() { t0 = std::chrono::steady_clock::now(); }
-    void stop() {
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        total += s;
-        best = std::min(best, s);
-    }
-};
+using sq_bench::CallTimer;
 
 // Random weights straight in the kernel layout (any bytes are valid codes).
 W4A4Weights bench_weights(int64_t n, int64_t k, uint32_t seed) {
@@ -114,7 +106,7 @@ double f32_seconds(int64_t m, int64_t n, int64_t k, int reps) {
     }
     const auto x = bench_random(m * k, 7);
     std::vector<float> y(m * n);
-    Timer tm;
+    CallTimer tm;
     for (int r = 0; r < reps; ++r) {
         const auto& w = ws[r % copies];
         tm.start();
@@ -139,7 +131,7 @@ void BM_W4A4Gemv(benchmark::State& st) {
     std::vector<float> y(m * n);
     const double bw_before = bench_stream_gbs(ws);
     int64_t c = 0;
-    Timer tm;
+    CallTimer tm;
     for (auto _ : st) {
         tm.start();
         sq::w4a4_gemm(act, ws[c], nullptr, y.data());
@@ -178,7 +170,7 @@ void BM_W4A4Gemm(benchmark::State& st) {
     sq::w4a4_act_prepare(x.data(), m, k, 4, 0.9f, w.kp, act);
     std::vector<float> y(m * n);
     sq::w4a4_gemm(act, w, nullptr, y.data());  // warm
-    Timer tm;
+    CallTimer tm;
     for (auto _ : st) {
         tm.start();
         sq::w4a4_gemm(act, w, nullptr, y.data());
@@ -204,7 +196,7 @@ void BM_W4A16Gemm(benchmark::State& st) {
     const auto x = bench_random(m * ws[0].kp, 3);
     std::vector<float> y(m * n);
     int64_t c = 0;
-    Timer tm;
+    CallTimer tm;
     for (auto _ : st) {
         tm.start();
         sq::w4a16_gemm(x.data(), m, ws[c], nullptr, y.data());
@@ -253,7 +245,7 @@ void BM_W4A4Layer(benchmark::State& st) {
     const auto x = bench_random(m * k, 3);
     std::vector<float> y(m * n);
     L->forward(x.data(), m, y.data());
-    Timer tm;
+    CallTimer tm;
     for (auto _ : st) {
         tm.start();
         L->forward(x.data(), m, y.data());
