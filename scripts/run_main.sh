@@ -15,7 +15,7 @@ $SQ info -m "$MODEL"
 echo "== generate (greedy, full precision)"
 $SQ generate -m "$MODEL" -n 48 -p $'<|im_start|>user\nWhat is the tallest mountain in the world?<|im_end|>\n<|im_start|>assistant\n'
 echo "== quantize with SpecQuant (W4A4KV4) and compare with full precision and QuaRot on WikiText-2"
-echo "   (full precision = the GGUF's Q4_1/Q8_0 weights dequantized; quantized models run on the reference backend)"
+echo "   (full precision = the GGUF's Q4_1/Q8_0 weights dequantized; quantized models run on the AVX2 W4A4 kernels, bitwise the reference backend)"
 $SQ compare -m "$MODEL" --methods fp,quarot,specquant --bits w4a4kv4 --suite wikitext2 \
     -c "${SQ_CTX:-512}" --chunks "${SQ_PPL_CHUNKS:-4}" --calib-n "${SQ_CALIB_N:-8}" --calib-len 256 --json out/main_compare.json
 echo "(JSON: out/main_compare.json)"
