@@ -174,14 +174,6 @@ TEST(CudaKernels, EpilogueEqualsReference) {
 
 // ---------------------------------------------------------------- models
 
-double row_rel_err(const float* a, const float* r, int n) {
-    double num = 0, den = 0;
-    for (int i = 0; i < n; ++i) {
-        num = std::max(num, (double)std::fabs(a[i] - r[i]));
-        den = std::max(den, (double)std::fabs(r[i]));
-    }
-    return num / den;
-}
 
 std::vector<int> some_tokens(int vocab, int n, uint32_t seed) {
     std::mt19937 rng(seed);

@@ -4,6 +4,8 @@
 // (scripts/make_smollm2_golden.py).
 #include <gtest/gtest.h>
 
+#include "test_random.h"
+
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -37,16 +39,6 @@ Fixture read_fixture(const std::string& dir) {
     return f;
 }
 
-// Relative error of one logits row: max|a - r| / max|r|. Float32 against the
-// float64 reference over a few layers lands near 1e-6; the bar is 1e-4.
-double row_rel_err(const float* a, const float* r, int n) {
-    double num = 0, den = 0;
-    for (int i = 0; i < n; ++i) {
-        num = std::max(num, (double)std::fabs(a[i] - r[i]));
-        den = std::max(den, (double)std::fabs(r[i]));
-    }
-    return num / den;
-}
 
 void check_fixture(const std::string& name) {
     const std::string dir = std::string(SQ_TEST_DATA) + "/models/" + name;

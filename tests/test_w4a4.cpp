@@ -13,45 +13,9 @@
 #include "kernels/ref/w4a4_ref.h"
 #include "kernels/w4a4_format.h"
 #include "model/linear_w4a4.h"
+#include "test_w4a4_data.h"
 
 using namespace sq;
-
-namespace {
-
-QLinearData random_qlinear(int64_t in, int64_t out, int a_bits, int rank, std::mt19937& rng) {
-    QLinearData d;
-    d.in = in;
-    d.out = out;
-    d.a_bits = a_bits;
-    d.codes.assign(out * w4_row_bytes(in), 0);
-    d.scale.resize(out);
-    d.rowsum.assign(out, 0);
-    std::uniform_int_distribution<int> code(-8, 7);
-    std::uniform_real_distribution<float> sc(0.001f, 0.05f);
-    for (int64_t j = 0; j < out; ++j) {
-        uint8_t* row = &d.codes[j * w4_row_bytes(in)];
-        for (int64_t k = 0; k < in; ++k) {
-            const int c = code(rng);
-            row[k / 2] |= (uint8_t)((c & 0xF) << ((k & 1) * 4));
-            d.rowsum[j] += c;
-        }
-        d.scale[j] = sc(rng);
-    }
-    d.rank = rank;
-    std::normal_distribution<float> g(0.0f, 0.1f);
-    for (int64_t i = 0; i < out * rank; ++i) d.coef.push_back(fp32_to_fp16(g(rng)));
-    return d;
-}
-
-std::vector<float> random_x(int64_t n, int64_t k, std::mt19937& rng) {
-    std::normal_distribution<float> g(0.0f, 1.0f);
-    std::vector<float> x(n * k);
-    for (auto& v : x) v = g(rng);
-    x[0] = 25.0f;  // an outlier, as real activations have
-    return x;
-}
-
-}  // namespace
 
 TEST(W4A4Ref, PackUnpackNibbles) {
     for (int lo = -8; lo <= 7; ++lo)
@@ -89,7 +53,7 @@ TEST(W4A4Ref, AccumulatorsExactAgainstScalarReference) {
     std::mt19937 rng(2);
     for (int64_t n : {1, 2, 3, 7, 64, 129})
         for (auto [in, out] : std::vector<std::pair<int64_t, int64_t>>{{33, 5}, {576, 192}, {1536, 17}, {64, 64}}) {
-            QLinearData d = random_qlinear(in, out, 4, 0, rng);
+            QLinearData d = random_qlinear(in, out, 4, 0, false, rng);
             LinearW4A4Ref L(d);
             std::uniform_int_distribution<int> qv(0, 15);
             std::vector<uint8_t> q(n * in);
@@ -108,7 +72,7 @@ TEST(W4A4Ref, ForwardMatchesFloatEmulation) {
     std::mt19937 rng(3);
     const int64_t n = 5, in = 96, out = 40;
     for (int rank : {0, 1, 7}) {
-        QLinearData d = random_qlinear(in, out, 4, rank, rng);
+        QLinearData d = random_qlinear(in, out, 4, rank, false, rng);
         LinearW4A4Ref L(d);
         auto x = random_x(n, in, rng);
         std::vector<float> y(n * out, NAN);
@@ -140,10 +104,10 @@ TEST(W4A4Ref, ForwardMatchesFloatEmulation) {
 
 TEST(W4A4Ref, InvalidDataIsAnError) {
     std::mt19937 rng(4);
-    QLinearData d = random_qlinear(16, 4, 4, 0, rng);
+    QLinearData d = random_qlinear(16, 4, 4, 0, false, rng);
     d.rowsum[2] += 1;
     EXPECT_THROW(LinearW4A4Ref{d}, Error);
-    QLinearData e = random_qlinear(16, 4, 4, 0, rng);
+    QLinearData e = random_qlinear(16, 4, 4, 0, false, rng);
     e.a_bits = 12;
     EXPECT_THROW(LinearW4A4Ref{e}, Error);
 }
