@@ -1,0 +1,326 @@
+// bench_cuda_gemm: the W4A4 tensor-core GEMM / GEMV (src/kernels/cuda/w4a4_gemm.*)
+// against cuBLAS BF16, FP8 e4m3 and INT8 (all through cublasLt, heuristic
+// algorithm 0) at the LLaMA-3-8B linear shapes, in one process.
+//
+//   y [M, N] = x [M, K] · W [N, K]ᵀ    M = 2048 (prefill), 16, 8, 4, 1 (decode)
+//
+// Timing: CUDA events around one launch, after a read of 2× L2 that evicts
+// the previous launch's operands (every weight byte comes from HBM, as in a
+// decode step over a model larger than L2); 3 warm-ups, median of --reps.
+// "TOP/s" = 2·M·N·K / t; "wGB/s" = weight bytes / t (W4A4: N·K/2; FP8,
+// INT8: N·K; BF16: 2·N·K); roofline: 1200 TOP/s (mma.sync s8, SPEC.md §4)
+// and 3000 GB/s (HBM copy). Outputs: W4A4 fp32 with the fused epilogue
+// (scales, zero points, bias); BF16/FP8 → bf16; INT8 → int32.
+//
+// Build: cmake -S . -B build-gpu-gemm -DSPECQUANT_CUDA=ON && cmake --build build-gpu-gemm --target bench_cuda_gemm
+// Run:   build-gpu-gemm/bench_cuda_gemm [--reps 30] [--quick]
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/cublas_check.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/w4a4_gemm.h"
+
+using namespace sq;
+
+namespace {
+
+constexpr double kPeakTops = 1200.0;  // mma.sync s8 m16n8k32, measured (SPEC.md §4)
+constexpr double kHbmGBs = 3000.0;    // device-to-device copy, read + write
+
+__device__ __forceinline__ uint32_t hash32(uint64_t i, uint32_t seed) {
+    uint32_t x = (uint32_t)i * 0x9E3779B1u ^ (uint32_t)(i >> 32) ^ seed;
+    x ^= x >> 16;
+    x *= 0x85EBCA6Bu;
+    x ^= x >> 13;
+    x *= 0xC2B2AE35u;
+    return x ^ (x >> 16);
+}
+
+// kind 0: random bytes, 1: bytes 0..15, 2: bf16 in ±1, 3: fp8 e4m3 integers in [−8, 7], 4: float in [0.01, 0.02]
+__global__ void fill_kernel(void* p, int64_t count, int kind, uint32_t seed) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x) {
+        const uint32_t h = hash32(i, seed);
+        switch (kind) {
+            case 0: ((uint8_t*)p)[i] = (uint8_t)h; break;
+            case 1: ((uint8_t*)p)[i] = (uint8_t)(h & 15); break;
+            case 2: ((__nv_bfloat16*)p)[i] = __float2bfloat16((float)(int)(h % 2001) / 1000.0f - 1.0f); break;
+            case 3: ((__nv_fp8_e4m3*)p)[i] = __nv_fp8_e4m3((float)((int)(h & 15) - 8)); break;
+            case 4: ((float*)p)[i] = 0.01f + (float)(h % 1000) * 1e-5f; break;
+        }
+    }
+}
+
+__global__ void flush_kernel(const uint4* p, int64_t count, uint32_t* sink) {
+    uint32_t acc = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x) {
+        const uint4 v = p[i];
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x12345678u) *sink = acc;  // keeps the loads
+}
+
+void fill(void* p, int64_t count, int kind, uint32_t seed) {
+    fill_kernel<<<1024, 256>>>(p, count, kind, seed);
+    SQ_CUDA_LAUNCH("fill");
+}
+
+struct Timer {
+    cudaEvent_t a, b;
+    uint4* flush_buf = nullptr;
+    int64_t flush_n = 0;
+    uint32_t* sink = nullptr;
+    int reps;
+    explicit Timer(int reps_) : reps(reps_) {
+        SQ_CUDA(cudaEventCreate(&a));
+        SQ_CUDA(cudaEventCreate(&b));
+        int dev = 0, l2 = 0;
+        SQ_CUDA(cudaGetDevice(&dev));
+        SQ_CUDA(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+        flush_n = 2 * (int64_t)l2 / 16;
+        SQ_CUDA(cudaMalloc(&flush_buf, flush_n * 16));
+        SQ_CUDA(cudaMalloc(&sink, 4));
+        fill(flush_buf, flush_n * 16, 0, 99);
+    }
+    ~Timer() {
+        cudaFree(flush_buf);
+        cudaFree(sink);
+        cudaEventDestroy(a);
+        cudaEventDestroy(b);
+    }
+    // Median microseconds of one launch of fn.
+    double median_us(const std::function<void()>& fn) {
+        for (int i = 0; i < 3; ++i) fn();
+        SQ_CUDA(cudaDeviceSynchronize());
+        std::vector<double> t;
+        for (int r = 0; r < reps; ++r) {
+            flush_kernel<<<264, 512>>>(flush_buf, flush_n, sink);
+            SQ_CUDA_LAUNCH("flush");
+            SQ_CUDA(cudaEventRecord(a));
+            fn();
+            SQ_CUDA(cudaEventRecord(b));
+            SQ_CUDA(cudaEventSynchronize(b));
+            float ms = 0;
+            SQ_CUDA(cudaEventElapsedTime(&ms, a, b));
+            t.push_back(ms * 1e3);
+        }
+        std::sort(t.begin(), t.end());
+        return t[t.size() / 2];
+    }
+};
+
+// D [N, M] (column-major) = op(A)ᵀ-form: A [K, N] col-major (= W [N, K] row-major), transposed;
+// B [K, M] col-major (= x [M, K] row-major). "TN", as FP8 and INT8 require.
+struct LtGemm {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+    bool ok = false;
+    bool int_scale = false;
+    std::string why;
+    LtGemm(cublasLtHandle_t h, cudaDataType_t ab, cudaDataType_t cd, cublasComputeType_t ct, cudaDataType_t st,
+           int m, int n, int k, size_t ws, bool fast_accum) {
+        int_scale = st == CUDA_R_32I;
+        SQ_CUBLAS(cublasLtMatmulDescCreate(&op, ct, st));
+        const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+        SQ_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+        SQ_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+        if (fast_accum) {
+            const int8_t one = 1;
+            SQ_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &one, sizeof one));
+        }
+        SQ_CUBLAS(cublasLtMatrixLayoutCreate(&la, ab, k, n, k));
+        SQ_CUBLAS(cublasLtMatrixLayoutCreate(&lb, ab, k, m, k));
+        SQ_CUBLAS(cublasLtMatrixLayoutCreate(&lc, cd, n, m, n));
+        cublasLtMatmulPreference_t pref;
+        SQ_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+        SQ_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+        cublasLtMatmulHeuristicResult_t res{};
+        int found = 0;
+        const cublasStatus_t st2 = cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, lc, lc, pref, 1, &res, &found);
+        cublasLtMatmulPreferenceDestroy(pref);
+        if (st2 != CUBLAS_STATUS_SUCCESS || found == 0) {
+            why = st2 != CUBLAS_STATUS_SUCCESS ? cublasGetStatusString(st2) : "no algorithm";
+            return;
+        }
+        algo = res.algo;
+        ok = true;
+    }
+    ~LtGemm() {
+        if (lc) cublasLtMatrixLayoutDestroy(lc);
+        if (lb) cublasLtMatrixLayoutDestroy(lb);
+        if (la) cublasLtMatrixLayoutDestroy(la);
+        if (op) cublasLtMatmulDescDestroy(op);
+    }
+    void run(cublasLtHandle_t h, const void* A, const void* B, void* D, void* ws, size_t wsb) const {
+        const float f1 = 1.0f, f0 = 0.0f;
+        const int32_t i1 = 1, i0 = 0;
+        const void* alpha = int_scale ? (const void*)&i1 : (const void*)&f1;
+        const void* beta = int_scale ? (const void*)&i0 : (const void*)&f0;
+        SQ_CUBLAS(cublasLtMatmul(h, op, alpha, A, la, B, lb, beta, D, lc, D, lc, &algo, ws, wsb, nullptr));
+    }
+};
+
+struct Row {
+    std::string shape, kernel;
+    int m;
+    double us, ops, wbytes;
+};
+
+void print_row(const Row& r, double bf16_us, double fp8_us) {
+    const double tops = r.ops / r.us * 1e-6, gbs = r.wbytes / r.us * 1e-3;
+    char vb[16] = "", vf[16] = "";
+    if (bf16_us > 0) std::snprintf(vb, sizeof vb, "%.2fx", bf16_us / r.us);
+    if (fp8_us > 0) std::snprintf(vf, sizeof vf, "%.2fx", fp8_us / r.us);
+    std::printf("| %-13s | %5d | %-16s | %9.1f | %7.1f | %6.1f%% | %7.0f | %6.1f%% | %6s | %6s |\n", r.shape.c_str(), r.m,
+                r.kernel.c_str(), r.us, tops, 100.0 * tops / kPeakTops, gbs, 100.0 * gbs / kHbmGBs, vb, vf);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int reps = 30;
+    bool quick = false;
+    for (int i = 1; i < argc; ++i) {
+        if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
+        else if (!std::strcmp(argv[i], "--quick")) quick = true;
+        else {
+            std::fprintf(stderr, "usage: %s [--reps N] [--quick]\n", argv[0]);
+            return 2;
+        }
+    }
+    try {
+        cudaDeviceProp prop;
+        SQ_CUDA(cudaGetDeviceProperties(&prop, 0));
+        int ver = 0;
+        SQ_CUDA(cudaRuntimeGetVersion(&ver));
+        std::printf("device: %s, %d SMs, L2 %d MB; CUDA runtime %d; cublasLt %zu; reps %d (median), L2 flushed\n",
+                    prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, ver, cublasLtGetVersion(), reps);
+        cublasLtHandle_t lt;
+        SQ_CUBLAS(cublasLtCreate(&lt));
+        const size_t wsb = 64u << 20;
+        void* ws = nullptr;
+        SQ_CUDA(cudaMalloc(&ws, wsb));
+        Timer timer(reps);
+
+        struct Shape {
+            const char* name;
+            int n, k;
+        };
+        const std::vector<Shape> shapes = {
+            {"qkv 6144x4096", 6144, 4096}, {"o 4096x4096", 4096, 4096},
+            {"gu 28672x4096", 28672, 4096}, {"down 4096x14336", 4096, 14336}};
+        std::vector<int> ms = {2048, 16, 8, 4, 1};
+        if (quick) ms = {2048, 1};
+        std::printf("| shape (N x K) | M     | kernel           | time (us) | TOP/s   | %%mma   | wGB/s   | %%HBM   | vsBF16 | vsFP8  |\n");
+        std::printf("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        for (const Shape& sh : shapes) {
+            const int n = sh.n, k = sh.k, mmax = *std::max_element(ms.begin(), ms.end());
+            uint8_t *w4, *q, *w8, *x8, *wf8, *xf8;
+            __nv_bfloat16 *wbf, *xbf, *ybf;
+            float *y, *fs, *ws_scale, *bias;
+            int32_t *z, *rs, *yi;
+            SQ_CUDA(cudaMalloc(&w4, cuda::w4g_bytes(n, k)));
+            SQ_CUDA(cudaMalloc(&q, (size_t)mmax * k));
+            SQ_CUDA(cudaMalloc(&w8, (size_t)n * k));
+            SQ_CUDA(cudaMalloc(&x8, (size_t)mmax * k));
+            SQ_CUDA(cudaMalloc(&wf8, (size_t)n * k));
+            SQ_CUDA(cudaMalloc(&xf8, (size_t)mmax * k));
+            SQ_CUDA(cudaMalloc(&wbf, (size_t)n * k * 2));
+            SQ_CUDA(cudaMalloc(&xbf, (size_t)mmax * k * 2));
+            SQ_CUDA(cudaMalloc(&ybf, (size_t)mmax * n * 2));
+            SQ_CUDA(cudaMalloc(&y, (size_t)mmax * n * 4));
+            SQ_CUDA(cudaMalloc(&yi, (size_t)mmax * n * 4));
+            SQ_CUDA(cudaMalloc(&fs, (size_t)mmax * 4));
+            SQ_CUDA(cudaMalloc(&z, (size_t)mmax * 4));
+            SQ_CUDA(cudaMalloc(&ws_scale, (size_t)n * 4));
+            SQ_CUDA(cudaMalloc(&rs, (size_t)n * 4));
+            SQ_CUDA(cudaMalloc(&bias, (size_t)n * 4));
+            fill(w4, cuda::w4g_bytes(n, k), 0, 1);
+            fill(q, (int64_t)mmax * k, 1, 2);
+            fill(w8, (int64_t)n * k, 0, 3);
+            fill(x8, (int64_t)mmax * k, 0, 4);
+            fill(wf8, (int64_t)n * k, 3, 5);
+            fill(xf8, (int64_t)mmax * k, 3, 6);
+            fill(wbf, (int64_t)n * k, 2, 7);
+            fill(xbf, (int64_t)mmax * k, 2, 8);
+            fill(fs, mmax, 4, 9);
+            fill(ws_scale, n, 4, 10);
+            fill(bias, n, 4, 11);
+            SQ_CUDA(cudaMemset(z, 0, (size_t)mmax * 4));  // values do not change the epilogue's work
+            SQ_CUDA(cudaMemset(rs, 0, (size_t)n * 4));
+            SQ_CUDA(cudaDeviceSynchronize());
+            for (int m : ms) {
+                const double ops = 2.0 * m * n * k;
+                cuda::W4GemmArgs a;
+                a.q = q;
+                a.m = m;
+                a.k = k;
+                a.n = n;
+                a.w = w4;
+                a.act_scale = fs;
+                a.act_zero = z;
+                a.w_scale = ws_scale;
+                a.w_rowsum = rs;
+                a.bias = bias;
+                a.y = y;
+                std::vector<Row> rows;
+                double bf16_us = 0, fp8_us = 0;
+                {
+                    LtGemm g(lt, CUDA_R_16BF, CUDA_R_16BF, CUBLAS_COMPUTE_32F, CUDA_R_32F, m, n, k, wsb, false);
+                    if (g.ok) {
+                        bf16_us = timer.median_us([&] { g.run(lt, wbf, xbf, ybf, ws, wsb); });
+                        rows.push_back({sh.name, "cuBLAS BF16", m, bf16_us, ops, 2.0 * n * k});
+                    } else std::printf("| %s | %d | cuBLAS BF16 | n/a (%s) |\n", sh.name, m, g.why.c_str());
+                }
+                {
+                    LtGemm g(lt, CUDA_R_8F_E4M3, CUDA_R_16BF, CUBLAS_COMPUTE_32F, CUDA_R_32F, m, n, k, wsb, true);
+                    if (g.ok) {
+                        fp8_us = timer.median_us([&] { g.run(lt, wf8, xf8, ybf, ws, wsb); });
+                        rows.push_back({sh.name, "cuBLAS FP8 e4m3", m, fp8_us, ops, 1.0 * n * k});
+                    } else std::printf("| %s | %d | cuBLAS FP8 | n/a (%s) |\n", sh.name, m, g.why.c_str());
+                }
+                {
+                    LtGemm g(lt, CUDA_R_8I, CUDA_R_32I, CUBLAS_COMPUTE_32I, CUDA_R_32I, m, n, k, wsb, false);
+                    if (g.ok) {
+                        const double us = timer.median_us([&] { g.run(lt, w8, x8, yi, ws, wsb); });
+                        rows.push_back({sh.name, "cuBLAS INT8", m, us, ops, 1.0 * n * k});
+                    } else std::printf("| %s | %d | cuBLAS INT8 | n/a (%s) |\n", sh.name, m, g.why.c_str());
+                }
+                const double wb = (double)cuda::w4g_bytes(n, k);
+                if (m <= 16) {
+                    rows.push_back({sh.name, "W4A4 gemv", m, timer.median_us([&] { cuda::w4a4_gemv(a, nullptr); }),
+                                    ops, wb});
+                    if (m == 16)
+                        rows.push_back({sh.name, "W4A4 tiled", m,
+                                        timer.median_us([&] { cuda::w4a4_gemm_tiled(a, nullptr); }), ops, wb});
+                } else {
+                    rows.push_back({sh.name, "W4A4 tiled", m,
+                                    timer.median_us([&] { cuda::w4a4_gemm_tiled(a, nullptr); }), ops, wb});
+                }
+                for (const Row& r : rows) print_row(r, r.kernel.rfind("W4A4", 0) == 0 ? bf16_us : 0,
+                                                    r.kernel.rfind("W4A4", 0) == 0 ? fp8_us : 0);
+                std::fflush(stdout);
+            }
+            for (void* p : {(void*)w4, (void*)q, (void*)w8, (void*)x8, (void*)wf8, (void*)xf8, (void*)wbf,
+                            (void*)xbf, (void*)ybf, (void*)y, (void*)yi, (void*)fs, (void*)z, (void*)ws_scale,
+                            (void*)rs, (void*)bias})
+                SQ_CUDA(cudaFree(p));
+        }
+        SQ_CUDA(cudaFree(ws));
+        cublasLtDestroy(lt);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench_cuda_gemm: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}

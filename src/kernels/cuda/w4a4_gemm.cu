@@ -1,0 +1,363 @@
+// W4A4 GEMM / GEMV on the INT8 tensor cores (sm_90a). Layout, operand
+// semantics and the epilogue are documented in w4a4_gemm.h; design notes and
+// measured versions in docs/kernels-cuda-notes.md.
+// Build: cmake -DSPECQUANT_CUDA=ON; tests: tests/test_cuda_w4a4_gemm.cpp;
+// benchmark: bench/bench_cuda_gemm.cu.
+#include "kernels/cuda/w4a4_gemm.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/w4a4_format.h"
+
+namespace sq::cuda {
+
+void w4g_repack(const uint8_t* codes, int64_t n, int64_t k, uint8_t* dst) {
+    std::memset(dst, 0, (size_t)w4g_bytes(n, k));
+    const int64_t rb = w4_row_bytes(k);
+    for (int64_t j = 0; j < n; ++j)
+        for (int64_t i = 0; i < k; ++i) {
+            int nib = 0;
+            const int64_t off = w4g_offset(k, j, i, &nib);
+            dst[off] |= (uint8_t)((w4_get(codes + j * rb, i) & 0xF) << (4 * nib));
+        }
+}
+
+namespace {
+
+// ---- PTX wrappers -------------------------------------------------------
+
+// D = A·B + D, A 16×32 u8 (row), B 32×8 s8 (col), int32 accumulators.
+__device__ __forceinline__ void mma_u8s8(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 16 bytes global → shared, asynchronously; bytes < 16 zero-fills the rest (0: all zero, nothing read).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int bytes) {
+    const uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+    const uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(sa));
+}
+
+// Weight bytes are read once: no L1 allocation (L1 keeps the activation rows).
+__device__ __forceinline__ uint4 ldg_stream16(const uint8_t* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+// Widen one layout word: bytes of 16·code (s8) for k = 4t..4t+3 (b0) and 16+4t.. (b1).
+__device__ __forceinline__ uint32_t w4_lo16(uint32_t w) { return (w << 4) & 0xF0F0F0F0u; }
+__device__ __forceinline__ uint32_t w4_hi16(uint32_t w) { return w & 0xF0F0F0F0u; }
+
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int s) {
+    return s == 0 ? v.x : (s == 1 ? v.y : (s == 2 ? v.z : v.w));
+}
+
+// ---- epilogue -------------------------------------------------------------
+
+// y = ((s_t · scale_j) · (float)(acc − z_t · rowsum_j) + spec) + bias, as cuda::w4a4_epilogue.
+__device__ __forceinline__ float epi_value(const W4GemmArgs& a, int row, int col, int acc, float st, int zt) {
+    float v = __fmul_rn(__fmul_rn(st, a.w_scale[col]), (float)(acc - zt * a.w_rowsum[col]));
+    if (a.spec) v = __fadd_rn(v, a.spec[(int64_t)row * a.n + col]);
+    if (a.bias) v = __fadd_rn(v, a.bias[col]);
+    return v;
+}
+
+// Two adjacent outputs (row, col), (row, col + 1); col + 1 may be past n.
+__device__ __forceinline__ void epi_store2(const W4GemmArgs& a, int row, int col, int v0, int v1) {
+    const int64_t i = (int64_t)row * a.n + col;
+    const bool two = col + 1 < a.n, vec = two && (a.n % 2 == 0);  // 8-byte aligned when n is even
+    if (a.acc) {
+        if (vec) *reinterpret_cast<int2*>(a.acc + i) = make_int2(v0, v1);
+        else {
+            a.acc[i] = v0;
+            if (two) a.acc[i + 1] = v1;
+        }
+    }
+    if (a.y) {
+        const float st = a.act_scale[row];
+        const int zt = a.act_zero[row];
+        const float y0 = epi_value(a, row, col, v0, st, zt);
+        if (vec) *reinterpret_cast<float2*>(a.y + i) = make_float2(y0, epi_value(a, row, col + 1, v1, st, zt));
+        else {
+            a.y[i] = y0;
+            if (two) a.y[i + 1] = epi_value(a, row, col + 1, v1, st, zt);
+        }
+    }
+}
+
+// ---- prefill: tiled mma.sync GEMM ----------------------------------------
+//
+// CTA tile 128 (m) × 256 (n), k 128 per stage; 8 warps as 2 × 4, each 64 × 64
+// = 4 m16 × 8 n8 MMA tiles (128 int32 accumulators per thread).
+// Shared memory per stage: A 128 rows × 128 B (16 KB, 16-byte chunks XOR-
+// swizzled by row so ldmatrix's 8 rows hit 8 different bank groups) + B 32
+// layout blocks × 512 B (16 KB, copied verbatim: a warp's 16-byte reads are
+// 512 contiguous bytes, conflict-free). 4 stages = 128 KB, one CTA per SM.
+// Per stage a warp issues 16 ldmatrix.x4 + 8 LDS.128 for 128 MMAs.
+constexpr int TB_M = 128, TB_N = 256, TB_K = 128, T_STAGES = 4, T_THREADS = 256;
+constexpr int T_A_STAGE = TB_M * TB_K;              // bytes
+constexpr int T_B_STAGE = TB_N / W4G_NB * 512;      // bytes
+constexpr int T_STAGE = T_A_STAGE + T_B_STAGE;
+constexpr int T_SMEM = T_STAGES * T_STAGE;          // 131072
+
+template <bool kAligned>  // q rows 16-byte aligned (k % 16 == 0): cp.async; else byte loads
+__global__ void __launch_bounds__(T_THREADS, 1) gemm_tiled_kernel(const W4GemmArgs a) {
+    extern __shared__ __align__(128) uint8_t smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp >> 2, wn = warp & 3;
+    const int m0 = blockIdx.y * TB_M, n0 = blockIdx.x * TB_N;
+    const int KB = (a.k + TB_K - 1) / TB_K, NB = (a.n + W4G_NB - 1) / W4G_NB;
+
+    auto load_stage = [&](int slot, int kb) {
+        uint8_t* As = smem + slot * T_STAGE;
+        uint8_t* Bs = As + T_A_STAGE;
+        const int k0 = kb * TB_K;
+#pragma unroll
+        for (int i = 0; i < T_A_STAGE / 16 / T_THREADS; ++i) {
+            const int id = tid + i * T_THREADS, r = id >> 3, c = id & 7;
+            const int row = m0 + r, kc = k0 + c * 16;
+            uint8_t* dst = As + r * TB_K + ((c ^ (r & 7)) << 4);
+            if constexpr (kAligned) {
+                const int bytes = (row < a.m && kc < a.k) ? min(16, a.k - kc) : 0;
+                cp_async16(dst, bytes ? a.q + (int64_t)row * a.k + kc : a.q, bytes);
+            } else {
+                uint32_t v[4] = {0, 0, 0, 0};
+                if (row < a.m) {
+                    const uint8_t* src = a.q + (int64_t)row * a.k;
+#pragma unroll
+                    for (int b = 0; b < 16; ++b)
+                        if (kc + b < a.k) v[b >> 2] |= (uint32_t)src[kc + b] << (8 * (b & 3));
+                }
+                *reinterpret_cast<uint4*>(dst) = make_uint4(v[0], v[1], v[2], v[3]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < T_B_STAGE / 16 / T_THREADS; ++i) {
+            const int id = tid + i * T_THREADS, nb = id >> 5, c = id & 31;
+            const int gnb = n0 / W4G_NB + nb;
+            const bool ok = gnb < NB;
+            cp_async16(Bs + nb * 512 + c * 16, ok ? a.w + ((int64_t)gnb * KB + kb) * 512 + c * 16 : a.w, ok ? 16 : 0);
+        }
+    };
+
+    int acc[4][8][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0;
+
+#pragma unroll
+    for (int st = 0; st < T_STAGES - 1; ++st) {
+        if (st < KB) load_stage(st, st);
+        cp_async_commit();
+    }
+    for (int kb = 0; kb < KB; ++kb) {
+        cp_async_wait<T_STAGES - 2>();
+        __syncthreads();  // stage kb landed for everyone; slot (kb−1) % STAGES is free
+        {
+            const int nk = kb + T_STAGES - 1;
+            if (nk < KB) load_stage(nk % T_STAGES, nk);
+            cp_async_commit();
+        }
+        const uint8_t* As = smem + (kb % T_STAGES) * T_STAGE;
+        const uint8_t* Bs = As + T_A_STAGE;
+        uint4 bw[8];
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+            bw[nt] = *reinterpret_cast<const uint4*>(Bs + (wn * 8 + nt) * 512 + lane * 16);
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            uint32_t af[4][4];
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt) {
+                const int r = wm * 64 + mt * 16 + (lane & 15), c = 2 * s + (lane >> 4);
+                ldmatrix_x4(af[mt], As + r * TB_K + ((c ^ (r & 7)) << 4));
+            }
+#pragma unroll
+            for (int nt = 0; nt < 8; ++nt) {
+                const uint32_t w = word_of(bw[nt], s), b0 = w4_lo16(w), b1 = w4_hi16(w);
+#pragma unroll
+                for (int mt = 0; mt < 4; ++mt) mma_u8s8(acc[mt][nt], af[mt], b0, b1);
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = m0 + wm * 64 + mt * 16 + g + h * 8;
+            if (row >= a.m) continue;
+#pragma unroll
+            for (int nt = 0; nt < 8; ++nt) {
+                const int col = n0 + wn * 64 + nt * 8 + 2 * t;
+                if (col < a.n) epi_store2(a, row, col, acc[mt][nt][2 * h] >> 4, acc[mt][nt][2 * h + 1] >> 4);
+            }
+        }
+}
+
+// ---- decode: m ≤ 16 -------------------------------------------------------
+//
+// One block (8 warps) per NT n8 tiles; warp w takes layout blocks kb = w, w+8, …
+// and U of them per iteration, so each lane has U·NT 16-byte weight loads in
+// flight. The activation rows (≤ 16) form one m16 A operand read with 4-byte
+// loads (L1/L2 hits: m·k bytes per block against 4·NT·k weight bytes).
+// The 8 warps' accumulators are summed in shared memory, then the epilogue.
+constexpr int V_WARPS = 8, V_U = 2;
+
+template <int NT, bool kRows16, bool kAligned4>
+__global__ void __launch_bounds__(V_WARPS * 32) gemv_kernel(const W4GemmArgs a) {
+    __shared__ int red[V_WARPS][NT][4][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int nb0 = blockIdx.x * NT;
+    const int KB = (a.k + TB_K - 1) / TB_K, NB = (a.n + W4G_NB - 1) / W4G_NB;
+    const bool r0 = g < a.m, r1 = kRows16 && g + 8 < a.m;
+    const uint8_t* q0 = a.q + (int64_t)(r0 ? g : 0) * a.k;
+    const uint8_t* q1 = a.q + (int64_t)(r1 ? g + 8 : 0) * a.k;
+
+    auto act4 = [&](const uint8_t* row, int k) -> uint32_t {
+        if constexpr (kAligned4) {
+            return k < a.k ? *reinterpret_cast<const uint32_t*>(row + k) : 0u;
+        } else {
+            uint32_t v = 0;
+#pragma unroll
+            for (int b = 0; b < 4; ++b)
+                if (k + b < a.k) v |= (uint32_t)row[k + b] << (8 * b);
+            return v;
+        }
+    };
+
+    int acc[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[nt][r] = 0;
+
+    for (int kb0 = warp; kb0 < KB; kb0 += V_WARPS * V_U) {
+        uint4 w[V_U][NT];
+#pragma unroll
+        for (int u = 0; u < V_U; ++u) {
+            const int kb = kb0 + u * V_WARPS;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const int nb = nb0 + nt;
+                w[u][nt] = (kb < KB && nb < NB) ? ldg_stream16(a.w + ((int64_t)nb * KB + kb) * 512 + lane * 16)
+                                                : make_uint4(0, 0, 0, 0);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < V_U; ++u) {
+            const int kb = kb0 + u * V_WARPS;
+            if (kb >= KB) break;
+#pragma unroll
+            for (int s = 0; s < 4; ++s) {
+                const int k = kb * TB_K + s * 32 + 4 * t;
+                uint32_t af[4];
+                af[0] = r0 ? act4(q0, k) : 0u;
+                af[2] = r0 ? act4(q0, k + 16) : 0u;
+                af[1] = r1 ? act4(q1, k) : 0u;
+                af[3] = r1 ? act4(q1, k + 16) : 0u;
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    const uint32_t ww = word_of(w[u][nt], s);
+                    mma_u8s8(acc[nt], af, w4_lo16(ww), w4_hi16(ww));
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) red[warp][nt][r][lane] = acc[nt][r];
+    __syncthreads();
+    for (int e = threadIdx.x; e < NT * 4 * 32; e += V_WARPS * 32) {
+        const int nt = e >> 7, r = (e >> 5) & 3, l = e & 31;
+        int sum = 0;
+#pragma unroll
+        for (int w = 0; w < V_WARPS; ++w) sum += red[w][nt][r][l];
+        const int row = (l >> 2) + (r >> 1) * 8, col = (nb0 + nt) * W4G_NB + 2 * (l & 3) + (r & 1);
+        if (row >= a.m || col >= a.n) continue;
+        const int64_t i = (int64_t)row * a.n + col;
+        sum >>= 4;
+        if (a.acc) a.acc[i] = sum;
+        if (a.y) a.y[i] = epi_value(a, row, col, sum, a.act_scale[row], a.act_zero[row]);
+    }
+}
+
+void check_args(const W4GemmArgs& a, const char* who) {
+    SQ_CHECK(a.m >= 0 && a.n >= 0 && a.k >= 1 && a.k <= 65536, who, ": shape m=", a.m, " n=", a.n, " k=", a.k,
+             " out of range (1 <= k <= 65536)");
+    SQ_CHECK(a.q && a.w, who, ": null activation or weight pointer");
+    SQ_CHECK(((uintptr_t)a.w & 15) == 0, who, ": weights must be 16-byte aligned");
+    SQ_CHECK(!a.y || (a.act_scale && a.act_zero && a.w_scale && a.w_rowsum), who,
+             ": y needs act_scale, act_zero, w_scale and w_rowsum");
+}
+
+template <int NT>
+void launch_gemv(const W4GemmArgs& a, cudaStream_t s) {
+    const bool rows16 = a.m > 8, al4 = a.k % 4 == 0 && ((uintptr_t)a.q & 3) == 0;
+    const unsigned blocks = (unsigned)((w4g_n_pad(a.n) / W4G_NB + NT - 1) / NT);
+    if (rows16 && al4) gemv_kernel<NT, true, true><<<blocks, V_WARPS * 32, 0, s>>>(a);
+    else if (rows16) gemv_kernel<NT, true, false><<<blocks, V_WARPS * 32, 0, s>>>(a);
+    else if (al4) gemv_kernel<NT, false, true><<<blocks, V_WARPS * 32, 0, s>>>(a);
+    else gemv_kernel<NT, false, false><<<blocks, V_WARPS * 32, 0, s>>>(a);
+    SQ_CUDA_LAUNCH("w4a4_gemv");
+}
+
+}  // namespace
+
+void w4a4_gemm_tiled(const W4GemmArgs& a, cudaStream_t s) {
+    check_args(a, "w4a4_gemm_tiled");
+    if (a.m == 0 || a.n == 0 || (!a.acc && !a.y)) return;
+    const bool aligned = a.k % 16 == 0 && ((uintptr_t)a.q & 15) == 0;
+    const dim3 grid((unsigned)((a.n + TB_N - 1) / TB_N), (unsigned)((a.m + TB_M - 1) / TB_M));
+    // Set on every call (cheap): the attribute is per device, and a second device must work too.
+    if (aligned) {
+        SQ_CUDA(cudaFuncSetAttribute(gemm_tiled_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, T_SMEM));
+        gemm_tiled_kernel<true><<<grid, T_THREADS, T_SMEM, s>>>(a);
+    } else {
+        SQ_CUDA(cudaFuncSetAttribute(gemm_tiled_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, T_SMEM));
+        gemm_tiled_kernel<false><<<grid, T_THREADS, T_SMEM, s>>>(a);
+    }
+    SQ_CUDA_LAUNCH("w4a4_gemm_tiled");
+}
+
+void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s) {
+    check_args(a, "w4a4_gemv");
+    SQ_CHECK(a.m <= 16, "w4a4_gemv: m = ", a.m, " > 16 (use w4a4_gemm_tiled)");
+    if (a.m == 0 || a.n == 0 || (!a.acc && !a.y)) return;
+    // Enough blocks to cover 132 SMs twice; wider blocks re-read the activations less.
+    const int64_t nb = w4g_n_pad(a.n) / W4G_NB;
+    if (nb >= 4 * 264) launch_gemv<4>(a, s);
+    else if (nb >= 2 * 132) launch_gemv<2>(a, s);
+    else launch_gemv<1>(a, s);
+}
+
+void w4a4_gemm(const W4GemmArgs& a, cudaStream_t s) {
+    if (a.m <= 16) w4a4_gemv(a, s);
+    else w4a4_gemm_tiled(a, s);
+}
+
+}  // namespace sq::cuda

@@ -1,0 +1,87 @@
+// W4A4 GEMM on Hopper's 8-bit tensor cores (sm_90a): 4-bit signed weights,
+// unsigned activation codes (bytes from act_quant), int32 accumulation with
+// mma.sync.m16n8k32 (u8 × s8), the reference epilogue fused.
+//
+// Hopper has no 4-bit MMA (mma.sync s4 is emulated, ~52 TOP/s, SPEC.md §4),
+// so weights are stored at 4 bits and widened to 8 bits in registers:
+//
+// Kernel weight layout ("CUDA layout", docs/format.md), made once on the host
+// by w4g_repack from the canonical codes [n, ceil(k/2)] of w4a4_format.h:
+//   Kp = k rounded up to 128, Np = n rounded up to 8, size Np·Kp/2 bytes
+//   (4 bits/weight; zero pad: code 0 adds nothing to any accumulator).
+//   block (nb, kb) of 8 output rows × 128 k: 512 bytes at ((nb·Kp/128) + kb)·512
+//     lane L = 0..31 (g = L/4, t = L%4): 16 bytes at +16·L = 4 words, word s = 0..3
+//     (the k32 step), byte j = 0..3 of word s:
+//         low nibble  = code[nb·8 + g][kb·128 + 32·s + 4·t + j]
+//         high nibble = code[nb·8 + g][kb·128 + 32·s + 16 + 4·t + j]
+// Why: that word is exactly lane L's B fragment of one m16n8k32 step (rows
+// k = 4t..4t+3 and 16+4t..16+4t+3 of column g), so one coalesced 16-byte load
+// gives a lane its fragments for 128 k of one n8 tile (a warp reads 512
+// contiguous bytes), and widening is two LOP3s per 8 weights:
+//     b0 = (word << 4) & 0xF0F0F0F0,  b1 = word & 0xF0F0F0F0
+// each byte then holds 16·code as an s8 (two's complement nibble in the high
+// half), so the MMA accumulates 16·acc; acc = (16·acc) >> 4 exactly. No sign
+// extension, no offset-binary correction. |16·acc| ≤ k·255·128 < 2^31 for
+// k ≤ 65536 (any 8-bit code); checked.
+//
+// Epilogue (w4a4_format.h; same float operations and order as
+// cuda::w4a4_epilogue / w4a4_epilogue_ref, explicitly rounded):
+//   y[t, j] = ((s_t · scale_j) · (float)(acc − z_t · rowsum_j) + spec[t, j]) + bias_j
+//
+// Build: cmake -DSPECQUANT_CUDA=ON. Tests: tests/test_cuda_w4a4_gemm.cpp
+// (specquant_tests --gtest_filter='CudaW4A4Gemm*'); benchmark:
+// bench/bench_cuda_gemm.cu (docs/perf.md "CUDA W4A4 GEMM").
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace sq::cuda {
+
+constexpr int W4G_KB = 128;  // k per layout block
+constexpr int W4G_NB = 8;    // output rows per layout block
+
+inline int64_t w4g_k_pad(int64_t k) { return (k + W4G_KB - 1) / W4G_KB * W4G_KB; }
+inline int64_t w4g_n_pad(int64_t n) { return (n + W4G_NB - 1) / W4G_NB * W4G_NB; }
+inline int64_t w4g_bytes(int64_t n, int64_t k) { return w4g_n_pad(n) * w4g_k_pad(k) / 2; }
+
+// Byte offset and nibble (0 = low, 1 = high) of weight (j, i) in the CUDA layout.
+inline int64_t w4g_offset(int64_t k, int64_t j, int64_t i, int* nibble) {
+    const int64_t nb = j / W4G_NB, g = j % W4G_NB, kb = i / W4G_KB, r = i % W4G_KB;
+    const int64_t s = r / 32, q = r % 32, hi = q / 16, t = (q % 16) / 4, b = q % 4;
+    *nibble = (int)hi;
+    return (nb * (w4g_k_pad(k) / W4G_KB) + kb) * 512 + (g * 4 + t) * 16 + s * 4 + b;
+}
+
+// Host: codes [n, ceil(k/2)] (w4a4_format.h) → dst [w4g_bytes(n, k)] (CUDA layout, pads zeroed).
+void w4g_repack(const uint8_t* codes, int64_t n, int64_t k, uint8_t* dst);
+
+// Device pointers. q [m, k] activation codes (bytes, row stride k), w [w4g_bytes(n, k)]
+// (16-byte aligned). Outputs (either may be null): acc [m, n] int32, y [m, n] float32
+// with act_scale [m], act_zero [m], w_scale [n], w_rowsum [n], spec [m, n] and bias [n]
+// (spec, bias may be null). 1 ≤ k ≤ 65536.
+struct W4GemmArgs {
+    const uint8_t* q = nullptr;
+    int m = 0, k = 0, n = 0;
+    const uint8_t* w = nullptr;
+    const float* act_scale = nullptr;
+    const int32_t* act_zero = nullptr;
+    const float* w_scale = nullptr;
+    const int32_t* w_rowsum = nullptr;
+    const float* spec = nullptr;
+    const float* bias = nullptr;
+    int32_t* acc = nullptr;
+    float* y = nullptr;
+};
+
+// Picks the kernel: m ≤ 16 → w4a4_gemv, else w4a4_gemm_tiled.
+void w4a4_gemm(const W4GemmArgs& a, cudaStream_t s);
+
+// Prefill: 128×256 CTA tiles, 8 warps of 64×64, k 128 per stage, 4-stage cp.async pipeline.
+void w4a4_gemm_tiled(const W4GemmArgs& a, cudaStream_t s);
+
+// Decode (m ≤ 16): one m16 MMA row block, weights streamed once with 16-byte loads,
+// k split across the 8 warps of a block, reduced in shared memory.
+void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s);
+
+}  // namespace sq::cuda

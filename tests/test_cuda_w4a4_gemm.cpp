@@ -1,0 +1,250 @@
+// The W4A4 tensor-core GEMM / GEMV (src/kernels/cuda/w4a4_gemm.*) against the
+// scalar reference: int32 accumulators exactly, the fused epilogue within
+// float rounding (it uses the reference's operations in its order, so it is
+// in fact bit-identical; the bar is 2^-22 relative). Awkward shapes on
+// purpose (m = 1, 2, 3, 7, 16, 17, 64, 129, 2050; n, k off every tile size,
+// odd k), random codes, outputs poisoned (0xFF) before every launch.
+// Compiled only with -DSPECQUANT_CUDA=ON; every test skips without a GPU.
+// Run: build-gpu-gemm/specquant_tests --gtest_filter='CudaW4A4Gemm*'
+#ifdef SPECQUANT_HAS_CUDA
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/cuda/w4a4_gemm.h"
+#include "kernels/ref/w4a4_ref.h"
+#include "kernels/w4a4_format.h"
+#include "test_random.h"
+
+using namespace sq;
+
+namespace {
+
+bool cuda_present() {
+    int n = 0;
+    const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+    (void)cudaGetLastError();
+    return ok;
+}
+
+#define SKIP_WITHOUT_GPU() \
+    if (!cuda_present()) GTEST_SKIP() << "no CUDA device"
+
+template <class T>
+struct Buf {  // test-only device buffer
+    T* p = nullptr;
+    size_t n = 0;
+    explicit Buf(size_t count) : n(count) {
+        if (cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)) != cudaSuccess) throw Error("test: cudaMalloc failed");
+    }
+    Buf(const std::vector<T>& h) : Buf(h.size()) {
+        if (cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice) != cudaSuccess) throw Error("test: copy");
+    }
+    ~Buf() { cudaFree(p); }
+    void poison() {
+        if (cudaMemset(p, 0xFF, n * sizeof(T)) != cudaSuccess) throw Error("test: memset");
+    }
+    std::vector<T> get() const {
+        std::vector<T> h(n);
+        EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+        return h;
+    }
+};
+
+// One random layer and input: codes in [-8, 7] (or all −8 / all 15 for the
+// extreme-value case), activation codes in [0, 2^bits − 1], scales, zero points.
+struct Problem {
+    int m, n, k;
+    std::vector<uint8_t> codes, q;
+    std::vector<float> act_scale, w_scale, spec, bias;
+    std::vector<int32_t> act_zero, rowsum;
+    Problem(int m_, int n_, int k_, std::mt19937& rng, bool extreme = false, int bits = 4) : m(m_), n(n_), k(k_) {
+        const int64_t rb = w4_row_bytes(k);
+        codes.assign((size_t)n * rb, 0);
+        rowsum.assign(n, 0);
+        std::uniform_int_distribution<int> wd(W4_MIN, W4_MAX), qd(0, (1 << bits) - 1), zd(0, (1 << bits) - 1);
+        for (int j = 0; j < n; ++j)
+            for (int i = 0; i < k; ++i) {
+                const int c = extreme ? W4_MIN : wd(rng);
+                uint8_t& b = codes[(size_t)j * rb + i / 2];
+                b = (uint8_t)(i & 1 ? (b & 0x0F) | ((c & 0xF) << 4) : (b & 0xF0) | (c & 0xF));
+                rowsum[j] += c;
+            }
+        q.resize((size_t)m * k);
+        for (auto& v : q) v = (uint8_t)(extreme ? (1 << bits) - 1 : qd(rng));
+        std::uniform_real_distribution<float> sd(0.001f, 0.1f);
+        act_scale.resize(m);
+        act_zero.resize(m);
+        for (int t = 0; t < m; ++t) {
+            act_scale[t] = sd(rng);
+            act_zero[t] = zd(rng);
+        }
+        w_scale.resize(n);
+        for (auto& v : w_scale) v = sd(rng);
+        spec = gaussian((size_t)m * n, rng);
+        bias = gaussian((size_t)n, rng);
+    }
+};
+
+using Launch = std::function<void(const cuda::W4GemmArgs&, cudaStream_t)>;
+
+// Runs `launch` on p (acc and y together, then each alone) and checks against the reference.
+void check(const Problem& p, const Launch& launch, const char* what, bool with_spec_bias = true) {
+    SCOPED_TRACE(str(what, " m=", p.m, " n=", p.n, " k=", p.k));
+    std::vector<int32_t> acc_ref((size_t)p.m * p.n);
+    gemm_w4a4_acc_ref(p.q.data(), p.m, p.k, p.codes.data(), p.n, acc_ref.data());
+    std::vector<float> y_ref((size_t)p.m * p.n);
+    w4a4_epilogue_ref(acc_ref.data(), p.m, p.n, p.act_scale.data(), p.act_zero.data(), p.w_scale.data(),
+                      p.rowsum.data(), y_ref.data());
+    if (with_spec_bias)
+        for (int t = 0; t < p.m; ++t)
+            for (int j = 0; j < p.n; ++j) {
+                float& v = y_ref[(size_t)t * p.n + j];
+                v = v + p.spec[(size_t)t * p.n + j];
+                v = v + p.bias[j];
+            }
+
+    std::vector<uint8_t> packed((size_t)cuda::w4g_bytes(p.n, p.k));
+    cuda::w4g_repack(p.codes.data(), p.n, p.k, packed.data());
+    Buf<uint8_t> dq(p.q), dw(packed);
+    Buf<float> ds(p.act_scale), dws(p.w_scale), dspec(p.spec), dbias(p.bias), dy((size_t)p.m * p.n);
+    Buf<int32_t> dz(p.act_zero), drs(p.rowsum), dacc((size_t)p.m * p.n);
+    for (int mode = 0; mode < 3; ++mode) {  // 0: acc + y, 1: acc only, 2: y only
+        dacc.poison();
+        dy.poison();
+        cuda::W4GemmArgs a;
+        a.q = dq.p;
+        a.m = p.m;
+        a.k = p.k;
+        a.n = p.n;
+        a.w = dw.p;
+        a.act_scale = ds.p;
+        a.act_zero = dz.p;
+        a.w_scale = dws.p;
+        a.w_rowsum = drs.p;
+        a.spec = with_spec_bias ? dspec.p : nullptr;
+        a.bias = with_spec_bias ? dbias.p : nullptr;
+        a.acc = mode == 2 ? nullptr : dacc.p;
+        a.y = mode == 1 ? nullptr : dy.p;
+        launch(a, nullptr);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        if (mode != 2) {
+            const std::vector<int32_t> acc = dacc.get();
+            size_t bad = 0, first = 0;
+            for (size_t i = 0; i < acc.size(); ++i)
+                if (acc[i] != acc_ref[i] && bad++ == 0) first = i;
+            ASSERT_EQ(bad, 0u) << "first mismatch at t=" << first / p.n << " j=" << first % p.n << ": "
+                               << acc[first] << " vs " << acc_ref[first];
+        }
+        if (mode != 1) {
+            const std::vector<float> y = dy.get();
+            size_t bad = 0, first = 0;
+            for (size_t i = 0; i < y.size(); ++i)
+                if (!(std::fabs(y[i] - y_ref[i]) <= 0x1p-22f * std::fabs(y_ref[i])) && bad++ == 0) first = i;
+            ASSERT_EQ(bad, 0u) << "first mismatch at " << first << ": " << y[first] << " vs " << y_ref[first];
+        }
+    }
+}
+
+const Launch kTiled = [](const cuda::W4GemmArgs& a, cudaStream_t s) { cuda::w4a4_gemm_tiled(a, s); };
+const Launch kGemv = [](const cuda::W4GemmArgs& a, cudaStream_t s) { cuda::w4a4_gemv(a, s); };
+const Launch kAuto = [](const cuda::W4GemmArgs& a, cudaStream_t s) { cuda::w4a4_gemm(a, s); };
+
+}  // namespace
+
+// The layout's index function against the repacked bytes (host only, but the
+// header is part of the CUDA build).
+TEST(CudaW4A4Gemm, RepackRoundTrip) {
+    std::mt19937 rng(test_seed());
+    for (auto [n, k] : {std::pair{8, 128}, {13, 257}, {40, 1}, {9, 300}}) {
+        Problem p(1, n, k, rng);
+        std::vector<uint8_t> packed((size_t)cuda::w4g_bytes(n, k), 0xAA);
+        cuda::w4g_repack(p.codes.data(), n, k, packed.data());
+        std::vector<int> seen(packed.size() * 2, 0);
+        for (int j = 0; j < n; ++j)
+            for (int i = 0; i < k; ++i) {
+                int nib = 0;
+                const int64_t off = cuda::w4g_offset(k, j, i, &nib);
+                ASSERT_LT(off, (int64_t)packed.size());
+                const int v = (packed[off] >> (4 * nib)) & 0xF;
+                ASSERT_EQ(v >= 8 ? v - 16 : v, w4_get(p.codes.data() + (size_t)j * w4_row_bytes(k), i));
+                ASSERT_EQ(seen[off * 2 + nib]++, 0) << "two weights share a nibble";
+            }
+        for (size_t b = 0; b < packed.size(); ++b)  // every nibble no weight owns is a zero pad
+            for (int nib = 0; nib < 2; ++nib)
+                if (!seen[b * 2 + nib]) ASSERT_EQ((packed[b] >> (4 * nib)) & 0xF, 0);
+    }
+}
+
+TEST(CudaW4A4Gemm, TiledExactAwkwardShapes) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 1);
+    // k: 16-byte aligned (cp.async path) and not (byte loads), off 128; n off 8 and 256.
+    const int shapes[][3] = {{1, 8, 128},    {2, 40, 64},    {3, 257, 130},  {7, 300, 1000}, {16, 520, 4096},
+                             {17, 264, 258}, {64, 517, 512}, {129, 33, 383}, {129, 771, 2},  {2050, 264, 520},
+                             {200, 96, 1}};
+    for (auto& s : shapes) check(Problem(s[0], s[1], s[2], rng), kTiled, "tiled");
+}
+
+TEST(CudaW4A4Gemm, GemvExactAwkwardShapes) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 2);
+    for (int m : {1, 2, 3, 7, 8, 9, 16})
+        for (auto [n, k] : {std::pair{8, 128}, {40, 64}, {257, 130}, {300, 1000}, {2120, 256}, {9000, 512},
+                            {264, 3}, {33, 4099}})
+            check(Problem(m, n, k, rng), kGemv, "gemv");
+}
+
+TEST(CudaW4A4Gemm, ModelShapesBothPaths) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 3);
+    // LLaMA-3-8B widths (the reference is scalar: keep m small).
+    for (auto [m, n, k] : {std::tuple{5, 4096, 4096}, {16, 1024, 14336}, {33, 6144, 512}}) {
+        Problem p(m, n, k, rng);
+        check(p, kAuto, "auto");
+        check(p, kTiled, "tiled");
+        if (m <= 16) check(p, kGemv, "gemv", false);
+    }
+}
+
+// Largest |acc|: all weights −8, all codes at their maximum (4 and 8 bits): the
+// 16·acc the MMA keeps must not overflow.
+TEST(CudaW4A4Gemm, ExtremeValues) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 4);
+    for (int bits : {4, 8}) {
+        const int k = bits == 4 ? 14336 : 65536;
+        Problem p(3, 24, k, rng, true, bits);
+        check(p, kTiled, "tiled extreme");
+        check(p, kGemv, "gemv extreme");
+    }
+}
+
+TEST(CudaW4A4Gemm, RejectsBadArguments) {
+    SKIP_WITHOUT_GPU();
+    cuda::W4GemmArgs a;
+    a.m = 1;
+    a.n = 8;
+    a.k = 65537;
+    uint8_t* d = nullptr;
+    ASSERT_EQ(cudaMalloc(&d, 64), cudaSuccess);
+    a.q = d;
+    a.w = d;
+    EXPECT_THROW(cuda::w4a4_gemm(a, nullptr), Error);
+    a.k = 16;
+    a.w = d + 1;  // unaligned weights
+    EXPECT_THROW(cuda::w4a4_gemm(a, nullptr), Error);
+    a.w = d;
+    a.m = 17;
+    EXPECT_THROW(cuda::w4a4_gemv(a, nullptr), Error);
+    cudaFree(d);
+}
+
+#endif  // SPECQUANT_HAS_CUDA
