@@ -51,6 +51,39 @@ std::vector<float> fourier_basis_f16(int64_t in, int rank) {
     return B;
 }
 
+std::vector<int> spectral_column_order(const QLinearData& d) {
+    std::vector<int> order(d.rank);
+    if (d.rank == 0) return order;
+    if (d.basis != "fourier") {
+        for (int c = 0; c < d.rank; ++c) order[c] = c;
+        return order;
+    }
+    const int K = (d.rank + 1) / 2;
+    order[0] = 0;
+    for (int f = 1; f < K; ++f) {
+        order[2 * f - 1] = f;          // cos f
+        order[2 * f] = K - 1 + f;      // sin f
+    }
+    return order;
+}
+
+std::vector<float> spectral_basis_t(const QLinearData& d) {
+    const int rank = d.rank, rp = spectral_rp(rank);
+    const int64_t in = d.in;
+    std::vector<float> B;  // [in, rank] stored order
+    if (d.basis == "fourier") {
+        B = fourier_basis_f16(in, rank);
+    } else {
+        B.resize(d.basis_f16.size());
+        for (size_t i = 0; i < B.size(); ++i) B[i] = fp16_to_fp32(d.basis_f16[i]);
+    }
+    const std::vector<int> order = spectral_column_order(d);
+    std::vector<float> Bt((size_t)rp * in, 0.0f);
+    for (int64_t k = 0; k < in; ++k)
+        for (int c = 0; c < rank; ++c) Bt[(size_t)c * in + k] = B[(size_t)k * rank + order[c]];
+    return Bt;
+}
+
 LinearW4A4Ref::LinearW4A4Ref(QLinearData d) : d_(std::move(d)) {
     d_.validate("w4a4 linear");
     if (d_.had_in) had_signs_ = hadamard_signs(d_.had_in, d_.had_seed);
@@ -70,18 +103,12 @@ LinearW4A4Ref::LinearW4A4Ref(QLinearData d) : d_(std::move(d)) {
         k_chunk_ = std::min<int64_t>(in, ((int64_t)1 << 24) / (qmax * 8) - 1);
     }
     if (d_.rank > 0) {
-        std::vector<float> B = d_.basis == "fourier" ? fourier_basis_f16(in, d_.rank) : std::vector<float>();
-        if (d_.basis != "fourier") {
-            B.resize((size_t)in * d_.rank);
-            for (size_t i = 0; i < B.size(); ++i) B[i] = fp16_to_fp32(d_.basis_f16[i]);
-        }
-        std::vector<float> Bt((size_t)d_.rank * in);
-        for (int64_t n = 0; n < in; ++n)
-            for (int r = 0; r < d_.rank; ++r) Bt[(size_t)r * in + n] = B[(size_t)n * d_.rank + r];
-        basis_t_ = gemm_f32_pack(Bt.data(), d_.rank, in);
-        std::vector<float> C(d_.coef.size());
-        for (size_t i = 0; i < C.size(); ++i) C[i] = fp16_to_fp32(d_.coef[i]);
-        coef_f_ = gemm_f32_pack(C.data(), out, d_.rank);
+        basis_t_ = gemm_f32_pack(spectral_basis_t(d_).data(), spectral_rp(d_.rank), in);
+        const std::vector<int> order = spectral_column_order(d_);
+        coef_.resize(d_.coef.size());
+        for (int64_t j = 0; j < out; ++j)
+            for (int c = 0; c < d_.rank; ++c)
+                coef_[(size_t)j * d_.rank + c] = fp16_to_fp32(d_.coef[(size_t)j * d_.rank + order[c]]);
     }
 }
 
@@ -133,10 +160,13 @@ void LinearW4A4Ref::forward(const float* x_in, int64_t n, float* y) const {
         w4a4_epilogue_ref(acc.data(), n, out, s.data(), z.data(), d_.scale.data(), d_.rowsum.data(), y);
     }
     if (d_.rank > 0) {
-        std::vector<float> zb((size_t)n * d_.rank), ys((size_t)n * out);
+        const int rank = d_.rank, rp = spectral_rp(rank);
+        std::vector<float> zb((size_t)n * rp);
         gemm_any(x, n, basis_t_, zb.data());
-        gemm_any(zb.data(), n, coef_f_, ys.data());
-        for (size_t i = 0; i < ys.size(); ++i) y[i] += ys[i];
+        parallel_for(n, [&](int64_t t) {
+            for (int64_t j = 0; j < out; ++j)
+                y[t * out + j] += spectral_dot_ref(&zb[(size_t)t * rp], &coef_[(size_t)j * rank], rank);
+        });
     }
     if (!d_.bias.empty())
         for (int64_t t = 0; t < n; ++t)

@@ -47,6 +47,20 @@ struct QLinearData {
 // values the quantizer's residual was computed against.
 std::vector<float> fourier_basis_f16(int64_t in, int rank);
 
+// The spectral branch y += (x·B)·Cᵀ as every CPU backend computes it (the
+// specification; kernels/ref/w4a4_ref.h spectral_dot_ref):
+//   zb [n, rp] = gemm_f32(x, Bᵀ)  with Bᵀ = spectral_basis_t(d) [rp, in],
+//                rp = rank rounded up to 8, rows past rank zero;
+//   y[t, j]   += spectral_dot_ref(zb_t, C_j in column order, rank).
+// Column order: the Fourier basis is stored [DC, cos 1..K−1, sin 1..K−1];
+// run time interleaves it [DC, cos 1, sin 1, cos 2, …] so that a row keeping
+// k bins has its nonzeros in the prefix [0, 2k−1) (kernels stop there). An
+// explicit basis keeps its stored order.
+inline int spectral_rp(int rank) { return (rank + 7) / 8 * 8; }
+// order[c] = the stored column at run-time position c.
+std::vector<int> spectral_column_order(const QLinearData& d);
+std::vector<float> spectral_basis_t(const QLinearData& d);
+
 class LinearW4A4Ref : public Linear {
 public:
     explicit LinearW4A4Ref(QLinearData d);
@@ -62,8 +76,8 @@ private:
     QLinearData d_;
     PackedF32 codes_f_;      // codes as integer-valued floats [out, in]
     PackedF32 w_deq_;        // scale·code [out, in] for W4A16
-    PackedF32 basis_t_;      // Bᵀ [rank, in]
-    PackedF32 coef_f_;       // C [out, rank] (fp16 values)
+    PackedF32 basis_t_;      // Bᵀ [rp, in], spectral_basis_t
+    std::vector<float> coef_;  // C [out, rank] fp32 (fp16 values), run-time column order
     std::vector<float> had_signs_;
     int64_t k_chunk_ = 0;    // K split so integer sums stay below 2^24
 };

@@ -3,10 +3,11 @@
 //
 // Same semantics as LinearW4A4Ref (the specification, model/linear_w4a4.h):
 // online Hadamard, per-token activation quantization (bit-identical codes),
-// integer GEMM (bit-exact accumulators), epilogue (bitwise the reference's),
-// spectral branch y += (x·B)·Cᵀ and bias. x·B runs through the same float
-// GEMM as the reference (bitwise the same zb); only zb·Cᵀ (fused into the
-// GEMM epilogue) and the W4A16 dot products round differently.
+// integer GEMM (bit-exact accumulators), epilogue, spectral branch
+// y += (x·B)·Cᵀ in the specification's order (linear_w4a4.h: zb through the
+// same float GEMM, zb·Cᵀ fused into the GEMM epilogue as spectral_dot_ref
+// sums it) and bias: at a_bits < 16 the output is bitwise the reference's.
+// Only the W4A16 dot products (dequantize-on-the-fly) round differently.
 // Test: build-avx2/specquant_tests --gtest_filter='W4A4Avx2*'
 #pragma once
 #include <memory>
@@ -25,11 +26,7 @@ W4A4Backend w4a4_backend_from_string(const std::string& s);
 
 class LinearW4A4Cpu : public Linear {
 public:
-    // spectral_fused = false: the reference's order of operations (zb and
-    // zb·Cᵀ through gemm_f32 on its operands, + spectral, then + bias): the
-    // output is then bitwise the reference's at a_bits < 16. Slower; kept for
-    // the fused-vs-separate measurement and end-to-end A/B runs.
-    explicit LinearW4A4Cpu(QLinearData d, bool spectral_fused = true);
+    explicit LinearW4A4Cpu(QLinearData d);
     void forward(const float* x, int64_t n, float* y) const override;
     std::string kind() const override { return meta_.a_bits >= 16 ? "w4a16-avx2" : "w4a4-avx2"; }
     size_t weight_bytes() const override;
@@ -40,19 +37,16 @@ public:
 private:
     QLinearData meta_;  // everything but codes/scale/rowsum/coef/bias (those live in w_)
     W4A4Weights w_;
-    std::shared_ptr<const std::vector<float>> basis_t_;  // Bᵀ [rp, in] fp32, zero rows past rank ([rank, in] when separate)
-    PackedF32 coef_f_;                                   // C [out, rank] fp32 (separate spectral only)
+    std::shared_ptr<const std::vector<float>> basis_t_;  // Bᵀ [rp, in] (spectral_basis_t; shared for Fourier)
     std::vector<float> had_signs_;
-    std::vector<int> perm_;  // Fourier: stored spectral column perm_[c] sits at c (interleaved cos/sin)
-    bool fused_ = true;
+    std::vector<int> order_;  // spectral_column_order: stored column order_[c] sits at c
 };
 
 // Backend choice for a quantized layer: kAuto = AVX2 when the CPU has it
 // (w4a4_avx2_available), else the reference after one loud line on stderr;
 // env SQ_FORCE_SCALAR=1 forces the reference (and every other scalar kernel);
 // env SQ_W4A4_BACKEND=ref|avx2 overrides kAuto for W4A4 layers only (A/B runs
-// of whole models); the AVX2 layers run the spectral branch in the
-// reference's operation order (bitwise) unless SQ_W4A4_SPECTRAL=fused. kAvx2 without AVX2 is an error.
+// of whole models). kAvx2 without AVX2 is an error.
 std::unique_ptr<Linear> make_linear_w4a4(QLinearData d, W4A4Backend backend = W4A4Backend::kAuto);
 
 // The QLinearData behind a W4A4 layer of either backend, or false for other layers.

@@ -56,6 +56,12 @@ void w4a4_epilogue_ref(const int32_t* acc, int64_t n, int64_t m, const float* ac
             y[t * m + j] = act_scale[t] * w_scale[j] * (float)(acc[t * m + j] - act_zero[t] * w_rowsum[j]);
 }
 
+float spectral_dot_ref(const float* zb, const float* c, int64_t len) {
+    float l[8] = {};
+    for (int64_t r = 0; r < len; ++r) l[r & 7] = std::fma(zb[r], c[r], l[r & 7]);
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
 void fake_quant_asym_ref(float* x, int64_t k, int bits, float clip) {
     thread_local std::vector<uint8_t> q;  // KV path: once per token and head, no allocation
     q.resize(k);

@@ -35,6 +35,14 @@ void gemm_w4a4_acc_ref(const uint8_t* q, int64_t n, int64_t k, const uint8_t* co
 void w4a4_epilogue_ref(const int32_t* acc, int64_t n, int64_t m, const float* act_scale, const int32_t* act_zero,
                        const float* w_scale, const int32_t* w_rowsum, float* y);
 
+// The spectral branch's dot product Σ_{r < len} zb[r]·c[r] in the one order
+// every CPU backend sums it: 8 lanes (lane l takes r ≡ l mod 8, r ascending,
+// fused multiply-add), then ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)),
+// which is what an 8-wide FMA loop and two horizontal adds compute. Terms
+// with c[r] = 0 leave the lanes unchanged, so a kernel may stop at a row's
+// last nonzero coefficient.
+float spectral_dot_ref(const float* zb, const float* c, int64_t len);
+
 // Per-token asymmetric fake quantization of one vector (KV cache entries):
 // x ← s · (q − z) with the same rounding as act_quant_ref.
 void fake_quant_asym_ref(float* x, int64_t k, int bits, float clip);
