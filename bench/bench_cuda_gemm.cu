@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "kernels/cuda/cublas_check.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/w4a4_gemm.h"
@@ -68,6 +69,8 @@ __global__ void flush_kernel(const uint4* p, int64_t count, uint32_t* sink) {
     }
     if (acc == 0x12345678u) *sink = acc;  // keeps the loads
 }
+
+__global__ void empty_kernel() {}
 
 void fill(void* p, int64_t count, int kind, uint32_t seed) {
     fill_kernel<<<1024, 256>>>(p, count, kind, seed);
@@ -211,6 +214,11 @@ int main(int argc, char** argv) {
         void* ws = nullptr;
         SQ_CUDA(cudaMalloc(&ws, wsb));
         Timer timer(reps);
+        const double floor_us = timer.median_us([] {
+            empty_kernel<<<1, 32>>>();
+            SQ_CUDA_LAUNCH("empty");
+        });
+        std::printf("timing floor (an empty kernel, same method): %.1f us\n", floor_us);
 
         struct Shape {
             const char* name;
@@ -298,14 +306,16 @@ int main(int argc, char** argv) {
                 }
                 const double wb = (double)cuda::w4g_bytes(n, k);
                 if (m <= 16) {
-                    rows.push_back({sh.name, "W4A4 gemv", m, timer.median_us([&] { cuda::w4a4_gemv(a, nullptr); }),
-                                    ops, wb});
+                    for (int c = 0; c < cuda::W4G_GEMV_CFGS; ++c)
+                        rows.push_back({sh.name, str("W4A4 gemv v", c), m,
+                                        timer.median_us([&] { cuda::w4a4_gemv_cfg(a, nullptr, c); }), ops, wb});
                     if (m == 16)
-                        rows.push_back({sh.name, "W4A4 tiled", m,
+                        rows.push_back({sh.name, "W4A4 tiled c0", m,
                                         timer.median_us([&] { cuda::w4a4_gemm_tiled(a, nullptr); }), ops, wb});
                 } else {
-                    rows.push_back({sh.name, "W4A4 tiled", m,
-                                    timer.median_us([&] { cuda::w4a4_gemm_tiled(a, nullptr); }), ops, wb});
+                    for (int c = 0; c < cuda::W4G_TILE_CFGS; ++c)
+                        rows.push_back({sh.name, str("W4A4 tiled c", c), m,
+                                        timer.median_us([&] { cuda::w4a4_gemm_tiled_cfg(a, nullptr, c); }), ops, wb});
                 }
                 for (const Row& r : rows) print_row(r, r.kernel.rfind("W4A4", 0) == 0 ? bf16_us : 0,
                                                     r.kernel.rfind("W4A4", 0) == 0 ? fp8_us : 0);

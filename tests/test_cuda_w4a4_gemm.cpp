@@ -202,6 +202,22 @@ TEST(CudaW4A4Gemm, GemvExactAwkwardShapes) {
             check(Problem(m, n, k, rng), kGemv, "gemv");
 }
 
+// Every tile configuration and GEMV variant the benchmark compares.
+TEST(CudaW4A4Gemm, AllConfigurations) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 5);
+    for (int cfg = 0; cfg < cuda::W4G_TILE_CFGS; ++cfg) {
+        const Launch l = [cfg](const cuda::W4GemmArgs& a, cudaStream_t s) { cuda::w4a4_gemm_tiled_cfg(a, s, cfg); };
+        for (auto [m, n, k] : {std::tuple{300, 520, 640}, {129, 33, 383}, {5, 264, 1}})
+            check(Problem(m, n, k, rng), l, str("tiled cfg ", cfg).c_str());
+    }
+    for (int cfg = 0; cfg < cuda::W4G_GEMV_CFGS; ++cfg) {
+        const Launch l = [cfg](const cuda::W4GemmArgs& a, cudaStream_t s) { cuda::w4a4_gemv_cfg(a, s, cfg); };
+        for (auto [m, n, k] : {std::tuple{1, 40, 4096}, {16, 2120, 3000}, {9, 9000, 1100}, {3, 100, 77}})
+            check(Problem(m, n, k, rng), l, str("gemv cfg ", cfg).c_str());
+    }
+}
+
 TEST(CudaW4A4Gemm, ModelShapesBothPaths) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 3);

@@ -105,33 +105,42 @@ __device__ __forceinline__ void epi_store2(const W4GemmArgs& a, int row, int col
 
 // ---- prefill: tiled mma.sync GEMM ----------------------------------------
 //
-// CTA tile 128 (m) × 256 (n), k 128 per stage; 8 warps as 2 × 4, each 64 × 64
-// = 4 m16 × 8 n8 MMA tiles (128 int32 accumulators per thread).
-// Shared memory per stage: A 128 rows × 128 B (16 KB, 16-byte chunks XOR-
-// swizzled by row so ldmatrix's 8 rows hit 8 different bank groups) + B 32
-// layout blocks × 512 B (16 KB, copied verbatim: a warp's 16-byte reads are
-// 512 contiguous bytes, conflict-free). 4 stages = 128 KB, one CTA per SM.
-// Per stage a warp issues 16 ldmatrix.x4 + 8 LDS.128 for 128 MMAs.
-constexpr int TB_M = 128, TB_N = 256, TB_K = 128, T_STAGES = 4, T_THREADS = 256;
-constexpr int T_A_STAGE = TB_M * TB_K;              // bytes
-constexpr int T_B_STAGE = TB_N / W4G_NB * 512;      // bytes
-constexpr int T_STAGE = T_A_STAGE + T_B_STAGE;
-constexpr int T_SMEM = T_STAGES * T_STAGE;          // 131072
+// CTA tile BM × BN, k 128 per stage, 8 warps of WM × WN (MT = WM/16 m16
+// tiles × NT = WN/8 n8 tiles each). Shared memory per stage: A BM rows ×
+// 128 B (16-byte chunks XOR-swizzled by row so ldmatrix's 8 rows hit 8
+// different bank groups) + B BN/8 layout blocks × 512 B (copied verbatim: a
+// warp's 16-byte reads are 512 contiguous bytes, conflict-free).
+// Default (config 0, v2): 128 × 128, warps 64 × 32, 3 stages = 72 KB, two CTAs
+// (16 warps) per SM; per stage a warp issues 16 ldmatrix.x4 + 4 LDS.128 for 64
+// MMAs. v1's 128 × 256 with 8 warps per SM (config 4) was latency bound (ncu:
+// 2 warps per scheduler, 6.8 cycles per issued instruction, 36% SM throughput).
+constexpr int TB_K = 128, T_THREADS = 256;
 
-template <bool kAligned>  // q rows 16-byte aligned (k % 16 == 0): cp.async; else byte loads
-__global__ void __launch_bounds__(T_THREADS, 1) gemm_tiled_kernel(const W4GemmArgs a) {
+template <int BM, int BN, int WM, int WN, int STAGES, int MINB>
+struct TileCfg {
+    static constexpr int kBM = BM, kBN = BN, kWM = WM, kWN = WN, kStages = STAGES, kMinBlocks = MINB;
+    static constexpr int kMT = WM / 16, kNT = WN / 8, kWarpsN = BN / WN;
+    static constexpr int kAStage = BM * TB_K, kBStage = BN / W4G_NB * 512, kStage = kAStage + kBStage;
+    static constexpr int kSmem = STAGES * kStage;
+    static_assert((BM / WM) * (BN / WN) == T_THREADS / 32, "8 warps");
+    static_assert(kAStage % (16 * T_THREADS) == 0 && kBStage % (16 * T_THREADS) == 0, "whole chunks per thread");
+};
+
+template <class C, bool kAligned>  // q rows 16-byte aligned (k % 16 == 0): cp.async; else byte loads
+__global__ void __launch_bounds__(T_THREADS, C::kMinBlocks) gemm_tiled_kernel(const W4GemmArgs a) {
     extern __shared__ __align__(128) uint8_t smem[];
+    constexpr int MT = C::kMT, NT = C::kNT, STAGES = C::kStages;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp >> 2, wn = warp & 3;
-    const int m0 = blockIdx.y * TB_M, n0 = blockIdx.x * TB_N;
+    const int wm = warp / C::kWarpsN, wn = warp % C::kWarpsN;
+    const int m0 = blockIdx.y * C::kBM, n0 = blockIdx.x * C::kBN;
     const int KB = (a.k + TB_K - 1) / TB_K, NB = (a.n + W4G_NB - 1) / W4G_NB;
 
     auto load_stage = [&](int slot, int kb) {
-        uint8_t* As = smem + slot * T_STAGE;
-        uint8_t* Bs = As + T_A_STAGE;
+        uint8_t* As = smem + slot * C::kStage;
+        uint8_t* Bs = As + C::kAStage;
         const int k0 = kb * TB_K;
 #pragma unroll
-        for (int i = 0; i < T_A_STAGE / 16 / T_THREADS; ++i) {
+        for (int i = 0; i < C::kAStage / 16 / T_THREADS; ++i) {
             const int id = tid + i * T_THREADS, r = id >> 3, c = id & 7;
             const int row = m0 + r, kc = k0 + c * 16;
             uint8_t* dst = As + r * TB_K + ((c ^ (r & 7)) << 4);
@@ -150,7 +159,7 @@ __global__ void __launch_bounds__(T_THREADS, 1) gemm_tiled_kernel(const W4GemmAr
             }
         }
 #pragma unroll
-        for (int i = 0; i < T_B_STAGE / 16 / T_THREADS; ++i) {
+        for (int i = 0; i < C::kBStage / 16 / T_THREADS; ++i) {
             const int id = tid + i * T_THREADS, nb = id >> 5, c = id & 31;
             const int gnb = n0 / W4G_NB + nb;
             const bool ok = gnb < NB;
@@ -158,46 +167,46 @@ __global__ void __launch_bounds__(T_THREADS, 1) gemm_tiled_kernel(const W4GemmAr
         }
     };
 
-    int acc[4][8][4];
+    int acc[MT][NT][4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < NT; ++j)
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0;
 
 #pragma unroll
-    for (int st = 0; st < T_STAGES - 1; ++st) {
+    for (int st = 0; st < STAGES - 1; ++st) {
         if (st < KB) load_stage(st, st);
         cp_async_commit();
     }
     for (int kb = 0; kb < KB; ++kb) {
-        cp_async_wait<T_STAGES - 2>();
+        cp_async_wait<STAGES - 2>();
         __syncthreads();  // stage kb landed for everyone; slot (kb−1) % STAGES is free
         {
-            const int nk = kb + T_STAGES - 1;
-            if (nk < KB) load_stage(nk % T_STAGES, nk);
+            const int nk = kb + STAGES - 1;
+            if (nk < KB) load_stage(nk % STAGES, nk);
             cp_async_commit();
         }
-        const uint8_t* As = smem + (kb % T_STAGES) * T_STAGE;
-        const uint8_t* Bs = As + T_A_STAGE;
-        uint4 bw[8];
+        const uint8_t* As = smem + (kb % STAGES) * C::kStage;
+        const uint8_t* Bs = As + C::kAStage;
+        uint4 bw[NT];
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-            bw[nt] = *reinterpret_cast<const uint4*>(Bs + (wn * 8 + nt) * 512 + lane * 16);
+        for (int nt = 0; nt < NT; ++nt)
+            bw[nt] = *reinterpret_cast<const uint4*>(Bs + (wn * NT + nt) * 512 + lane * 16);
 #pragma unroll
         for (int s = 0; s < 4; ++s) {
-            uint32_t af[4][4];
+            uint32_t af[MT][4];
 #pragma unroll
-            for (int mt = 0; mt < 4; ++mt) {
-                const int r = wm * 64 + mt * 16 + (lane & 15), c = 2 * s + (lane >> 4);
+            for (int mt = 0; mt < MT; ++mt) {
+                const int r = wm * C::kWM + mt * 16 + (lane & 15), c = 2 * s + (lane >> 4);
                 ldmatrix_x4(af[mt], As + r * TB_K + ((c ^ (r & 7)) << 4));
             }
 #pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
+            for (int nt = 0; nt < NT; ++nt) {
                 const uint32_t w = word_of(bw[nt], s), b0 = w4_lo16(w), b1 = w4_hi16(w);
 #pragma unroll
-                for (int mt = 0; mt < 4; ++mt) mma_u8s8(acc[mt][nt], af[mt], b0, b1);
+                for (int mt = 0; mt < MT; ++mt) mma_u8s8(acc[mt][nt], af[mt], b0, b1);
             }
         }
     }
@@ -205,30 +214,55 @@ __global__ void __launch_bounds__(T_THREADS, 1) gemm_tiled_kernel(const W4GemmAr
 
     const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-    for (int mt = 0; mt < 4; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const int row = m0 + wm * 64 + mt * 16 + g + h * 8;
+            const int row = m0 + wm * C::kWM + mt * 16 + g + h * 8;
             if (row >= a.m) continue;
 #pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
-                const int col = n0 + wn * 64 + nt * 8 + 2 * t;
+            for (int nt = 0; nt < NT; ++nt) {
+                const int col = n0 + wn * C::kWN + nt * 8 + 2 * t;
                 if (col < a.n) epi_store2(a, row, col, acc[mt][nt][2 * h] >> 4, acc[mt][nt][2 * h + 1] >> 4);
             }
         }
 }
 
+// The configurations the benchmark compares (docs/kernels-cuda-notes.md); 0 is the default.
+using TileCfg0 = TileCfg<128, 128, 64, 32, 3, 2>;  // 72 KB smem, 2 CTAs/SM (16 warps): the default (v2)
+using TileCfg1 = TileCfg<128, 128, 64, 32, 4, 2>;  // 96 KB, 2 CTAs/SM
+using TileCfg2 = TileCfg<256, 128, 64, 64, 4, 1>;  // 160 KB, 1 CTA/SM
+using TileCfg3 = TileCfg<128, 256, 64, 64, 3, 1>;  // 96 KB, 1 CTA/SM, 3 stages
+using TileCfg4 = TileCfg<128, 256, 64, 64, 4, 1>;  // 128 KB, 1 CTA/SM (8 warps): v1
+
+template <class C>
+void launch_tiled(const W4GemmArgs& a, cudaStream_t s) {
+    const bool aligned = a.k % 16 == 0 && ((uintptr_t)a.q & 15) == 0;
+    const dim3 grid((unsigned)((a.n + C::kBN - 1) / C::kBN), (unsigned)((a.m + C::kBM - 1) / C::kBM));
+    // Set on every call (cheap): the attribute is per device, and a second device must work too.
+    if (aligned) {
+        SQ_CUDA(cudaFuncSetAttribute(gemm_tiled_kernel<C, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     C::kSmem));
+        gemm_tiled_kernel<C, true><<<grid, T_THREADS, C::kSmem, s>>>(a);
+    } else {
+        SQ_CUDA(cudaFuncSetAttribute(gemm_tiled_kernel<C, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     C::kSmem));
+        gemm_tiled_kernel<C, false><<<grid, T_THREADS, C::kSmem, s>>>(a);
+    }
+    SQ_CUDA_LAUNCH("w4a4_gemm_tiled");
+}
+
 // ---- decode: m ≤ 16 -------------------------------------------------------
 //
 // One block (8 warps) per NT n8 tiles; warp w takes layout blocks kb = w, w+8, …
-// and U of them per iteration, so each lane has U·NT 16-byte weight loads in
-// flight. The activation rows (≤ 16) form one m16 A operand read with 4-byte
-// loads (L1/L2 hits: m·k bytes per block against 4·NT·k weight bytes).
-// The 8 warps' accumulators are summed in shared memory, then the epilogue.
-constexpr int V_WARPS = 8, V_U = 2;
+// and U of them per iteration: its U·NT 16-byte weight loads and the U·4
+// activation fragments (4-byte loads, L1/L2 hits: m·k bytes per block against
+// 4·NT·k weight bytes) are all issued before the first MMA, so a lane has
+// U·NT·16 bytes of weights in flight. The 8 warps' accumulators are summed in
+// shared memory, then the epilogue.
+constexpr int V_WARPS = 8;
 
-template <int NT, bool kRows16, bool kAligned4>
-__global__ void __launch_bounds__(V_WARPS * 32) gemv_kernel(const W4GemmArgs a) {
+template <int NT, int U, bool kRows16, bool kAligned4>
+__global__ void __launch_bounds__(V_WARPS * 32, U <= 2 && NT <= 2 ? 3 : 1) gemv_kernel(const W4GemmArgs a) {
     __shared__ int red[V_WARPS][NT][4][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int nb0 = blockIdx.x * NT;
@@ -239,7 +273,7 @@ __global__ void __launch_bounds__(V_WARPS * 32) gemv_kernel(const W4GemmArgs a) 
 
     auto act4 = [&](const uint8_t* row, int k) -> uint32_t {
         if constexpr (kAligned4) {
-            return k < a.k ? *reinterpret_cast<const uint32_t*>(row + k) : 0u;
+            return k < a.k ? __ldg(reinterpret_cast<const uint32_t*>(row + k)) : 0u;
         } else {
             uint32_t v = 0;
 #pragma unroll
@@ -255,10 +289,11 @@ __global__ void __launch_bounds__(V_WARPS * 32) gemv_kernel(const W4GemmArgs a) 
 #pragma unroll
         for (int r = 0; r < 4; ++r) acc[nt][r] = 0;
 
-    for (int kb0 = warp; kb0 < KB; kb0 += V_WARPS * V_U) {
-        uint4 w[V_U][NT];
+    for (int kb0 = warp; kb0 < KB; kb0 += V_WARPS * U) {
+        uint4 w[U][NT];
+        uint32_t af[U][4][4];
 #pragma unroll
-        for (int u = 0; u < V_U; ++u) {
+        for (int u = 0; u < U; ++u) {
             const int kb = kb0 + u * V_WARPS;
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
@@ -268,23 +303,28 @@ __global__ void __launch_bounds__(V_WARPS * 32) gemv_kernel(const W4GemmArgs a) 
             }
         }
 #pragma unroll
-        for (int u = 0; u < V_U; ++u) {
+        for (int u = 0; u < U; ++u) {
             const int kb = kb0 + u * V_WARPS;
-            if (kb >= KB) break;
+            const bool in = kb < KB;
 #pragma unroll
             for (int s = 0; s < 4; ++s) {
                 const int k = kb * TB_K + s * 32 + 4 * t;
-                uint32_t af[4];
-                af[0] = r0 ? act4(q0, k) : 0u;
-                af[2] = r0 ? act4(q0, k + 16) : 0u;
-                af[1] = r1 ? act4(q1, k) : 0u;
-                af[3] = r1 ? act4(q1, k + 16) : 0u;
+                af[u][s][0] = in && r0 ? act4(q0, k) : 0u;
+                af[u][s][2] = in && r0 ? act4(q0, k + 16) : 0u;
+                af[u][s][1] = in && r1 ? act4(q1, k) : 0u;
+                af[u][s][3] = in && r1 ? act4(q1, k + 16) : 0u;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (kb0 + u * V_WARPS >= KB) break;
+#pragma unroll
+            for (int s = 0; s < 4; ++s)
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {
                     const uint32_t ww = word_of(w[u][nt], s);
-                    mma_u8s8(acc[nt], af, w4_lo16(ww), w4_hi16(ww));
+                    mma_u8s8(acc[nt], af[u][s], w4_lo16(ww), w4_hi16(ww));
                 }
-            }
         }
     }
 #pragma unroll
@@ -315,44 +355,62 @@ void check_args(const W4GemmArgs& a, const char* who) {
              ": y needs act_scale, act_zero, w_scale and w_rowsum");
 }
 
-template <int NT>
+template <int NT, int U>
 void launch_gemv(const W4GemmArgs& a, cudaStream_t s) {
     const bool rows16 = a.m > 8, al4 = a.k % 4 == 0 && ((uintptr_t)a.q & 3) == 0;
     const unsigned blocks = (unsigned)((w4g_n_pad(a.n) / W4G_NB + NT - 1) / NT);
-    if (rows16 && al4) gemv_kernel<NT, true, true><<<blocks, V_WARPS * 32, 0, s>>>(a);
-    else if (rows16) gemv_kernel<NT, true, false><<<blocks, V_WARPS * 32, 0, s>>>(a);
-    else if (al4) gemv_kernel<NT, false, true><<<blocks, V_WARPS * 32, 0, s>>>(a);
-    else gemv_kernel<NT, false, false><<<blocks, V_WARPS * 32, 0, s>>>(a);
+    if (rows16 && al4) gemv_kernel<NT, U, true, true><<<blocks, V_WARPS * 32, 0, s>>>(a);
+    else if (rows16) gemv_kernel<NT, U, true, false><<<blocks, V_WARPS * 32, 0, s>>>(a);
+    else if (al4) gemv_kernel<NT, U, false, true><<<blocks, V_WARPS * 32, 0, s>>>(a);
+    else gemv_kernel<NT, U, false, false><<<blocks, V_WARPS * 32, 0, s>>>(a);
     SQ_CUDA_LAUNCH("w4a4_gemv");
 }
 
 }  // namespace
 
-void w4a4_gemm_tiled(const W4GemmArgs& a, cudaStream_t s) {
+void w4a4_gemm_tiled(const W4GemmArgs& a, cudaStream_t s) { w4a4_gemm_tiled_cfg(a, s, 0); }
+
+void w4a4_gemm_tiled_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
     check_args(a, "w4a4_gemm_tiled");
     if (a.m == 0 || a.n == 0 || (!a.acc && !a.y)) return;
-    const bool aligned = a.k % 16 == 0 && ((uintptr_t)a.q & 15) == 0;
-    const dim3 grid((unsigned)((a.n + TB_N - 1) / TB_N), (unsigned)((a.m + TB_M - 1) / TB_M));
-    // Set on every call (cheap): the attribute is per device, and a second device must work too.
-    if (aligned) {
-        SQ_CUDA(cudaFuncSetAttribute(gemm_tiled_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, T_SMEM));
-        gemm_tiled_kernel<true><<<grid, T_THREADS, T_SMEM, s>>>(a);
-    } else {
-        SQ_CUDA(cudaFuncSetAttribute(gemm_tiled_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, T_SMEM));
-        gemm_tiled_kernel<false><<<grid, T_THREADS, T_SMEM, s>>>(a);
+    switch (cfg) {
+        case 0: launch_tiled<TileCfg0>(a, s); break;
+        case 1: launch_tiled<TileCfg1>(a, s); break;
+        case 2: launch_tiled<TileCfg2>(a, s); break;
+        case 3: launch_tiled<TileCfg3>(a, s); break;
+        case 4: launch_tiled<TileCfg4>(a, s); break;
+        default: fail("w4a4_gemm_tiled: no tile configuration ", cfg);
     }
-    SQ_CUDA_LAUNCH("w4a4_gemm_tiled");
 }
 
-void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s) {
+void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s) { w4a4_gemv_cfg(a, s, 0); }  // U = 2
+
+void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
     check_args(a, "w4a4_gemv");
     SQ_CHECK(a.m <= 16, "w4a4_gemv: m = ", a.m, " > 16 (use w4a4_gemm_tiled)");
     if (a.m == 0 || a.n == 0 || (!a.acc && !a.y)) return;
-    // Enough blocks to cover 132 SMs twice; wider blocks re-read the activations less.
-    const int64_t nb = w4g_n_pad(a.n) / W4G_NB;
-    if (nb >= 4 * 264) launch_gemv<4>(a, s);
-    else if (nb >= 2 * 132) launch_gemv<2>(a, s);
-    else launch_gemv<1>(a, s);
+    // NT: the fewest n8 tiles per block that still fit the whole grid in one wave
+    // (3 blocks of 8 warps per SM at ≤ 85 registers: 396 on 132 SMs; a second,
+    // partial wave cost up to 30% in v1). m > 8 keeps NT ≥ 2: each block re-reads
+    // the m·k activation bytes, 4·NT·k weight bytes per block.
+    int sms = 132, dev = 0;
+    SQ_CUDA(cudaGetDevice(&dev));
+    SQ_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const int64_t nb = w4g_n_pad(a.n) / W4G_NB, slots = 3 * (int64_t)sms;
+    int nt = a.m > 8 ? 2 : 1;
+    while (nt < 4 && (nb + nt - 1) / nt > slots) nt *= 2;
+    switch (cfg * 4 + nt) {
+        case 0 * 4 + 1: launch_gemv<1, 2>(a, s); break;  // default: U = 2
+        case 0 * 4 + 2: launch_gemv<2, 2>(a, s); break;
+        case 0 * 4 + 4: launch_gemv<4, 2>(a, s); break;
+        case 1 * 4 + 1: launch_gemv<1, 4>(a, s); break;  // U = 4
+        case 1 * 4 + 2: launch_gemv<2, 4>(a, s); break;
+        case 1 * 4 + 4: launch_gemv<4, 4>(a, s); break;
+        case 2 * 4 + 1: launch_gemv<1, 8>(a, s); break;  // U = 8
+        case 2 * 4 + 2: launch_gemv<2, 8>(a, s); break;
+        case 2 * 4 + 4: launch_gemv<4, 4>(a, s); break;  // U = 8 spills at NT = 4
+        default: fail("w4a4_gemv: no configuration ", cfg);
+    }
 }
 
 void w4a4_gemm(const W4GemmArgs& a, cudaStream_t s) {

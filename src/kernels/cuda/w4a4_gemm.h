@@ -77,11 +77,22 @@ struct W4GemmArgs {
 // Picks the kernel: m ≤ 16 → w4a4_gemv, else w4a4_gemm_tiled.
 void w4a4_gemm(const W4GemmArgs& a, cudaStream_t s);
 
-// Prefill: 128×256 CTA tiles, 8 warps of 64×64, k 128 per stage, 4-stage cp.async pipeline.
+// Prefill: 128×128 CTA tiles, 8 warps of 64×32, k 128 per stage, 3-stage cp.async pipeline,
+// two CTAs per SM.
 void w4a4_gemm_tiled(const W4GemmArgs& a, cudaStream_t s);
+
+// The tile configurations compared in docs/kernels-cuda-notes.md (0 = the default above;
+// 1: 4 stages; 2: 256×128, 4 stages; 3: 128×256, 3 stages; 4: 128×256, 4 stages = v1). Tests, benchmark.
+constexpr int W4G_TILE_CFGS = 5;
+void w4a4_gemm_tiled_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg);
 
 // Decode (m ≤ 16): one m16 MMA row block, weights streamed once with 16-byte loads,
 // k split across the 8 warps of a block, reduced in shared memory.
 void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s);
+
+// GEMV variants compared in docs/kernels-cuda-notes.md: layout blocks per warp and
+// iteration U = 2 (0, the default), 4 (1), 8 (2). Tests, benchmark.
+constexpr int W4G_GEMV_CFGS = 3;
+void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg);
 
 }  // namespace sq::cuda
