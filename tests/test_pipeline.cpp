@@ -145,6 +145,8 @@ TEST(Pipeline, MethodsRunDeterministicallyAndRoundTrip) {
             EXPECT_EQ(read_bytes(files[0]), read_bytes(files[1])) << method << " not deterministic";
             // Load → save again: byte-identical.
             PackedModel pm = packed_model_load(files[0]);
+            EXPECT_TRUE(pm.weights.embed_q8 && pm.weights.embed.empty()) << method << ": embedding not 8-bit";
+            EXPECT_EQ(pm.weights.lm_head->kind(), "q8");
             const std::string again = dir + "/sq_pipe_again.sqm";
             packed_model_save(again, pm.weights, pm.tokenizer, pm.quant);
             EXPECT_EQ(read_bytes(again), read_bytes(files[0])) << method << " round trip";
@@ -172,6 +174,9 @@ TEST(Pipeline, BadConfigurationsAreErrors) {
     EXPECT_THROW(quant_config_validate(qc), Error);
     qc = quant_config_for("specquant");
     qc.importance = "vibes";
+    EXPECT_THROW(quant_config_validate(qc), Error);
+    qc = quant_config_for("specquant");
+    qc.embed_bits = 4;
     EXPECT_THROW(quant_config_validate(qc), Error);
     qc = quant_config_for("specquant");
     qc.basis = "wavelet";

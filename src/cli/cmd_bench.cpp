@@ -58,7 +58,7 @@ uint64_t path_bytes(const std::string& p) {
 // Bytes of everything the forward pass reads that is a weight.
 uint64_t model_weight_bytes(const Model& m, std::string* kinds) {
     const ModelWeights& w = m.weights();
-    uint64_t b = (w.embed.size() + w.final_norm.size()) * sizeof(float);
+    uint64_t b = (w.embed.size() + w.final_norm.size()) * sizeof(float) + (w.embed_q8 ? w.embed_q8->bytes() : 0);
     std::string k;
     auto add = [&](const Linear& L) {
         b += L.weight_bytes();
@@ -69,7 +69,9 @@ uint64_t model_weight_bytes(const Model& m, std::string* kinds) {
         for (const Linear* p : {L.q.get(), L.k.get(), L.v.get(), L.o.get(), L.gate.get(), L.up.get(), L.down.get()})
             add(*p);
     }
-    add(*w.lm_head);
+    auto* lm8 = dynamic_cast<const LinearQ8*>(w.lm_head.get());
+    if (lm8 && lm8->matrix() == w.embed_q8) k += ",q8 (tied)";  // the table, counted once above
+    else add(*w.lm_head);
     *kinds = k;
     return b;
 }

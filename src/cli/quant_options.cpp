@@ -18,6 +18,8 @@ void quant_cli_add(CLI::App& app, QuantCliOptions& o, bool with_method, bool wit
     app.add_option("--kv-clip", o.kv_clip, "KV cache clip ratio")->capture_default_str();
     app.add_option("--k-bar", o.k_bar, "spectral budget: mean bins kept per output channel (16, 32, 64)")
         ->capture_default_str();
+    app.add_option("--embed-bits", o.embed_bits, "embedding table and lm_head: 8 (Q8_0) or 16 (fp16)")
+        ->capture_default_str();
     app.add_option("--importance", o.importance, "bin allocation score: entropy | abs_mean | abs_max | l2")
         ->capture_default_str();
     app.add_option("--temperature", o.temperature, "softmax temperature of the bin allocation")
@@ -50,6 +52,7 @@ QuantConfig quant_cli_config(const QuantCliOptions& o, const std::string& method
     qc.a_clip = o.a_clip;
     qc.kv_clip = o.kv_clip;
     qc.k_bar = o.k_bar;
+    qc.embed_bits = o.embed_bits;
     qc.importance = o.importance;
     qc.temperature = o.temperature;
     qc.basis = o.basis;

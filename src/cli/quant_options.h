@@ -11,6 +11,7 @@ struct QuantCliOptions {
     int w_bits = 4, a_bits = 4, kv_bits = 16;
     float a_clip = 0.9f, kv_clip = 1.0f;
     int k_bar = 32;
+    int embed_bits = 8;
     std::string importance = "entropy";
     float temperature = 1.0f;
     std::string basis = "fourier";

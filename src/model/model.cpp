@@ -130,6 +130,16 @@ Model::Model(ModelWeights w) : w_(std::move(w)) {
     rope_inv_freq_ = rope_inv_freq(w_.cfg);
 }
 
+void embed_tokens(const ModelWeights& w, const int* tokens, int n, float* h) {
+    const int64_t d = w.cfg.d_model;
+    for (int t = 0; t < n; ++t) {
+        if (w.embed_q8) w.embed_q8->dequant_row(tokens[t], h + t * d);
+        else std::memcpy(h + t * d, &w.embed[(size_t)tokens[t] * d], d * sizeof(float));
+    }
+}
+
+std::vector<float> embed_f32(const ModelWeights& w) { return w.embed_q8 ? w.embed_q8->dequant() : w.embed; }
+
 void Model::forward(const int* tokens, int n, KVCache& cache, float* logits, bool all_logits) const {
     const ModelConfig& c = w_.cfg;
     SQ_CHECK(n > 0, "forward: no tokens");
@@ -145,8 +155,8 @@ void Model::forward(const int* tokens, int n, KVCache& cache, float* logits, boo
     for (int t = 0; t < n; ++t) {
         SQ_CHECK(tokens[t] >= 0 && tokens[t] < c.vocab, "forward: token id ", tokens[t], " out of range [0, ",
                  c.vocab, ")");
-        std::memcpy(&h[t * d], &w_.embed[(size_t)tokens[t] * d], d * sizeof(float));
     }
+    embed_tokens(w_, tokens, n, h.data());
 
     for (int l = 0; l < c.n_layers; ++l) {
         const LayerWeights& L = w_.layers[l];

@@ -14,6 +14,7 @@
 #include "io/checkpoint.h"
 #include "model/config.h"
 #include "model/linear.h"
+#include "model/linear_q8.h"
 
 namespace sq {
 
@@ -26,7 +27,8 @@ struct LayerWeights {
 
 struct ModelWeights {
     ModelConfig cfg;
-    std::vector<float> embed;       // [vocab, d]
+    std::vector<float> embed;       // [vocab, d] float32, or empty when embed_q8 holds the table
+    std::shared_ptr<const Q8Matrix> embed_q8;  // [vocab, d] 8-bit (packed models); lm_head shares it when tied
     std::vector<float> final_norm;  // [d]
     std::unique_ptr<Linear> lm_head;  // [vocab, d]; a copy of embed when tied
     std::vector<LayerWeights> layers;
@@ -38,6 +40,11 @@ struct ModelWeights {
     // are unchanged: q·kᵀ = (qH)(kH)ᵀ) so that the 4-bit keys have no outliers.
     bool qk_rotate = false;
 };
+
+// h [n, d] = the embedding rows of tokens (ids must be valid).
+void embed_tokens(const ModelWeights& w, const int* tokens, int n, float* h);
+// The whole table [vocab, d] as float32 (dequantized when 8-bit).
+std::vector<float> embed_f32(const ModelWeights& w);
 
 // RoPE inverse frequencies [head_dim/2] with the config's scaling applied.
 std::vector<float> rope_inv_freq(const ModelConfig& c);

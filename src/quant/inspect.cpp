@@ -94,7 +94,7 @@ json inspect_model(const ModelWeights& w, const Tokenizer& tok, const InspectOpt
     std::vector<float> H((size_t)N * d), X((size_t)N * d), A((size_t)N * qd), G((size_t)N * ff), Y;
     for (int s = 0; s < n_seq; ++s)
         for (int t = 0; t < len; ++t)
-            std::memcpy(&H[((size_t)s * len + t) * d], &w.embed[(size_t)cd.seqs[s][t] * d], d * 4);
+            embed_tokens(w, &cd.seqs[s][t], 1, &H[((size_t)s * len + t) * d]);
     const std::vector<float> inv_freq = rope_inv_freq(c);
     std::vector<float> kc((size_t)len * c.n_kv_heads * c.head_dim), vc(kc.size());
     json layers = json::array();

@@ -126,13 +126,36 @@ std::vector<float> read_f16(const PackedFile& pf, const std::string& name, const
     return f;
 }
 
+// A Q8_0 matrix [rows, cols] stored as u8 [rows, cols/32 · 34]; every block
+// scale must be a finite fp16 (a corrupt file is refused, not multiplied).
+std::shared_ptr<const Q8Matrix> read_q8(const PackedFile& pf, const std::string& path, const std::string& name,
+                                        int64_t rows, int64_t cols) {
+    SQ_CHECK(q8_fits(cols), path, ": ", name, ": q8_0 needs a multiple of 32 columns, got ", cols);
+    const PackedView& v = pf.get(name, "u8", {rows, cols / Q8_BLOCK * (int64_t)sizeof(BlockQ8)});
+    auto m = std::make_shared<Q8Matrix>();
+    m->rows = rows;
+    m->cols = cols;
+    m->blocks.resize((size_t)rows * (cols / Q8_BLOCK));
+    std::memcpy(m->blocks.data(), v.data, v.nbytes);
+    for (size_t i = 0; i < m->blocks.size(); ++i)
+        SQ_CHECK((m->blocks[i].d & 0x7C00) != 0x7C00, path, ": ", name, ": block ", i, " has a non-finite scale (corrupt file)");
+    return m;
+}
+
 }  // namespace
 
 void packed_model_save(const std::string& path, const ModelWeights& w, const TokenizerData& tok, const json& quant) {
     const ModelConfig& c = w.cfg;
     std::vector<PackedTensor> ts;
     json linears = json::object();
-    ts.push_back(f16_of("embed", {c.vocab, c.d_model}, w.embed));
+    auto q8_tensor = [](const std::string& name, const Q8Matrix& m) {
+        PackedTensor t{name, "u8", {m.rows, m.cols / Q8_BLOCK * (int64_t)sizeof(BlockQ8)}, {}};
+        t.bytes.resize(m.bytes());
+        std::memcpy(t.bytes.data(), m.blocks.data(), m.bytes());
+        return t;
+    };
+    if (w.embed_q8) ts.push_back(q8_tensor("embed.q8", *w.embed_q8));
+    else ts.push_back(f16_of("embed", {c.vocab, c.d_model}, w.embed));
     ts.push_back(tensor_of("final_norm", "f32", {c.d_model}, w.final_norm));
     auto add_linear = [&](const std::string& name, const Linear& L) {
         QLinearData d;
@@ -146,6 +169,9 @@ void packed_model_save(const std::string& path, const ModelWeights& w, const Tok
             if (d.rank > 0) ts.push_back(tensor_of(name + ".coef", "f16", {d.out, d.rank}, d.coef));
             if (!d.basis_f16.empty()) ts.push_back(tensor_of(name + ".basis", "f16", {d.in, d.rank}, d.basis_f16));
             if (!d.bias.empty()) ts.push_back(tensor_of(name + ".bias", "f32", {d.out}, d.bias));
+        } else if (auto* q = dynamic_cast<const LinearQ8*>(&L)) {
+            linears[name] = {{"type", "q8_0"}, {"in", q->in}, {"out", q->out}, {"bias", false}};
+            ts.push_back(q8_tensor(name + ".q8", *q->matrix()));
         } else if (auto* f = dynamic_cast<const LinearF32*>(&L)) {
             linears[name] = {{"type", "f16"}, {"in", f->in}, {"out", f->out}, {"bias", !f->bias.empty()}};
             ts.push_back(f16_of(name + ".w", {f->out, f->in}, f->w));
@@ -169,11 +195,12 @@ void packed_model_save(const std::string& path, const ModelWeights& w, const Tok
     }
     // lm_head: stored unless it is exactly the (tied) embedding.
     auto* lm = dynamic_cast<const LinearF32*>(w.lm_head.get());
-    const bool tied = lm && lm->w == w.embed && lm->bias.empty();
+    auto* lm8 = dynamic_cast<const LinearQ8*>(w.lm_head.get());
+    const bool tied = w.embed_q8 ? (lm8 && lm8->matrix() == w.embed_q8) : (lm && lm->w == w.embed && lm->bias.empty());
     if (!tied) add_linear("lm_head", *w.lm_head);
     json meta = {{"format", "specquant-packed"}, {"config", config_to_json(c)}, {"tokenizer", tokenizer_to_json(tok)},
                  {"quant", quant}, {"kv_bits", w.kv_bits}, {"kv_clip", w.kv_clip}, {"linears", linears},
-                 {"lm_head_tied", tied}};
+                 {"lm_head_tied", tied}, {"embed_type", w.embed_q8 ? "q8_0" : "f16"}};
     packed_write(path, meta, ts);
 }
 
@@ -200,6 +227,10 @@ PackedModel packed_model_load(const std::string& path) {
             SQ_CHECK(m.at("in") == in && m.at("out") == out, path, ": linear ", name, " has shape ", m.at("out"), "x",
                      m.at("in"), ", config says ", out, "x", in);
             const bool has_bias = m.at("bias");
+            if (m.at("type") == "q8_0") {
+                SQ_CHECK(!has_bias, path, ": linear ", name, ": q8_0 layers have no bias");
+                return std::make_unique<LinearQ8>(read_q8(pf, path, name + ".q8", out, in));
+            }
             if (m.at("type") == "f16") {
                 return std::make_unique<LinearF32>(in, out, read_f16(pf, name + ".w", {out, in}),
                                                    has_bias ? read_vec<float>(pf, name + ".bias", "f32", {out})
@@ -231,7 +262,10 @@ PackedModel packed_model_load(const std::string& path) {
     };
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff;
-    w.embed = read_f16(pf, "embed", {c.vocab, d});
+    const std::string embed_type = pf.meta.value("embed_type", "f16");
+    if (embed_type == "q8_0") w.embed_q8 = read_q8(pf, path, "embed.q8", c.vocab, d);
+    else if (embed_type == "f16") w.embed = read_f16(pf, "embed", {c.vocab, d});
+    else fail(path, ": unknown embed_type '", embed_type, "'");
     w.final_norm = read_vec<float>(pf, "final_norm", "f32", {d});
     w.layers.resize(c.n_layers);
     for (int i = 0; i < c.n_layers; ++i) {
@@ -247,7 +281,8 @@ PackedModel packed_model_load(const std::string& path) {
         L.up = linear(p + "up", ff, d);
         L.down = linear(p + "down", d, ff);
     }
-    if (pf.meta.value("lm_head_tied", false)) w.lm_head = std::make_unique<LinearF32>(d, c.vocab, w.embed);
+    if (pf.meta.value("lm_head_tied", false) && w.embed_q8) w.lm_head = std::make_unique<LinearQ8>(w.embed_q8);
+    else if (pf.meta.value("lm_head_tied", false)) w.lm_head = std::make_unique<LinearF32>(d, c.vocab, w.embed);
     else w.lm_head = linear("lm_head", c.vocab, d);
     return pm;
 }

@@ -77,6 +77,7 @@ void quant_config_validate(const QuantConfig& qc) {
     SQ_CHECK(qc.kv_clip > 0.0f && qc.kv_clip <= 1.0f, "--kv-clip ", qc.kv_clip, " out of range (0, 1]");
     SQ_CHECK(!qc.spectral || (qc.k_bar >= 1 && qc.k_bar <= 4096), "--k-bar ", qc.k_bar, " out of range");
     SQ_CHECK(qc.temperature > 0.0f, "--temperature must be > 0");
+    SQ_CHECK(qc.embed_bits == 8 || qc.embed_bits == 16, "--embed-bits ", qc.embed_bits, " not supported (8 or 16)");
     SQ_CHECK(qc.basis == "fourier" || qc.basis == "svd", "--basis ", qc.basis, " unknown (fourier | svd)");
     importance_from_name(qc.importance);
     SQ_CHECK(!qc.smooth || !qc.alpha_grid.empty(), "smoothing needs at least one alpha");
@@ -91,7 +92,8 @@ json quant_config_to_json(const QuantConfig& qc) {
     if (qc.method == "fp") return j;
     j.update({{"a_clip", qc.a_clip}, {"kv_clip", qc.kv_clip}, {"smooth", qc.smooth}, {"spectral", qc.spectral},
               {"rotate", qc.rotate}, {"weight_quantizer", qc.gptq ? "gptq" : "rtn"}, {"calib", qc.calib_path},
-              {"calib_n", qc.calib_n}, {"calib_len", qc.calib_len}, {"seed", qc.seed}});
+              {"calib_n", qc.calib_n}, {"calib_len", qc.calib_len}, {"seed", qc.seed},
+              {"embed_bits", qc.embed_bits}});
     if (qc.smooth) j["alpha_grid"] = qc.alpha_grid, j["search_tokens"] = qc.search_tokens;
     if (qc.spectral)
         j.update({{"k_bar", qc.k_bar}, {"importance", qc.importance}, {"temperature", qc.temperature},
@@ -479,6 +481,22 @@ void add_linear_out(const Linear& L, const std::vector<float>& x, int64_t n, std
 
 }  // namespace
 
+void model_embed_q8(ModelWeights& w) {
+    const ModelConfig& c = w.cfg;
+    SQ_CHECK(!w.embed_q8, "embed_q8: the embedding is already 8-bit");
+    SQ_CHECK(q8_fits(c.d_model), "--embed-bits 8: d_model ", c.d_model, " is not a multiple of ", Q8_BLOCK,
+             " (use --embed-bits 16)");
+    auto* lm = dynamic_cast<const LinearF32*>(w.lm_head.get());
+    SQ_CHECK(lm && lm->bias.empty(), "--embed-bits 8: lm_head must be a bias-free float32 layer, got ",
+             w.lm_head->kind());
+    const bool tied = lm->w == w.embed;
+    w.embed_q8 = std::make_shared<const Q8Matrix>(Q8Matrix::quantize(w.embed.data(), c.vocab, c.d_model));
+    if (tied) w.lm_head = std::make_unique<LinearQ8>(w.embed_q8);
+    else w.lm_head = std::make_unique<LinearQ8>(
+             std::make_shared<const Q8Matrix>(Q8Matrix::quantize(lm->w.data(), lm->out, lm->in)));
+    w.embed = {};
+}
+
 ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantConfig& qc, json* report) {
     quant_config_validate(qc);
     if (qc.method == "fp") return w;
@@ -498,7 +516,7 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
     std::vector<float> H((size_t)N * d);
     for (int s = 0; s < n_seq; ++s)
         for (int t = 0; t < len; ++t)
-            std::memcpy(&H[((size_t)s * len + t) * d], &w.embed[(size_t)cd.seqs[s][t] * d], d * 4);
+            embed_tokens(w, &cd.seqs[s][t], 1, &H[((size_t)s * len + t) * d]);
 
     // GQA tie classes for o_proj's input channels: (head h, dim i) -> (kv group, i).
     std::vector<int> o_tie(qd);
@@ -582,6 +600,7 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
     bar.finish();
     rep["layers"] = layers;
     rep["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    if (qc.embed_bits == 8) model_embed_q8(w);
     if (report) *report = rep;
     return w;
 }

@@ -34,6 +34,9 @@ struct QuantConfig {
     // Rotation (QuaRot-style): residual stream, o/down inputs online, q/k.
     bool rotate = false;
     uint64_t rotate_seed = 0x5eed;
+    // Embedding table and lm_head: 8 = Q8_0 (kernels/q8_format.h; lossless for
+    // a Q8_0 source such as the default GGUF when not rotated), 16 = fp16.
+    int embed_bits = 8;
     // Weight quantizer of the 4-bit part.
     bool gptq = false;
     float gptq_damp = 0.01f;
@@ -69,6 +72,11 @@ void fold_smooth_down(LayerWeights& L, const std::vector<float>& s);
 // residual stream rotated by diag(±1)·H_d (seeded), V rotated per head by H_hd
 // (undone in W_o), q/k rotated per head at run time (w.qk_rotate).
 void model_rotate(ModelWeights& w, uint64_t seed);
+
+// Embedding table → Q8_0 (w.embed_q8, w.embed emptied); lm_head → LinearQ8
+// sharing the table when tied, its own Q8 matrix otherwise. Needs d_model % 32
+// == 0 (throws otherwise) and a bias-free float32 lm_head.
+void model_embed_q8(ModelWeights& w);
 
 // Quantizes `w` (float32, consumed) on calibration text. Prints progress;
 // `report` (optional) receives per-layer statistics and timings.

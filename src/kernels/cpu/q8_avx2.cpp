@@ -1,0 +1,115 @@
+#include "kernels/cpu/q8_avx2.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "core/fp16.h"
+#include "core/threads.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/ref/q8_ref.h"
+
+namespace sq {
+
+namespace {
+
+#define SQ_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+SQ_AVX2 inline __m128 hsum4_ps(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+// out[i] = [x_i · W_{j0+r} for r < 4], i < MR; rows of W: `rows[r]` (nb blocks each).
+// Per block and row: Σ x·q over 32 weights in a temporary (3 uops per 8
+// weights: sign-extending load, int→float, FMA with x from memory), then
+// acc += d · temp. 4 rows × MR ≤ 3 accumulators + temporaries ≤ 16 ymm.
+template <int MR>
+SQ_AVX2 inline void tile(const float* x, int64_t ldx, const BlockQ8* const rows[4], int64_t nb, __m128* out) {
+    __m256 acc[MR][4];
+    for (int i = 0; i < MR; ++i)
+        for (int r = 0; r < 4; ++r) acc[i][r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const float* xb = x + b * Q8_BLOCK;
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {
+            const BlockQ8& blk = rows[r][b];
+            __m256 part[MR];
+#pragma GCC unroll 4
+            for (int s = 0; s < 4; ++s) {
+                const __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk.q + 8 * s))));
+#pragma GCC unroll 3
+                for (int i = 0; i < MR; ++i)
+                    part[i] = s == 0 ? _mm256_mul_ps(_mm256_loadu_ps(xb + i * ldx), w)
+                                     : _mm256_fmadd_ps(_mm256_loadu_ps(xb + i * ldx + 8 * s), w, part[i]);
+            }
+            const __m256 d = _mm256_set1_ps(_cvtsh_ss(blk.d));
+#pragma GCC unroll 3
+            for (int i = 0; i < MR; ++i) acc[i][r] = _mm256_fmadd_ps(part[i], d, acc[i][r]);
+        }
+    }
+    for (int i = 0; i < MR; ++i) out[i] = hsum4_ps(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+}
+
+// Rows [j0, j1) of W (j1 − j0 ≤ 4) against all m rows of x.
+SQ_AVX2 void group(const float* x, int64_t m, const BlockQ8* w, int64_t nb, int64_t n, int64_t j0, int64_t j1,
+                   float* y) {
+    const BlockQ8* rows[4];
+    for (int r = 0; r < 4; ++r) rows[r] = w + std::min(j0 + r, j1 - 1) * nb;  // short group: repeat the last row
+    const int64_t k = nb * Q8_BLOCK;
+    int64_t i = 0;
+    auto store = [&](int64_t row, __m128 v) {
+        alignas(16) float t[4];
+        _mm_store_ps(t, v);
+        for (int64_t r = 0; r < j1 - j0; ++r) y[row * n + j0 + r] = t[r];
+    };
+    for (; i + 3 <= m; i += 3) {
+        __m128 o[3];
+        tile<3>(x + i * k, k, rows, nb, o);
+        for (int r = 0; r < 3; ++r) store(i + r, o[r]);
+    }
+    if (m - i == 2) {
+        __m128 o[2];
+        tile<2>(x + i * k, k, rows, nb, o);
+        store(i, o[0]);
+        store(i + 1, o[1]);
+    } else if (m - i == 1) {
+        __m128 o[1];
+        tile<1>(x + i * k, k, rows, nb, o);
+        store(i, o[0]);
+    }
+}
+
+void gemv_scalar(const float* x, int64_t m, const BlockQ8* w, int64_t n, int64_t k, float* y) {
+    const int64_t nb = k / Q8_BLOCK;
+    parallel_for(n, [&](int64_t j) {
+        std::vector<float> row(k);
+        q8_dequant_row(w + j * nb, k, row.data());
+        for (int64_t t = 0; t < m; ++t) {
+            float s = 0.0f;
+            for (int64_t c = 0; c < k; ++c) s += x[t * k + c] * row[c];
+            y[t * n + j] = s;
+        }
+    });
+}
+
+}  // namespace
+
+void q8_gemv(const float* x, int64_t m, const BlockQ8* w, int64_t n, int64_t k, float* y) {
+    if (m <= 0 || n <= 0) return;
+    if (!(cpu_use_avx2() && cpu_features().f16c)) {
+        cpu_warn_fallback("q8_gemv");
+        gemv_scalar(x, m, w, n, k, y);
+        return;
+    }
+    const int64_t nb = k / Q8_BLOCK, groups = (n + 3) / 4;
+    const int64_t nt = std::max(1, threads_count());
+    const int64_t per = (groups + nt - 1) / nt;
+    parallel_for(nt, [&](int64_t t) {
+        const int64_t g0 = std::min(groups, t * per), g1 = std::min(groups, (t + 1) * per);
+        for (int64_t g = g0; g < g1; ++g) group(x, m, w, nb, n, g * 4, std::min(n, g * 4 + 4), y);
+    });
+}
+
+}  // namespace sq
