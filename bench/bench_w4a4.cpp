@@ -26,6 +26,7 @@
 #include "bench_common.h"
 #include "core/threads.h"
 #include "kernels/cpu/gemm_f32.h"
+#include "kernels/cpu/q8_avx2.h"
 #include "kernels/cpu/w4a4_avx2.h"
 #include "kernels/w4a4_format.h"
 #include "model/linear.h"
@@ -261,6 +262,64 @@ BENCHMARK(BM_W4A4Layer)
     ->ArgsProduct({{1, 512}, {576}, {576}, {63}, {0, 1, 2}})
     ->ArgsProduct({{1, 512}, {1536}, {576}, {63}, {0, 1}})
     ->ArgsProduct({{1, 512}, {576}, {576}, {0}, {0}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
+// Q8_0 GEMV (lm_head / embedding table), W from DRAM. args: m, n, k.
+// GBs on the Q8 bytes (34 per 32 weights); stream_GBs: an AVX2 read of the
+// same buffers on the same threads; x_f32: gemv_f32 of the shape (its own
+// DRAM-resident copies) / ours.
+void BM_Q8Gemv(benchmark::State& st) {
+    const int64_t m = st.range(0), n = st.range(1), k = st.range(2);
+    const int64_t wbytes = n * k / 32 * 34;
+    const int64_t copies = std::max<int64_t>(1, ((int64_t)256 << 20) / wbytes + 1);
+    std::vector<std::vector<sq::BlockQ8>> ws(copies);
+    std::mt19937 rng(9);
+    for (auto& w : ws) {
+        w.resize(n * k / 32);
+        for (auto& b : w) {
+            b.d = sq::fp32_to_fp16(0.01f);
+            for (auto& q : b.q) q = (int8_t)(rng() % 255 - 127);
+        }
+    }
+    auto stream = [&]() {
+        const int64_t nt = sq::threads_count();
+        double secs = 0, bytes = 0;
+        for (const auto& w : ws) {
+            const int64_t per = wbytes / nt / 128 * 128;
+            std::vector<uint64_t> part(nt);
+            const auto t0 = std::chrono::steady_clock::now();
+            sq::parallel_for(nt, [&](int64_t t) { part[t] = bench_xor_stream((const uint8_t*)w.data() + t * per, per); });
+            secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            benchmark::DoNotOptimize(part.data());
+            bytes += (double)nt * per;
+        }
+        return bytes / secs / 1e9;
+    };
+    const auto x = bench_random(m * k, 3);
+    std::vector<float> y(m * n);
+    const double bw_before = stream();
+    int64_t c = 0;
+    CallTimer tm;
+    for (auto _ : st) {
+        tm.start();
+        sq::q8_gemv(x.data(), m, ws[c].data(), n, k, y.data());
+        tm.stop();
+        benchmark::DoNotOptimize(y.data());
+        c = (c + 1) % copies;
+    }
+    const double bw = std::max(bw_before, stream());
+    ws.clear();
+    const double per_call = tm.total / st.iterations();
+    const double f32 = f32_seconds(m, n, k, 10);
+    st.counters["GBs"] = wbytes / per_call / 1e9;
+    st.counters["stream_GBs"] = bw;
+    st.counters["pct_bw"] = 100.0 * wbytes / per_call / 1e9 / bw;
+    st.counters["f32_us_best"] = f32 * 1e6;
+    st.counters["x_f32_best"] = f32 / tm.best;
+}
+BENCHMARK(BM_Q8Gemv)
+    ->Args({1, 49152, 576})->Args({4, 49152, 576})->Args({1, 32000, 4096})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 

@@ -25,13 +25,22 @@ SQ_AVX2 inline __m128 hsum4_ps(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 // Per block and row: Σ x·q over 32 weights in a temporary (3 uops per 8
 // weights: sign-extending load, int→float, FMA with x from memory), then
 // acc += d · temp. 4 rows × MR ≤ 3 accumulators + temporaries ≤ 16 ymm.
+// pf: the bytes of a group further down the stream (rows are contiguous, 4·nb
+// blocks per group), prefetched 136 bytes per block step so that the whole
+// group is in flight by the time it is reached; null: no prefetch.
 template <int MR>
-SQ_AVX2 inline void tile(const float* x, int64_t ldx, const BlockQ8* const rows[4], int64_t nb, __m128* out) {
+SQ_AVX2 inline void tile(const float* x, int64_t ldx, const BlockQ8* const rows[4], int64_t nb, const char* pf,
+                         __m128* out) {
     __m256 acc[MR][4];
     for (int i = 0; i < MR; ++i)
         for (int r = 0; r < 4; ++r) acc[i][r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const float* xb = x + b * Q8_BLOCK;
+        if (pf) {
+            _mm_prefetch(pf + b * 136, _MM_HINT_T0);
+            _mm_prefetch(pf + b * 136 + 64, _MM_HINT_T0);
+            _mm_prefetch(pf + b * 136 + 128, _MM_HINT_T0);
+        }
 #pragma GCC unroll 4
         for (int r = 0; r < 4; ++r) {
             const BlockQ8& blk = rows[r][b];
@@ -55,6 +64,9 @@ SQ_AVX2 inline void tile(const float* x, int64_t ldx, const BlockQ8* const rows[
 // Rows [j0, j1) of W (j1 − j0 ≤ 4) against all m rows of x.
 SQ_AVX2 void group(const float* x, int64_t m, const BlockQ8* w, int64_t nb, int64_t n, int64_t j0, int64_t j1,
                    float* y) {
+    // Two groups ahead (~5 KB at k = 576); near a thread's range end this
+    // fetches the next thread's first rows early, which is harmless.
+    const char* pf = j0 + 12 <= n ? (const char*)(w + (j0 + 8) * nb) : nullptr;
     const BlockQ8* rows[4];
     for (int r = 0; r < 4; ++r) rows[r] = w + std::min(j0 + r, j1 - 1) * nb;  // short group: repeat the last row
     const int64_t k = nb * Q8_BLOCK;
@@ -66,17 +78,17 @@ SQ_AVX2 void group(const float* x, int64_t m, const BlockQ8* w, int64_t nb, int6
     };
     for (; i + 3 <= m; i += 3) {
         __m128 o[3];
-        tile<3>(x + i * k, k, rows, nb, o);
+        tile<3>(x + i * k, k, rows, nb, i == 0 ? pf : nullptr, o);
         for (int r = 0; r < 3; ++r) store(i + r, o[r]);
     }
     if (m - i == 2) {
         __m128 o[2];
-        tile<2>(x + i * k, k, rows, nb, o);
+        tile<2>(x + i * k, k, rows, nb, i == 0 ? pf : nullptr, o);
         store(i, o[0]);
         store(i + 1, o[1]);
     } else if (m - i == 1) {
         __m128 o[1];
-        tile<1>(x + i * k, k, rows, nb, o);
+        tile<1>(x + i * k, k, rows, nb, i == 0 ? pf : nullptr, o);
         store(i, o[0]);
     }
 }
