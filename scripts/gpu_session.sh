@@ -5,7 +5,8 @@
 # packages, so the binaries are built here and carried, and one call may
 # carry 64 MiB while the default model alone is 98 MB. So:
 #   cmake -S . -B build-gpu -DSPECQUANT_CUDA=ON && cmake --build build-gpu -j2
-#   scripts/gpu_session.sh pack    # .gpu1/ = bundle.tar.xz (binaries, their non-system
+#   scripts/gpu_session.sh pack    # (BUILD=build-x: another build folder; PACK=.gpu-x: .gpu-x1/, .gpu-x2/)
+#                                  # .gpu1/ = bundle.tar.xz (binaries, their non-system
 #                                  # libraries, ../shared/data) + model part 1; .gpu2/ = part 2
 # and two device calls within 30 s of each other (the machine stays warm;
 # /tmp survives between calls), from the repository root:
@@ -17,12 +18,19 @@
 #   and further calls, each within 30 s of the last, `scripts/gpu_session.sh collect 560` until all jobs say done:
 #   quantization runs on the 16 CPU cores (7 methods in parallel, 2 threads each),
 #   every evaluation on the GPU. Jobs run detached (setsid) across calls.
+#   or, for the batched (varlen) engine's before/after (docs/perf.md), call 2 runs
+#       scripts/gpu_session.sh unpack .gpu2 && scripts/gpu_session.sh batch start && scripts/gpu_session.sh collect 540 batch
+#   and further calls `scripts/gpu_session.sh collect 560 batch` until done: FP quick suite batched and
+#   one document per call (SQ_CUDA_BATCH_TOKENS=0) with per-request samples compared, FP full suite;
+#   quarot W4A4KV4 (calib 32 x 512, quantized on 14 cores while the FP runs use the GPU), the same.
 # .gpu*/ is git-ignored through .git/info/exclude. Logs go to $OUT (or out/gpu).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
 S=/tmp/sq  # everything unpacked on the device
+BUILD=${BUILD:-build-gpu}
+PACK=${PACK:-.gpu}  # pack writes ${PACK}1/ and ${PACK}2/
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
@@ -38,16 +46,18 @@ env_setup() {
 
 case "${1:-}" in
 pack)
-    rm -rf .gpu1 .gpu2 /tmp/sq_pack && mkdir -p .gpu1 .gpu2 /tmp/sq_pack/bin /tmp/sq_pack/lib /tmp/sq_pack/shared/data
-    cp build-gpu/specquant build-gpu/specquant_tests /tmp/sq_pack/bin/ && strip /tmp/sq_pack/bin/*
-    for lib in $(ldd build-gpu/specquant build-gpu/specquant_tests | awk '/=>/ {print $3}' |
-                 grep -E 'fftw3f|pcre2|gomp' | sort -u); do cp -L "$lib" /tmp/sq_pack/lib/; done
-    cp -r ../shared/data/wikitext2 ../shared/data/tasks ../shared/data/calib /tmp/sq_pack/shared/data/
-    tar -C /tmp/sq_pack -I 'xz -T2' -cf .gpu1/bundle.tar.xz .
-    split -b 48M $MODEL /tmp/sq_pack/model.part.
-    mv /tmp/sq_pack/model.part.aa .gpu1/ && mv /tmp/sq_pack/model.part.ab .gpu2/
-    test ! -e /tmp/sq_pack/model.part.ac || { echo "model needs 3 parts" >&2; exit 1; }
-    du -sh .gpu1 .gpu2
+    P=/tmp/sq_pack.$$  # private staging folder: other sessions may pack at the same time
+    rm -rf ${PACK}1 ${PACK}2 $P && mkdir -p ${PACK}1 ${PACK}2 $P/bin $P/lib $P/shared/data
+    cp $BUILD/specquant $BUILD/specquant_tests $P/bin/ && strip $P/bin/*
+    for lib in $(ldd $BUILD/specquant $BUILD/specquant_tests | awk '/=>/ {print $3}' |
+                 grep -E 'fftw3f|pcre2|gomp' | sort -u); do cp -L "$lib" $P/lib/; done
+    cp -r ../shared/data/wikitext2 ../shared/data/tasks ../shared/data/calib $P/shared/data/
+    tar -C $P -I 'xz -T2' -cf ${PACK}1/bundle.tar.xz .
+    split -b 48M $MODEL $P/model.part.
+    mv $P/model.part.aa ${PACK}1/ && mv $P/model.part.ab ${PACK}2/
+    test ! -e $P/model.part.ac || { echo "model needs 3 parts" >&2; exit 1; }
+    du -sh ${PACK}1 ${PACK}2
+    rm -rf $P
     ;;
 unpack)  # unpack a carried folder into /tmp/sq; assemble the model once both parts are there
     mkdir -p $S
@@ -129,17 +139,72 @@ tables)  # "start": the W4A4KV4 quick-suite table of every method + full suites,
     sleep 3
     pgrep -fc "specquant" || true
     ;;
-collect)  # wait up to $2 s for the detached jobs, then return their logs and JSON (one archive)
-    R=$S/res
+batch)  # "start": batched vs one-document GPU evaluation, FP and quarot W4A4KV4, detached
+    env_setup
+    M=$S/model.gguf D=$S/shared/data R=$S/batch
+    rm -rf $R && mkdir -p $R
+    job() {
+        local name=$1
+        shift
+        setsid bash -c "{ $*; } > $R/$name.log 2>&1; echo \"done rc=\$?\" >> $R/$name.log" </dev/null >/dev/null 2>&1 &
+    }
+    # $R/run.sh NAME ARGS...: one GPU eval; JSON and per-request samples kept, wall time from the shell
+    cat > $R/run.sh <<EOF
+#!/usr/bin/env bash
+n=\$1; shift
+t0=\$(date +%s%N)
+$SQ eval --device cuda --data-dir $D --json $R/\$n.json --samples $R/\$n.samples.jsonl "\$@" 2>&1 |
+    tr '\r' '\n' | grep -v -E '\[[#.]+\]'
+rc=\${PIPESTATUS[0]}
+echo "== \$n: rc=\$rc wall=\$(( (\$(date +%s%N) - t0) / 1000000 )) ms"
+EOF
+    chmod +x $R/run.sh
+    # quantize on 14 of the 16 cores while the FP runs use the GPU (and a core each)
+    job quantize "/usr/bin/time -v $SQ quantize -m $M --method quarot --kv-bits 4 --calib $D/calib/wiki.utf8 \
+        --calib-n 32 --calib-len 512 --seed 0 -t 14 -o $R/q.sqm"
+    job fp "$R/run.sh quick_fp -m $M --tasks quick; SQ_CUDA_BATCH_TOKENS=0 $R/run.sh quick_fp_1doc -m $M --tasks quick;
+        $R/run.sh full_fp -m $M --tasks all"
+    job q4 "until grep -q '^done' $R/fp.log 2>/dev/null && grep -q '^done' $R/quantize.log 2>/dev/null; do sleep 2; done;
+        sha256sum $R/q.sqm; $R/run.sh quick_q4 -m $R/q.sqm --tasks quick;
+        SQ_CUDA_BATCH_TOKENS=0 $R/run.sh quick_q4_1doc -m $R/q.sqm --tasks quick;
+        $R/run.sh full_q4 -m $R/q.sqm --tasks all"
+    sleep 3
+    pgrep -fc "specquant" || true
+    ;;
+compare)  # per-request agreement of two --samples files: compare A.samples.jsonl B.samples.jsonl
+    python3 - "$2" "$3" <<'PY'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(a) == len(b), (len(a), len(b))
+worst, tot, n, flips = 0.0, 0.0, 0, 0
+for x, y in zip(a, b):
+    assert (x["task"], x["line"]) == (y["task"], y["line"]), (x["task"], x["line"], y["task"], y["line"])
+    for u, v, gu, gv in zip(x["ll"], y["ll"], x["greedy"], y["greedy"]):
+        d = abs(u - v); worst = max(worst, d); tot += d; n += 1; flips += gu != gv
+print(f"{sys.argv[1]} vs {sys.argv[2]}: {n} requests, max |dll| {worst:.3e}, mean {tot / max(n, 1):.3e}, greedy flips {flips}")
+PY
+    ;;
+collect)  # wait up to $2 s for the detached jobs of $3 (res: tables, batch), then return their logs and JSON
+    R=$S/${3:-res}
     end=$(( $(date +%s) + ${2:-0} ))
     while [ "$(date +%s)" -lt $end ] && [ -n "$(grep -L '^done rc=' $R/*.log 2>/dev/null)" ]; do sleep 10; done
     for f in $R/*.log; do
         printf '%-16s %s\n' "$(basename $f .log)" "$(tr '\r' '\n' < $f | grep -v -E '\[[#.]+\]' | grep -E '^done|Elapsed|Maximum resident|headline|error' | tr '\n' ' ')"
     done
-    tar -C $R -czf "$OUT/tables.tgz" $(cd $R && ls *.log *.json 2>/dev/null)
+    tar -C $R -czf "$OUT/${3:-tables}.tgz" $(cd $R && ls *.log *.json 2>/dev/null)
+    if [ "${3:-}" = batch ]; then
+        tail -n 4 $R/quantize.log 2>/dev/null
+        grep -h -E '^== |mean|tokens/s|wikitext2' $R/fp.log $R/q4.log 2>/dev/null
+        for p in fp q4; do
+            if [ -f $R/quick_$p.samples.jsonl ] && [ -f $R/quick_${p}_1doc.samples.jsonl ]; then
+                "$0" compare $R/quick_$p.samples.jsonl $R/quick_${p}_1doc.samples.jsonl
+            fi
+        done
+    fi
     ;;
 *)
-    echo "usage: $0 pack|unpack DIR|tests|evals|w4a4check|tables|collect SECONDS" >&2
+    echo "usage: $0 pack|unpack DIR|tests|evals|w4a4check|tables|batch|compare A B|collect SECONDS [res|batch]" >&2
     exit 2
     ;;
 esac

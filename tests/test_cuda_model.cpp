@@ -4,7 +4,9 @@
 //   - FP32 fixtures: GPU logits vs the CPU Model ≤ 1e-4 relative, prefill and decode;
 //   - hand-built W4A4 / W4A16 models (spectral branch, online Hadamard, bias,
 //     KV4, qk rotation) and a pipeline-quantized one: GPU vs CPU;
-//   - log-likelihood groups and perplexity windows: CUDA source vs ModelLoglik.
+//   - log-likelihood groups and perplexity windows: CUDA source vs ModelLoglik;
+//   - varlen batches (packed sequences): kernels, the forward and the batched
+//     source against each sequence / document alone (CudaBatch*).
 // Run: build-gpu/specquant_tests --gtest_filter='Cuda*'
 #ifdef SPECQUANT_HAS_CUDA
 #include <cuda_runtime.h>
@@ -169,6 +171,51 @@ TEST(CudaKernels, EpilogueEqualsReference) {
                             nullptr, dy.p, nullptr);
         const auto y = dy.get();
         for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(bits_of(y[i]), bits_of(ref[i])) << i;
+    }
+}
+
+// Varlen kernels: packed sequences against each sequence run alone at cache
+// row 0. RoPE is bit-identical (same position, same operations); attention
+// differs only where a 16-row block straddles two sequences and tiles the
+// second one's keys from the first one's start (online-softmax rescaling
+// order): float rounding, 1e-5 on outputs of size ~1 (convex combinations
+// of N(0,1) values; FP32 over ≤ 70 keys lands near 1e-7).
+TEST(CudaKernels, VarlenRopeAndAttentionMatchPerSequence) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 11);
+    const std::vector<int> lens = {1, 2, 3, 31, 32, 33, 70, 1, 5, 16};
+    int n = 0;
+    std::vector<int> pos;
+    for (int len : lens)
+        for (int i = 0; i < len; ++i) pos.push_back(i), ++n;
+    struct Shape { int heads, kv, hd; };
+    for (Shape sh : {Shape{4, 2, 16}, Shape{9, 3, 64}, Shape{3, 3, 40}, Shape{8, 1, 128}}) {
+        const int qd = sh.heads * sh.hd, kvd = sh.kv * sh.hd;
+        std::vector<float> inv(sh.hd / 2);
+        for (int i = 0; i < sh.hd / 2; ++i) inv[i] = std::pow(10000.0f, -2.0f * (float)i / (float)sh.hd);
+        const std::vector<float> q = gaussian((size_t)n * qd, rng), k = gaussian((size_t)n * kvd, rng),
+                                 v = gaussian((size_t)n * kvd, rng);
+        Dev<float> dq((size_t)n * qd), dk((size_t)n * kvd), dv((size_t)n * kvd), dinv(inv.size());
+        Dev<float> dqs((size_t)n * qd), dout((size_t)n * qd), douts((size_t)n * qd);
+        Dev<int> dpos(n);
+        dq.put(q), dqs.put(q), dk.put(k), dv.put(v), dinv.put(inv), dpos.put(pos);
+        cuda::rope_varlen(dq.p, n, sh.heads, sh.hd, dpos.p, dinv.p, nullptr);
+        for (int off = 0, s = 0; s < (int)lens.size(); off += lens[s++])
+            cuda::rope(dqs.p + (size_t)off * qd, lens[s], sh.heads, sh.hd, 0, nullptr, dinv.p, nullptr);
+        const auto a = dq.get(), b = dqs.get();
+        int diff = 0;
+        for (size_t i = 0; i < a.size(); ++i) diff += bits_of(a[i]) != bits_of(b[i]);
+        EXPECT_EQ(diff, 0) << "rope_varlen heads " << sh.heads << " hd " << sh.hd;
+
+        cuda::attention_varlen(dq.p, dk.p, dv.p, n, dpos.p, sh.heads, sh.kv, sh.hd, dout.p, nullptr);
+        for (int off = 0, s = 0; s < (int)lens.size(); off += lens[s++])
+            cuda::attention(dq.p + (size_t)off * qd, dk.p + (size_t)off * kvd, dv.p + (size_t)off * kvd, lens[s], 0,
+                            nullptr, sh.heads, sh.kv, sh.hd, douts.p + (size_t)off * qd, nullptr);
+        const auto o = dout.get(), os = douts.get();
+        double worst = 0;
+        for (size_t i = 0; i < o.size(); ++i) worst = std::max(worst, (double)std::fabs(o[i] - os[i]));
+        EXPECT_LE(worst, 1e-5) << "attention_varlen heads " << sh.heads << "/" << sh.kv << " hd " << sh.hd;
+        std::printf("[cuda] varlen attention %d/%d heads hd %d: max |d| %.2e\n", sh.heads, sh.kv, sh.hd, worst);
     }
 }
 
@@ -373,6 +420,196 @@ TEST(CudaLoglik, GroupsAndWindowsMatchCpu) {
                     worst_w);
         EXPECT_GT(gpu->forward_calls(), 0);
     }
+}
+
+// ---------------------------------------------------------------- batched (varlen) scoring
+
+// Random requests as the tasks make them: multiple choice (one context,
+// several continuations), partial scoring, one-token contexts, contexts past
+// max_length (left truncation), and windows.
+std::vector<std::vector<TokenPair>> batch_groups(int vocab, int max_length, std::mt19937& rng) {
+    std::uniform_int_distribution<int> tokd(0, vocab - 1), clen(1, max_length + 12), klen(1, 8), nreq(1, 4);
+    auto toks = [&](int n) {
+        std::vector<int> t(n);
+        for (auto& x : t) x = tokd(rng);
+        return t;
+    };
+    std::vector<std::vector<TokenPair>> groups;
+    for (int g = 0; g < 40; ++g) {
+        std::vector<TokenPair> grp;
+        const std::vector<int> c = toks(g == 0 ? 1 : clen(rng)), k = toks(klen(rng));
+        const int n = nreq(rng);
+        for (int r = 0; r < n; ++r) grp.push_back({g % 3 == 2 ? toks(clen(rng)) : c, g % 3 == 2 ? k : toks(klen(rng))});
+        groups.push_back(grp);
+    }
+    return groups;
+}
+
+// Per-token |Δ log-prob| between two scorings of the same requests: a
+// request's sum over c tokens is compared as |Δ| / c.
+struct Agreement {
+    double worst = 0, sum = 0;
+    int64_t tokens = 0, greedy_diff = 0;
+    void add(double a, double b, int n_tokens, bool ga, bool gb) {
+        const double d = std::fabs(a - b);
+        worst = std::max(worst, d / n_tokens);
+        sum += d;
+        tokens += n_tokens;
+        greedy_diff += ga != gb;
+    }
+    double mean() const { return tokens ? sum / (double)tokens : 0.0; }
+};
+
+// The same requests through CudaLoglik's batched path (varlen, no prefix
+// sharing; batches of 96 tokens with ctx 48, so several batches and
+// sequences cut at every boundary) and its one-document path, and against
+// the CPU ModelLoglik. FP32: every per-token difference is float rounding
+// (cuBLAS picks algorithms by row count; attention tiles at sequence
+// boundaries): logits of size ~10 with ~1e-6 relative error move a
+// log-prob by ~1e-5, so 1e-4 per token, with identical greedy flags.
+// W4A4KV4 (hand-quantized tiny LLaMA, qk rotation, spectral, online
+// Hadamard): a rounding difference that lands on a 4-bit activation step
+// moves a code and the flip cascades, so the bar is on aggregates: mean
+// |Δ| ≤ 1e-3 per token (as a whole: flips are rare; the GPU-vs-CPU bar of
+// this model's groups is 5e-3 max) and max ≤ 5e-2 per token.
+TEST(CudaBatch, BatchedScoresMatchUnbatchedAndCpu) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 12);
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    for (int quant = 0; quant < 2; ++quant) {
+        Model model(quant ? hand_quantized("tiny_llama", 4, true, true, rng) : model_load_f32(ck, false));
+        const int V = model.config().vocab, ctx = 48;
+        auto cpu = loglik_source_make(model, ctx, "cpu");
+        auto gpu = loglik_source_make(model, ctx, "cuda", 96);
+        EXPECT_EQ(gpu->batch_tokens(), 96);
+        const auto groups = batch_groups(V, ctx, rng);
+        std::vector<std::vector<ContinuationScore>> one, cpu_s;
+        for (const auto& g : groups) one.push_back(gpu->score(g)), cpu_s.push_back(cpu->score(g));
+        const int64_t calls0 = gpu->forward_calls();
+        const auto many = gpu->score_batch(groups);
+        const int64_t batched_calls = gpu->forward_calls() - calls0;
+        EXPECT_LT(batched_calls, (int64_t)groups.size());
+        // The one-document path after a varlen call (which leaves the cache at 0): bit for bit as before.
+        for (size_t g = 0; g < groups.size(); g += 7) {
+            const auto again = gpu->score(groups[g]);
+            for (size_t r = 0; r < again.size(); ++r) EXPECT_EQ(again[r].logprob, one[g][r].logprob);
+        }
+        Agreement vs_one, vs_cpu;
+        ASSERT_EQ(many.size(), groups.size());
+        for (size_t g = 0; g < groups.size(); ++g) {
+            ASSERT_EQ(many[g].size(), groups[g].size());
+            for (size_t r = 0; r < groups[g].size(); ++r) {
+                const int c = (int)groups[g][r].continuation.size();
+                vs_one.add(many[g][r].logprob, one[g][r].logprob, c, many[g][r].greedy, one[g][r].greedy);
+                vs_cpu.add(many[g][r].logprob, cpu_s[g][r].logprob, c, many[g][r].greedy, cpu_s[g][r].greedy);
+            }
+        }
+        // Windows: 47 inputs each, two per batch of 96.
+        std::vector<std::vector<int>> wins;
+        for (int w = 0; w < 5; ++w) wins.push_back(some_tokens(V, ctx, test_seed() + 20 + w));
+        const int64_t wcalls0 = gpu->forward_calls();
+        const auto lw = gpu->rolling_logprobs_batch(wins);
+        EXPECT_EQ(gpu->forward_calls() - wcalls0, 3);
+        Agreement win_one;
+        ASSERT_EQ(lw.size(), wins.size());
+        for (size_t w = 0; w < wins.size(); ++w) {
+            const auto ref = gpu->rolling_logprobs(wins[w]);
+            ASSERT_EQ(lw[w].size(), ref.size());
+            for (size_t i = 0; i < ref.size(); ++i) win_one.add(lw[w][i], ref[i], 1, false, false);
+        }
+        const char* what = quant ? "W4A4KV4" : "fp32";
+        std::printf("[cuda] batched %s (%lld calls for %zu documents): per-token |dlogprob| vs one-document max %.2e "
+                    "mean %.2e, vs CPU max %.2e mean %.2e, windows max %.2e mean %.2e; greedy flips %lld / %lld\n",
+                    what, (long long)batched_calls, groups.size(), vs_one.worst, vs_one.mean(), vs_cpu.worst,
+                    vs_cpu.mean(), win_one.worst, win_one.mean(), (long long)vs_one.greedy_diff,
+                    (long long)vs_cpu.greedy_diff);
+        if (!quant) {
+            EXPECT_LE(vs_one.worst, 1e-4);
+            EXPECT_LE(vs_cpu.worst, 1e-4);
+            EXPECT_LE(win_one.worst, 1e-4);
+            EXPECT_EQ(vs_one.greedy_diff, 0);
+            EXPECT_EQ(vs_cpu.greedy_diff, 0);
+        } else {
+            for (const Agreement* a : {&vs_one, &vs_cpu, &win_one}) {
+                EXPECT_LE(a->mean(), 1e-3) << what;
+                EXPECT_LE(a->worst, 5e-2) << what;
+            }
+        }
+    }
+}
+
+// Every Linear kind and option through the varlen forward: sequences of
+// awkward lengths packed into one call against each sequence alone, all
+// rows scored. Bars as above: FP32 1e-4 per token and exact greedy flags;
+// every model with a quantizer (activations, or the KV cache: a 4-bit KV
+// code moves on a rounding difference just as an activation code does) on
+// the aggregates.
+TEST(CudaBatch, VarlenForwardMatchesSequencesAlone) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 13);
+    struct Case {
+        std::string what;
+        ModelWeights w;
+        bool exact;
+    };
+    std::vector<Case> cases;
+    for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_llama_spm"}) {
+        Checkpoint ck = checkpoint_open(kData + "/models/" + name);
+        cases.push_back({name, model_load_f32(ck, false), true});
+    }
+    cases.push_back({"tiny_llama W4A4KV4 rot+spec+had", hand_quantized("tiny_llama", 4, true, true, rng), false});
+    cases.push_back({"tiny_qwen2 W4A8 bias+spec+had", hand_quantized("tiny_qwen2", 8, false, false, rng), false});
+    cases.push_back({"tiny_llama_spm W4A16KV4", hand_quantized("tiny_llama_spm", 16, true, false, rng), false});
+    const std::vector<int> lens = {1, 2, 3, 17, 33, 40, 1, 64, 5};
+    for (Case& c : cases) {
+        const int V = c.w.cfg.vocab;
+        std::vector<int> tokens, seq_lens = lens;
+        std::vector<RowTarget> tq;
+        std::vector<std::vector<int>> seqs;
+        for (int len : lens) {
+            seqs.push_back(some_tokens(V, len, (uint32_t)rng()));
+            for (int i = 0; i < len; ++i) tq.push_back({(int)tokens.size() + i, (int)(rng() % V)});
+            tokens.insert(tokens.end(), seqs.back().begin(), seqs.back().end());
+        }
+        ModelCuda gpu(c.w, (int)tokens.size());
+        const std::vector<RowScore> packed = gpu.forward_score_varlen(tokens.data(), seq_lens, tq);
+        EXPECT_EQ(gpu.pos(), 0);
+        Agreement ag;
+        size_t k = 0;
+        for (const auto& s : seqs) {
+            std::vector<RowTarget> own;
+            for (int i = 0; i < (int)s.size(); ++i) own.push_back({i, tq[k + i].target});
+            gpu.truncate(0);
+            const std::vector<RowScore> alone = gpu.forward_score(s.data(), (int)s.size(), own);
+            for (size_t i = 0; i < alone.size(); ++i, ++k)
+                ag.add(packed[k].logprob, alone[i].logprob, 1, packed[k].greedy, alone[i].greedy);
+        }
+        std::printf("[cuda] varlen %s: per-token |dlogprob| max %.2e mean %.2e, greedy flips %lld\n", c.what.c_str(),
+                    ag.worst, ag.mean(), (long long)ag.greedy_diff);
+        if (c.exact) {
+            EXPECT_LE(ag.worst, 1e-4) << c.what;
+            EXPECT_EQ(ag.greedy_diff, 0) << c.what;
+        } else {
+            EXPECT_LE(ag.mean(), 1e-3) << c.what;
+            EXPECT_LE(ag.worst, 5e-2) << c.what;
+        }
+    }
+}
+
+TEST(CudaBatch, VarlenErrorsAreSqErrors) {
+    SKIP_WITHOUT_GPU();
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    Model cpu(model_load_f32(ck, false));
+    ModelCuda gpu(cpu.weights(), 8);
+    const std::vector<int> toks = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    EXPECT_THROW(gpu.forward_score_varlen(toks.data(), {4, 5}, {}), Error);         // 9 > capacity 8
+    EXPECT_THROW(gpu.forward_score_varlen(toks.data(), {4, 0, 2}, {}), Error);      // empty sequence
+    EXPECT_THROW(gpu.forward_score_varlen(toks.data(), {}, {}), Error);             // nothing
+    EXPECT_THROW(gpu.forward_score_varlen(toks.data(), {3, 3}, {{6, 1}}), Error);   // row outside
+    EXPECT_THROW(gpu.forward_score_varlen(toks.data(), {3, 3}, {{0, cpu.config().vocab}}), Error);
+    EXPECT_THROW(loglik_source_make(cpu, 16, "cuda", 8), Error);  // batch below the context length
+    const auto ok = gpu.forward_score_varlen(toks.data(), {3, 5}, {{0, 1}, {7, 2}});
+    EXPECT_EQ(ok.size(), 2u);
 }
 
 // Diagnostic on a real packed model (skipped unless SQ_DIAG_SQM names a .sqm

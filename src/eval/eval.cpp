@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <memory>
 
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/sha256.h"
+#include "eval/batch.h"
 
 namespace sq {
 
@@ -37,6 +39,7 @@ struct PreparedTask {
     std::vector<int> idx;                       // selected documents
     std::vector<std::vector<TokenPair>> groups;  // per selected document
     std::vector<int64_t> cost;                  // tokens forwarded per document
+    std::vector<int64_t> packed;                // tokens per document in varlen batches (no prefix sharing)
     int64_t calls = 0;                          // planned Model::forward calls
     int limit = 0;
 };
@@ -144,16 +147,18 @@ EvalResult eval_run(LoglikSource& src, const TextEncoder& enc, const EvalOptions
                         fail(p.data.path, ":", d.line, ": ", e.what());
                     }
                 }
-                int64_t cost = 0;
+                int64_t cost = 0, packed = 0;
                 try {
                     GroupPlan plan = group_plan(g, max_len);
                     cost = plan.forward_tokens;
+                    packed = plan.packed_tokens;
                     p.calls += plan.forward_calls;
                 } catch (const Error& e) {
                     fail(p.data.path, ":", d.line, ": ", e.what());
                 }
                 p.groups.push_back(std::move(g));
                 p.cost.push_back(cost);
+                p.packed.push_back(packed);
                 if (bar) bar->add();
             }
         }
@@ -197,7 +202,12 @@ EvalResult eval_run(LoglikSource& src, const TextEncoder& enc, const EvalOptions
         return res;
     }
 
-    // 3. Score, one progress bar over all forwarded tokens.
+    // 3. Score, one progress bar over all forwarded tokens. A batching source
+    // (batch_tokens() > 0) gets chunks of documents that fill one batch each
+    // and forwards every request whole, so its bar counts packed tokens.
+    const int64_t batch = src.batch_tokens();
+    for (auto& p : tasks)
+        if (batch > 0) p.cost = p.packed;
     int64_t total_cost = (int64_t)ppl_used * max_len;
     for (const auto& p : tasks)
         for (int64_t c : p.cost) total_cost += c;
@@ -240,12 +250,24 @@ EvalResult eval_run(LoglikSource& src, const TextEncoder& enc, const EvalOptions
         if (bar) bar->set_suffix(run.task);
         std::vector<const TaskDoc*> docs;
         std::vector<std::vector<ContinuationScore>> scores;
-        for (size_t k = 0; k < p.idx.size(); ++k) {
+        for (size_t k = 0; k < p.idx.size();) {
             check_cancel(cancel);
-            docs.push_back(&p.data.docs[p.idx[k]]);
-            scores.push_back(src.score(p.groups[k]));
-            if (bar) bar->add(p.cost[k]);
+            const size_t e = chunk_end(p.packed, k, batch);
+            std::vector<std::vector<TokenPair>> chunk(std::make_move_iterator(p.groups.begin() + (ptrdiff_t)k),
+                                                      std::make_move_iterator(p.groups.begin() + (ptrdiff_t)e));
+            std::vector<std::vector<ContinuationScore>> got = src.score_batch(chunk);
+            SQ_CHECK(got.size() == chunk.size(), "source returned ", got.size(), " documents' scores for ",
+                     chunk.size());
+            for (size_t j = k; j < e; ++j) {
+                SQ_CHECK(got[j - k].size() == chunk[j - k].size(), "source returned ", got[j - k].size(),
+                         " scores for ", chunk[j - k].size(), " requests");
+                docs.push_back(&p.data.docs[p.idx[j]]);
+                scores.push_back(std::move(got[j - k]));
+                if (bar) bar->add(p.cost[j]);
+            }
+            k = e;
         }
+        p.groups.clear();
         run.metrics = task_metrics(*p.spec, docs, scores);
         for (const TaskDoc* d : docs) run.lines.push_back(d->line);
         run.scores = std::move(scores);

@@ -85,11 +85,27 @@ GroupPlan group_plan(const std::vector<TokenPair>& group, int max_length) {
     }
     g.forward_tokens = g.shared;
     for (const auto& s : g.inputs) {
+        g.packed_tokens += (int64_t)s.input.size();
         const int rest = (int)s.input.size() - g.shared;
         g.forward_tokens += rest;
         g.forward_calls += calls(rest, true);
     }
     return g;
+}
+
+std::vector<std::vector<ContinuationScore>> LoglikSource::score_batch(
+    const std::vector<std::vector<TokenPair>>& groups) {
+    std::vector<std::vector<ContinuationScore>> out;
+    out.reserve(groups.size());
+    for (const auto& g : groups) out.push_back(score(g));
+    return out;
+}
+
+std::vector<std::vector<double>> LoglikSource::rolling_logprobs_batch(const std::vector<std::vector<int>>& windows) {
+    std::vector<std::vector<double>> out;
+    out.reserve(windows.size());
+    for (const auto& w : windows) out.push_back(rolling_logprobs(w));
+    return out;
 }
 
 double logprob_of(const float* row, int vocab, int target, bool* is_argmax) {

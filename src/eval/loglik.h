@@ -52,6 +52,15 @@ public:
     virtual std::vector<ContinuationScore> score(const std::vector<TokenPair>& group) = 0;
     // out[i] = log p(tokens[i+1] | tokens[0..i]) for i in [0, n-1): one window of perplexity.
     virtual std::vector<double> rolling_logprobs(const std::vector<int>& tokens) = 0;
+    // Many documents at once: out[g] = score(groups[g]). The default scores
+    // group by group; a source that packs requests of several documents into
+    // one forward call (CudaLoglik) overrides it and batch_tokens().
+    virtual std::vector<std::vector<ContinuationScore>> score_batch(const std::vector<std::vector<TokenPair>>& groups);
+    // Many windows at once: out[w] = rolling_logprobs(windows[w]).
+    virtual std::vector<std::vector<double>> rolling_logprobs_batch(const std::vector<std::vector<int>>& windows);
+    // Tokens of packed scored inputs (GroupPlan::packed_tokens) the harness
+    // should hand score_batch per call; 0: one document per call.
+    virtual int64_t batch_tokens() const { return 0; }
     virtual int max_length() const = 0;
     virtual int64_t tokens_forwarded() const { return 0; }  // for tokens/s
     virtual int64_t forward_calls() const { return 0; }
@@ -77,6 +86,7 @@ struct GroupPlan {
     int shared_logits = 0;  // logits needed from position shared_logits on within the shared part
     int64_t forward_tokens = 0;
     int64_t forward_calls = 0;  // Model::forward calls ModelLoglik makes for it
+    int64_t packed_tokens = 0;  // Σ input sizes: tokens a varlen batch forwards for it (eval/batch.h)
 };
 GroupPlan group_plan(const std::vector<TokenPair>& group, int max_length);
 

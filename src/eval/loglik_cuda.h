@@ -12,7 +12,11 @@ namespace sq {
 
 // device "cpu" or "cuda". A build without CUDA throws sq::Error for "cuda"
 // ("built without CUDA"), as does a machine without a CUDA device.
-std::unique_ptr<LoglikSource> loglik_source_make(const Model& model, int max_length, const std::string& device);
+// batch_tokens (cuda): tokens per varlen batch of score_batch and
+// rolling_logprobs_batch, ≥ max_length; 0 = one document per call; −1 =
+// $SQ_CUDA_BATCH_TOKENS, else the default (loglik_cuda.cpp). The CPU ignores it.
+std::unique_ptr<LoglikSource> loglik_source_make(const Model& model, int max_length, const std::string& device,
+                                                 int batch_tokens = -1);
 
 // True when this binary was built with the CUDA backend.
 bool cuda_built();

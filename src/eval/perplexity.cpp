@@ -1,5 +1,6 @@
 #include "eval/perplexity.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -59,17 +60,24 @@ PplResult perplexity_eval(LoglikSource& src, const std::vector<int>& tokens, int
     const int W = max_windows > 0 && max_windows < total ? max_windows : total;
     std::vector<double> means;
     int64_t scored = 0;
-    for (int w = 0; w < W; ++w) {
+    // A batching source gets as many windows (ctx − 1 inputs each) as fill one batch.
+    const int per = (int)std::clamp<int64_t>(src.batch_tokens() / std::max(1, ctx - 1), 1, std::max(1, W));
+    for (int w0 = 0; w0 < W; w0 += per) {
         if (cancel && cancel->load()) fail("interrupted");
-        std::vector<int> win(tokens.begin() + (ptrdiff_t)w * ctx, tokens.begin() + (ptrdiff_t)(w + 1) * ctx);
-        std::vector<double> lp = src.rolling_logprobs(win);
-        SQ_CHECK((int)lp.size() == ctx - 1, "perplexity: source returned ", lp.size(), " log-probs for a window of ",
-                 ctx);
-        double s = 0.0;
-        for (double v : lp) s -= v;
-        means.push_back(s / (double)lp.size());
-        scored += (int64_t)lp.size();
-        if (on_window) on_window(ctx);
+        std::vector<std::vector<int>> wins;
+        for (int w = w0; w < std::min(W, w0 + per); ++w)
+            wins.emplace_back(tokens.begin() + (ptrdiff_t)w * ctx, tokens.begin() + (ptrdiff_t)(w + 1) * ctx);
+        const std::vector<std::vector<double>> lps = src.rolling_logprobs_batch(wins);
+        SQ_CHECK(lps.size() == wins.size(), "perplexity: source returned ", lps.size(), " windows for ", wins.size());
+        for (const std::vector<double>& lp : lps) {
+            SQ_CHECK((int)lp.size() == ctx - 1, "perplexity: source returned ", lp.size(),
+                     " log-probs for a window of ", ctx);
+            double s = 0.0;
+            for (double v : lp) s -= v;
+            means.push_back(s / (double)lp.size());
+            scored += (int64_t)lp.size();
+            if (on_window) on_window(ctx);
+        }
     }
     return ppl_from_windows(means, ctx, total, scored);
 }

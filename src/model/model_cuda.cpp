@@ -7,6 +7,9 @@
 //   kv_store (fake-quant)      att = attention(q, cache)
 //   h += o(att); x = rmsnorm(h)    act = silu(gate(x)) ⊙ up(x)
 //   h += down(act); x = rmsnorm(h) with the next layer's (or the final) norm
+// Varlen calls (forward_score_varlen) run the same body over packed
+// sequences: RoPE at per-token positions, K/V written at cache rows 0..n−1,
+// block-diagonal causal attention (kernels attention_varlen, rope_varlen).
 // Linear on the device, in the reference's order (linear_w4a4.cpp):
 //   [x ← (x ⊙ signs) · H_n]  (online Hadamard, dense ±1/√n GEMM)
 //   f32:   y = x·Wᵀ + b
@@ -156,8 +159,11 @@ struct ModelCuda::Impl {
     DevBuf<float> logits;              // [kLogitRows, vocab]
     DevBuf<int> tokens;                // [cap]
     DevBuf<int> pos_dev;               // [1]: the cache position of this call's first token
+    DevBuf<int> positions;             // [cap]: varlen calls, each token's position in its sequence
+    DevBuf<int> gather_rows;           // [cap]: varlen scoring, the rows that go through lm_head
+    DevBuf<float> xs;                  // [lm rows, d]: those rows, gathered
     DevBuf<uint8_t> blas_ws;           // cuBLAS workspace
-    std::map<int, cudaGraphExec_t> graphs;  // by token count
+    std::map<int, cudaGraphExec_t> graphs;  // by 2 · token count + varlen
     bool use_graphs = true;
     DevBuf<int> q_rows, q_targets;     // [queries]: grown on demand
     DevBuf<double> q_lp;
@@ -207,17 +213,18 @@ struct ModelCuda::Impl {
         DLinear d;
         d.in = L.in;
         d.out = L.out;
-        if (auto* f = dynamic_cast<const LinearF32*>(&L)) {
+        std::vector<float> fw, fb;
+        if (linear_dense_f32(L, &fw, &fb)) {  // float32, or Q8 dequantized (exact)
             d.kind = LinKind::f32;
-            if (what == "lm_head" && f->w.size() == embed.size()) {
+            if (what == "lm_head" && fw.size() == embed.size()) {
                 // Tied embeddings: lm_head holds a copy of the table; share the device copy when equal.
                 std::vector<float> tmp;  // compared against the uploaded table, not the CPU copy kept by caller
-                tmp.resize(f->w.size());
+                tmp.resize(fw.size());
                 SQ_CUDA(cudaMemcpy(tmp.data(), embed.get(), tmp.size() * sizeof(float), cudaMemcpyDeviceToHost));
-                if (std::memcmp(tmp.data(), f->w.data(), tmp.size() * sizeof(float)) == 0) d.w_shared = embed.get();
+                if (std::memcmp(tmp.data(), fw.data(), tmp.size() * sizeof(float)) == 0) d.w_shared = embed.get();
             }
-            if (!d.w_shared) d.w.upload(f->w.data(), f->w.size(), what, &bytes);
-            d.bias.upload(f->bias.data(), f->bias.size(), what + " bias", &bytes);
+            if (!d.w_shared) d.w.upload(fw.data(), fw.size(), what, &bytes);
+            d.bias.upload(fb.data(), fb.size(), what + " bias", &bytes);
             return d;
         }
         QLinearData qd;  // either CPU backend of the packed format (reference or AVX2)
@@ -331,8 +338,12 @@ struct ModelCuda::Impl {
     }
 
     // All layers for n tokens at pos; leaves the final-normed hidden states in x.
-    void run_layers(const int* tokens_h, int n) {
+    // positions_h (varlen): each token's position in its own packed sequence,
+    // validated by the caller; the call then starts at cache row 0 and leaves pos at 0.
+    void run_layers(const int* tokens_h, int n, const int* positions_h = nullptr) {
         const ModelConfig& c = cfg;
+        const bool varlen = positions_h != nullptr;
+        if (varlen) pos = 0;
         SQ_CHECK(n > 0, "forward: no tokens");
         SQ_CHECK(pos + n <= cap, "forward: context overflow: ", pos, " + ", n, " tokens > KV cache capacity ", cap,
                  " (raise -c)");
@@ -342,23 +353,26 @@ struct ModelCuda::Impl {
         // Pageable sources: the copies are staged before these calls return.
         SQ_CUDA(cudaMemcpyAsync(tokens.get(), tokens_h, n * sizeof(int), cudaMemcpyHostToDevice, stream));
         SQ_CUDA(cudaMemcpyAsync(pos_dev.get(), &pos, sizeof(int), cudaMemcpyHostToDevice, stream));
+        if (varlen)
+            SQ_CUDA(cudaMemcpyAsync(positions.get(), positions_h, n * sizeof(int), cudaMemcpyHostToDevice, stream));
         if (!use_graphs || n > kGraphMaxTokens) {
-            layers_body(n);
+            layers_body(n, varlen);
         } else {
-            auto it = graphs.find(n);
+            const int key = 2 * n + (varlen ? 1 : 0);
+            auto it = graphs.find(key);
             if (it == graphs.end()) {
                 if (graphs.size() >= kGraphCache) clear_graphs();
-                it = graphs.emplace(n, capture(n)).first;
+                it = graphs.emplace(key, capture(n, varlen)).first;
             }
             SQ_CUDA(cudaGraphLaunch(it->second, stream));
         }
-        pos += n;
+        pos = varlen ? 0 : pos + n;
     }
 
-    cudaGraphExec_t capture(int n) {
+    cudaGraphExec_t capture(int n, bool varlen) {
         SQ_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
         try {
-            layers_body(n);
+            layers_body(n, varlen);
         } catch (...) {
             cudaGraph_t g = nullptr;
             cudaStreamEndCapture(stream, &g);
@@ -376,8 +390,9 @@ struct ModelCuda::Impl {
     }
 
     // The device work of run_layers: launches only (captured into graphs),
-    // with the cache position read from pos_dev.
-    void layers_body(int n) {
+    // with the cache position read from pos_dev, or (varlen) the per-token
+    // positions from `positions` and the cache filled from row 0.
+    void layers_body(int n, bool varlen) {
         const ModelConfig& c = cfg;
         const int d = c.d_model, hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads;
         const int64_t kvd = (int64_t)KV * hd, ff = c.d_ff;
@@ -388,8 +403,13 @@ struct ModelCuda::Impl {
             linear(L.q, x.get(), n, q.get());
             linear(L.k, x.get(), n, k.get(), true);
             linear(L.v, x.get(), n, v.get(), true);
-            cuda::rope(q.get(), n, H, hd, 0, pos_dev.get(), inv_freq.get(), stream);
-            cuda::rope(k.get(), n, KV, hd, 0, pos_dev.get(), inv_freq.get(), stream);
+            if (varlen) {
+                cuda::rope_varlen(q.get(), n, H, hd, positions.get(), inv_freq.get(), stream);
+                cuda::rope_varlen(k.get(), n, KV, hd, positions.get(), inv_freq.get(), stream);
+            } else {
+                cuda::rope(q.get(), n, H, hd, 0, pos_dev.get(), inv_freq.get(), stream);
+                cuda::rope(k.get(), n, KV, hd, 0, pos_dev.get(), inv_freq.get(), stream);
+            }
             const float *qa = q.get(), *ka = k.get();
             if (qk_rotate) {  // x·H_hd per head, as hadamard_transform(q, n·H, hd)
                 const float* Hh = had_matrix(hd);
@@ -399,8 +419,13 @@ struct ModelCuda::Impl {
             }
             float* kc_l = kc.get() + (size_t)l * cap * kvd;
             float* vc_l = vc.get() + (size_t)l * cap * kvd;
-            cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, pos_dev.get(), stream);
-            cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream);
+            if (varlen) {
+                cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, nullptr, stream);
+                cuda::attention_varlen(qa, kc_l, vc_l, n, positions.get(), H, KV, hd, att.get(), stream);
+            } else {
+                cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, pos_dev.get(), stream);
+                cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream);
+            }
             linear(L.o, att.get(), n, proj.get());
             cuda::add_rmsnorm(h.get(), proj.get(), L.ffn_norm.get(), n, d, c.rms_eps, x.get(), stream);
             linear(L.gate, x.get(), n, act.get());
@@ -444,7 +469,10 @@ ModelCuda::ModelCuda(const ModelWeights& w, int capacity) : p_(std::make_unique<
 
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff;
-    m.embed.upload(w.embed.data(), w.embed.size(), "embedding", &m.bytes);
+    {
+        const std::vector<float> table = embed_f32(w);  // 8-bit tables dequantized (exact)
+        m.embed.upload(table.data(), table.size(), "embedding", &m.bytes);
+    }
     m.final_norm.upload(w.final_norm.data(), w.final_norm.size(), "final norm", &m.bytes);
     const std::vector<float> inv = rope_inv_freq(c);
     m.inv_freq.upload(inv.data(), inv.size(), "RoPE frequencies", &m.bytes);
@@ -511,6 +539,9 @@ ModelCuda::ModelCuda(const ModelWeights& w, int capacity) : p_(std::make_unique<
     m.logits.alloc(lm_rows * c.vocab, "logits", &m.bytes);
     m.tokens.alloc(cap, "tokens", &m.bytes);
     m.pos_dev.alloc(1, "cache position", &m.bytes);
+    m.positions.alloc(cap, "token positions", &m.bytes);
+    m.gather_rows.alloc(cap, "scored rows", &m.bytes);
+    m.xs.alloc(lm_rows * d, "scored hidden states", &m.bytes);
     SQ_CUDA(cudaStreamSynchronize(m.stream));
 }
 
@@ -561,6 +592,71 @@ std::vector<RowScore> ModelCuda::forward_score(const int* tokens, int n, const s
         while (qb < nq && targets[order[qb]].row < r0 + rows) ++qb;
         if (qb == qa) continue;
         m.linear(m.lm_head, m.x.get() + (size_t)r0 * d, rows, m.logits.get());
+        cuda::logprob_gather(m.logits.get(), V, m.q_rows.get() + qa, m.q_targets.get() + qa, qb - qa,
+                             m.q_lp.get() + qa, m.q_greedy.get() + qa, m.stream);
+        qa = qb;
+    }
+    std::vector<double> lp(nq);
+    std::vector<uint8_t> gr(nq);
+    SQ_CUDA(cudaMemcpyAsync(lp.data(), m.q_lp.get(), nq * sizeof(double), cudaMemcpyDeviceToHost, m.stream));
+    SQ_CUDA(cudaMemcpyAsync(gr.data(), m.q_greedy.get(), nq, cudaMemcpyDeviceToHost, m.stream));
+    SQ_CUDA(cudaStreamSynchronize(m.stream));
+    for (int i = 0; i < nq; ++i) out[order[i]] = {lp[i], gr[i] != 0};
+    return out;
+}
+
+std::vector<RowScore> ModelCuda::forward_score_varlen(const int* tokens, const std::vector<int>& seq_lens,
+                                                      const std::vector<RowTarget>& targets) {
+    Impl& m = *p_;
+    const int V = m.cfg.vocab, d = m.cfg.d_model;
+    SQ_CHECK(!seq_lens.empty(), "forward_score_varlen: no sequences");
+    int64_t total = 0;
+    for (int len : seq_lens) {
+        SQ_CHECK(len > 0, "forward_score_varlen: empty sequence");
+        total += len;
+    }
+    SQ_CHECK(total <= m.cap, "forward_score_varlen: ", total, " packed tokens > capacity ", m.cap);
+    const int n = (int)total;
+    std::vector<int> positions(n);
+    for (int s = 0, t = 0; s < (int)seq_lens.size(); ++s)
+        for (int i = 0; i < seq_lens[s]; ++i) positions[t++] = i;
+    for (const RowTarget& t : targets) {
+        SQ_CHECK(t.row >= 0 && t.row < n, "forward_score_varlen: row ", t.row, " outside [0, ", n, ")");
+        SQ_CHECK(t.target >= 0 && t.target < V, "token id ", t.target, " out of range [0, ", V, ")");
+    }
+    m.run_layers(tokens, n, positions.data());
+    std::vector<RowScore> out(targets.size());
+    if (targets.empty()) {
+        SQ_CUDA(cudaStreamSynchronize(m.stream));
+        return out;
+    }
+    // Distinct scored rows in row order; lm_head runs on them gathered, kLogitRows at a time.
+    const int nq = (int)targets.size();
+    std::vector<int> order(nq);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return targets[a].row < targets[b].row; });
+    std::vector<int> rows, uq(nq), rel(nq), tg(nq);  // uq: index into rows of query order[i]
+    for (int i = 0; i < nq; ++i) {
+        const int r = targets[order[i]].row;
+        if (rows.empty() || rows.back() != r) rows.push_back(r);
+        uq[i] = (int)rows.size() - 1;
+    }
+    const int lm_rows = std::min(kLogitRows, m.cap), nrows = (int)rows.size();
+    for (int i = 0; i < nq; ++i) {
+        rel[i] = uq[i] % lm_rows;
+        tg[i] = targets[order[i]].target;
+    }
+    m.ensure_queries(nq);
+    SQ_CUDA(cudaMemcpyAsync(m.gather_rows.get(), rows.data(), nrows * sizeof(int), cudaMemcpyHostToDevice, m.stream));
+    SQ_CUDA(cudaMemcpyAsync(m.q_rows.get(), rel.data(), nq * sizeof(int), cudaMemcpyHostToDevice, m.stream));
+    SQ_CUDA(cudaMemcpyAsync(m.q_targets.get(), tg.data(), nq * sizeof(int), cudaMemcpyHostToDevice, m.stream));
+    int qa = 0;
+    for (int c0 = 0; c0 < nrows; c0 += lm_rows) {
+        const int cnt = std::min(lm_rows, nrows - c0);
+        int qb = qa;
+        while (qb < nq && uq[qb] < c0 + cnt) ++qb;
+        cuda::embed_gather(m.x.get(), m.gather_rows.get() + c0, cnt, d, m.xs.get(), m.stream);  // row gather
+        m.linear(m.lm_head, m.xs.get(), cnt, m.logits.get());
         cuda::logprob_gather(m.logits.get(), V, m.q_rows.get() + qa, m.q_targets.get() + qa, qb - qa,
                              m.q_lp.get() + qa, m.q_greedy.get() + qa, m.stream);
         qa = qb;

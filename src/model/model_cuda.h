@@ -16,18 +16,9 @@
 #include <vector>
 
 #include "model/model.h"
+#include "model/row_score.h"
 
 namespace sq {
-
-struct RowTarget {
-    int row = 0;     // row of this forward call's tokens, [0, n)
-    int target = 0;  // token id whose log-probability is wanted
-};
-
-struct RowScore {
-    double logprob = 0.0;  // log_softmax(logits[row])[target], in double as logprob_of()
-    bool greedy = false;   // target is the first argmax of the row
-};
 
 class ModelCuda {
 public:
@@ -49,6 +40,17 @@ public:
     // given (row, target) pairs on the device: only those rows go through
     // lm_head, and only the scores come back. One result per target, in order.
     std::vector<RowScore> forward_score(const int* tokens, int n, const std::vector<RowTarget>& targets);
+
+    // Varlen: independent sequences packed back to back (tokens [Σ seq_lens]
+    // ≤ capacity), each at positions 0.. and attending causally to itself
+    // only; per-token work (norms, activation and KV quantization, linear
+    // layers, RoPE) is that of the sequence run alone, so its scores equal
+    // forward_score's up to float rounding (cuBLAS picks its algorithm by
+    // row count). Rows of `targets` index the packed tokens; only those
+    // rows go through lm_head (gathered). The KV cache is scratch for the
+    // call: pos() is 0 afterwards.
+    std::vector<RowScore> forward_score_varlen(const int* tokens, const std::vector<int>& seq_lens,
+                                               const std::vector<RowTarget>& targets);
 
     // Runs n tokens from pos(); logits [n, vocab] when all_logits, else
     // [1, vocab] for the last token, copied to host memory (tests, generation).

@@ -11,6 +11,14 @@
 // hd/32 output dims over the 32 keys (V rows read across lanes: conflict-free).
 // Shared memory: (16·hd + 32·(hd+1) + 32·hd)·4 B = 20.6 KB at hd = 64, 82 KB at 256.
 // Work at n = 2048, hd = 64, 9 heads: ~2.4 G FMA per layer (causal half).
+//
+// Varlen (attention_varlen): many sequences packed back to back, token t at
+// position positions[t] of its own sequence, whose keys are cache rows
+// [t − positions[t], t]. Rows are token-major and a sequence's first row only
+// grows with t, so a block's keys are [first row's start, last row's t] and
+// its tiles start at the first row's start: a block wholly inside one
+// sequence tiles its keys exactly as the sequence alone at cache row 0 would.
+// Rows skip tiles outside their own range (warp-uniform) and mask the rest.
 #include <cfloat>
 
 #include "kernels/cuda/cuda_check.h"
@@ -28,7 +36,8 @@ size_t attention_smem(int hd) { return (size_t)(kRows * hd + kKeys * (hd + 1) + 
 template <int DPL>  // output dims per lane: ceil(hd / 32)
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __restrict__ q, const float* __restrict__ kc,
                                                                  const float* __restrict__ vc, int n, int pos0,
-                                                                 const int* __restrict__ pos_dev, int heads,
+                                                                 const int* __restrict__ pos_dev,
+                                                                 const int* __restrict__ positions, int heads,
                                                                  int kv_heads, int hd, float scale,
                                                                  float* __restrict__ out) {
     extern __shared__ float sm[];
@@ -52,22 +61,27 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
         }
         sq[i] = val;
     }
+    // Keys of row (token t): [lo(t), pos0 + t + 1); lo = 0, or t's sequence start when varlen.
+    auto lo_of = [&](int t) { return positions ? t - positions[t] : 0; };
     const int last_row = min(row0 + kRows, total_rows) - 1;
-    const int kend = pos0 + last_row / group + 1;  // keys [0, kend) cover every row of the block
+    const int kstart = lo_of(row0 / group);        // lo(t) never decreases with t
+    const int kend = pos0 + last_row / group + 1;  // keys [kstart, kend) cover every row of the block
 
     float m[kRowsPerWarp], l[kRowsPerWarp], o[kRowsPerWarp][DPL];
-    int lim[kRowsPerWarp];
+    int lo[kRowsPerWarp], lim[kRowsPerWarp];
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
         const int row = row0 + warp * kRowsPerWarp + r;
-        lim[r] = row < total_rows ? pos0 + row / group + 1 : 1;  // padding rows: key 0 only (finite, unused)
+        // padding rows: key kstart only (finite, unused)
+        lo[r] = row < total_rows ? lo_of(row / group) : kstart;
+        lim[r] = row < total_rows ? pos0 + row / group + 1 : kstart + 1;
         m[r] = -FLT_MAX;
         l[r] = 0.0f;
 #pragma unroll
         for (int dd = 0; dd < DPL; ++dd) o[r][dd] = 0.0f;
     }
 
-    for (int k0 = 0; k0 < kend; k0 += kKeys) {
+    for (int k0 = kstart; k0 < kend; k0 += kKeys) {
         __syncthreads();  // previous tile fully consumed (and sq written on the first pass)
         for (int i = threadIdx.x; i < kKeys * hd; i += blockDim.x) {
             const int j = i / hd, d = i - j * hd, key = k0 + j;
@@ -84,23 +98,25 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
         const int key = k0 + lane;
 #pragma unroll
         for (int r = 0; r < kRowsPerWarp; ++r) {
-            if (k0 >= lim[r]) continue;  // warp-uniform: every key of the tile is masked for this row
+            // warp-uniform: every key of the tile is masked for this row
+            if (k0 >= lim[r] || k0 + kKeys <= lo[r]) continue;
             const float* qr = sq + (warp * kRowsPerWarp + r) * hd;
             const float* kr = sk + lane * (hd + 1);
+            const bool valid = key >= lo[r] && key < lim[r];
             float s = -FLT_MAX;
-            if (key < lim[r]) {
+            if (valid) {
                 float acc = 0.0f;
                 for (int d = 0; d < hd; ++d) acc += qr[d] * kr[d];
                 s = acc * scale;
             }
             const float mnew = fmaxf(m[r], warp_max(s));
-            const float p = key < lim[r] ? expf(s - mnew) : 0.0f;
+            const float p = valid ? expf(s - mnew) : 0.0f;
             const float corr = expf(m[r] - mnew);
             l[r] = l[r] * corr + warp_sum(p);
 #pragma unroll
             for (int dd = 0; dd < DPL; ++dd) o[r][dd] *= corr;
-            const int jmax = min(kKeys, lim[r] - k0);
-            for (int j = 0; j < jmax; ++j) {
+            const int jmin = max(0, lo[r] - k0), jmax = min(kKeys, lim[r] - k0);  // p = 0 outside
+            for (int j = jmin; j < jmax; ++j) {
                 const float pj = __shfl_sync(0xffffffffu, p, j);
 #pragma unroll
                 for (int dd = 0; dd < DPL; ++dd) {
@@ -127,8 +143,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
 }
 
 template <int DPL>
-void launch(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
-            int kv_heads, int hd, float* out, cudaStream_t s) {
+void launch(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev,
+            const int* positions, int heads, int kv_heads, int hd, float* out, cudaStream_t s) {
     const size_t smem = attention_smem(hd);
     if (smem > 48 * 1024) {
         // Above the default 48 KB a kernel must opt in (hd > 128).
@@ -136,23 +152,34 @@ void launch(const float* q, const float* kc, const float* vc, int n, int pos0, c
     }
     const int group = heads / kv_heads;
     dim3 grid((unsigned)((n * group + kRows - 1) / kRows), (unsigned)kv_heads);
-    attention_kernel<DPL><<<grid, kWarps * 32, smem, s>>>(q, kc, vc, n, pos0, pos_dev, heads, kv_heads,
-                                                          hd, 1.0f / sqrtf((float)hd), out);
+    attention_kernel<DPL><<<grid, kWarps * 32, smem, s>>>(q, kc, vc, n, pos0, pos_dev, positions, heads,
+                                                          kv_heads, hd, 1.0f / sqrtf((float)hd), out);
     SQ_CUDA_LAUNCH("attention");
+}
+
+void dispatch(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev,
+              const int* positions, int heads, int kv_heads, int hd, float* out, cudaStream_t s) {
+    if (n <= 0) return;
+    SQ_CHECK(hd >= 1 && hd <= 256, "CUDA attention: head_dim ", hd, " unsupported (1..256)");
+    SQ_CHECK(kv_heads > 0 && heads % kv_heads == 0, "CUDA attention: ", heads, " heads not a multiple of ", kv_heads,
+             " KV heads");
+    if (hd <= 32) launch<1>(q, kc, vc, n, pos0, pos_dev, positions, heads, kv_heads, hd, out, s);
+    else if (hd <= 64) launch<2>(q, kc, vc, n, pos0, pos_dev, positions, heads, kv_heads, hd, out, s);
+    else if (hd <= 128) launch<4>(q, kc, vc, n, pos0, pos_dev, positions, heads, kv_heads, hd, out, s);
+    else launch<8>(q, kc, vc, n, pos0, pos_dev, positions, heads, kv_heads, hd, out, s);
 }
 
 }  // namespace
 
 void attention(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
                int kv_heads, int hd, float* out, cudaStream_t s) {
-    if (n <= 0) return;
-    SQ_CHECK(hd >= 1 && hd <= 256, "CUDA attention: head_dim ", hd, " unsupported (1..256)");
-    SQ_CHECK(kv_heads > 0 && heads % kv_heads == 0, "CUDA attention: ", heads, " heads not a multiple of ", kv_heads,
-             " KV heads");
-    if (hd <= 32) launch<1>(q, kc, vc, n, pos0, pos_dev, heads, kv_heads, hd, out, s);
-    else if (hd <= 64) launch<2>(q, kc, vc, n, pos0, pos_dev, heads, kv_heads, hd, out, s);
-    else if (hd <= 128) launch<4>(q, kc, vc, n, pos0, pos_dev, heads, kv_heads, hd, out, s);
-    else launch<8>(q, kc, vc, n, pos0, pos_dev, heads, kv_heads, hd, out, s);
+    dispatch(q, kc, vc, n, pos0, pos_dev, nullptr, heads, kv_heads, hd, out, s);
+}
+
+void attention_varlen(const float* q, const float* kc, const float* vc, int n, const int* positions, int heads,
+                      int kv_heads, int hd, float* out, cudaStream_t s) {
+    SQ_CHECK(positions, "CUDA attention_varlen: no positions");
+    dispatch(q, kc, vc, n, 0, nullptr, positions, heads, kv_heads, hd, out, s);
 }
 
 }  // namespace sq::cuda

@@ -38,9 +38,10 @@ __global__ void rmsnorm_kernel(float* __restrict__ h, const float* __restrict__ 
     for (int i = threadIdx.x; i < d; i += blockDim.x) y[base + i] = __fmul_rn(w[i], __fmul_rn(h[base + i], r));
 }
 
-// One thread per (token, head, i < hd/2) pair of rotated elements.
+// One thread per (token, head, i < hd/2) pair of rotated elements. Token t
+// sits at positions[t] when given (varlen), else at pos0 (+ *pos_dev) + t.
 __global__ void rope_kernel(float* __restrict__ x, int n, int heads, int hd, int pos0, const int* __restrict__ pos_dev,
-                            const float* __restrict__ inv_freq) {
+                            const int* __restrict__ positions, const float* __restrict__ inv_freq) {
     const int half = hd / 2;
     const int64_t total = (int64_t)n * heads * half;
     const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -49,7 +50,8 @@ __global__ void rope_kernel(float* __restrict__ x, int n, int heads, int hd, int
     const int64_t th = idx / half;  // t * heads + h
     const int t = (int)(th / heads);
     if (pos_dev) pos0 += *pos_dev;
-    const float ang = __fmul_rn((float)(pos0 + t), inv_freq[i]);
+    const int p = positions ? positions[t] : pos0 + t;
+    const float ang = __fmul_rn((float)p, inv_freq[i]);
     const float c = cosf(ang), sn = sinf(ang);
     float* v = x + th * hd;
     const float a = v[i], b = v[i + half];
@@ -107,8 +109,16 @@ void add_rmsnorm(float* h, const float* add, const float* w, int n, int d, float
 void rope(float* x, int n, int heads, int hd, int pos0, const int* pos_dev, const float* inv_freq, cudaStream_t s) {
     const int64_t total = (int64_t)n * heads * (hd / 2);
     if (total <= 0) return;
-    rope_kernel<<<blocks_for(total, 256), 256, 0, s>>>(x, n, heads, hd, pos0, pos_dev, inv_freq);
+    rope_kernel<<<blocks_for(total, 256), 256, 0, s>>>(x, n, heads, hd, pos0, pos_dev, nullptr, inv_freq);
     SQ_CUDA_LAUNCH("rope");
+}
+
+void rope_varlen(float* x, int n, int heads, int hd, const int* positions, const float* inv_freq, cudaStream_t s) {
+    const int64_t total = (int64_t)n * heads * (hd / 2);
+    if (total <= 0) return;
+    SQ_CHECK(positions, "CUDA rope_varlen: no positions");
+    rope_kernel<<<blocks_for(total, 256), 256, 0, s>>>(x, n, heads, hd, 0, nullptr, positions, inv_freq);
+    SQ_CUDA_LAUNCH("rope_varlen");
 }
 
 void silu_mul(float* g, const float* u, int64_t count, cudaStream_t s) {

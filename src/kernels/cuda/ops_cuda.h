@@ -30,6 +30,13 @@ void add_rmsnorm(float* h, const float* add, const float* w, int n, int d, float
 // inv_freq [hd/2] (device).
 void rope(float* x, int n, int heads, int hd, int pos0, const int* pos_dev, const float* inv_freq, cudaStream_t s);
 
+// Varlen (many sequences packed back to back in one batch of n tokens):
+// positions [n] (device) gives token t's position within its own sequence,
+// which therefore starts at row t − positions[t]. Callers guarantee that
+// positions restart at 0 at every sequence start and count up by one.
+// RoPE as rope() with token t at positions[t].
+void rope_varlen(float* x, int n, int heads, int hd, const int* positions, const float* inv_freq, cudaStream_t s);
+
 // Writes n tokens of k, v [n, kv_heads, hd] to the cache kc, vc [pos, kv_heads, hd]
 // from position (pos_dev ? *pos_dev : 0) on; bits < 16 fake-quantizes every
 // (token, head) vector first: fake_quant_asym_ref semantics, bit-exact.
@@ -41,6 +48,12 @@ void kv_store(const float* k, const float* v, int n, int kv_heads, int hd, int b
 // out [n, heads, hd]. hd ≤ 256.
 void attention(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
                int kv_heads, int hd, float* out, cudaStream_t s);
+
+// Block-diagonal causal attention over packed sequences: query t attends to
+// cache rows [t − positions[t], t] (its own sequence, written at rows 0..n−1
+// by kv_store with pos_dev = null). Shapes and limits as attention().
+void attention_varlen(const float* q, const float* kc, const float* vc, int n, const int* positions, int heads,
+                      int kv_heads, int hd, float* out, cudaStream_t s);
 
 // g[i] = silu(g[i]) * u[i]
 void silu_mul(float* g, const float* u, int64_t count, cudaStream_t s);
