@@ -23,6 +23,8 @@
 #   and further calls `scripts/gpu_session.sh collect 560 batch` until done: FP quick suite batched and
 #   one document per call (SQ_CUDA_BATCH_TOKENS=0) with per-request samples compared, FP full suite;
 #   quarot W4A4KV4 (calib 32 x 512, quantized on 14 cores while the FP runs use the GPU), the same.
+#   `scripts/gpu_session.sh batchdiag` (after both unpacks) quantizes the same model if missing and
+#   prints per-token W4A4 agreement GPU vs CPU vs varlen batch, and batch 16384 vs 8192 per request.
 # .gpu*/ is git-ignored through .git/info/exclude. Logs go to $OUT (or out/gpu).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -171,6 +173,23 @@ EOF
     sleep 3
     pgrep -fc "specquant" || true
     ;;
+batchdiag)  # after both parts are unpacked: is batched-vs-one-document W4A4 disagreement rounding? (docs/perf.md)
+    env_setup
+    M=$S/model.gguf D=$S/shared/data R=$S/batch Q=$S/batch/q.sqm
+    mkdir -p $R
+    test -f $Q || /usr/bin/time -f "quantize: %e s wall" $SQ quantize -m $M --method quarot --kv-bits 4 \
+        --calib $D/calib/wiki.utf8 --calib-n 32 --calib-len 512 --seed 0 -t 16 -o $Q 2>&1 | tail -n 1
+    sha256sum $Q
+    # per-token NLL of one 2048-token window: GPU vs CPU, vs GPU with the embedding moved 1 ulp, vs a varlen batch
+    SQ_DIAG_SQM=$Q SQ_DIAG_TEXT=$D/wikitext2/wiki.test.raw SQ_DIAG_TOKENS=2048 $S/bin/specquant_tests \
+        --gtest_filter='CudaDiag*' 2>&1 | grep -E 'diag|OK|FAIL' | tee "$OUT/batchdiag.log"
+    # quick suite batched at two batch sizes (only the rounding of other GEMM sizes differs), per request
+    for b in 16384 8192; do
+        SQ_CUDA_BATCH_TOKENS=$b $SQ eval -m $Q --tasks quick --device cuda --data-dir $D \
+            --samples $R/quick_q4_$b.samples.jsonl 2>&1 | grep -E 'headline|wikitext2|tokens/s' | sed "s/^/batch $b: /"
+    done | tee -a "$OUT/batchdiag.log"
+    "$0" compare $R/quick_q4_16384.samples.jsonl $R/quick_q4_8192.samples.jsonl | tee -a "$OUT/batchdiag.log"
+    ;;
 compare)  # per-request agreement of two --samples files: compare A.samples.jsonl B.samples.jsonl
     python3 - "$2" "$3" <<'PY'
 import json, sys
@@ -204,7 +223,7 @@ collect)  # wait up to $2 s for the detached jobs of $3 (res: tables, batch), th
     fi
     ;;
 *)
-    echo "usage: $0 pack|unpack DIR|tests|evals|w4a4check|tables|batch|compare A B|collect SECONDS [res|batch]" >&2
+    echo "usage: $0 pack|unpack DIR|tests|evals|w4a4check|tables|batch|batchdiag|compare A B|collect SECONDS [res|batch]" >&2
     exit 2
     ;;
 esac

@@ -619,6 +619,8 @@ TEST(CudaBatch, VarlenErrorsAreSqErrors) {
 // activation quantizer is discontinuous, so float-rounding differences flip
 // some 4-bit codes and the flips cascade; if GPU-vs-CPU differences are of the
 // size GPU-vs-perturbed-GPU differences are, they are rounding, not a bug.
+// The same window scored in a varlen batch (behind another sequence) is the
+// third comparison: batched vs one-document scoring on a real W4A4 model.
 TEST(CudaDiag, RealModelAgreement) {
     const char* sqm = std::getenv("SQ_DIAG_SQM");
     const char* txt = std::getenv("SQ_DIAG_TEXT");
@@ -637,7 +639,7 @@ TEST(CudaDiag, RealModelAgreement) {
         bool top = false;
         return -logprob_of(logits + (size_t)t * V, V, toks[t + 1], &top);
     };
-    std::vector<double> cpu_nll(n - 1), gpu_nll(n - 1), pert_nll(n - 1);
+    std::vector<double> cpu_nll(n - 1), gpu_nll(n - 1), pert_nll(n - 1), var_nll(n - 1);
     {
         Model cpu(std::move(pm.weights));
         std::vector<float> logits((size_t)n * V);
@@ -647,6 +649,17 @@ TEST(CudaDiag, RealModelAgreement) {
         ModelCuda gpu(cpu.weights(), n);
         gpu.forward_logits(toks.data(), n, logits.data(), true);
         for (int t = 0; t < n - 1; ++t) gpu_nll[t] = nll_of(logits.data(), t);
+        {
+            // The same window in a varlen batch, behind a 300-token sequence (other rows, other GEMM sizes).
+            const int pre = 300;
+            std::vector<int> packed(toks.rbegin(), toks.rbegin() + pre);
+            packed.insert(packed.end(), toks.begin(), toks.end());
+            std::vector<RowTarget> tq;
+            for (int t = 0; t < n - 1; ++t) tq.push_back({pre + t, toks[t + 1]});
+            ModelCuda gv(cpu.weights(), n + pre);
+            const std::vector<RowScore> r = gv.forward_score_varlen(packed.data(), {pre, n}, tq);
+            for (int t = 0; t < n - 1; ++t) var_nll[t] = -r[t].logprob;
+        }
         ModelWeights& w = cpu.weights();
         std::mt19937 rng(test_seed());
         for (auto& e : w.embed) e = std::nextafter(e, (rng() & 1) ? INFINITY : -INFINITY);
@@ -670,6 +683,7 @@ TEST(CudaDiag, RealModelAgreement) {
     };
     stats("gpu vs cpu", cpu_nll, gpu_nll);
     stats("gpu vs gpu(embed+1ulp)", gpu_nll, pert_nll);
+    stats("gpu vs gpu varlen batch", gpu_nll, var_nll);
 }
 
 }  // namespace
