@@ -69,7 +69,7 @@ log=$R/\$name.log
     if [[ "\$evals" == *full* ]]; then
         t0=\$(date +%s)
         $SQ eval -m $R/\$name.sqm --tasks all --device cuda --data-dir $D --json $R/full_\$name.json
-        rc=\$?; echo "full suite wall \$(( \$(date +%s) - t0 )) s"; exit \$rc
+        rc=\$?; echo "full suite wall \$(( \$(date +%s) - t0 )) s"; (exit \$rc)
     fi
 } > \$log 2>&1
 echo "done rc=\$?" >> \$log
