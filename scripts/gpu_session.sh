@@ -164,11 +164,14 @@ EOF
     # quantize on 14 of the 16 cores while the FP runs use the GPU (and a core each)
     job quantize "/usr/bin/time -v $SQ quantize -m $M --method quarot --kv-bits 4 --calib $D/calib/wiki.utf8 \
         --calib-n 32 --calib-len 512 --seed 0 -t 14 -o $R/q.sqm"
-    job fp "$R/run.sh quick_fp -m $M --tasks quick; SQ_CUDA_BATCH_TOKENS=0 $R/run.sh quick_fp_1doc -m $M --tasks quick;
+    # ONEDOC=0: skip the one-document runs (the "before" numbers)
+    one_fp="SQ_CUDA_BATCH_TOKENS=0 $R/run.sh quick_fp_1doc -m $M --tasks quick;"
+    one_q4="SQ_CUDA_BATCH_TOKENS=0 $R/run.sh quick_q4_1doc -m $R/q.sqm --tasks quick;"
+    if [ "${ONEDOC:-1}" = 0 ]; then one_fp="" one_q4=""; fi
+    job fp "$R/run.sh quick_fp -m $M --tasks quick; $one_fp
         $R/run.sh full_fp -m $M --tasks all"
     job q4 "until grep -q '^done' $R/fp.log 2>/dev/null && grep -q '^done' $R/quantize.log 2>/dev/null; do sleep 2; done;
-        sha256sum $R/q.sqm; $R/run.sh quick_q4 -m $R/q.sqm --tasks quick;
-        SQ_CUDA_BATCH_TOKENS=0 $R/run.sh quick_q4_1doc -m $R/q.sqm --tasks quick;
+        sha256sum $R/q.sqm; $R/run.sh quick_q4 -m $R/q.sqm --tasks quick; $one_q4
         $R/run.sh full_q4 -m $R/q.sqm --tasks all"
     sleep 3
     pgrep -fc "specquant" || true

@@ -9,7 +9,8 @@
 //   h += down(act); x = rmsnorm(h) with the next layer's (or the final) norm
 // Varlen calls (forward_score_varlen) run the same body over packed
 // sequences: RoPE at per-token positions, K/V written at cache rows 0..n−1,
-// block-diagonal causal attention (kernels attention_varlen, rope_varlen).
+// block-diagonal causal attention (kernels attention_varlen, rope_varlen),
+// every GEMM at the capacity's row count (batch invariance, model_cuda.h).
 // Linear on the device, in the reference's order (linear_w4a4.cpp):
 //   [x ← (x ⊙ signs) · H_n]  (online Hadamard, dense ±1/√n GEMM)
 //   f32:   y = x·Wᵀ + b
@@ -104,6 +105,12 @@ private:
 
 enum class LinKind { f32, w4a4, w4a16 };
 
+// Puts Impl::gemm_rows back to 0 (per-call GEMM row count) on every exit.
+struct RowsReset {
+    int& rows;
+    ~RowsReset() { rows = 0; }
+};
+
 struct DLinear {
     LinKind kind = LinKind::f32;
     int64_t in = 0, out = 0;
@@ -162,8 +169,14 @@ struct ModelCuda::Impl {
     DevBuf<int> positions;             // [cap]: varlen calls, each token's position in its sequence
     DevBuf<int> gather_rows;           // [cap]: varlen scoring, the rows that go through lm_head
     DevBuf<float> xs;                  // [lm rows, d]: those rows, gathered
+    DevBuf<int> att_blocks;            // varlen attention block table (cuda::attention_blocks)
+    int att_nblocks = 0;
+    // > 0: every GEMM runs on this many rows instead of n (varlen calls: the
+    // capacity), so cuBLAS picks one algorithm whatever the batch holds and a
+    // row's bits depend on that row alone; rows past n are scratch.
+    int gemm_rows = 0;
     DevBuf<uint8_t> blas_ws;           // cuBLAS workspace
-    std::map<int, cudaGraphExec_t> graphs;  // by 2 · token count + varlen
+    std::map<int, cudaGraphExec_t> graphs;  // by token count (one-document calls; varlen calls run eagerly)
     bool use_graphs = true;
     DevBuf<int> q_rows, q_targets;     // [queries]: grown on demand
     DevBuf<double> q_lp;
@@ -295,26 +308,27 @@ struct ModelCuda::Impl {
     // same_input: x is the input of the previous linear call, unchanged since.
     void linear(const DLinear& L, const float* x, int n, float* y, bool same_input = false) {
         if (!same_input) quant_src = nullptr;
+        const int gm = gemm_rows > 0 ? gemm_rows : n;  // GEMM rows (≥ n)
         const float* xin = x;
         if (L.had_in) {  // the weights were stored rotated (W·R): rotate the input, x ← (x ⊙ signs)·H
             cuda::mul_signs(x, L.had_signs.get(), n, (int)L.in, rot_a.get(), stream);
-            gemm_xm(rot_a.get(), n, L.had, L.in, rot_b.get());
+            gemm_xm(rot_a.get(), gm, L.had, L.in, rot_b.get());
             xin = rot_b.get();
             same_input = false;
         }
         if (L.kind == LinKind::f32) {
-            gemm_xwt(xin, n, L.weight(), L.out, L.in, y);
+            gemm_xwt(xin, gm, L.weight(), L.out, L.in, y);
             cuda::add_bias(y, nullptr, L.bias.get(), n, (int)L.out, stream);
             return;
         }
         const float* sp = nullptr;
         if (L.rank > 0) {
-            gemm_xwt(xin, n, L.basis_t.get(), L.rank, L.in, zb.get());
-            gemm_xwt(zb.get(), n, L.coef.get(), L.out, L.rank, spec.get());
+            gemm_xwt(xin, gm, L.basis_t.get(), L.rank, L.in, zb.get());
+            gemm_xwt(zb.get(), gm, L.coef.get(), L.out, L.rank, spec.get());
             sp = spec.get();
         }
         if (L.kind == LinKind::w4a16) {
-            gemm_xwt(xin, n, L.w.get(), L.out, L.in, y);
+            gemm_xwt(xin, gm, L.w.get(), L.out, L.in, y);
             cuda::add_bias(y, sp, L.bias.get(), n, (int)L.out, stream);
             return;
         }
@@ -323,14 +337,14 @@ struct ModelCuda::Impl {
             quant_src = xin, quant_n = n, quant_bits = L.a_bits, quant_clip = L.a_clip;
         }
         if (L.k_chunk >= L.in) {
-            gemm_xwt(qf.get(), n, L.w.get(), L.out, L.in, acc.get());
+            gemm_xwt(qf.get(), gm, L.w.get(), L.out, L.in, acc.get());
             cuda::w4a4_epilogue(acc.get(), nullptr, n, (int)L.out, a_scale.get(), a_zero.get(), L.scale.get(),
                                 L.rowsum.get(), sp, L.bias.get(), y, stream);
             return;
         }
         for (int64_t k0 = 0; k0 < L.in; k0 += L.k_chunk) {  // each chunk's float sums are exact integers
             const int64_t kcols = std::min(L.k_chunk, L.in - k0);
-            gemm_xwt(qf.get() + k0, n, L.w.get() + k0, L.out, kcols, acc.get(), L.in, L.in);
+            gemm_xwt(qf.get() + k0, gm, L.w.get() + k0, L.out, kcols, acc.get(), L.in, L.in);
             cuda::acc_add_i32(acc.get(), (int64_t)n * L.out, k0 == 0, acc_i.get(), stream);
         }
         cuda::w4a4_epilogue(nullptr, acc_i.get(), n, (int)L.out, a_scale.get(), a_zero.get(), L.scale.get(),
@@ -355,14 +369,13 @@ struct ModelCuda::Impl {
         SQ_CUDA(cudaMemcpyAsync(pos_dev.get(), &pos, sizeof(int), cudaMemcpyHostToDevice, stream));
         if (varlen)
             SQ_CUDA(cudaMemcpyAsync(positions.get(), positions_h, n * sizeof(int), cudaMemcpyHostToDevice, stream));
-        if (!use_graphs || n > kGraphMaxTokens) {
+        if (!use_graphs || n > kGraphMaxTokens || varlen) {  // varlen: the block table varies with the batch
             layers_body(n, varlen);
         } else {
-            const int key = 2 * n + (varlen ? 1 : 0);
-            auto it = graphs.find(key);
+            auto it = graphs.find(n);
             if (it == graphs.end()) {
                 if (graphs.size() >= kGraphCache) clear_graphs();
-                it = graphs.emplace(key, capture(n, varlen)).first;
+                it = graphs.emplace(n, capture(n, false)).first;
             }
             SQ_CUDA(cudaGraphLaunch(it->second, stream));
         }
@@ -396,6 +409,9 @@ struct ModelCuda::Impl {
         const ModelConfig& c = cfg;
         const int d = c.d_model, hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads;
         const int64_t kvd = (int64_t)KV * hd, ff = c.d_ff;
+        gemm_rows = varlen ? cap : 0;
+        const RowsReset reset{gemm_rows};
+        const int gm = varlen ? cap : n;
         cuda::embed_gather(embed.get(), tokens.get(), n, d, h.get(), stream);
         cuda::rmsnorm(h.get(), layers[0].attn_norm.get(), n, d, c.rms_eps, x.get(), stream);
         for (int l = 0; l < c.n_layers; ++l) {
@@ -413,15 +429,16 @@ struct ModelCuda::Impl {
             const float *qa = q.get(), *ka = k.get();
             if (qk_rotate) {  // x·H_hd per head, as hadamard_transform(q, n·H, hd)
                 const float* Hh = had_matrix(hd);
-                gemm_xm(q.get(), (int64_t)n * H, Hh, hd, qr.get());
-                gemm_xm(k.get(), (int64_t)n * KV, Hh, hd, kr.get());
+                gemm_xm(q.get(), (int64_t)gm * H, Hh, hd, qr.get());
+                gemm_xm(k.get(), (int64_t)gm * KV, Hh, hd, kr.get());
                 qa = qr.get(), ka = kr.get();
             }
             float* kc_l = kc.get() + (size_t)l * cap * kvd;
             float* vc_l = vc.get() + (size_t)l * cap * kvd;
             if (varlen) {
                 cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, nullptr, stream);
-                cuda::attention_varlen(qa, kc_l, vc_l, n, positions.get(), H, KV, hd, att.get(), stream);
+                cuda::attention_varlen(qa, kc_l, vc_l, n, positions.get(), H, KV, hd, att.get(), stream,
+                                       att_blocks.get(), att_nblocks);
             } else {
                 cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, pos_dev.get(), stream);
                 cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream);
@@ -542,6 +559,8 @@ ModelCuda::ModelCuda(const ModelWeights& w, int capacity) : p_(std::make_unique<
     m.positions.alloc(cap, "token positions", &m.bytes);
     m.gather_rows.alloc(cap, "scored rows", &m.bytes);
     m.xs.alloc(lm_rows * d, "scored hidden states", &m.bytes);
+    const size_t group = (size_t)(c.n_heads / c.n_kv_heads);
+    m.att_blocks.alloc(2 * (cap * group / 16 + cap + 1), "attention block table", &m.bytes);
     SQ_CUDA(cudaStreamSynchronize(m.stream));
 }
 
@@ -624,6 +643,11 @@ std::vector<RowScore> ModelCuda::forward_score_varlen(const int* tokens, const s
         SQ_CHECK(t.row >= 0 && t.row < n, "forward_score_varlen: row ", t.row, " outside [0, ", n, ")");
         SQ_CHECK(t.target >= 0 && t.target < V, "token id ", t.target, " out of range [0, ", V, ")");
     }
+    const std::vector<int> blocks = cuda::attention_blocks(seq_lens, m.cfg.n_heads / m.cfg.n_kv_heads);
+    SQ_CHECK(blocks.size() <= m.att_blocks.size(), "forward_score_varlen: attention block table overflow");
+    m.att_nblocks = (int)blocks.size() / 2;
+    SQ_CUDA(cudaMemcpyAsync(m.att_blocks.get(), blocks.data(), blocks.size() * sizeof(int), cudaMemcpyHostToDevice,
+                            m.stream));
     m.run_layers(tokens, n, positions.data());
     std::vector<RowScore> out(targets.size());
     if (targets.empty()) {
@@ -656,6 +680,8 @@ std::vector<RowScore> ModelCuda::forward_score_varlen(const int* tokens, const s
         int qb = qa;
         while (qb < nq && uq[qb] < c0 + cnt) ++qb;
         cuda::embed_gather(m.x.get(), m.gather_rows.get() + c0, cnt, d, m.xs.get(), m.stream);  // row gather
+        m.gemm_rows = lm_rows;  // one GEMM shape for every chunk (rows past cnt are scratch)
+        const RowsReset reset{m.gemm_rows};
         m.linear(m.lm_head, m.xs.get(), cnt, m.logits.get());
         cuda::logprob_gather(m.logits.get(), V, m.q_rows.get() + qa, m.q_targets.get() + qa, qb - qa,
                              m.q_lp.get() + qa, m.q_greedy.get() + qa, m.stream);

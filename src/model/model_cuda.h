@@ -46,9 +46,12 @@ public:
     // only; per-token work (norms, activation and KV quantization, linear
     // layers, RoPE) is that of the sequence run alone, so its scores equal
     // forward_score's up to float rounding (cuBLAS picks its algorithm by
-    // row count). Rows of `targets` index the packed tokens; only those
-    // rows go through lm_head (gathered). The KV cache is scratch for the
-    // call: pos() is 0 afterwards.
+    // row count). Batch-invariant: every GEMM runs at the capacity's row
+    // count, attention blocks never straddle sequences and lm_head chunks
+    // have one size, so a sequence's scores are bit for bit the same
+    // whatever else the call holds. Rows of `targets` index the packed
+    // tokens; only those rows go through lm_head (gathered). The KV cache is
+    // scratch for the call: pos() is 0 afterwards.
     std::vector<RowScore> forward_score_varlen(const int* tokens, const std::vector<int>& seq_lens,
                                                const std::vector<RowTarget>& targets);
 

@@ -19,6 +19,10 @@
 // its tiles start at the first row's start: a block wholly inside one
 // sequence tiles its keys exactly as the sequence alone at cache row 0 would.
 // Rows skip tiles outside their own range (warp-uniform) and mask the rest.
+// With a block table (attention_varlen's `blocks`: [row0, row end) per
+// block, cut per sequence) no block straddles two sequences, so every row
+// sees exactly the tiles, and the result bits, of its sequence run alone.
+#include <algorithm>
 #include <cfloat>
 
 #include "kernels/cuda/cuda_check.h"
@@ -37,7 +41,8 @@ template <int DPL>  // output dims per lane: ceil(hd / 32)
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __restrict__ q, const float* __restrict__ kc,
                                                                  const float* __restrict__ vc, int n, int pos0,
                                                                  const int* __restrict__ pos_dev,
-                                                                 const int* __restrict__ positions, int heads,
+                                                                 const int* __restrict__ positions,
+                                                                 const int* __restrict__ blocks, int heads,
                                                                  int kv_heads, int hd, float scale,
                                                                  float* __restrict__ out) {
     extern __shared__ float sm[];
@@ -46,8 +51,9 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
     float* sv = sk + kKeys * (hd + 1);     // [kKeys][hd]
     const int group = heads / kv_heads;
     const int g = blockIdx.y;
-    const int total_rows = n * group;
-    const int row0 = blockIdx.x * kRows;
+    // This block's rows [row0, total_rows): a table entry, or kRows of all n·group rows.
+    const int row0 = blocks ? blocks[2 * blockIdx.x] : blockIdx.x * kRows;
+    const int total_rows = blocks ? blocks[2 * blockIdx.x + 1] : n * group;
     const int kvd = kv_heads * hd;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (pos_dev) pos0 += *pos_dev;
@@ -144,42 +150,58 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
 
 template <int DPL>
 void launch(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev,
-            const int* positions, int heads, int kv_heads, int hd, float* out, cudaStream_t s) {
+            const int* positions, const int* blocks, int n_blocks, int heads, int kv_heads, int hd, float* out,
+            cudaStream_t s) {
     const size_t smem = attention_smem(hd);
     if (smem > 48 * 1024) {
         // Above the default 48 KB a kernel must opt in (hd > 128).
         SQ_CUDA(cudaFuncSetAttribute(attention_kernel<DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     }
     const int group = heads / kv_heads;
-    dim3 grid((unsigned)((n * group + kRows - 1) / kRows), (unsigned)kv_heads);
-    attention_kernel<DPL><<<grid, kWarps * 32, smem, s>>>(q, kc, vc, n, pos0, pos_dev, positions, heads,
+    dim3 grid((unsigned)(blocks ? n_blocks : (n * group + kRows - 1) / kRows), (unsigned)kv_heads);
+    attention_kernel<DPL><<<grid, kWarps * 32, smem, s>>>(q, kc, vc, n, pos0, pos_dev, positions, blocks, heads,
                                                           kv_heads, hd, 1.0f / sqrtf((float)hd), out);
     SQ_CUDA_LAUNCH("attention");
 }
 
 void dispatch(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev,
-              const int* positions, int heads, int kv_heads, int hd, float* out, cudaStream_t s) {
+              const int* positions, const int* blocks, int n_blocks, int heads, int kv_heads, int hd, float* out,
+              cudaStream_t s) {
     if (n <= 0) return;
     SQ_CHECK(hd >= 1 && hd <= 256, "CUDA attention: head_dim ", hd, " unsupported (1..256)");
     SQ_CHECK(kv_heads > 0 && heads % kv_heads == 0, "CUDA attention: ", heads, " heads not a multiple of ", kv_heads,
              " KV heads");
-    if (hd <= 32) launch<1>(q, kc, vc, n, pos0, pos_dev, positions, heads, kv_heads, hd, out, s);
-    else if (hd <= 64) launch<2>(q, kc, vc, n, pos0, pos_dev, positions, heads, kv_heads, hd, out, s);
-    else if (hd <= 128) launch<4>(q, kc, vc, n, pos0, pos_dev, positions, heads, kv_heads, hd, out, s);
-    else launch<8>(q, kc, vc, n, pos0, pos_dev, positions, heads, kv_heads, hd, out, s);
+    if (hd <= 32) launch<1>(q, kc, vc, n, pos0, pos_dev, positions, blocks, n_blocks, heads, kv_heads, hd, out, s);
+    else if (hd <= 64) launch<2>(q, kc, vc, n, pos0, pos_dev, positions, blocks, n_blocks, heads, kv_heads, hd, out, s);
+    else if (hd <= 128) launch<4>(q, kc, vc, n, pos0, pos_dev, positions, blocks, n_blocks, heads, kv_heads, hd, out, s);
+    else launch<8>(q, kc, vc, n, pos0, pos_dev, positions, blocks, n_blocks, heads, kv_heads, hd, out, s);
 }
 
 }  // namespace
 
 void attention(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
                int kv_heads, int hd, float* out, cudaStream_t s) {
-    dispatch(q, kc, vc, n, pos0, pos_dev, nullptr, heads, kv_heads, hd, out, s);
+    dispatch(q, kc, vc, n, pos0, pos_dev, nullptr, nullptr, 0, heads, kv_heads, hd, out, s);
+}
+
+std::vector<int> attention_blocks(const std::vector<int>& seq_lens, int group) {
+    SQ_CHECK(group > 0, "attention_blocks: group ", group);
+    std::vector<int> b;
+    int row = 0;
+    for (int len : seq_lens) {
+        SQ_CHECK(len > 0, "attention_blocks: empty sequence");
+        const int end = row + len * group;
+        for (; row < end; row += kRows) b.push_back(row), b.push_back(std::min(row + kRows, end));
+        row = end;
+    }
+    return b;
 }
 
 void attention_varlen(const float* q, const float* kc, const float* vc, int n, const int* positions, int heads,
-                      int kv_heads, int hd, float* out, cudaStream_t s) {
+                      int kv_heads, int hd, float* out, cudaStream_t s, const int* blocks, int n_blocks) {
     SQ_CHECK(positions, "CUDA attention_varlen: no positions");
-    dispatch(q, kc, vc, n, 0, nullptr, positions, heads, kv_heads, hd, out, s);
+    SQ_CHECK(!blocks || n_blocks > 0, "CUDA attention_varlen: empty block table");
+    dispatch(q, kc, vc, n, 0, nullptr, positions, blocks, n_blocks, heads, kv_heads, hd, out, s);
 }
 
 }  // namespace sq::cuda

@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace sq::cuda {
 
@@ -52,8 +53,18 @@ void attention(const float* q, const float* kc, const float* vc, int n, int pos0
 // Block-diagonal causal attention over packed sequences: query t attends to
 // cache rows [t − positions[t], t] (its own sequence, written at rows 0..n−1
 // by kv_store with pos_dev = null). Shapes and limits as attention().
+// blocks (device, optional): n_blocks pairs [row0, row end) of (token, head
+// of the KV group) rows, token-major, at most 16 rows each and never across
+// a sequence boundary (attention_blocks()); then each sequence's outputs
+// are bit for bit those of attention() on that sequence alone. Without it,
+// blocks of 16 rows may straddle sequences (float rounding differs there).
 void attention_varlen(const float* q, const float* kc, const float* vc, int n, const int* positions, int heads,
-                      int kv_heads, int hd, float* out, cudaStream_t s);
+                      int kv_heads, int hd, float* out, cudaStream_t s, const int* blocks = nullptr,
+                      int n_blocks = 0);
+
+// The block table of attention_varlen (host side) for sequences of
+// seq_lens[i] tokens and `group` query heads per KV head: row0, row end, ...
+std::vector<int> attention_blocks(const std::vector<int>& seq_lens, int group);
 
 // g[i] = silu(g[i]) * u[i]
 void silu_mul(float* g, const float* u, int64_t count, cudaStream_t s);
