@@ -32,6 +32,7 @@
 #include "model/model_cuda.h"
 #include "quant/packed_model.h"
 #include "quant/pipeline.h"
+#include "test_cuda_util.h"
 #include "test_random.h"
 
 using namespace sq;
@@ -40,33 +41,6 @@ namespace {
 
 const std::string kData = SQ_TEST_DATA;
 
-bool cuda_present() {
-    int n = 0;
-    const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-    (void)cudaGetLastError();
-    return ok;
-}
-
-#define SKIP_WITHOUT_GPU() \
-    if (!cuda_present()) GTEST_SKIP() << "no CUDA device"
-
-template <class T>
-struct Dev {  // test-only device buffer
-    T* p = nullptr;
-    size_t n = 0;
-    explicit Dev(size_t count) : n(count) {
-        if (cudaMalloc(&p, count * sizeof(T)) != cudaSuccess) throw Error("test: cudaMalloc failed");
-        cudaMemset(p, 0xCD, count * sizeof(T));  // poison: every output element must be written
-    }
-    ~Dev() { cudaFree(p); }
-    void put(const std::vector<T>& h) { ASSERT_EQ(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess); }
-    std::vector<T> get() const {
-        std::vector<T> h(n);
-        EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-        return h;
-    }
-};
 
 uint32_t bits_of(float f) { return fp32_to_bits(f); }
 
@@ -103,9 +77,9 @@ TEST(CudaKernels, ActQuantEqualsReferenceBitForBit) {
                 std::vector<float> s_ref(n);
                 std::vector<int32_t> z_ref(n);
                 act_quant_ref(x.data(), n, k, bits, clip, q_ref.data(), s_ref.data(), z_ref.data());
-                Dev<float> dx((size_t)n * k), dqf((size_t)n * k), ds(n);
-                Dev<uint8_t> dq8((size_t)n * k);
-                Dev<int32_t> dz(n);
+                DevBuf<float> dx((size_t)n * k), dqf((size_t)n * k), ds(n);
+                DevBuf<uint8_t> dq8((size_t)n * k);
+                DevBuf<int32_t> dz(n);
                 dx.put(x);
                 cuda::act_quant(dx.p, n, k, bits, clip, dqf.p, dq8.p, ds.p, dz.p, nullptr);
                 const auto qf = dqf.get();
@@ -137,7 +111,7 @@ TEST(CudaKernels, KvFakeQuantEqualsReferenceBitForBit) {
                 fake_quant_asym_ref(&k_ref[(size_t)i * hd], hd, bits, 1.0f);
                 fake_quant_asym_ref(&v_ref[(size_t)i * hd], hd, bits, 1.0f);
             }
-            Dev<float> dk(k.size()), dv(v.size()), kc(k.size()), vc(v.size());
+            DevBuf<float> dk(k.size()), dv(v.size()), kc(k.size()), vc(v.size());
             dk.put(k);
             dv.put(v);
             cuda::kv_store(dk.p, dv.p, n, kv, hd, bits, 1.0f, kc.p, vc.p, nullptr, nullptr);
@@ -163,8 +137,8 @@ TEST(CudaKernels, EpilogueEqualsReference) {
     std::vector<float> ref((size_t)n * m);
     w4a4_epilogue_ref(acc.data(), n, m, s.data(), z.data(), ws.data(), rs.data(), ref.data());
     std::vector<float> accf(acc.begin(), acc.end());  // |acc| < 2^24: exact as float
-    Dev<float> da(accf.size()), dsc(n), dws(m), dy(ref.size());
-    Dev<int32_t> dai(acc.size()), dz(n), drs(m);
+    DevBuf<float> da(accf.size()), dsc(n), dws(m), dy(ref.size());
+    DevBuf<int32_t> dai(acc.size()), dz(n), drs(m);
     da.put(accf), dai.put(acc), dsc.put(s), dws.put(ws), dz.put(z), drs.put(rs);
     for (int which = 0; which < 2; ++which) {
         cuda::w4a4_epilogue(which ? nullptr : da.p, which ? dai.p : nullptr, n, m, dsc.p, dz.p, dws.p, drs.p, nullptr,
@@ -196,9 +170,9 @@ TEST(CudaKernels, VarlenRopeAndAttentionMatchPerSequence) {
         for (int i = 0; i < sh.hd / 2; ++i) inv[i] = std::pow(10000.0f, -2.0f * (float)i / (float)sh.hd);
         const std::vector<float> q = gaussian((size_t)n * qd, rng), k = gaussian((size_t)n * kvd, rng),
                                  v = gaussian((size_t)n * kvd, rng);
-        Dev<float> dq((size_t)n * qd), dk((size_t)n * kvd), dv((size_t)n * kvd), dinv(inv.size());
-        Dev<float> dqs((size_t)n * qd), dout((size_t)n * qd), douts((size_t)n * qd);
-        Dev<int> dpos(n);
+        DevBuf<float> dq((size_t)n * qd), dk((size_t)n * kvd), dv((size_t)n * kvd), dinv(inv.size());
+        DevBuf<float> dqs((size_t)n * qd), dout((size_t)n * qd), douts((size_t)n * qd);
+        DevBuf<int> dpos(n);
         dq.put(q), dqs.put(q), dk.put(k), dv.put(v), dinv.put(inv), dpos.put(pos);
         cuda::rope_varlen(dq.p, n, sh.heads, sh.hd, dpos.p, dinv.p, nullptr);
         for (int off = 0, s = 0; s < (int)lens.size(); off += lens[s++])
@@ -217,9 +191,9 @@ TEST(CudaKernels, VarlenRopeAndAttentionMatchPerSequence) {
         for (size_t i = 0; i < o.size(); ++i) worst = std::max(worst, (double)std::fabs(o[i] - os[i]));
         EXPECT_LE(worst, 1e-5) << "attention_varlen heads " << sh.heads << "/" << sh.kv << " hd " << sh.hd;
         const std::vector<int> tbl = cuda::attention_blocks(lens, sh.heads / sh.kv);
-        Dev<int> dtbl(tbl.size());
+        DevBuf<int> dtbl(tbl.size());
         dtbl.put(tbl);
-        Dev<float> dout_t((size_t)n * qd);
+        DevBuf<float> dout_t((size_t)n * qd);
         cuda::attention_varlen(dq.p, dk.p, dv.p, n, dpos.p, sh.heads, sh.kv, sh.hd, dout_t.p, nullptr, dtbl.p,
                                (int)tbl.size() / 2);
         const auto ot = dout_t.get();

@@ -20,43 +20,13 @@
 #include "kernels/cuda/w4a4_gemm.h"
 #include "kernels/ref/w4a4_ref.h"
 #include "kernels/w4a4_format.h"
+#include "test_cuda_util.h"
 #include "test_random.h"
 
 using namespace sq;
 
 namespace {
 
-bool cuda_present() {
-    int n = 0;
-    const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-    (void)cudaGetLastError();
-    return ok;
-}
-
-#define SKIP_WITHOUT_GPU() \
-    if (!cuda_present()) GTEST_SKIP() << "no CUDA device"
-
-template <class T>
-struct Buf {  // test-only device buffer
-    T* p = nullptr;
-    size_t n = 0;
-    explicit Buf(size_t count) : n(count) {
-        if (cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)) != cudaSuccess) throw Error("test: cudaMalloc failed");
-    }
-    Buf(const std::vector<T>& h) : Buf(h.size()) {
-        if (cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice) != cudaSuccess) throw Error("test: copy");
-    }
-    ~Buf() { cudaFree(p); }
-    void poison() {
-        if (cudaMemset(p, 0xFF, n * sizeof(T)) != cudaSuccess) throw Error("test: memset");
-    }
-    std::vector<T> get() const {
-        std::vector<T> h(n);
-        EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-        return h;
-    }
-};
 
 // One random layer and input: codes in [-8, 7] (or all −8 / all 15 for the
 // extreme-value case), activation codes in [0, 2^bits − 1], scales, zero points.
@@ -113,9 +83,9 @@ void check(const Problem& p, const Launch& launch, const char* what, bool with_s
 
     std::vector<uint8_t> packed((size_t)cuda::w4g_bytes(p.n, p.k));
     cuda::w4g_repack(p.codes.data(), p.n, p.k, packed.data());
-    Buf<uint8_t> dq(p.q), dw(packed);
-    Buf<float> ds(p.act_scale), dws(p.w_scale), dspec(p.spec), dbias(p.bias), dy((size_t)p.m * p.n);
-    Buf<int32_t> dz(p.act_zero), drs(p.rowsum), dacc((size_t)p.m * p.n);
+    DevBuf<uint8_t> dq(p.q), dw(packed);
+    DevBuf<float> ds(p.act_scale), dws(p.w_scale), dspec(p.spec), dbias(p.bias), dy((size_t)p.m * p.n);
+    DevBuf<int32_t> dz(p.act_zero), drs(p.rowsum), dacc((size_t)p.m * p.n);
     for (int mode = 0; mode < 3; ++mode) {  // 0: acc + y, 1: acc only, 2: y only
         dacc.poison();
         dy.poison();
@@ -179,7 +149,9 @@ TEST(CudaW4A4Gemm, RepackRoundTrip) {
             }
         for (size_t b = 0; b < packed.size(); ++b)  // every nibble no weight owns is a zero pad
             for (int nib = 0; nib < 2; ++nib)
-                if (!seen[b * 2 + nib]) ASSERT_EQ((packed[b] >> (4 * nib)) & 0xF, 0);
+                if (!seen[b * 2 + nib]) {
+                    ASSERT_EQ((packed[b] >> (4 * nib)) & 0xF, 0);
+                }
     }
 }
 

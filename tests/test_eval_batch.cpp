@@ -103,8 +103,9 @@ TEST(EvalBatch, PackRequestsFillsBatchesInOrder) {
         }
         EXPECT_EQ(base, pb.tokens.size());
         EXPECT_EQ(t, pb.targets.size());
-        if (b + 1 < batches.size())  // greedy: the next batch's first request did not fit
+        if (b + 1 < batches.size()) {  // greedy: the next batch's first request did not fit
             EXPECT_GT(pb.tokens.size() + batches[b + 1].seq_lens[0], (size_t)capacity) << "batch " << b;
+        }
     }
     EXPECT_EQ(k, want.size());
 }
@@ -290,7 +291,9 @@ TEST(EvalBatch, HarnessChunksDocumentsAndKeepsResults) {
     size_t docs = 0;
     for (size_t c = 0; c < many.chunk_docs.size(); ++c) {
         docs += many.chunk_docs[c];
-        if (many.chunk_docs[c] > 1) EXPECT_LE(many.chunk_tokens[c], many.batch) << "chunk " << c;
+        if (many.chunk_docs[c] > 1) {
+            EXPECT_LE(many.chunk_tokens[c], many.batch) << "chunk " << c;
+        }
     }
     EXPECT_EQ(docs, 23u);
     // Windows of 16 tokens: 15 inputs each, 100 / 15 = 6 windows per call.
