@@ -195,6 +195,19 @@ struct ModelCuda::Impl {
         if (stream) cudaStreamDestroy(stream);
     }
 
+    // The nq scores logprob_gather left in q_lp / q_greedy, back to the host:
+    // query i (in sorted order) answers out[order[i]].
+    std::vector<RowScore> fetch_scores(int nq, const std::vector<int>& order, size_t count) {
+        std::vector<double> lp(nq);
+        std::vector<uint8_t> gr(nq);
+        SQ_CUDA(cudaMemcpyAsync(lp.data(), q_lp.get(), nq * sizeof(double), cudaMemcpyDeviceToHost, stream));
+        SQ_CUDA(cudaMemcpyAsync(gr.data(), q_greedy.get(), nq, cudaMemcpyDeviceToHost, stream));
+        SQ_CUDA(cudaStreamSynchronize(stream));
+        std::vector<RowScore> out(count);
+        for (int i = 0; i < nq; ++i) out[order[i]] = {lp[i], gr[i] != 0};
+        return out;
+    }
+
     void clear_graphs() {
         for (auto& [n, g] : graphs) cudaGraphExecDestroy(g);
         graphs.clear();
@@ -615,13 +628,7 @@ std::vector<RowScore> ModelCuda::forward_score(const int* tokens, int n, const s
                              m.q_lp.get() + qa, m.q_greedy.get() + qa, m.stream);
         qa = qb;
     }
-    std::vector<double> lp(nq);
-    std::vector<uint8_t> gr(nq);
-    SQ_CUDA(cudaMemcpyAsync(lp.data(), m.q_lp.get(), nq * sizeof(double), cudaMemcpyDeviceToHost, m.stream));
-    SQ_CUDA(cudaMemcpyAsync(gr.data(), m.q_greedy.get(), nq, cudaMemcpyDeviceToHost, m.stream));
-    SQ_CUDA(cudaStreamSynchronize(m.stream));
-    for (int i = 0; i < nq; ++i) out[order[i]] = {lp[i], gr[i] != 0};
-    return out;
+    return m.fetch_scores(nq, order, targets.size());
 }
 
 std::vector<RowScore> ModelCuda::forward_score_varlen(const int* tokens, const std::vector<int>& seq_lens,
@@ -687,13 +694,7 @@ std::vector<RowScore> ModelCuda::forward_score_varlen(const int* tokens, const s
                              m.q_lp.get() + qa, m.q_greedy.get() + qa, m.stream);
         qa = qb;
     }
-    std::vector<double> lp(nq);
-    std::vector<uint8_t> gr(nq);
-    SQ_CUDA(cudaMemcpyAsync(lp.data(), m.q_lp.get(), nq * sizeof(double), cudaMemcpyDeviceToHost, m.stream));
-    SQ_CUDA(cudaMemcpyAsync(gr.data(), m.q_greedy.get(), nq, cudaMemcpyDeviceToHost, m.stream));
-    SQ_CUDA(cudaStreamSynchronize(m.stream));
-    for (int i = 0; i < nq; ++i) out[order[i]] = {lp[i], gr[i] != 0};
-    return out;
+    return m.fetch_scores(nq, order, targets.size());
 }
 
 void ModelCuda::forward_logits(const int* tokens, int n, float* logits, bool all_logits) {
