@@ -13,13 +13,13 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <random>
 #include <sys/resource.h>
 
 #include "cli/common.h"
 #include "core/error.h"
 #include "core/threads.h"
+#include "eval/report.h"
 #include "kernels/cpu/cpu_features.h"
 
 namespace sq {
@@ -30,7 +30,17 @@ struct BenchResult {
     std::string path, kind;
     double prefill_tps = 0, decode_tps = 0, prefill_s = 0, decode_s = 0, load_s = 0;
     uint64_t file_bytes = 0, weight_bytes = 0, rss = 0, hwm = 0;
+    int64_t params = 0;  // parameters of the architecture (the FP16 size is 2 bytes each)
 };
+
+// Parameters of a LLaMA-family model of this shape: embedding (+ lm_head when
+// untied), per layer the norms and the seven linears (+ q/k/v bias), final norm.
+int64_t model_params(const ModelConfig& c) {
+    const int64_t d = c.d_model, qd = (int64_t)c.n_heads * c.head_dim, kvd = (int64_t)c.n_kv_heads * c.head_dim,
+                  ff = c.d_ff, V = c.vocab;
+    const int64_t layer = 2 * d + d * qd + 2 * d * kvd + qd * d + 3 * d * ff + (c.qkv_bias ? qd + 2 * kvd : 0);
+    return V * d * (c.tied_embeddings ? 1 : 2) + c.n_layers * layer + d;
+}
 
 // VmRSS / VmHWM of this process in bytes.
 uint64_t proc_status_kb(const char* key) {
@@ -84,6 +94,7 @@ BenchResult bench_one(const std::string& path, int prefill, int decode, int reps
     r.file_bytes = path_bytes(path);
     r.weight_bytes = model_weight_bytes(*m.model, &r.kind);
     const ModelConfig& c = m.model->config();
+    r.params = model_params(c);
     std::mt19937 rng(1234);
     std::vector<int> ids(std::max(prefill, 1));
     for (int& t : ids) t = (int)(rng() % (uint32_t)c.vocab);
@@ -123,7 +134,8 @@ nlohmann::json to_json(const BenchResult& r) {
     return {{"model", r.path},           {"linear_kinds", r.kind},     {"prefill_tok_s", r.prefill_tps},
             {"decode_tok_s", r.decode_tps}, {"prefill_s", r.prefill_s}, {"decode_s", r.decode_s},
             {"file_bytes", r.file_bytes},   {"weight_bytes", r.weight_bytes}, {"rss_bytes", r.rss},
-            {"peak_rss_bytes", r.hwm},      {"load_s", r.load_s}};
+            {"peak_rss_bytes", r.hwm},      {"load_s", r.load_s},      {"params", r.params},
+            {"fp16_bytes", 2 * r.params}};
 }
 
 }  // namespace
@@ -160,6 +172,11 @@ static CommandAction bench_setup(CLI::App& app) {
         std::printf("| model    | linear layers                      | prefill t/s | decode t/s | file MB   | weights MB | RSS MB    | peak RSS MB |\n");
         std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
         print_row("model", a);
+        const double fp16 = 2.0 * (double)a.params;
+        std::printf("FP16 size of this architecture: %.1f MB (%.2fM parameters); the model's file is %.2fx, its "
+                    "weights in memory %.2fx, its RSS %.2fx smaller\n",
+                    fp16 / 1e6, a.params / 1e6, fp16 / std::max<uint64_t>(a.file_bytes, 1),
+                    fp16 / std::max<uint64_t>(a.weight_bytes, 1), fp16 / std::max<uint64_t>(a.rss, 1));
         nlohmann::json j = {{"threads", threads_count()}, {"prefill_tokens", o->prefill},
                             {"decode_tokens", o->decode}, {"model", to_json(a)}};
         if (o->vs == "fp32") {
@@ -173,11 +190,7 @@ static CommandAction bench_setup(CLI::App& app) {
             std::printf("(peak RSS of the second row includes the first model's peak: one process)\n");
             j["fp32"] = to_json(b);
         }
-        if (!o->json.empty()) {
-            std::ofstream f(o->json);
-            SQ_CHECK(f.good(), o->json, ": cannot write");
-            f << j.dump(2) << "\n";
-        }
+        if (!o->json.empty()) write_file_atomic(o->json, j.dump(2) + "\n");
         return 0;
     };
 }
