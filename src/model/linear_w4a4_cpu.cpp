@@ -1,5 +1,6 @@
 #include "model/linear_w4a4_cpu.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -77,13 +78,21 @@ QLinearData LinearW4A4Cpu::data() const {
     QLinearData d = meta_;
     const int64_t rb = w4_row_bytes(in);
     d.codes.assign(out * rb, 0);
-    for (int64_t j = 0; j < out; ++j) w4a4_unpack_row(w_, j, &d.codes[j * rb]);
-    d.scale.assign(w_.scale.begin(), w_.scale.begin() + out);
-    d.rowsum.assign(w_.rowsum.begin(), w_.rowsum.begin() + out);
-    if (!w_.bias.empty()) d.bias.assign(w_.bias.begin(), w_.bias.begin() + out);
-    d.coef.resize(out * d.rank);
-    for (int64_t j = 0; j < out; ++j)
-        for (int r = 0; r < d.rank; ++r) d.coef[j * d.rank + order_[r]] = w_.coef[j * w_.rp + r];
+    d.scale.resize(out);
+    d.rowsum.resize(out);
+    if (!w_.bias.empty()) d.bias.resize(out);
+    d.coef.assign(out * d.rank, 0);
+    for (int64_t j = 0; j < out; ++j) {  // slot s of the kernel layout holds row j
+        const int64_t s = w_.slot_of(j);
+        w4a4_unpack_row(w_, j, &d.codes[j * rb]);
+        d.scale[j] = w_.scale[s];
+        d.rowsum[j] = w_.rowsum[s];
+        if (!w_.bias.empty()) d.bias[j] = w_.bias[s];
+        if (d.rank == 0) continue;
+        const int64_t g = s / 4, cl = w_.coef_len[g];
+        const uint16_t* src = &w_.coef[w_.coef_off[g] + (s % 4) * cl];
+        for (int64_t c = 0; c < std::min<int64_t>(cl, d.rank); ++c) d.coef[j * d.rank + order_[c]] = src[c];
+    }
     return d;
 }
 

@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 
 #include "core/error.h"
 #include "core/threads.h"
@@ -345,6 +346,9 @@ SQ_AVX2 inline void store4(float* y, int64_t valid, __m128 v) {
     }
 }
 
+// Output column of slot s.
+inline int64_t out_col(const W4A4Weights& w, int64_t s) { return w.slot_row.empty() ? s : w.slot_row[s]; }
+
 // Rows [i, i + MR) of the activations × group g, with its epilogue.
 template <int MR, bool kPrefetch>
 SQ_AVX2 void run_tile(const Job& jb, int64_t i, int64_t g) {
@@ -363,7 +367,7 @@ SQ_AVX2 void run_tile(const Job& jb, int64_t i, int64_t g) {
                 alignas(16) int32_t t[4];
                 _mm_store_si128((__m128i*)t,
                                 _mm_add_epi32(_mm_sub_epi32(res[r], _mm_set1_epi32(8 * act.asum[i + r])), ors));
-                for (int64_t j = 0; j < valid; ++j) jb.acc[(i + r) * n + j0 + j] = t[j];
+                for (int64_t j = 0; j < valid; ++j) jb.acc[(i + r) * n + out_col(w, j0 + j)] = t[j];
             }
             return;
         }
@@ -381,14 +385,22 @@ SQ_AVX2 void run_tile(const Job& jb, int64_t i, int64_t g) {
     }
     if (jb.zb && w.rank > 0) {
         __m128 spec[MR];
-        spec_tile<MR>(jb.zb + i * w.rp, w.rp, w.coef.data() + j0 * w.rp, w.rp, w.coef_len[g], spec);
+        spec_tile<MR>(jb.zb + i * w.rp, w.rp, w.coef.data() + w.coef_off[g], w.coef_len[g], w.coef_len[g], spec);
         for (int r = 0; r < MR; ++r) base[r] = _mm_add_ps(base[r], spec[r]);
     }
     if (jb.bias && !w.bias.empty()) {
         const __m128 bv = _mm_loadu_ps(w.bias.data() + j0);
         for (int r = 0; r < MR; ++r) base[r] = _mm_add_ps(base[r], bv);
     }
-    for (int r = 0; r < MR; ++r) store4(jb.y + (i + r) * n + j0, valid, base[r]);
+    if (w.slot_row.empty()) {
+        for (int r = 0; r < MR; ++r) store4(jb.y + (i + r) * n + j0, valid, base[r]);
+    } else {  // slots → original rows
+        for (int r = 0; r < MR; ++r) {
+            alignas(16) float t[4];
+            _mm_store_ps(t, base[r]);
+            for (int64_t j = 0; j < valid; ++j) jb.y[(i + r) * n + w.slot_row[j0 + j]] = t[j];
+        }
+    }
 }
 
 // All rows [i0, i1) of the activations against group g, in strips of kMR.
@@ -447,45 +459,67 @@ W4A4Weights w4a4_pack(const uint8_t* codes, int64_t n, int64_t k, const float* s
     w.data.assign(w.groups * nkb * kGroupBlock, 0x88);  // code 0 → u = 8 in both nibbles
     w.rowsum.assign(np, 0);
     w.scale.assign(np, 0.0f);
-    for (int64_t j = 0; j < n; ++j) {
+    // Spectral rows: length = last nonzero coefficient (±0 contributes
+    // nothing) rounded up to 8; slots sorted by length, longest first.
+    std::vector<int32_t> len(n, 0);
+    if (rank > 0) {
+        for (int64_t j = 0; j < n; ++j) {
+            int32_t last = 0;
+            for (int r = 0; r < rank; ++r)
+                if (coef[j * rank + r] & 0x7FFF) last = r + 1;
+            len[j] = (last + 7) / 8 * 8;
+        }
+        w.slot_row.resize(n);
+        std::iota(w.slot_row.begin(), w.slot_row.end(), 0);
+        std::stable_sort(w.slot_row.begin(), w.slot_row.end(), [&](int32_t a, int32_t b) { return len[a] > len[b]; });
+        w.row_slot.resize(n);
+        for (int64_t s = 0; s < n; ++s) w.row_slot[w.slot_row[s]] = (int32_t)s;
+    }
+    for (int64_t s = 0; s < n; ++s) {
+        const int64_t j = w.slot_row.empty() ? s : w.slot_row[s];
         const uint8_t* row = codes + j * rb;
-        uint8_t* dst = w.data.data() + (j / kGroup) * nkb * kGroupBlock + (j % kGroup) * 32;
-        int32_t s = 0;
+        uint8_t* dst = w.data.data() + (s / kGroup) * nkb * kGroupBlock + (s % kGroup) * 32;
+        int32_t sum = 0;
         for (int64_t kk = 0; kk < k; ++kk) {
             const int c = w4_get(row, kk);
-            s += c;
+            sum += c;
             const int64_t b = kk / kBlock, p = kk % kBlock;
             uint8_t& byte = dst[b * kGroupBlock + (p % 32)];
             const int shift = p < 32 ? 0 : 4;
             byte = (uint8_t)((byte & ~(0xF << shift)) | ((c + 8) << shift));
         }
-        w.rowsum[j] = s;
-        w.scale[j] = scale[j];
+        w.rowsum[s] = sum;
+        w.scale[s] = scale[j];
     }
     if (bias) {
         w.bias.assign(np, 0.0f);
-        std::copy(bias, bias + n, w.bias.begin());
+        for (int64_t s = 0; s < n; ++s) w.bias[s] = bias[w.slot_row.empty() ? s : w.slot_row[s]];
     }
     w.rank = rank;
     if (rank > 0) {
         w.rp = (rank + 7) / 8 * 8;
-        w.coef.assign(np * w.rp, 0);
         w.coef_len.assign(w.groups, 0);
-        for (int64_t j = 0; j < n; ++j) {
-            std::copy(coef + j * rank, coef + (j + 1) * rank, &w.coef[j * w.rp]);
-            int32_t last = 0;  // ±0 coefficients contribute nothing
-            for (int r = 0; r < rank; ++r)
-                if (coef[j * rank + r] & 0x7FFF) last = r + 1;
-            int32_t& len = w.coef_len[j / kGroup];
-            len = std::max(len, (last + 7) / 8 * 8);
+        w.coef_off.assign(w.groups, 0);
+        int64_t total = 0;
+        for (int64_t g = 0; g < w.groups; ++g) {
+            for (int64_t s = g * kGroup; s < std::min(n, (g + 1) * kGroup); ++s)
+                w.coef_len[g] = std::max(w.coef_len[g], len[w.slot_row[s]]);
+            w.coef_off[g] = total;
+            total += kGroup * w.coef_len[g];
+        }
+        w.coef.assign(total, 0);
+        for (int64_t s = 0; s < n; ++s) {
+            const int64_t g = s / kGroup, cl = w.coef_len[g];
+            const uint16_t* src = coef + (int64_t)w.slot_row[s] * rank;
+            std::copy(src, src + std::min<int64_t>(cl, rank), &w.coef[w.coef_off[g] + (s % kGroup) * cl]);
         }
     }
     return w;
 }
 
 void w4a4_unpack_row(const W4A4Weights& w, int64_t j, uint8_t* codes_row) {
-    const int64_t nkb = w.kp / kBlock;
-    const uint8_t* src = w.data.data() + (j / kGroup) * nkb * kGroupBlock + (j % kGroup) * 32;
+    const int64_t nkb = w.kp / kBlock, s = w.slot_of(j);
+    const uint8_t* src = w.data.data() + (s / kGroup) * nkb * kGroupBlock + (s % kGroup) * 32;
     std::memset(codes_row, 0, w4_row_bytes(w.k));
     for (int64_t kk = 0; kk < w.k; ++kk) {
         const int64_t b = kk / kBlock, p = kk % kBlock;
@@ -588,7 +622,7 @@ void w4a4_dequant_rows(const W4A4Weights& w, int64_t j0, int64_t j1, float* out)
     for (int64_t j = j0; j < j1; ++j) {
         w4a4_unpack_row(w, j, row.data());
         float* o = out + (j - j0) * w.k;
-        for (int64_t kk = 0; kk < w.k; ++kk) o[kk] = (float)w4_get(row.data(), kk) * w.scale[j];
+        for (int64_t kk = 0; kk < w.k; ++kk) o[kk] = (float)w4_get(row.data(), kk) * w.scale[w.slot_of(j)];
     }
 }
 

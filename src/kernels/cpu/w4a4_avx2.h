@@ -41,14 +41,26 @@ struct W4A4Weights {
     std::vector<int32_t> rowsum;   // [groups·4] Σ_k code
     std::vector<float> scale;      // [groups·4]
     std::vector<float> bias;       // [groups·4] or empty
-    // Spectral coefficients C fp16 [groups][4][rp], rp = rank rounded up to 8, zero padded.
-    // coef_len [groups]: columns a group's dot products run over = the last
-    // nonzero coefficient of its 4 rows, rounded up to 8 (rows keep different
-    // numbers of bins: SmolLM2 at k̄ 32 keeps 32 on average of K = 64).
+    // Spectral branch: rows keep different numbers of bins (SmolLM2 at k̄ 32:
+    // 32 on average of K = 64), so the rows are stored sorted by their
+    // coefficient length (longest first) and a group's 4 rows have nearly
+    // the same length. slot_row [n]: the original row in slot s (empty: the
+    // identity, rank 0); row_slot [n]: its inverse; outputs are written to
+    // the original rows. coef_len [groups]: columns a group's dot products
+    // run over = its longest row's last nonzero coefficient (in run-time
+    // column order), rounded up to 8; coef fp16: group g's [4][coef_len[g]]
+    // at coef_off[g] (zero past each row's own length). rp = rank rounded up
+    // to 8 is the row stride of zb.
     int rank = 0, rp = 0;
     std::vector<uint16_t> coef;
     std::vector<int32_t> coef_len;
-    size_t bytes() const { return data.size() + (rowsum.size() + scale.size() + bias.size()) * 4 + coef.size() * 2; }
+    std::vector<int64_t> coef_off;
+    std::vector<int32_t> slot_row, row_slot;
+    int64_t slot_of(int64_t j) const { return row_slot.empty() ? j : row_slot[j]; }
+    size_t bytes() const {
+        return data.size() + (rowsum.size() + scale.size() + bias.size() + slot_row.size() + row_slot.size()) * 4 +
+               coef.size() * 2 + coef_off.size() * 8;
+    }
 };
 
 // Canonical codes [n, ceil(k/2)] (w4a4_format.h) → kernel layout. scale [n]
@@ -99,7 +111,7 @@ inline constexpr int64_t w4a4_gemv_max_m = 16;
 // Same threading as w4a4_gemm.
 void w4a16_gemm(const float* xp, int64_t m, const W4A4Weights& w, const float* zb, float* y, bool add_bias = true);
 
-// Rows [j0, j1) of scale·code as fp32 [j1 − j0, k] (the W4A16 reference's values).
+// Rows [j0, j1) (original numbering) of scale·code as fp32 [j1 − j0, k] (the W4A16 reference's values).
 void w4a4_dequant_rows(const W4A4Weights& w, int64_t j0, int64_t j1, float* out);
 
 }  // namespace sq
