@@ -16,10 +16,9 @@
 
 #include "core/error.h"
 #include "core/threads.h"
+#include "kernels/cpu/avx2.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/ref/gemm_ref.h"
-
-#define SQ_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace sq {
 
@@ -32,15 +31,6 @@ constexpr int64_t kNR = 4;  // rows of W per tile (= one hadd reduction)
 SQ_AVX2 inline __m256i tail_mask(int64_t r) {
     alignas(32) static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
     return _mm256_loadu_si256((const __m256i*)(m + 8 - r));
-}
-
-// [sum(a0), sum(a1), sum(a2), sum(a3)]; lane order is fixed, so every output
-// element is reduced identically whatever tile it lands in.
-SQ_AVX2 inline __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
-    const __m256 h01 = _mm256_hadd_ps(a0, a1);  // a0 01 23, a1 01 23 | a0 45 67, a1 45 67
-    const __m256 h23 = _mm256_hadd_ps(a2, a3);
-    const __m256 h = _mm256_hadd_ps(h01, h23);  // a0..a3 lanes 0-3 | a0..a3 lanes 4-7
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
 // y[i, j] (+)= sum_{p<kc} x[i*ldx + p] * w[j*ldw + p] for i < MR, j < NR.
@@ -93,7 +83,7 @@ SQ_AVX2 inline void tile(const float* x, int64_t ldx, const float* w, int64_t ld
     const __m256 z = _mm256_setzero_ps();
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
-        __m128 s = hsum4(acc[i][0], NR > 1 ? acc[i][NR > 1 ? 1 : 0] : z, NR > 2 ? acc[i][NR > 2 ? 2 : 0] : z,
+        __m128 s = hsum4_ps(acc[i][0], NR > 1 ? acc[i][NR > 1 ? 1 : 0] : z, NR > 2 ? acc[i][NR > 2 ? 2 : 0] : z,
                          NR > 3 ? acc[i][NR > 3 ? 3 : 0] : z);
         float* yi = y + i * ldy;
         if constexpr (NR == 4) {

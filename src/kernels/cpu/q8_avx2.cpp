@@ -1,25 +1,17 @@
 #include "kernels/cpu/q8_avx2.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <vector>
 
 #include "core/fp16.h"
 #include "core/threads.h"
+#include "kernels/cpu/avx2.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/ref/q8_ref.h"
 
 namespace sq {
 
 namespace {
-
-#define SQ_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-SQ_AVX2 inline __m128 hsum4_ps(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
 
 // out[i] = [x_i · W_{j0+r} for r < 4], i < MR; rows of W: `rows[r]` (nb blocks each).
 // Per block and row: Σ x·q over 32 weights in a temporary (3 uops per 8

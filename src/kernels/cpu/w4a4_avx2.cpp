@@ -34,6 +34,7 @@
 
 #include "core/error.h"
 #include "core/threads.h"
+#include "kernels/cpu/avx2.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/ref/w4a4_ref.h"
 #include "kernels/w4a4_format.h"
@@ -44,7 +45,6 @@
 // (compiled without FMA), so contraction is off in this file; the FMAs we
 // want are written as _mm256_fmadd_ps.
 #pragma GCC optimize("fp-contract=off")
-#define SQ_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace sq {
 
@@ -155,11 +155,6 @@ SQ_AVX2 void finish_row(W4A4Act& act, int64_t t, int64_t k) {
 SQ_AVX2 inline __m128i hsum4_epi32(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
     const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-}
-
-SQ_AVX2 inline __m128 hsum4_ps(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
 // One 64-weight block of the 3 × 4 tile in asm. With intrinsics GCC either
