@@ -89,8 +89,8 @@ QLinearData LinearW4A4Cpu::data() const {
         d.rowsum[j] = w_.rowsum[s];
         if (!w_.bias.empty()) d.bias[j] = w_.bias[s];
         if (d.rank == 0) continue;
-        const int64_t g = s / 4, cl = w_.coef_len[g];
-        const uint16_t* src = &w_.coef[w_.coef_off[g] + (s % 4) * cl];
+        const int64_t cl = w_.coef_len[s / W4A4Weights::kRows];
+        const uint16_t* src = w_.coef_of_slot(s);
         for (int64_t c = 0; c < std::min<int64_t>(cl, d.rank); ++c) d.coef[j * d.rank + order_[c]] = src[c];
     }
     return d;

@@ -50,7 +50,7 @@ namespace sq {
 
 namespace {
 
-constexpr int64_t kGroup = 4;        // weight rows per group
+constexpr int64_t kGroup = W4A4Weights::kRows;
 constexpr int64_t kBlock = 64;       // weights per 32-byte block
 constexpr int64_t kGroupBlock = 128; // bytes per (group, block)
 constexpr int kMR = 3;               // activation rows per tile (3 spills, see notes)

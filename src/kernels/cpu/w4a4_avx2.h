@@ -34,6 +34,7 @@ namespace sq {
 // Quantized weights in the kernel layout, plus the per-row epilogue data
 // padded to whole groups of 4 rows (pad rows: scale 0, rowsum 0, bias 0).
 struct W4A4Weights {
+    static constexpr int64_t kRows = 4;  // weight rows per group
     int64_t n = 0, k = 0;  // output / input features
     int64_t kp = 0;        // k rounded up to 64
     int64_t groups = 0;    // ceil(n / 4)
@@ -57,6 +58,10 @@ struct W4A4Weights {
     std::vector<int64_t> coef_off;
     std::vector<int32_t> slot_row, row_slot;
     int64_t slot_of(int64_t j) const { return row_slot.empty() ? j : row_slot[j]; }
+    // Slot s's coefficients: coef_len[s / kRows] of them (rank > 0).
+    const uint16_t* coef_of_slot(int64_t s) const {
+        return coef.data() + coef_off[s / kRows] + (s % kRows) * coef_len[s / kRows];
+    }
     size_t bytes() const {
         return data.size() + (rowsum.size() + scale.size() + bias.size() + slot_row.size() + row_slot.size()) * 4 +
                coef.size() * 2 + coef_off.size() * 8;
