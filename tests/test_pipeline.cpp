@@ -12,6 +12,7 @@
 #include "io/checkpoint.h"
 #include "io/tokenizer.h"
 #include "model/linear_w4a4.h"
+#include "model/linear_w4a4_cpu.h"
 #include "model/model.h"
 #include "quant/packed_model.h"
 #include "quant/pipeline.h"
@@ -164,6 +165,55 @@ TEST(Pipeline, MethodsRunDeterministicallyAndRoundTrip) {
     }
 }
 
+// --a-clip-search: one clip ratio per layer group (q/k/v, o, gate/up, down),
+// taken from the grid, the group's lowest error, recorded in the report and
+// carried by every linear of the group.
+TEST(Pipeline, ActClipSearchSetsOneClipPerGroup) {
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    Tokenizer tok(ck.tokenizer);
+    QuantConfig qc = quant_config_for("quarot");
+    qc.kv_bits = 4;
+    qc.calib_path = kCalib;
+    qc.calib_n = 4;
+    qc.calib_len = 64;
+    qc.a_clip_search = true;
+    qc.a_clip_grid = {1.0f, 0.8f, 0.6f};
+    nlohmann::json rep;
+    ModelWeights w = quantize_model(model_load_f32(ck, false), tok, qc, &rep);
+    ASSERT_EQ(rep["layers"].size(), w.layers.size());
+    for (size_t l = 0; l < w.layers.size(); ++l) {
+        const nlohmann::json& lj = rep["layers"][l];
+        const LayerWeights& L = w.layers[l];
+        const std::pair<const char*, std::vector<const Linear*>> groups[] = {
+            {"qkv_clip", {L.q.get(), L.k.get(), L.v.get()}},
+            {"o", {L.o.get()}},
+            {"gate_up_clip", {L.gate.get(), L.up.get()}},
+            {"down", {L.down.get()}}};
+        for (const auto& [key, lins] : groups) {
+            const nlohmann::json& st = lj.at(key);
+            const float clip = st.at("a_clip");
+            EXPECT_TRUE(clip == 1.0f || clip == 0.8f || clip == 0.6f) << key << " " << clip;
+            EXPECT_EQ(st.at("a_clip_tried").size(), 3u);
+            for (const auto& [name, err] : st.at("a_clip_tried").items())
+                EXPECT_LE((double)st.at("a_clip_err"), (double)err) << "layer " << l << " " << key << " " << name;
+            for (const Linear* lin : lins) {
+                QLinearData d;
+                ASSERT_TRUE(linear_w4a4_data(*lin, &d));
+                EXPECT_EQ(d.a_clip, clip) << "layer " << l << " " << key;
+            }
+        }
+    }
+    // A one-value grid forces that ratio everywhere.
+    qc.a_clip_grid = {0.55f};
+    w = quantize_model(model_load_f32(ck, false), tok, qc);
+    for (const LayerWeights& L : w.layers)
+        for (const Linear* lin : {L.q.get(), L.k.get(), L.v.get(), L.o.get(), L.gate.get(), L.up.get(), L.down.get()}) {
+            QLinearData d;
+            ASSERT_TRUE(linear_w4a4_data(*lin, &d));
+            EXPECT_EQ(d.a_clip, 0.55f);
+        }
+}
+
 TEST(Pipeline, BadConfigurationsAreErrors) {
     EXPECT_THROW(quant_config_for("awq"), Error);
     QuantConfig qc = quant_config_for("specquant");
@@ -180,6 +230,15 @@ TEST(Pipeline, BadConfigurationsAreErrors) {
     EXPECT_THROW(quant_config_validate(qc), Error);
     qc = quant_config_for("specquant");
     qc.basis = "wavelet";
+    EXPECT_THROW(quant_config_validate(qc), Error);
+    qc = quant_config_for("specquant");
+    qc.a_clip_search = true;
+    qc.a_clip_grid = {};
+    EXPECT_THROW(quant_config_validate(qc), Error);
+    qc.a_clip_grid = {0.9f, 1.5f};
+    EXPECT_THROW(quant_config_validate(qc), Error);
+    qc.a_clip_grid = {0.9f};
+    qc.a_bits = 16;
     EXPECT_THROW(quant_config_validate(qc), Error);
     // Calibration file missing / too short.
     Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");

@@ -18,6 +18,7 @@ struct QuantCliOptions {
     std::string weight_quantizer;  // "" = the method's default
     std::string smooth;            // "", "on", "off"
     std::string spectral;          // "", "on", "off"
+    std::string a_clip_search;     // "", "on", "off"
     bool rotate = false;
     std::string calib;
     int calib_n = 32, calib_len = 512;

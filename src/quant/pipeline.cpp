@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "core/error.h"
 #include "core/fp16.h"
@@ -85,6 +86,9 @@ void quant_config_validate(const QuantConfig& qc) {
     SQ_CHECK(qc.calib_n > 0 && qc.calib_len >= 16, "--calib-n must be > 0 and --calib-len >= 16");
     SQ_CHECK(qc.gptq_damp > 0.0f && qc.gptq_block > 0, "GPTQ damping and block must be positive");
     SQ_CHECK(qc.search_tokens > 0, "search tokens must be positive");
+    SQ_CHECK(!qc.a_clip_search || !qc.a_clip_grid.empty(), "--a-clip-search needs at least one clip ratio");
+    for (float c : qc.a_clip_grid) SQ_CHECK(c > 0.0f && c <= 1.0f, "activation clip ", c, " out of range (0, 1]");
+    SQ_CHECK(!qc.a_clip_search || qc.a_bits < 16, "--a-clip-search needs quantized activations (--a-bits < 16)");
 }
 
 json quant_config_to_json(const QuantConfig& qc) {
@@ -101,6 +105,7 @@ json quant_config_to_json(const QuantConfig& qc) {
     if (qc.gptq)
         j.update({{"gptq_damp", qc.gptq_damp}, {"gptq_block", qc.gptq_block}, {"act_order", qc.act_order}});
     if (qc.rotate) j["rotate_seed"] = qc.rotate_seed;
+    if (qc.a_clip_search) j["a_clip_grid"] = qc.a_clip_grid, j["search_tokens"] = qc.search_tokens;
     return j;
 }
 
@@ -271,6 +276,60 @@ std::vector<float> proxy_quantize(const std::vector<float>& W, int64_t out, int6
     return deq;
 }
 
+// The rows the searches evaluate: T = min(n, search_tokens) evenly spaced rows of X [n, in].
+std::vector<float> search_rows(const float* X, int64_t n, int64_t in, const QuantConfig& qc, int64_t* T_out) {
+    const int64_t T = std::min<int64_t>(n, qc.search_tokens);
+    std::vector<float> xs((size_t)T * in);
+    for (int64_t t = 0; t < T; ++t) std::memcpy(&xs[t * in], &X[(t * n / T) * in], in * 4);
+    *T_out = T;
+    return xs;
+}
+
+double rel_err(const std::vector<float>& y, const std::vector<float>& ref) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+        const double e = (double)y[i] - ref[i];
+        num += e * e;
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? num / den : 0.0;
+}
+
+// Activation clip search (QuantConfig::a_clip_search) for quantized layers
+// sharing the input xs [T, in]: every layer of the group runs, as packed,
+// with each clip ratio of the grid; the ratio with the lowest mean relative
+// output error against yref (the float layers on the same rows) is set in
+// all of them (one ratio per group, so a fused kernel can quantize the
+// shared input once).
+void search_act_clip(const std::vector<QLinearData*>& qs, const std::vector<float>& xs, int64_t T,
+                     const std::vector<std::vector<float>>& yref, const QuantConfig& qc, json* stats) {
+    float best = qs[0]->a_clip;
+    double best_err = std::numeric_limits<double>::infinity();
+    json tried = json::object();
+    for (float c : qc.a_clip_grid) {
+        double err = 0;
+        for (size_t m = 0; m < qs.size(); ++m) {
+            QLinearData d = *qs[m];
+            d.a_clip = c;
+            std::vector<float> y((size_t)T * d.out);
+            make_linear_w4a4(std::move(d))->forward(xs.data(), T, y.data());
+            err += rel_err(y, yref[m]);
+        }
+        err /= (double)qs.size();
+        tried[std::to_string(c).substr(0, 4)] = err;
+        if (err < best_err) best_err = err, best = c;
+    }
+    for (QLinearData* q : qs) q->a_clip = best;
+    if (stats) (*stats)["a_clip"] = best, (*stats)["a_clip_err"] = best_err, (*stats)["a_clip_tried"] = tried;
+}
+
+// Float outputs [T, out] of a float32 linear on the search rows.
+std::vector<float> float_outputs(const Linear& L, const std::vector<float>& xs, int64_t T) {
+    std::vector<float> y((size_t)T * L.out);
+    L.forward(xs.data(), T, y.data());
+    return y;
+}
+
 // α search for a group of linears sharing the input X [n, in]. `tie` maps
 // each input channel to a class whose channels must share one scale (GQA:
 // o_proj channels of query heads reading the same KV head); empty = none.
@@ -288,10 +347,8 @@ std::vector<float> search_smoothing(const std::vector<const std::vector<float>*>
         for (int64_t j = 0; j < in; ++j) ca[tie[j]] = std::max(ca[tie[j]], a_max[j]), cw[tie[j]] = std::max(cw[tie[j]], w_max[j]);
         for (int64_t j = 0; j < in; ++j) a_max[j] = ca[tie[j]], w_max[j] = cw[tie[j]];
     }
-    // Evaluation tokens: evenly spaced rows of X.
-    const int64_t T = std::min<int64_t>(n, qc.search_tokens);
-    std::vector<float> xs((size_t)T * in);
-    for (int64_t t = 0; t < T; ++t) std::memcpy(&xs[t * in], &X[(t * n / T) * in], in * 4);
+    int64_t T;
+    const std::vector<float> xs = search_rows(X, n, in, qc, &T);
     std::vector<std::vector<float>> yref(Ws.size());
     for (size_t m = 0; m < Ws.size(); ++m) {
         yref[m].resize((size_t)T * outs[m]);
@@ -308,13 +365,7 @@ std::vector<float> search_smoothing(const std::vector<const std::vector<float>*>
             std::vector<float> wq = proxy_quantize(w, outs[m], in, qc);
             std::vector<float> y((size_t)T * outs[m]);
             matmul_t(xq.data(), T, wq.data(), outs[m], in, y.data());
-            double num = 0, den = 0;
-            for (size_t i = 0; i < y.size(); ++i) {
-                const double e = (double)y[i] - yref[m][i];
-                num += e * e;
-                den += (double)yref[m][i] * yref[m][i];
-            }
-            err += den > 0 ? num / den : 0.0;
+            err += rel_err(y, yref[m]);
         }
         return err / (double)Ws.size();
     };
@@ -454,6 +505,10 @@ void calib_attention(const ModelWeights& w, int l, const float* inv_freq, const 
 void quantize_single(std::unique_ptr<Linear>& L, const std::vector<float>& X, int64_t n, int had, uint64_t had_seed,
                      const QuantConfig& qc, json& stats) {
     LinearF32& f = as_f32(L);
+    const bool clip_search = qc.a_clip_search && qc.a_bits < 16;
+    int64_t T = 0;
+    std::vector<float> xs, yref;
+    if (clip_search) xs = search_rows(X.data(), n, f.in, qc, &T), yref = float_outputs(f, xs, T);
     std::vector<float> Xr;
     const float* xin = X.data();
     if (had) {
@@ -466,7 +521,35 @@ void quantize_single(std::unique_ptr<Linear>& L, const std::vector<float>& X, in
     const std::vector<double> Hx = qc.gptq ? hessian(xin, n, f.in) : std::vector<double>();
     QLinearData q = quantize_linear(f.w, f.out, f.in, f.bias, qc.gptq ? Hx.data() : nullptr, qc, qc.gptq, had,
                                     had_seed, &stats);
+    if (clip_search) search_act_clip({&q}, xs, T, {yref}, qc, &stats);
     L = make_linear_w4a4(std::move(q));
+}
+
+// Quantizes float linears that share the input X [n, in] (q/k/v, gate/up):
+// one Hessian, and with a_clip_search one activation clip for the group.
+void quantize_group(const std::vector<std::pair<std::unique_ptr<Linear>*, const char*>>& group,
+                    const std::vector<float>& X, int64_t n, int64_t in, const QuantConfig& qc, json& lj,
+                    const char* clip_key) {
+    const std::vector<double> Hx = qc.gptq ? hessian(X.data(), n, in) : std::vector<double>();
+    const bool clip_search = qc.a_clip_search && qc.a_bits < 16;
+    int64_t T = 0;
+    std::vector<float> xs;
+    std::vector<std::vector<float>> yref;
+    if (clip_search) xs = search_rows(X.data(), n, in, qc, &T);
+    std::vector<QLinearData> qs;
+    for (auto [p, name] : group) {
+        LinearF32& f = as_f32(*p);
+        if (clip_search) yref.push_back(float_outputs(f, xs, T));
+        json st;
+        qs.push_back(quantize_linear(f.w, f.out, f.in, f.bias, qc.gptq ? Hx.data() : nullptr, qc, qc.gptq, 0, 0, &st));
+        lj[name] = st;
+    }
+    if (clip_search) {
+        std::vector<QLinearData*> ptrs;
+        for (QLinearData& q : qs) ptrs.push_back(&q);
+        search_act_clip(ptrs, xs, T, yref, qc, &lj[clip_key]);
+    }
+    for (size_t i = 0; i < group.size(); ++i) *group[i].first = make_linear_w4a4(std::move(qs[i]));
 }
 
 void add_linear_out(const Linear& L, const std::vector<float>& x, int64_t n, std::vector<float>& h) {
@@ -547,17 +630,7 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
             lj["o_smooth"] = so;
             fold_smooth_o(L, c, s_o);
         }
-        {
-            const std::vector<double> Hx = qc.gptq ? hessian(X.data(), N, d) : std::vector<double>();
-            for (auto [p, name] : {std::pair{&L.q, "q"}, {&L.k, "k"}, {&L.v, "v"}}) {
-                LinearF32& f = as_f32(*p);
-                json st;
-                QLinearData qd_ = quantize_linear(f.w, f.out, f.in, f.bias, qc.gptq ? Hx.data() : nullptr, qc,
-                                                  qc.gptq, 0, 0, &st);
-                lj[name] = st;
-                *p = make_linear_w4a4(std::move(qd_));
-            }
-        }
+        quantize_group({{&L.q, "q"}, {&L.k, "k"}, {&L.v, "v"}}, X, N, d, qc, lj, "qkv_clip");
         // ---------------- o ----------------
         calib_attention(w, l, inv_freq.data(), X, n_seq, len, A);
         quantize_single(L.o, A, N, qc.rotate ? (int)qd : 0, had_seed_o, qc, lj["o"]);
@@ -579,17 +652,7 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
             lj["down_smooth"] = sd;
             fold_smooth_down(L, s_d);
         }
-        {
-            const std::vector<double> Hx = qc.gptq ? hessian(X.data(), N, d) : std::vector<double>();
-            for (auto [p, name] : {std::pair{&L.gate, "gate"}, {&L.up, "up"}}) {
-                LinearF32& f = as_f32(*p);
-                json st;
-                QLinearData q = quantize_linear(f.w, f.out, f.in, f.bias, qc.gptq ? Hx.data() : nullptr, qc, qc.gptq,
-                                                0, 0, &st);
-                lj[name] = st;
-                *p = make_linear_w4a4(std::move(q));
-            }
-        }
+        quantize_group({{&L.gate, "gate"}, {&L.up, "up"}}, X, N, d, qc, lj, "gate_up_clip");
         // ---------------- down ----------------
         mlp_block(L, ff, X.data(), N, G.data());
         quantize_single(L.down, G, N, qc.rotate ? (int)ff : 0, had_seed_down, qc, lj["down"]);

@@ -19,6 +19,11 @@ struct QuantConfig {
     int kv_bits = 16;                  // 2..8, or 16
     float a_clip = 0.9f;
     float kv_clip = 1.0f;
+    // Beyond the paper: choose each layer group's activation clip ratio
+    // (q/k/v, o, gate/up, down) from this grid by the quantized group's output
+    // error on search_tokens calibration tokens, instead of a_clip everywhere.
+    bool a_clip_search = false;
+    std::vector<float> a_clip_grid = {1.0f, 0.95f, 0.9f, 0.85f, 0.8f, 0.75f, 0.7f};
     // Stage 1: smoothing, α searched per layer group on this grid.
     bool smooth = false;
     std::vector<float> alpha_grid = {0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f};
