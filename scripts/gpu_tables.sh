@@ -10,8 +10,12 @@
 #   scripts/gpu_session.sh collect 560 tables3   # repeat until every job says done; → $OUT/tables3.tgz
 # Each job: quantize (seed 0, calibration 32 × 512 of ../shared/data/calib
 # unless the job says otherwise), then `eval --tasks quick --device cuda`,
-# and for jobs marked "full" also `eval --tasks all --device cuda`.
+# and for jobs marked "full" also `eval --tasks all --device cuda`; "ppl" adds
+# the full WikiText-2 perplexity alone first (`ppl -c 2048 --device cuda`).
 # Results: $S/tables3/<name>.log, quick_<name>.json, full_<name>.json.
+# A job's options may name the model (-m) and the calibration file (--calib)
+# themselves: the packed file records both paths as given, so a job that
+# must be byte-identical to a local run uses the local paths (symlinked).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 S=/tmp/sq
@@ -63,8 +67,13 @@ IFS='|' read -r name opts evals <<< "\$1"
 log=$R/\$name.log
 {
     echo "== \$name: \$opts"
-    /usr/bin/time -v $SQ quantize -m $M \$opts --calib $D/calib/wiki.utf8 --calib-len 512 --seed 0 \\
+    /usr/bin/time -v $SQ quantize \$(case " \$opts" in *\ -m\ *) ;; *) echo -m $M;; esac) \$opts --calib-len 512 --seed 0 \\
+        \$(case "\$opts" in *--calib\ *) ;; *) echo --calib $D/calib/wiki.utf8;; esac) \\
         \$(case "\$opts" in *--calib-n*) ;; *) echo --calib-n 32;; esac) -t 2 -o $R/\$name.sqm &&
+    sha256sum $R/\$name.sqm &&
+    if [[ "\$evals" == *ppl* ]]; then  # full WikiText-2 perplexity alone (GPU vs CPU agreement)
+        $SQ ppl -m $R/\$name.sqm -c 2048 -f $D/wikitext2/wiki.test.raw --device cuda --json $R/ppl_\$name.json
+    fi &&
     $SQ eval -m $R/\$name.sqm --tasks quick --device cuda --data-dir $D --json $R/quick_\$name.json &&
     if [[ "\$evals" == *full* ]]; then
         t0=\$(date +%s)

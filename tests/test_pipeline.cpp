@@ -214,6 +214,30 @@ TEST(Pipeline, ActClipSearchSetsOneClipPerGroup) {
         }
 }
 
+// --gptq-qinput refits the 4-bit part toward Q(X) with a ridge toward R, so
+// directions the calibration never excites keep their weights. With 24
+// calibration tokens (< d_model 64, < d_ff 96) a fit without that ridge
+// zeroed them (SmolLM2: PPL 56 → 1159); here the logits error must stay
+// within 1.5× of plain GPTQ's (both at W4A4KV4, the same calibration).
+TEST(Pipeline, GptqQinputKeepsUncalibratedDirections) {
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    Tokenizer tok(ck.tokenizer);
+    auto toks = some_tokens(ck.config.vocab, 20, 11);
+    const auto ref = logits_of(Model(model_load_f32(ck, false)), toks);
+    double err[2];
+    for (int qi = 0; qi < 2; ++qi) {
+        QuantConfig qc = quant_config_for("quarot");
+        qc.kv_bits = 4;
+        qc.calib_path = kCalib;
+        qc.calib_n = 1;
+        qc.calib_len = 24;
+        qc.gptq_qinput = qi == 1;
+        err[qi] = frob_rel(logits_of(Model(quantize_model(model_load_f32(ck, false), tok, qc)), toks), ref);
+    }
+    EXPECT_LT(err[1], 1.5 * err[0]) << "plain GPTQ " << err[0] << ", qinput " << err[1];
+    EXPECT_GT(err[1], 0.0);
+}
+
 TEST(Pipeline, BadConfigurationsAreErrors) {
     EXPECT_THROW(quant_config_for("awq"), Error);
     QuantConfig qc = quant_config_for("specquant");
@@ -239,6 +263,9 @@ TEST(Pipeline, BadConfigurationsAreErrors) {
     EXPECT_THROW(quant_config_validate(qc), Error);
     qc.a_clip_grid = {0.9f};
     qc.a_bits = 16;
+    EXPECT_THROW(quant_config_validate(qc), Error);
+    qc = quant_config_for("rtn");
+    qc.gptq_qinput = true;  // needs GPTQ
     EXPECT_THROW(quant_config_validate(qc), Error);
     // Calibration file missing / too short.
     Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");

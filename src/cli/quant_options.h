@@ -19,6 +19,7 @@ struct QuantCliOptions {
     std::string smooth;            // "", "on", "off"
     std::string spectral;          // "", "on", "off"
     std::string a_clip_search;     // "", "on", "off"
+    std::string gptq_qinput;       // "", "on", "off"
     bool rotate = false;
     std::string calib;
     int calib_n = 32, calib_len = 512;

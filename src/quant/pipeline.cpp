@@ -88,6 +88,8 @@ void quant_config_validate(const QuantConfig& qc) {
     SQ_CHECK(qc.search_tokens > 0, "search tokens must be positive");
     SQ_CHECK(!qc.a_clip_search || !qc.a_clip_grid.empty(), "--a-clip-search needs at least one clip ratio");
     for (float c : qc.a_clip_grid) SQ_CHECK(c > 0.0f && c <= 1.0f, "activation clip ", c, " out of range (0, 1]");
+    SQ_CHECK(!qc.gptq_qinput || (qc.gptq && qc.a_bits < 16),
+             "--gptq-qinput needs GPTQ and quantized activations (--a-bits < 16)");
     SQ_CHECK(!qc.a_clip_search || qc.a_bits < 16, "--a-clip-search needs quantized activations (--a-bits < 16)");
 }
 
@@ -105,6 +107,7 @@ json quant_config_to_json(const QuantConfig& qc) {
     if (qc.gptq)
         j.update({{"gptq_damp", qc.gptq_damp}, {"gptq_block", qc.gptq_block}, {"act_order", qc.act_order}});
     if (qc.rotate) j["rotate_seed"] = qc.rotate_seed;
+    if (qc.gptq_qinput) j["gptq_qinput"] = true;
     if (qc.a_clip_search) j["a_clip_grid"] = qc.a_clip_grid, j["search_tokens"] = qc.search_tokens;
     return j;
 }
@@ -118,20 +121,63 @@ void matmul_t(const float* x, int64_t n, const float* w, int64_t out, int64_t in
     else gemm_f32(x, n, p, y);
 }
 
-// H = XᵀX [in, in] in double, through the float GEMM in chunks of 512 tokens
-// (each chunk's float sums are rounded once into the double total).
-std::vector<double> hessian(const float* x, int64_t n, int64_t in) {
-    std::vector<double> H((size_t)in * in, 0.0);
+// G = XᵀY [in, in] for X, Y [n, in], in double, through the float GEMM in
+// chunks of 512 tokens (each chunk's float sums are rounded once into the
+// double total). hessian: XᵀX.
+std::vector<double> gram(const float* x, const float* y, int64_t n, int64_t in) {
+    std::vector<double> G((size_t)in * in, 0.0);
     const int64_t chunk = 512;
-    std::vector<float> xt((size_t)in * chunk), part((size_t)in * in);
+    std::vector<float> xt((size_t)in * chunk), yt(y == x ? 0 : (size_t)in * chunk), part((size_t)in * in);
     for (int64_t t0 = 0; t0 < n; t0 += chunk) {
         const int64_t tc = std::min(chunk, n - t0);
         for (int64_t t = 0; t < tc; ++t)
             for (int64_t j = 0; j < in; ++j) xt[(size_t)j * tc + t] = x[(t0 + t) * in + j];
-        matmul_t(xt.data(), in, xt.data(), in, tc, part.data());
-        for (size_t i = 0; i < H.size(); ++i) H[i] += part[i];
+        if (y != x)
+            for (int64_t t = 0; t < tc; ++t)
+                for (int64_t j = 0; j < in; ++j) yt[(size_t)j * tc + t] = y[(t0 + t) * in + j];
+        matmul_t(xt.data(), in, y == x ? xt.data() : yt.data(), in, tc, part.data());
+        for (size_t i = 0; i < G.size(); ++i) G[i] += part[i];
     }
-    return H;
+    return G;
+}
+
+std::vector<double> hessian(const float* x, int64_t n, int64_t in) { return gram(x, x, n, in); }
+
+// GPTQ on the activations the kernel multiplies (QuantConfig::gptq_qinput,
+// beyond the paper). The 4-bit branch computes Q·R̂ᵀ with Q the 4-bit codes
+// of X (per token, dequantized), not X·R̂ᵀ. So R is first refit by least
+// squares to predict X·Rᵀ from Q, with a ridge toward R itself:
+//   R* = argmin ‖X·Rᵀ − Q·R*ᵀ‖² + λ‖R* − R‖² = R·P,  P = (XᵀQ + λI)(QᵀQ + λI)⁻¹
+// (λ = GPTQ's damping). The ridge pulls toward R, not toward 0: with fewer
+// calibration tokens than inputs (or dead directions) a plain least-squares
+// fit would zero R outside the span of the calibration data (measured: PPL
+// 56 → 1159 on SmolLM2 with 4 × 256 tokens). GPTQ then quantizes R* with
+// H = QᵀQ.
+struct QinputFit {
+    std::vector<double> Hq;  // QᵀQ [in, in]
+    std::vector<float> Pt;   // Pᵀ [in, in]
+};
+
+QinputFit qinput_fit(const float* X, int64_t n, int64_t in, const QuantConfig& qc) {
+    std::vector<float> Q(X, X + (size_t)n * in);
+    act_fake_quant_asym(Q.data(), n, in, qc.a_bits, qc.a_clip);
+    QinputFit f;
+    f.Hq = gram(Q.data(), Q.data(), n, in);
+    const std::vector<double> M = gram(X, Q.data(), n, in);  // XᵀQ
+    std::vector<double> Hd = f.Hq;
+    double mean = 0;
+    for (int64_t j = 0; j < in; ++j) mean += Hd[j * in + j];
+    const double lambda = qc.gptq_damp * std::max(mean / (double)in, 1e-12);
+    for (int64_t j = 0; j < in; ++j) Hd[j * in + j] += lambda;
+    const std::vector<double> U = gptq_inverse_cholesky(Hd.data(), in);  // UᵀU = (QᵀQ + λI)⁻¹
+    std::vector<float> Ut((size_t)in * in), Mf(M.begin(), M.end()), Hinv((size_t)in * in);
+    for (int64_t j = 0; j < in; ++j) Mf[j * in + j] += (float)lambda;
+    for (int64_t i = 0; i < in; ++i)
+        for (int64_t j = 0; j < in; ++j) Ut[j * in + i] = (float)U[i * in + j];
+    matmul_t(Ut.data(), in, Ut.data(), in, in, Hinv.data());  // Uᵀ·U
+    f.Pt.resize((size_t)in * in);
+    matmul_t(Hinv.data(), in, Mf.data(), in, in, f.Pt.data());  // Pᵀ = (QᵀQ + λI)⁻¹·(XᵀQ + λI)ᵀ
+    return f;
 }
 
 std::vector<float> transpose_of(const std::vector<float>& a, int64_t r, int64_t c) {
@@ -156,7 +202,7 @@ struct LinearStats {
 // then GPTQ or RTN on the residual. Returns the packed layer.
 QLinearData quantize_linear(const std::vector<float>& W, int64_t out, int64_t in, const std::vector<float>& bias,
                             const double* H, const QuantConfig& qc, bool use_gptq, int had_in, uint64_t had_seed,
-                            json* stats, bool coarse_clip = false) {
+                            json* stats, bool coarse_clip = false, const std::vector<float>* refit_pt = nullptr) {
     QLinearData d;
     d.in = in;
     d.out = out;
@@ -206,6 +252,11 @@ QLinearData quantize_linear(const std::vector<float>& W, int64_t out, int64_t in
             (*stats)["k_max"] = *std::max_element(k.begin(), k.end());
         }
         R = std::move(sp.residual);
+    }
+    if (refit_pt) {  // gptq_qinput: R* = R·P (qinput_fit)
+        std::vector<float> Rs(R.size());
+        matmul_t(R.data(), out, refit_pt->data(), in, in, Rs.data());
+        R = std::move(Rs);
     }
     WeightQuantParams wp;
     wp.bits = qc.w_bits;
@@ -518,9 +569,13 @@ void quantize_single(std::unique_ptr<Linear>& L, const std::vector<float>& X, in
         xin = Xr.data();
         hadamard_transform(f.w.data(), f.out, had, sg.data());
     }
-    const std::vector<double> Hx = qc.gptq ? hessian(xin, n, f.in) : std::vector<double>();
-    QLinearData q = quantize_linear(f.w, f.out, f.in, f.bias, qc.gptq ? Hx.data() : nullptr, qc, qc.gptq, had,
-                                    had_seed, &stats);
+    QinputFit fit;
+    const bool qinput = qc.gptq && qc.gptq_qinput && qc.a_bits < 16;
+    if (qinput) fit = qinput_fit(xin, n, f.in, qc);
+    const std::vector<double> Hx = qc.gptq && !qinput ? hessian(xin, n, f.in) : std::vector<double>();
+    const double* H = qinput ? fit.Hq.data() : qc.gptq ? Hx.data() : nullptr;
+    QLinearData q = quantize_linear(f.w, f.out, f.in, f.bias, H, qc, qc.gptq, had, had_seed, &stats, false,
+                                    qinput ? &fit.Pt : nullptr);
     if (clip_search) search_act_clip({&q}, xs, T, {yref}, qc, &stats);
     L = make_linear_w4a4(std::move(q));
 }
@@ -530,7 +585,11 @@ void quantize_single(std::unique_ptr<Linear>& L, const std::vector<float>& X, in
 void quantize_group(const std::vector<std::pair<std::unique_ptr<Linear>*, const char*>>& group,
                     const std::vector<float>& X, int64_t n, int64_t in, const QuantConfig& qc, json& lj,
                     const char* clip_key) {
-    const std::vector<double> Hx = qc.gptq ? hessian(X.data(), n, in) : std::vector<double>();
+    QinputFit fit;
+    const bool qinput = qc.gptq && qc.gptq_qinput && qc.a_bits < 16;
+    if (qinput) fit = qinput_fit(X.data(), n, in, qc);
+    const std::vector<double> Hx = qc.gptq && !qinput ? hessian(X.data(), n, in) : std::vector<double>();
+    const double* H = qinput ? fit.Hq.data() : qc.gptq ? Hx.data() : nullptr;
     const bool clip_search = qc.a_clip_search && qc.a_bits < 16;
     int64_t T = 0;
     std::vector<float> xs;
@@ -541,7 +600,8 @@ void quantize_group(const std::vector<std::pair<std::unique_ptr<Linear>*, const 
         LinearF32& f = as_f32(*p);
         if (clip_search) yref.push_back(float_outputs(f, xs, T));
         json st;
-        qs.push_back(quantize_linear(f.w, f.out, f.in, f.bias, qc.gptq ? Hx.data() : nullptr, qc, qc.gptq, 0, 0, &st));
+        qs.push_back(quantize_linear(f.w, f.out, f.in, f.bias, H, qc, qc.gptq, 0, 0, &st, false,
+                                     qinput ? &fit.Pt : nullptr));
         lj[name] = st;
     }
     if (clip_search) {

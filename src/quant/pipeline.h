@@ -47,6 +47,10 @@ struct QuantConfig {
     float gptq_damp = 0.01f;
     int gptq_block = 128;
     bool act_order = true;
+    // Beyond the paper: GPTQ against the 4-bit inputs the kernel multiplies
+    // (pipeline.cpp qinput_fit): the 4-bit part refit by ridge least squares
+    // so Q(X)·Rᵀ predicts X·Rᵀ, then GPTQ with H = Q(X)ᵀQ(X).
+    bool gptq_qinput = false;
     // Calibration.
     std::string calib_path;
     int calib_n = 32;
