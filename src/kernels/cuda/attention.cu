@@ -42,6 +42,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
                                                                  const float* __restrict__ vc, int n, int pos0,
                                                                  const int* __restrict__ pos_dev,
                                                                  const int* __restrict__ positions,
+                                                                 const int* __restrict__ kv_rows,
                                                                  const int* __restrict__ blocks, int heads,
                                                                  int kv_heads, int hd, float scale,
                                                                  float* __restrict__ out) {
@@ -67,11 +68,13 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
         }
         sq[i] = val;
     }
-    // Keys of row (token t): [lo(t), pos0 + t + 1); lo = 0, or t's sequence start when varlen.
-    auto lo_of = [&](int t) { return positions ? t - positions[t] : 0; };
+    // Keys of row (token t): [lo(t), hi(t)); t's own cache row r(t) = pos0 + t, or kv_rows[t]
+    // (batched decode); hi = r(t) + 1; lo = 0, or r(t) − positions[t] when varlen.
+    auto r_of = [&](int t) { return kv_rows ? kv_rows[t] : pos0 + t; };
+    auto lo_of = [&](int t) { return positions ? r_of(t) - positions[t] : 0; };
     const int last_row = min(row0 + kRows, total_rows) - 1;
-    const int kstart = lo_of(row0 / group);        // lo(t) never decreases with t
-    const int kend = pos0 + last_row / group + 1;  // keys [kstart, kend) cover every row of the block
+    const int kstart = lo_of(row0 / group);      // lo(t) never decreases with t
+    const int kend = r_of(last_row / group) + 1;  // keys [kstart, kend) cover every row of the block
 
     float m[kRowsPerWarp], l[kRowsPerWarp], o[kRowsPerWarp][DPL];
     int lo[kRowsPerWarp], lim[kRowsPerWarp];
@@ -80,7 +83,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
         const int row = row0 + warp * kRowsPerWarp + r;
         // padding rows: key kstart only (finite, unused)
         lo[r] = row < total_rows ? lo_of(row / group) : kstart;
-        lim[r] = row < total_rows ? pos0 + row / group + 1 : kstart + 1;
+        lim[r] = row < total_rows ? r_of(row / group) + 1 : kstart + 1;
         m[r] = -FLT_MAX;
         l[r] = 0.0f;
 #pragma unroll
@@ -150,8 +153,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
 
 template <int DPL>
 void launch(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev,
-            const int* positions, const int* blocks, int n_blocks, int heads, int kv_heads, int hd, float* out,
-            cudaStream_t s) {
+            const int* positions, const int* kv_rows, const int* blocks, int n_blocks, int heads, int kv_heads, int hd,
+            float* out, cudaStream_t s) {
     const size_t smem = attention_smem(hd);
     if (smem > 48 * 1024) {
         // Above the default 48 KB a kernel must opt in (hd > 128).
@@ -159,29 +162,32 @@ void launch(const float* q, const float* kc, const float* vc, int n, int pos0, c
     }
     const int group = heads / kv_heads;
     dim3 grid((unsigned)(blocks ? n_blocks : (n * group + kRows - 1) / kRows), (unsigned)kv_heads);
-    attention_kernel<DPL><<<grid, kWarps * 32, smem, s>>>(q, kc, vc, n, pos0, pos_dev, positions, blocks, heads,
-                                                          kv_heads, hd, 1.0f / sqrtf((float)hd), out);
+    attention_kernel<DPL><<<grid, kWarps * 32, smem, s>>>(q, kc, vc, n, pos0, pos_dev, positions, kv_rows, blocks,
+                                                          heads, kv_heads, hd, 1.0f / sqrtf((float)hd), out);
     SQ_CUDA_LAUNCH("attention");
 }
 
 void dispatch(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev,
-              const int* positions, const int* blocks, int n_blocks, int heads, int kv_heads, int hd, float* out,
-              cudaStream_t s) {
+              const int* positions, const int* kv_rows, const int* blocks, int n_blocks, int heads, int kv_heads,
+              int hd, float* out, cudaStream_t s) {
     if (n <= 0) return;
     SQ_CHECK(hd >= 1 && hd <= 256, "CUDA attention: head_dim ", hd, " unsupported (1..256)");
     SQ_CHECK(kv_heads > 0 && heads % kv_heads == 0, "CUDA attention: ", heads, " heads not a multiple of ", kv_heads,
              " KV heads");
-    if (hd <= 32) launch<1>(q, kc, vc, n, pos0, pos_dev, positions, blocks, n_blocks, heads, kv_heads, hd, out, s);
-    else if (hd <= 64) launch<2>(q, kc, vc, n, pos0, pos_dev, positions, blocks, n_blocks, heads, kv_heads, hd, out, s);
-    else if (hd <= 128) launch<4>(q, kc, vc, n, pos0, pos_dev, positions, blocks, n_blocks, heads, kv_heads, hd, out, s);
-    else launch<8>(q, kc, vc, n, pos0, pos_dev, positions, blocks, n_blocks, heads, kv_heads, hd, out, s);
+    auto go = [&](auto fn) {
+        fn(q, kc, vc, n, pos0, pos_dev, positions, kv_rows, blocks, n_blocks, heads, kv_heads, hd, out, s);
+    };
+    if (hd <= 32) go(launch<1>);
+    else if (hd <= 64) go(launch<2>);
+    else if (hd <= 128) go(launch<4>);
+    else go(launch<8>);
 }
 
 }  // namespace
 
 void attention(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
                int kv_heads, int hd, float* out, cudaStream_t s) {
-    dispatch(q, kc, vc, n, pos0, pos_dev, nullptr, nullptr, 0, heads, kv_heads, hd, out, s);
+    dispatch(q, kc, vc, n, pos0, pos_dev, nullptr, nullptr, nullptr, 0, heads, kv_heads, hd, out, s);
 }
 
 std::vector<int> attention_blocks(const std::vector<int>& seq_lens, int group) {
@@ -201,7 +207,14 @@ void attention_varlen(const float* q, const float* kc, const float* vc, int n, c
                       int kv_heads, int hd, float* out, cudaStream_t s, const int* blocks, int n_blocks) {
     SQ_CHECK(positions, "CUDA attention_varlen: no positions");
     SQ_CHECK(!blocks || n_blocks > 0, "CUDA attention_varlen: empty block table");
-    dispatch(q, kc, vc, n, 0, nullptr, positions, blocks, n_blocks, heads, kv_heads, hd, out, s);
+    dispatch(q, kc, vc, n, 0, nullptr, positions, nullptr, blocks, n_blocks, heads, kv_heads, hd, out, s);
+}
+
+void attention_rows(const float* q, const float* kc, const float* vc, int n, const int* kv_rows, const int* positions,
+                    int heads, int kv_heads, int hd, float* out, cudaStream_t s, const int* blocks, int n_blocks) {
+    SQ_CHECK(kv_rows && positions, "CUDA attention_rows: no rows or positions");
+    SQ_CHECK(!blocks || n_blocks > 0, "CUDA attention_rows: empty block table");
+    dispatch(q, kc, vc, n, 0, nullptr, positions, kv_rows, blocks, n_blocks, heads, kv_heads, hd, out, s);
 }
 
 }  // namespace sq::cuda
