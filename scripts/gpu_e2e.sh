@@ -70,7 +70,7 @@ unpack)
         echo "$MODEL_SHA  $S/model.gguf" | sha256sum -c - || exit 1
     fi
     ;;
-call1)  # tests, synthetic benchmarks, memcheck
+call1)  # tests, synthetic benchmarks, memcheck (all Cuda* tests)
     bash "$0" unpack "$2" || exit 1
     env_setup
     step tests_cuda 240 $T --gtest_filter='Cuda*'
@@ -79,10 +79,8 @@ call1)  # tests, synthetic benchmarks, memcheck
         --json "$OUT/bench_llama3_8b.json"
     cat "$OUT/bench_llama3_8b.log" | grep -v '^bench:'
     step bench_smollm2 120 $SQ bench --device cuda --shape smollm2 --rank 31 --kv-bits 4 --json "$OUT/bench_smollm2.json"
-    step memcheck_model 100 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
-        $T --gtest_filter='CudaKernels.*:CudaModel.*:-CudaModel.PipelineQuantizedMatchesCpu'
-    step memcheck_gemm 80 compute-sanitizer --tool memcheck --error-exitcode 9 $T --gtest_filter='CudaW4A4Gemm.*'
-    tail -4 "$OUT/memcheck_model.log" "$OUT/memcheck_gemm.log"
+    step memcheck_all 200 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T --gtest_filter='Cuda*'
+    tail -n 4 "$OUT/memcheck_all.log"
     ;;
 call2)  # real model: quantize (specquant W4A4KV4), PPL int8 vs FP32 codes, quick suite, bench -m; racecheck
     bash "$0" unpack "$2" || exit 1
@@ -102,7 +100,16 @@ call2)  # real model: quantize (specquant W4A4KV4), PPL int8 vs FP32 codes, quic
     grep -v '^bench:' "$OUT/bench_model.log"
     step racecheck 80 compute-sanitizer --tool racecheck --error-exitcode 9 \
         $T --gtest_filter='CudaW4A4Gemm.TiledExactAwkwardShapes:CudaW4A4Gemm.GemvExactAwkwardShapes'
-    tail -5 "$OUT/racecheck.log"
+    tail -n 5 "$OUT/racecheck.log"
+    ;;
+bench)  # after call1 (binaries in /tmp/sq): the synthetic benchmarks only (TAG names the logs)
+    env_setup
+    TAG=${2:-b}
+    for shape in llama3-8b llama2-7b smollm2; do
+        step bench_${shape}_$TAG 200 $SQ bench --device cuda --shape $shape --rank 31 --kv-bits 4 \
+            --json "$OUT/bench_${shape}_$TAG.json"
+    done
+    grep -v '^bench:' "$OUT/bench_llama3-8b_$TAG.log"
     ;;
 *)
     echo "usage: $0 pack | unpack DIR | call1 DIR | call2 DIR" >&2

@@ -209,6 +209,53 @@ TEST(CudaKernels, VarlenRopeAndAttentionMatchPerSequence) {
     }
 }
 
+// Decode attention (one query per sequence, per-sequence cache regions):
+// kv_store_rows writes each token's K/V at its row; attention_rows (the
+// prefill kernel with a per-token row) and attention_decode (keys split over
+// blocks, merged) against attention() on each sequence alone. Lengths 1..200
+// cover empty splits, one partial chunk and many chunks.
+TEST(CudaKernels, DecodeAttentionMatchesAttention) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 12);
+    const std::vector<int> len = {1, 2, 31, 32, 33, 200, 64};  // keys per sequence, the last one the new token
+    const int B = (int)len.size(), S = 208;                  // region rows per sequence
+    struct Shape { int heads, kv, hd; };
+    for (Shape sh : {Shape{4, 2, 16}, Shape{9, 3, 64}, Shape{32, 8, 128}, Shape{4, 4, 40}}) {
+        const int qd = sh.heads * sh.hd, kvd = sh.kv * sh.hd;
+        const std::vector<float> q = gaussian((size_t)B * qd, rng), knew = gaussian((size_t)B * kvd, rng),
+                                 vnew = gaussian((size_t)B * kvd, rng);
+        const std::vector<float> kc = gaussian((size_t)B * S * kvd, rng), vc = gaussian((size_t)B * S * kvd, rng);
+        std::vector<int> rows(B), pos(B);
+        for (int b = 0; b < B; ++b) rows[b] = b * S + len[b] - 1, pos[b] = len[b] - 1;
+        DevBuf<float> dq(q), dkn(knew), dvn(vnew), dkc(kc), dvc(vc), o1((size_t)B * qd), o2((size_t)B * qd),
+            o3((size_t)B * qd);
+        DevBuf<int> drows(rows), dpos(pos);
+        cuda::kv_store_rows(dkn.p, dvn.p, B, sh.kv, sh.hd, 16, 1.0f, dkc.p, dvc.p, drows.p, nullptr);
+        const std::vector<int> tbl = cuda::attention_blocks(std::vector<int>(B, 1), sh.heads / sh.kv);
+        DevBuf<int> dtbl(tbl);  // one block per token: key tiles start at its region, as alone
+        cuda::attention_rows(dq.p, dkc.p, dvc.p, B, drows.p, dpos.p, sh.heads, sh.kv, sh.hd, o1.p, nullptr, dtbl.p,
+                             (int)tbl.size() / 2);
+        DevBuf<float> part(cuda::attention_decode_scratch(B, sh.heads, sh.hd, S));
+        cuda::attention_decode(dq.p, dkc.p, dvc.p, B, drows.p, dpos.p, sh.heads, sh.kv, sh.hd, S, part.p, o2.p,
+                               nullptr);
+        for (int b = 0; b < B; ++b)  // alone: the query at position len−1 of a cache starting at its region
+            cuda::attention(dq.p + (size_t)b * qd, dkc.p + (size_t)b * S * kvd, dvc.p + (size_t)b * S * kvd, 1,
+                            len[b] - 1, nullptr, sh.heads, sh.kv, sh.hd, o3.p + (size_t)b * qd, nullptr);
+        const auto a1 = o1.get(), a2 = o2.get(), a3 = o3.get();
+        double w1 = 0, w2 = 0;
+        int diff1 = 0;
+        for (size_t i = 0; i < a3.size(); ++i) {
+            diff1 += bits_of(a1[i]) != bits_of(a3[i]);
+            w1 = std::max(w1, (double)std::fabs(a1[i] - a3[i]));
+            w2 = std::max(w2, (double)std::fabs(a2[i] - a3[i]));
+        }
+        EXPECT_EQ(diff1, 0) << "attention_rows heads " << sh.heads << "/" << sh.kv << " hd " << sh.hd;
+        EXPECT_LE(w2, 1e-5) << "attention_decode heads " << sh.heads << "/" << sh.kv << " hd " << sh.hd;
+        std::printf("[cuda] decode attention %d/%d heads hd %d: rows %d bits differ, split max |d| %.2e\n", sh.heads,
+                    sh.kv, sh.hd, diff1, w2);
+    }
+}
+
 // ---------------------------------------------------------------- models
 
 
@@ -577,8 +624,9 @@ TEST(CudaModel, Bf16LinearsTrackFp32) {
     }
 }
 
-// Batched decode (per-sequence KV regions, kv_store_rows, attention_rows, one
-// graph per batch size) against each sequence run alone. Without spectral
+// Batched decode (per-sequence KV regions, kv_store_rows, attention_decode,
+// one graph per batch size) against each sequence run alone (prefill: the
+// one-sequence forward; steps: the same decode path with batch 1). Without spectral
 // branch and online Hadamard every op before a quantizer is per row (norms,
 // RoPE, attention over the same key tiles, exact integer GEMMs), so the
 // hidden states are the same bits whatever the batch; only lm_head (FP32
@@ -615,15 +663,18 @@ TEST(CudaModel, BatchedDecodeMatchesSequencesAlone) {
             worst = std::max(worst, row_rel_err(lb.data(), lo.data(), V));
             EXPECT_EQ(bat.decode_len(b), prompt[b]);
         }
-        std::vector<float> step((size_t)B * V);
+        std::vector<float> step((size_t)steps * B * V);
         for (int i = 0; i < steps; ++i) {
             std::vector<int> tok(B);
             for (int b = 0; b < B; ++b) tok[b] = seqs[b][prompt[b] + i];
-            bat.decode_step(tok.data(), step.data());
-            for (int b = 0; b < B; ++b) {
-                one.truncate(0);
-                one.forward_logits(seqs[b].data(), prompt[b] + i + 1, lo.data(), false);
-                worst = std::max(worst, row_rel_err(&step[(size_t)b * V], lo.data(), V));
+            bat.decode_step(tok.data(), &step[(size_t)i * B * V]);
+        }
+        for (int b = 0; b < B; ++b) {  // alone: the same decode path with one sequence
+            one.decode_setup(1, S);
+            one.decode_prefill(0, seqs[b].data(), prompt[b], nullptr);
+            for (int i = 0; i < steps; ++i) {
+                one.decode_step(&seqs[b][prompt[b] + i], lo.data());
+                worst = std::max(worst, row_rel_err(&step[((size_t)i * B + b) * V], lo.data(), V));
             }
         }
         // fp32: q/k/v/o/MLP GEMMs at other row counts round differently too (the FP32 fixtures' bar)

@@ -25,7 +25,7 @@
 //   bf16:  y = bf16(x)·Wᵀ (fp32 accumulate, fp32 out) + b   (the BF16 baseline)
 // Batched decode (decode_step): B sequences in their own cache regions, one
 // token each: RoPE at per-token positions, K/V written at row b·S + len_b,
-// attention_rows over the region; one CUDA graph per B.
+// attention_decode (keys split over blocks) over the region; one CUDA graph per B.
 #ifdef SPECQUANT_HAS_CUDA
 #include "model/model_cuda.h"
 
@@ -220,8 +220,7 @@ struct ModelCuda::Impl {
     int dec_batch = 0, dec_cap = 0;
     std::vector<int> dec_lens;
     DevBuf<int> dec_rows;              // [cap]: each token's cache row
-    DevBuf<int> dec_blocks;            // attention block table: one block per token
-    int dec_nblocks = 0;
+    DevBuf<float> dec_part;            // attention_decode partials (not in `bytes`: remade per setup)
     std::map<int, cudaGraphExec_t> dec_graphs;  // by batch size
     size_t bytes_kv = 0;
     // Profiling (set_profile): an event pair around every op, summed per op class.
@@ -623,9 +622,9 @@ struct ModelCuda::Impl {
                 if (mode == Mode::varlen)
                     cuda::attention_varlen(qa, kc_l, vc_l, n, positions.get(), H, KV, hd, att.get(), stream,
                                            att_blocks.get(), att_nblocks);
-                else if (mode == Mode::batch)
-                    cuda::attention_rows(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, att.get(),
-                                         stream, dec_blocks.get(), dec_nblocks);
+                else if (mode == Mode::batch)  // one token per sequence: keys split over blocks
+                    cuda::attention_decode(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, dec_cap,
+                                           dec_part.get(), att.get(), stream);
                 else
                     cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream);
             }
@@ -709,7 +708,6 @@ struct ModelCuda::Impl {
         xs.alloc(lm_rows * d, "scored hidden states", &bytes);
         const size_t group = (size_t)(c.n_heads / c.n_kv_heads);
         att_blocks.alloc(2 * (C * group / 16 + C + 1), "attention block table", &bytes);
-        dec_blocks.alloc(2 * (C * group / 16 + C + 1), "decode block table", &bytes);
         SQ_CUDA(cudaStreamSynchronize(stream));
     }
 
@@ -925,10 +923,9 @@ void ModelCuda::decode_setup(int batch, int seq_cap) {
     m.dec_batch = batch, m.dec_cap = seq_cap;
     m.dec_lens.assign(batch, 0);
     m.pos = 0;
-    const std::vector<int> blocks = cuda::attention_blocks(std::vector<int>(batch, 1), m.cfg.n_heads / m.cfg.n_kv_heads);
-    SQ_CHECK(blocks.size() <= m.dec_blocks.size(), "decode_setup: block table overflow");
-    m.dec_nblocks = (int)blocks.size() / 2;
-    SQ_CUDA(cudaMemcpy(m.dec_blocks.get(), blocks.data(), blocks.size() * sizeof(int), cudaMemcpyHostToDevice));
+    m.dec_part = {};
+    m.dec_part.alloc(cuda::attention_decode_scratch(batch, m.cfg.n_heads, m.cfg.head_dim, seq_cap),
+                     "decode attention partials", nullptr);
 }
 
 int ModelCuda::decode_len(int b) const {

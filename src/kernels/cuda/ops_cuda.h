@@ -76,6 +76,16 @@ void attention_rows(const float* q, const float* kc, const float* vc, int n, con
                     int heads, int kv_heads, int hd, float* out, cudaStream_t s, const int* blocks = nullptr,
                     int n_blocks = 0);
 
+// Decode attention (flash-decoding) for one query token per sequence, same
+// semantics as attention_rows (query t's keys: cache rows [kv_rows[t] −
+// positions[t], kv_rows[t]]), keys split in chunks of 32 over blocks and
+// merged. max_keys ≥ every sequence's key count (fixes the grid, so one
+// captured graph serves every length); part: attention_decode_scratch floats.
+// Float order differs from attention_rows (tests: max abs Δ ≤ 1e-5).
+size_t attention_decode_scratch(int n, int heads, int hd, int max_keys);
+void attention_decode(const float* q, const float* kc, const float* vc, int n, const int* kv_rows, const int* positions,
+                      int heads, int kv_heads, int hd, int max_keys, float* part, float* out, cudaStream_t s);
+
 // The block table of attention_varlen (host side) for sequences of
 // seq_lens[i] tokens and `group` query heads per KV head: row0, row end, ...
 std::vector<int> attention_blocks(const std::vector<int>& seq_lens, int group);
