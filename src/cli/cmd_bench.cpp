@@ -11,7 +11,8 @@
 // Time the runs as the notes say: in a nice −20 autogroup on this shared box.
 //
 // specquant bench --device cuda (--shape llama3-8b|llama2-7b|smollm2 | -m MODEL) [--prefill-lens 256,2048,8192]
-//                 [--batches 1,8,32] [--ctx 512] [--decode 32] [--rank 31] [--kv-bits 16] [--reps 3] [--json FILE]
+//                 [--batches 1,8,32] [--ctx 512] [--decode 32] [--rank 31] [--kv-bits 16] [--reps 3]
+//                 [--spectral fused|cublas] [--json FILE]
 // (built with -DSPECQUANT_CUDA=ON): the GPU engine (model/model_cuda.h) in the
 // same process for W4A4 on the INT8 tensor cores (spectral branch off and,
 // with --rank R > 0, on at rank R), and every linear layer in BF16 through
@@ -188,6 +189,7 @@ struct CudaBenchOpts {
     std::string shape, model, json;
     std::vector<int> prefill = {256, 2048, 8192}, batches = {1, 8, 32};
     int ctx = 512, decode = 32, rank = 31, kv_bits = 16, reps = 3;
+    std::string spectral = "fused";
 };
 
 using Breakdown = std::vector<std::pair<std::string, double>>;
@@ -280,6 +282,7 @@ int cuda_bench(const CudaBenchOpts& o) {
     for (int n : o.prefill) SQ_CHECK(n > 0, "bench: prefill length ", n);
     for (int b : o.batches) SQ_CHECK(b > 0 && b <= 512, "bench: batch ", b, " out of range 1..512");
     SQ_CHECK(o.ctx >= 1 && o.decode >= 1 && o.reps >= 1 && o.rank >= 0, "bench: --ctx/--decode/--reps/--rank");
+    SQ_CHECK(o.spectral == "fused" || o.spectral == "cublas", "bench: --spectral must be fused or cublas");
     const int maxn = *std::max_element(o.prefill.begin(), o.prefill.end());
     const int maxb = *std::max_element(o.batches.begin(), o.batches.end());
     const int cap = std::max(maxn, maxb * (o.ctx + o.decode + 3));
@@ -294,7 +297,7 @@ int cuda_bench(const CudaBenchOpts& o) {
         what = "synthetic " + o.shape;
         auto run = [&](const std::string& name, bool bf16, int rank) {
             CudaSynthetic s;
-            s.bf16 = bf16, s.rank = rank, s.kv_bits = o.kv_bits;
+            s.bf16 = bf16, s.rank = rank, s.kv_bits = o.kv_bits, s.spectral_fused = o.spectral == "fused";
             res.push_back(cuda_variant(name, o, std::make_unique<ModelCuda>(c, s, cap)));
         };
         run("w4a4", false, 0);
@@ -304,6 +307,7 @@ int cuda_bench(const CudaBenchOpts& o) {
         what = o.model;
         LoadedModel lm = model_open(o.model, false);
         ModelCudaOptions native, bf16;
+        native.spectral_fused = o.spectral == "fused";
         bf16.bf16 = true;
         res.push_back(cuda_variant("native", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, native)));
         res.push_back(cuda_variant("bf16", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, bf16)));
@@ -311,9 +315,10 @@ int cuda_bench(const CudaBenchOpts& o) {
     const VariantResult& base = res.back();  // bf16
     const VariantResult& w4 = res.front();
 
-    std::printf("\n%s on %s, KV cache %s (fp32 storage), decode at context %d..%d, %d steps\n", what.c_str(),
-                prop.name, o.kv_bits < 16 ? ("KV" + std::to_string(o.kv_bits) + " fake-quantized").c_str() : "KV16",
-                o.ctx, o.ctx + o.decode, o.decode);
+    std::printf("\n%s on %s, KV cache %s (fp32 storage), decode at context %d..%d, %d steps, spectral branch %s\n",
+                what.c_str(), prop.name,
+                o.kv_bits < 16 ? ("KV" + std::to_string(o.kv_bits) + " fake-quantized").c_str() : "KV16", o.ctx,
+                o.ctx + o.decode, o.decode, o.spectral == "fused" ? "fused into the GEMM epilogue" : "2 cuBLAS FP32 GEMMs");
     std::printf("| metric |");
     for (const auto& v : res) std::printf(" %s |", v.name.c_str());
     for (size_t i = 0; i + 1 < res.size(); ++i) std::printf(" %s vs bf16 |", res[i].name.c_str());
@@ -358,6 +363,7 @@ int cuda_bench(const CudaBenchOpts& o) {
     (void)w4;
     if (!o.json.empty()) {
         nlohmann::json j = {{"device", prop.name},   {"what", what},         {"kv_bits", o.kv_bits},
+                            {"spectral", o.spectral},
                             {"ctx", o.ctx},          {"decode_steps", o.decode}, {"reps", o.reps},
                             {"prefill_tokens", o.prefill}, {"batches", o.batches},
                             {"variants", nlohmann::json::array()}};
@@ -405,6 +411,8 @@ static CommandAction bench_setup(CLI::App& app) {
     app.add_option("--rank", co->rank, "cuda --shape: spectral rank of the second W4A4 run (0 = skip; k̄=16 → 31)")
         ->capture_default_str();
     app.add_option("--kv-bits", co->kv_bits, "cuda --shape: KV cache fake-quantization bits (16 = off)")
+        ->capture_default_str();
+    app.add_option("--spectral", co->spectral, "cuda: W4A4 spectral branch fused (into the GEMM epilogue) | cublas")
         ->capture_default_str();
     app.add_option("--prefill", o->prefill, "prompt tokens in one forward (0 = skip)")->capture_default_str();
     app.add_option("--decode", o->decode, "tokens generated one at a time after the prompt")->capture_default_str();

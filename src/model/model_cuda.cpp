@@ -141,12 +141,14 @@ struct DLinear {
     DevBuf<float> scale;     // [out]
     DevBuf<int32_t> rowsum;  // [out]
     int rank = 0;
-    DevBuf<float> basis_t;   // Bᵀ [rank, in]
+    DevBuf<float> basis_t;   // Bᵀ [rank, in] (explicit bases)
+    const float* basis_shared = nullptr;  // Fourier (and synthetic) bases: one device copy per (in, rank)
     DevBuf<float> coef;      // C [out, rank]
     int had_in = 0;
     DevBuf<float> had_signs;     // [in]
     const float* had = nullptr;  // H_n [in, in], shared per order
     const float* weight() const { return w_shared ? w_shared : w.get(); }
+    const float* basis() const { return basis_shared ? basis_shared : basis_t.get(); }
     size_t bytes() const {
         return (w.size() + bias.size() + scale.size() + basis_t.size() + coef.size() + had_signs.size()) * 4 +
                rowsum.size() * 4 + w8.size() + wb.size() * 2;
@@ -182,6 +184,7 @@ struct ModelCuda::Impl {
     std::vector<DLayer> layers;
     DLinear lm_head;
     std::map<int, DevBuf<float>> had;  // H_n by order
+    std::map<std::pair<int64_t, int>, DevBuf<float>> bases;  // Bᵀ [rank, in] by (in, rank): Fourier, synthetic
 
     DevBuf<float> kc, vc;  // [layer][cap][kv][hd]
     // Scratch, [cap, width] unless noted.
@@ -258,6 +261,10 @@ struct ModelCuda::Impl {
     const float* quant_src = nullptr;
     int quant_n = 0, quant_bits = 0;
     float quant_clip = 0.0f;
+    // The same for the spectral branch's x·B (fused path): reused while input and basis are the same.
+    const float* zb_src = nullptr;
+    const float* zb_basis = nullptr;
+    int zb_n = 0;
 
     ~Impl() {
         clear_graphs();
@@ -398,7 +405,17 @@ struct ModelCuda::Impl {
                 for (int r = 0; r < qd.rank; ++r) Bt[(size_t)r * in + c] = B[(size_t)c * qd.rank + r];
             for (size_t i = 0; i < C.size(); ++i) C[i] = fp16_to_fp32(qd.coef[i]);
             d.rank = qd.rank;
-            d.basis_t.upload(Bt.data(), Bt.size(), what + " spectral basis", &bytes);
+            if (qd.basis == "fourier") {  // a function of (in, rank) only: one copy, and x·B reusable across layers
+                auto it = bases.find({in, qd.rank});
+                if (it == bases.end()) {
+                    DevBuf<float> b;
+                    b.upload(Bt.data(), Bt.size(), str("Fourier basis ", in, "x", qd.rank), &bytes);
+                    it = bases.emplace(std::make_pair(in, qd.rank), std::move(b)).first;
+                }
+                d.basis_shared = it->second.get();
+            } else {
+                d.basis_t.upload(Bt.data(), Bt.size(), what + " spectral basis", &bytes);
+            }
             d.coef.upload(C.data(), C.size(), what + " spectral coefficients", &bytes);
         }
         return d;
@@ -425,7 +442,7 @@ struct ModelCuda::Impl {
 
     // same_input: x is the input of the previous linear call, unchanged since.
     void linear(const DLinear& L, const float* x, int n, float* y, bool same_input = false) {
-        if (!same_input) quant_src = nullptr;
+        if (!same_input) quant_src = nullptr, zb_src = nullptr;
         const int gm = gemm_rows > 0 ? gemm_rows : n;  // GEMM rows (≥ n)
         const float* xin = x;
         if (L.had_in) {  // the weights were stored rotated (W·R): rotate the input, x ← (x ⊙ signs)·H
@@ -456,11 +473,20 @@ struct ModelCuda::Impl {
             return;
         }
         const float* sp = nullptr;
+        const bool int8 = L.w8.get() != nullptr;
+        // Fused (tensor-core path, opts.spectral_fused): only x·B here, reused by the layers that share
+        // input and basis; ·Cᵀ runs in the GEMM epilogue (spectral_dot_ref order). Else two FP32 GEMMs.
+        const bool fuse = int8 && L.rank > 0 && opts.spectral_fused;
         if (L.rank > 0) {
-            const ProfScope ps = prof("spectral");
-            gemm_xwt(xin, gm, L.basis_t.get(), L.rank, L.in, zb.get());
-            gemm_xwt(zb.get(), gm, L.coef.get(), L.out, L.rank, spec.get());
-            sp = spec.get();
+            const ProfScope ps = prof(fuse ? "spectral x·B" : "spectral");
+            if (!(fuse && same_input && zb_src == xin && zb_basis == L.basis() && zb_n == n)) {
+                gemm_xwt(xin, gm, L.basis(), L.rank, L.in, zb.get());
+                zb_src = fuse ? xin : nullptr, zb_basis = L.basis(), zb_n = n;
+            }
+            if (!fuse) {
+                gemm_xwt(zb.get(), gm, L.coef.get(), L.out, L.rank, spec.get());
+                sp = spec.get();
+            }
         }
         if (L.kind == LinKind::w4a16) {
             const ProfScope ps = prof("gemm w4a16");
@@ -468,7 +494,6 @@ struct ModelCuda::Impl {
             cuda::add_bias(y, sp, L.bias.get(), n, (int)L.out, stream);
             return;
         }
-        const bool int8 = L.w8.get() != nullptr;
         if (!(same_input && quant_src == xin && quant_n == n && quant_bits == L.a_bits && quant_clip == L.a_clip)) {
             const ProfScope ps = prof("act_quant");
             cuda::act_quant(xin, n, L.in, L.a_bits, L.a_clip, int8 ? nullptr : qf.get(), int8 ? q8.get() : nullptr,
@@ -481,6 +506,7 @@ struct ModelCuda::Impl {
             a.q = q8.get(), a.m = n, a.k = (int)L.in, a.n = (int)L.out, a.w = L.w8.get();
             a.act_scale = a_scale.get(), a.act_zero = a_zero.get(), a.w_scale = L.scale.get();
             a.w_rowsum = L.rowsum.get(), a.spec = sp, a.bias = L.bias.get(), a.y = y;
+            if (fuse) a.spec_z = zb.get(), a.spec_c = L.coef.get(), a.spec_rank = L.rank;
             cuda::w4a4_gemm(a, stream);
             return;
         }
@@ -759,9 +785,15 @@ struct ModelCuda::Impl {
         cuda::fill_uniform_f32(d.scale.get(), out, amp / 8, amp / 80, seed + 1, stream);
         if (rank > 0) {
             d.rank = rank;
-            d.basis_t.alloc((size_t)rank * in, what + " spectral basis", &bytes);
+            auto it = bases.find({in, rank});  // the Fourier basis depends on (in, rank) only
+            if (it == bases.end()) {
+                DevBuf<float> b;
+                b.alloc((size_t)rank * in, str("spectral basis ", in, "x", rank), &bytes);
+                cuda::fill_uniform_f32(b.get(), (int64_t)rank * in, 0.0f, amp, seed + 2, stream);
+                it = bases.emplace(std::make_pair(in, rank), std::move(b)).first;
+            }
+            d.basis_shared = it->second.get();
             d.coef.alloc((size_t)out * rank, what + " spectral coefficients", &bytes);
-            cuda::fill_uniform_f32(d.basis_t.get(), (int64_t)rank * in, 0.0f, amp, seed + 2, stream);
             cuda::fill_uniform_f32(d.coef.get(), (int64_t)out * rank, 0.0f, 0.01f, seed + 3, stream);
         }
         return d;
@@ -772,6 +804,12 @@ ModelCudaOptions ModelCudaOptions::from_env() {
     ModelCudaOptions o;
     const char* a = std::getenv("SQ_CUDA_W4A4");
     const char* b = std::getenv("SQ_CUDA_LINEARS");
+    const char* f = std::getenv("SQ_CUDA_SPECTRAL");
+    if (f && *f) {
+        SQ_CHECK(std::string(f) == "fused" || std::string(f) == "cublas", "SQ_CUDA_SPECTRAL must be fused or cublas, got '",
+                 f, "'");
+        o.spectral_fused = std::string(f) == "fused";
+    }
     if (a && *a) {
         SQ_CHECK(std::string(a) == "f32" || std::string(a) == "int8", "SQ_CUDA_W4A4 must be int8 or f32, got '", a,
                  "'");
@@ -838,6 +876,7 @@ ModelCuda::ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity)
     Impl& m = *p_;
     SQ_CHECK(s.rank >= 0 && s.rank <= c.d_model, "synthetic model: spectral rank ", s.rank);
     m.opts.bf16 = s.bf16;
+    m.opts.spectral_fused = s.spectral_fused;
     m.init_device(c, capacity, s.kv_bits, 1.0f, false);
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff, V = c.vocab;
@@ -886,6 +925,7 @@ CudaMemory ModelCuda::memory() const {
     r.lm_head = m.lm_head.bytes();
     r.embed += (m.embed.size() + m.final_norm.size() + m.inv_freq.size()) * sizeof(float);
     for (const auto& [n, b] : m.had) r.embed += b.size() * sizeof(float);
+    for (const auto& [k, b] : m.bases) r.linears += b.size() * sizeof(float);
     r.kv_cache = m.bytes_kv;
     r.total = m.bytes;
     return r;

@@ -32,6 +32,12 @@ struct ModelCudaOptions {
     // quantized; online Hadamard kept). The speed baseline of `bench`, not
     // the quantized model. Env: SQ_CUDA_LINEARS=bf16.
     bool bf16 = false;
+    // Spectral branch of W4A4 layers on the tensor-core path: x·B by cuBLAS
+    // (reused across layers with the same input and basis), ·Cᵀ fused into the
+    // GEMM epilogue in spectral_dot_ref's order, instead of two FP32 cuBLAS
+    // GEMMs and an [n, out] pass. Off by default: the eval engine's bits stay
+    // those of the first engine. Env: SQ_CUDA_SPECTRAL=fused.
+    bool spectral_fused = false;
     static ModelCudaOptions from_env();
 };
 
@@ -40,6 +46,7 @@ struct ModelCudaOptions {
 struct CudaSynthetic {
     bool bf16 = false;    // every linear BF16 (the baseline); else W4A4 (A4, clip 0.9) + BF16 lm_head
     int rank = 0;         // W4A4: spectral rank 2K−1 of every linear (0 = none; k̄ = 16 → 31)
+    bool spectral_fused = true;  // see ModelCudaOptions
     int kv_bits = 16;     // KV cache fake quantization (stored as fp32 either way)
     uint64_t seed = 1;
 };
