@@ -78,7 +78,11 @@ call1)  # tests, synthetic benchmarks, memcheck (all Cuda* tests)
     step bench_llama3_8b 300 $SQ bench --device cuda --shape llama3-8b --rank 31 --kv-bits 4 \
         --json "$OUT/bench_llama3_8b.json"
     cat "$OUT/bench_llama3_8b.log" | grep -v '^bench:'
+    step bench_llama2_7b 200 $SQ bench --device cuda --shape llama2-7b --rank 31 --kv-bits 4 \
+        --json "$OUT/bench_llama2_7b.json"
     step bench_smollm2 120 $SQ bench --device cuda --shape smollm2 --rank 31 --kv-bits 4 --json "$OUT/bench_smollm2.json"
+    step bench_llama3_8b_cublas_spec 300 $SQ bench --device cuda --shape llama3-8b --rank 31 --kv-bits 4 \
+        --spectral cublas --prefill-lens 2048 --batches 1 --json "$OUT/bench_llama3_8b_cublas_spec.json"
     step memcheck_all 200 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T --gtest_filter='Cuda*'
     tail -n 4 "$OUT/memcheck_all.log"
     ;;
