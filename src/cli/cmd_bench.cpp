@@ -164,6 +164,14 @@ nlohmann::json to_json(const BenchResult& r) {
 }
 
 
+// Options of `bench --device cuda` (declared in every build so that --help is the same).
+struct CudaBenchOpts {
+    std::string shape, model, json;
+    std::vector<int> prefill = {256, 2048, 8192}, batches = {1, 8, 32};
+    int ctx = 512, decode = 32, rank = 31, kv_bits = 16, reps = 3;
+    std::string spectral = "fused";
+};
+
 #ifdef SPECQUANT_HAS_CUDA
 // The real shapes of the models the issue names (config.json of each).
 ModelConfig shape_config(const std::string& s) {
@@ -184,13 +192,6 @@ ModelConfig shape_config(const std::string& s) {
     }
     return c;
 }
-
-struct CudaBenchOpts {
-    std::string shape, model, json;
-    std::vector<int> prefill = {256, 2048, 8192}, batches = {1, 8, 32};
-    int ctx = 512, decode = 32, rank = 31, kv_bits = 16, reps = 3;
-    std::string spectral = "fused";
-};
 
 using Breakdown = std::vector<std::pair<std::string, double>>;
 
