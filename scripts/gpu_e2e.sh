@@ -86,6 +86,18 @@ call1)  # tests, synthetic benchmarks, memcheck (all Cuda* tests)
     step memcheck_all 200 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T --gtest_filter='Cuda*'
     tail -n 4 "$OUT/memcheck_all.log"
     ;;
+call1q)  # short form of call1 (device time short): tests, LLaMA-3-8B (fused and cuBLAS spectral), SmolLM2 shape
+    bash "$0" unpack "$2" || exit 1
+    env_setup
+    step tests_cuda 240 $T --gtest_filter='Cuda*'
+    grep -E '^\[cuda\] (decode|quarot|specquant|tiny_llama W4A4|pipeline|batched decode)|FAILED|PASSED' "$OUT/tests_cuda.log"
+    step bench_llama3_8b 300 $SQ bench --device cuda --shape llama3-8b --rank 31 --kv-bits 4 \
+        --json "$OUT/bench_llama3_8b.json"
+    grep -v '^bench:' "$OUT/bench_llama3_8b.log"
+    step bench_llama3_8b_cublas_spec 300 $SQ bench --device cuda --shape llama3-8b --rank 31 --kv-bits 4 \
+        --spectral cublas --prefill-lens 2048 --batches 1 --json "$OUT/bench_llama3_8b_cublas_spec.json"
+    step bench_smollm2 120 $SQ bench --device cuda --shape smollm2 --rank 31 --kv-bits 4 --json "$OUT/bench_smollm2.json"
+    ;;
 call2)  # real model: quantize (specquant W4A4KV4), PPL int8 vs FP32 codes, quick suite, bench -m; racecheck
     bash "$0" unpack "$2" || exit 1
     env_setup
