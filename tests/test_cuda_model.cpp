@@ -24,12 +24,16 @@
 #include "eval/loglik_cuda.h"
 #include "io/checkpoint.h"
 #include "io/tokenizer.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/w4a4_gemm.h"
 #include "kernels/ref/w4a4_ref.h"
 #include "kernels/w4a4_format.h"
 #include "model/linear_w4a4.h"
+#include "model/linear_w4a4_cpu.h"
 #include "model/model.h"
 #include "model/model_cuda.h"
+#include "quant/hadamard.h"
 #include "quant/packed_model.h"
 #include "quant/pipeline.h"
 #include "test_cuda_util.h"
@@ -205,6 +209,53 @@ TEST(CudaKernels, VarlenRopeAndAttentionMatchPerSequence) {
     }
 }
 
+// Decode attention (one query per sequence, per-sequence cache regions):
+// kv_store_rows writes each token's K/V at its row; attention_rows (the
+// prefill kernel with a per-token row) and attention_decode (keys split over
+// blocks, merged) against attention() on each sequence alone. Lengths 1..200
+// cover empty splits, one partial chunk and many chunks.
+TEST(CudaKernels, DecodeAttentionMatchesAttention) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 12);
+    const std::vector<int> len = {1, 2, 31, 32, 33, 200, 64};  // keys per sequence, the last one the new token
+    const int B = (int)len.size(), S = 208;                  // region rows per sequence
+    struct Shape { int heads, kv, hd; };
+    for (Shape sh : {Shape{4, 2, 16}, Shape{9, 3, 64}, Shape{32, 8, 128}, Shape{4, 4, 40}}) {
+        const int qd = sh.heads * sh.hd, kvd = sh.kv * sh.hd;
+        const std::vector<float> q = gaussian((size_t)B * qd, rng), knew = gaussian((size_t)B * kvd, rng),
+                                 vnew = gaussian((size_t)B * kvd, rng);
+        const std::vector<float> kc = gaussian((size_t)B * S * kvd, rng), vc = gaussian((size_t)B * S * kvd, rng);
+        std::vector<int> rows(B), pos(B);
+        for (int b = 0; b < B; ++b) rows[b] = b * S + len[b] - 1, pos[b] = len[b] - 1;
+        DevBuf<float> dq(q), dkn(knew), dvn(vnew), dkc(kc), dvc(vc), o1((size_t)B * qd), o2((size_t)B * qd),
+            o3((size_t)B * qd);
+        DevBuf<int> drows(rows), dpos(pos);
+        cuda::kv_store_rows(dkn.p, dvn.p, B, sh.kv, sh.hd, 16, 1.0f, dkc.p, dvc.p, drows.p, nullptr);
+        const std::vector<int> tbl = cuda::attention_blocks(std::vector<int>(B, 1), sh.heads / sh.kv);
+        DevBuf<int> dtbl(tbl);  // one block per token: key tiles start at its region, as alone
+        cuda::attention_rows(dq.p, dkc.p, dvc.p, B, drows.p, dpos.p, sh.heads, sh.kv, sh.hd, o1.p, nullptr, dtbl.p,
+                             (int)tbl.size() / 2);
+        DevBuf<float> part(cuda::attention_decode_scratch(B, sh.heads, sh.hd, S));
+        cuda::attention_decode(dq.p, dkc.p, dvc.p, B, drows.p, dpos.p, sh.heads, sh.kv, sh.hd, S, part.p, o2.p,
+                               nullptr);
+        for (int b = 0; b < B; ++b)  // alone: the query at position len−1 of a cache starting at its region
+            cuda::attention(dq.p + (size_t)b * qd, dkc.p + (size_t)b * S * kvd, dvc.p + (size_t)b * S * kvd, 1,
+                            len[b] - 1, nullptr, sh.heads, sh.kv, sh.hd, o3.p + (size_t)b * qd, nullptr);
+        const auto a1 = o1.get(), a2 = o2.get(), a3 = o3.get();
+        double w1 = 0, w2 = 0;
+        int diff1 = 0;
+        for (size_t i = 0; i < a3.size(); ++i) {
+            diff1 += bits_of(a1[i]) != bits_of(a3[i]);
+            w1 = std::max(w1, (double)std::fabs(a1[i] - a3[i]));
+            w2 = std::max(w2, (double)std::fabs(a2[i] - a3[i]));
+        }
+        EXPECT_EQ(diff1, 0) << "attention_rows heads " << sh.heads << "/" << sh.kv << " hd " << sh.hd;
+        EXPECT_LE(w2, 1e-5) << "attention_decode heads " << sh.heads << "/" << sh.kv << " hd " << sh.hd;
+        std::printf("[cuda] decode attention %d/%d heads hd %d: rows %d bits differ, split max |d| %.2e\n", sh.heads,
+                    sh.kv, sh.hd, diff1, w2);
+    }
+}
+
 // ---------------------------------------------------------------- models
 
 
@@ -319,6 +370,141 @@ TEST(CudaModel, HandQuantizedW4A4MatchesCpu) {
     compare_gpu_cpu(c, some_tokens(c.config().vocab, 33, test_seed() + 7), 1e-4, "tiny_llama_spm W4A16KV4");
 }
 
+// ---- flip-aware comparison of a quantized model (CPU vs GPU)
+//
+// The two backends' float inputs to a quantizer differ by float rounding
+// (reduction orders): relative to the row's largest magnitude by ≤ ~5e-7 on
+// these models (the worst logits row error measured, docs/perf.md). A 4-bit
+// code can only differ where x/s lies that close to a rounding boundary, and
+// one differing code moves a token's output by a whole step and, through the
+// KV cache, every later token: no float tolerance bounds that. So the CPU
+// run is instrumented: at every rounding site of the forward (each activation
+// code and zero point of every quantized linear, after its online Hadamard;
+// each K/V code and zero point after RoPE and the qk rotation) the distance
+// to the nearest rounding boundary is measured, relative to the row's largest
+// magnitude, and the smallest per token is kept. Tokens with a site closer
+// than kTieRel are near-ties; attention is causal and quantization per token,
+// so rows before the first near-tie cannot see a flipped code and must agree
+// to the float bar. Rows from the first near-tie on are reported, not held to
+// the bar (a flip there is explained by that tie).
+constexpr double kTieRel = 2e-6;  // ≈ 4× the largest backend difference measured (5.3e-7), ~16 ulps
+
+struct TieLog {
+    std::vector<double> margin;  // [tokens of the probed prefill]: smallest relative distance to a boundary
+};
+
+// Smallest |v − boundary| · s / max|x| over the rounding sites of act_quant_ref on x[0..k).
+double quant_margin(const float* x, int64_t k, int bits, float clip) {
+    std::vector<uint8_t> q(k);
+    float s;
+    int32_t z;
+    act_quant_ref(x, 1, k, bits, clip, q.data(), &s, &z);
+    float mx = 0.0f, mn = 0.0f;
+    for (int64_t i = 0; i < k; ++i) mx = std::max(mx, x[i]), mn = std::min(mn, x[i]);
+    const double big = std::max(std::fabs((double)mx), std::fabs((double)mn));
+    if (!(big > 0)) return 0.5;
+    double m = 0.5;
+    auto site = [&](float v) { m = std::min(m, 0.5 - std::fabs((double)v - std::rint((double)v))); };
+    site(-(mn * clip) / s);
+    for (int64_t i = 0; i < k; ++i) site(x[i] / s);
+    return m * s / big;
+}
+
+// A CPU linear that runs the wrapped one and records its rounding margins.
+// kv_role: 1 = this is k (its output is quantized after RoPE and the qk
+// rotation), 2 = v; positions start at 0 (one prefill from an empty cache).
+class TieProbe : public Linear {
+public:
+    TieProbe(std::unique_ptr<Linear> inner, TieLog* log, const ModelWeights& w, int kv_role)
+        : inner_(std::move(inner)), log_(log), kv_role_(kv_role), kv_bits_(w.kv_bits), kv_clip_(w.kv_clip),
+          qk_rotate_(w.qk_rotate), kv_heads_(w.cfg.n_kv_heads), hd_(w.cfg.head_dim), inv_freq_(rope_inv_freq(w.cfg)) {
+        in = inner_->in, out = inner_->out;
+        has_q_ = linear_w4a4_data(*inner_, &d_) && d_.a_bits < 16;
+        if (has_q_ && d_.had_in) signs_ = hadamard_signs(d_.had_in, d_.had_seed);
+    }
+    void forward(const float* x, int64_t n, float* y) const override {
+        inner_->forward(x, n, y);
+        if (has_q_) {
+            std::vector<float> xr(x, x + n * in);
+            if (d_.had_in) hadamard_transform(xr.data(), n, (int)in, signs_.data());
+            for (int64_t t = 0; t < n; ++t) note(t, quant_margin(&xr[t * in], in, d_.a_bits, d_.a_clip));
+        }
+        if (kv_role_ && kv_bits_ < 16) {
+            std::vector<float> kv(y, y + n * out);
+            if (kv_role_ == 1) {
+                rope_f32(kv.data(), n, kv_heads_, hd_, 0, inv_freq_.data());
+                if (qk_rotate_) hadamard_transform(kv.data(), n * kv_heads_, hd_);
+            }
+            for (int64_t t = 0; t < n; ++t)
+                for (int h = 0; h < kv_heads_; ++h)
+                    note(t, quant_margin(&kv[(t * kv_heads_ + h) * hd_], hd_, kv_bits_, kv_clip_));
+        }
+    }
+    std::string kind() const override { return inner_->kind(); }
+    size_t weight_bytes() const override { return inner_->weight_bytes(); }
+
+private:
+    void note(int64_t t, double m) const {
+        if (t < (int64_t)log_->margin.size()) log_->margin[t] = std::min(log_->margin[t], m);
+    }
+    std::unique_ptr<Linear> inner_;
+    TieLog* log_;
+    int kv_role_, kv_bits_;
+    float kv_clip_;
+    bool qk_rotate_;
+    int kv_heads_, hd_;
+    std::vector<float> inv_freq_, signs_;
+    QLinearData d_;
+    bool has_q_ = false;
+};
+
+// GPU (built first, from the packed layers) vs the probed CPU model; returns
+// the number of rows held to `tol` (those before the first near-tie token).
+int compare_flip_aware(ModelWeights w, const std::vector<int>& toks, double tol, const std::string& what) {
+    const int n = (int)toks.size(), V = w.cfg.vocab;
+    ModelCuda gpu(w, n);
+    TieLog log;
+    log.margin.assign(n, 0.5);
+    for (LayerWeights& L : w.layers) {
+        auto wrap = [&](std::unique_ptr<Linear>& p, int role) { p = std::make_unique<TieProbe>(std::move(p), &log, w, role); };
+        wrap(L.q, 0), wrap(L.k, 1), wrap(L.v, 2), wrap(L.o, 0), wrap(L.gate, 0), wrap(L.up, 0), wrap(L.down, 0);
+    }
+    Model cpu(std::move(w));
+    KVCache cache(cpu.config(), n);
+    std::vector<float> ref((size_t)n * V);
+    cpu.forward(toks.data(), n, cache, ref.data(), true);
+    int t_star = 0, ties = 0;
+    while (t_star < n && log.margin[t_star] >= kTieRel) ++t_star;
+    for (int t = 0; t < n; ++t) ties += log.margin[t] < kTieRel;
+
+    std::vector<float> got((size_t)n * V, NAN);
+    gpu.forward_logits(toks.data(), n, got.data(), true);
+    double worst = 0, worst_after = 0;
+    int over_after = 0;
+    for (int t = 0; t < n; ++t) {
+        const double e = row_rel_err(&got[(size_t)t * V], &ref[(size_t)t * V], V);
+        if (t < t_star) worst = std::max(worst, e);
+        else worst_after = std::max(worst_after, e), over_after += e > tol;
+    }
+    EXPECT_LE(worst, tol) << what << " prefill, rows before the first near-tie token " << t_star;
+    gpu.truncate(0);
+    std::vector<float> last(V, NAN);
+    gpu.forward_logits(toks.data(), 5, last.data(), false);
+    double worst_dec = t_star > 4 ? row_rel_err(last.data(), &ref[(size_t)4 * V], V) : 0.0;
+    for (int t = 5; t < t_star; ++t) {
+        gpu.forward_logits(&toks[t], 1, last.data(), false);
+        worst_dec = std::max(worst_dec, row_rel_err(last.data(), &ref[(size_t)t * V], V));
+    }
+    EXPECT_LE(worst_dec, tol) << what << " decode, rows before the first near-tie token " << t_star;
+    std::printf("[cuda] %s: %d near-tie tokens (first at %d of %d); rows before it: prefill %.2e, decode %.2e "
+                "(tol %.0e); from it on: worst %.2e, %d rows over tol\n",
+                what.c_str(), ties, t_star, n, worst, worst_dec, tol, worst_after, over_after);
+    return t_star;
+}
+
+// Fresh token draws (test_seed) until 48 rows per method were held to the bar
+// (the old test's 48 rows, now flip-aware); at most 8 draws: if near-ties were
+// so frequent that this fails, the bound would test nothing and the test says so.
 TEST(CudaModel, PipelineQuantizedMatchesCpu) {
     SKIP_WITHOUT_GPU();
     const std::string calib = std::string(SQ_SOURCE_DIR) + "/../shared/data/calib/c4.utf8";
@@ -332,8 +518,15 @@ TEST(CudaModel, PipelineQuantizedMatchesCpu) {
         qc.calib_n = 4;
         qc.calib_len = 64;
         qc.k_bar = 4;  // the spectral rank must stay below in = 64 (as tests/test_pipeline.cpp)
-        Model m(quantize_model(model_load_f32(ck, false), tok, qc));
-        compare_gpu_cpu(m, some_tokens(m.config().vocab, 48, test_seed() + 8), 1e-3, std::string(method) + " KV4");
+        int held = 0, draws = 0;
+        for (; draws < 8 && held < 48; ++draws) {  // quantization is deterministic: the same model every draw
+            ModelWeights w = quantize_model(model_load_f32(ck, false), tok, qc);
+            const int V = w.cfg.vocab;
+            held += compare_flip_aware(std::move(w), some_tokens(V, 48, test_seed() + 8 + 101 * draws), 1e-3,
+                                       std::string(method) + " KV4");
+        }
+        EXPECT_GE(held, 48) << method << ": near-ties in every draw; " << held << " rows held to the bar in " << draws
+                            << " draws";
     }
 }
 
@@ -348,6 +541,216 @@ TEST(CudaModel, ErrorsAreSqErrors) {
     std::vector<int> bad = {cpu.config().vocab};
     EXPECT_THROW(gpu.forward_logits(bad.data(), 1, logits.data(), false), Error);
     EXPECT_THROW(gpu.truncate(3), Error);  // beyond pos
+}
+
+// The W4A4 layers on the INT8 tensor-core kernels against the first engine's
+// FP32 cuBLAS over integer-valued float codes: both accumulators are exact
+// integers and both epilogues the reference's float operations on the same
+// spectral input, so every logit and score must be the same bits (prefill,
+// token-by-token decode, and a varlen batch). Models: hand-built W4A4KV4 with
+// spectral branch + online Hadamard + qk rotation, W4A8 with bias, and the
+// pipeline's specquant and quarot models when the calibration data is there.
+TEST(CudaModel, Int8PathEqualsF32Codes) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 21);
+    std::vector<std::pair<std::string, ModelWeights>> models;
+    models.push_back({"tiny_llama W4A4KV4 rot+spec+had", hand_quantized("tiny_llama", 4, true, true, rng)});
+    models.push_back({"tiny_qwen2 W4A8 bias+spec+had", hand_quantized("tiny_qwen2", 8, false, false, rng)});
+    const std::string calib = std::string(SQ_SOURCE_DIR) + "/../shared/data/calib/c4.utf8";
+    if (std::filesystem::exists(calib)) {
+        Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+        Tokenizer tok(ck.tokenizer);
+        for (const char* method : {"quarot", "specquant"}) {
+            QuantConfig qc = quant_config_for(method);
+            qc.kv_bits = 4, qc.calib_path = calib, qc.calib_n = 4, qc.calib_len = 64, qc.k_bar = 4;
+            models.push_back({std::string("pipeline ") + method, quantize_model(model_load_f32(ck, false), tok, qc)});
+        }
+    }
+    ModelCudaOptions f32, int8;
+    f32.w4a4_f32_codes = true;
+    for (auto& [what, w] : models) {
+        const int V = w.cfg.vocab, n = 54;  // = the varlen lengths' sum below
+        const std::vector<int> toks = some_tokens(V, n, (uint32_t)rng());
+        ModelCuda a(w, 64, int8), b(w, 64, f32);
+        EXPECT_LT(a.memory().linears, b.memory().linears) << what;  // 0.5 byte per weight against 4
+        std::vector<float> la((size_t)n * V, NAN), lb((size_t)n * V, NAN);
+        a.forward_logits(toks.data(), n, la.data(), true);
+        b.forward_logits(toks.data(), n, lb.data(), true);
+        EXPECT_EQ(std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)), 0) << what << " prefill";
+        a.truncate(7), b.truncate(7);
+        for (int t = 7; t < 12; ++t) {  // decode (GEMV kernel, graphs)
+            std::vector<float> da(V, NAN), db(V, NAN);
+            a.forward_logits(&toks[t], 1, da.data(), false);
+            b.forward_logits(&toks[t], 1, db.data(), false);
+            EXPECT_EQ(std::memcmp(da.data(), db.data(), V * sizeof(float)), 0) << what << " decode token " << t;
+        }
+        const std::vector<int> lens = {5, 17, 1, 31};
+        std::vector<RowTarget> tq;
+        for (int i = 0; i < 54; ++i) tq.push_back({i, (int)(rng() % V)});
+        const std::vector<RowScore> sa = a.forward_score_varlen(toks.data(), lens, tq);
+        const std::vector<RowScore> sb = b.forward_score_varlen(toks.data(), lens, tq);
+        int diff = 0;
+        for (size_t i = 0; i < sa.size(); ++i) diff += sa[i].logprob != sb[i].logprob || sa[i].greedy != sb[i].greedy;
+        EXPECT_EQ(diff, 0) << what << " varlen";
+        std::printf("[cuda] %s: int8 vs f32 codes %s; linear weights %.1f KB vs %.1f KB\n", what.c_str(),
+                    diff == 0 ? "bit-identical" : "DIFFER", a.memory().linears / 1024.0, b.memory().linears / 1024.0);
+    }
+}
+
+// The BF16 baseline: every linear as bf16 weights × bf16 activations (fp32
+// accumulation). Each operand is rounded to 8 significant bits (relative
+// error ≤ 2^-9), so a dot product moves by ≤ 2^-8 · Σ|x_i w_i| ≈ 4e-3 of its
+// magnitude when terms do not cancel; over two layers and the head the
+// logits row error should stay within a few times that. Bar: 3e-2 (8 × 2^-8).
+TEST(CudaModel, Bf16LinearsTrackFp32) {
+    SKIP_WITHOUT_GPU();
+    ModelCudaOptions bf;
+    bf.bf16 = true;
+    for (const char* name : {"tiny_llama", "tiny_qwen2"}) {
+        Checkpoint ck = checkpoint_open(kData + "/models/" + name);
+        const ModelWeights w = model_load_f32(ck, false);
+        const int V = w.cfg.vocab, n = 24;
+        const std::vector<int> toks = some_tokens(V, n, test_seed() + 22);
+        ModelCuda a(w, n, bf), f(w, n, ModelCudaOptions{});
+        EXPECT_LT(a.memory().linears, f.memory().linears);
+        std::vector<float> la((size_t)n * V), lf((size_t)n * V);
+        a.forward_logits(toks.data(), n, la.data(), true);
+        f.forward_logits(toks.data(), n, lf.data(), true);
+        double worst = 0;
+        for (int t = 0; t < n; ++t) worst = std::max(worst, row_rel_err(&la[(size_t)t * V], &lf[(size_t)t * V], V));
+        EXPECT_LE(worst, 3e-2) << name;
+        EXPECT_GT(worst, 0.0) << name << ": bf16 rounding must show (is the baseline really bf16?)";
+        std::printf("[cuda] %s bf16 linears vs fp32: worst row rel err %.2e\n", name, worst);
+    }
+}
+
+// Batched decode (per-sequence KV regions, kv_store_rows, attention_decode,
+// one graph per batch size) against each sequence run alone (prefill: the
+// one-sequence forward; steps: the same decode path with batch 1). Without spectral
+// branch and online Hadamard every op before a quantizer is per row (norms,
+// RoPE, attention over the same key tiles, exact integer GEMMs), so the
+// hidden states are the same bits whatever the batch; only lm_head (FP32
+// cuBLAS at M = 3 vs 1) may round differently: bar 1e-5 on the logits rows
+// (the FP32 model: 1e-4, every GEMM's row count differs).
+TEST(CudaModel, BatchedDecodeMatchesSequencesAlone) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 23);
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    std::vector<std::pair<std::string, ModelWeights>> models;
+    models.push_back({"fp32", model_load_f32(ck, false)});
+    {
+        ModelWeights w = model_load_f32(ck, false);
+        for (LayerWeights& L : w.layers)
+            for (std::unique_ptr<Linear>* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+                *p = quantize_by_hand(**p, 4, 0.9f, 0, false, false, rng);
+        w.kv_bits = 4, w.kv_clip = 0.95f;
+        models.push_back({"W4A4KV4 (int8 kernels)", std::move(w)});
+    }
+    const std::vector<int> prompt = {5, 1, 9};
+    const int steps = 4, B = (int)prompt.size(), S = 16;
+    for (auto& [what, w] : models) {
+        const int V = w.cfg.vocab;
+        std::vector<std::vector<int>> seqs;
+        for (int b = 0; b < B; ++b) seqs.push_back(some_tokens(V, prompt[b] + steps, (uint32_t)rng()));
+        ModelCuda bat(w, B * S), one(w, S);
+        bat.decode_setup(B, S);
+        double worst = 0;
+        std::vector<float> lb(V), lo(V);
+        for (int b = 0; b < B; ++b) {
+            bat.decode_prefill(b, seqs[b].data(), prompt[b], lb.data());
+            one.truncate(0);
+            one.forward_logits(seqs[b].data(), prompt[b], lo.data(), false);
+            worst = std::max(worst, row_rel_err(lb.data(), lo.data(), V));
+            EXPECT_EQ(bat.decode_len(b), prompt[b]);
+        }
+        std::vector<float> step((size_t)steps * B * V);
+        for (int i = 0; i < steps; ++i) {
+            std::vector<int> tok(B);
+            for (int b = 0; b < B; ++b) tok[b] = seqs[b][prompt[b] + i];
+            bat.decode_step(tok.data(), &step[(size_t)i * B * V]);
+        }
+        for (int b = 0; b < B; ++b) {  // alone: the same decode path with one sequence
+            one.decode_setup(1, S);
+            one.decode_prefill(0, seqs[b].data(), prompt[b], nullptr);
+            for (int i = 0; i < steps; ++i) {
+                one.decode_step(&seqs[b][prompt[b] + i], lo.data());
+                worst = std::max(worst, row_rel_err(&step[((size_t)i * B + b) * V], lo.data(), V));
+            }
+        }
+        // fp32: q/k/v/o/MLP GEMMs at other row counts round differently too (the FP32 fixtures' bar)
+        EXPECT_LE(worst, what == "fp32" ? 1e-4 : 1e-5) << what;
+        std::printf("[cuda] batched decode %s (B=%d): worst row rel err vs alone %.2e\n", what.c_str(), B, worst);
+    }
+}
+
+// Synthetic weights (bench --shape) are a valid CUDA layout: codes inside
+// [n, k] random, pads zero, row sums equal to the codes'; and a synthetic
+// model runs prefill and batched decode to finite logits.
+TEST(CudaModel, SyntheticWeightsAreValid) {
+    SKIP_WITHOUT_GPU();
+    const int64_t n = 21, k = 200;  // pads in both dimensions (Np = 24, Kp = 256)
+    DevBuf<uint8_t> w((size_t)cuda::w4g_bytes(n, k));
+    DevBuf<int32_t> rs((size_t)n);
+    cuda::w4g_fill_random(w.p, n, k, 5, rs.p, nullptr);
+    const std::vector<uint8_t> hw = w.get();
+    const std::vector<int32_t> hr = rs.get();
+    std::vector<int> seen(16, 0);
+    for (int64_t j = 0; j < cuda::w4g_n_pad(n); ++j) {
+        int32_t sum = 0;
+        for (int64_t i = 0; i < cuda::w4g_k_pad(k); ++i) {
+            int nib = 0;
+            const int64_t off = cuda::w4g_offset(k, j, i, &nib);
+            int c = (hw[off] >> (4 * nib)) & 15;
+            c = c >= 8 ? c - 16 : c;
+            if (j >= n || i >= k) {
+                EXPECT_EQ(c, 0) << j << "," << i;
+            } else {
+                sum += c, seen[c + 8]++;
+            }
+        }
+        if (j < n) {
+            EXPECT_EQ(sum, hr[j]) << "row " << j;
+        }
+    }
+    for (int c = 0; c < 16; ++c) EXPECT_GT(seen[c], 0) << "code " << c - 8 << " never drawn";
+
+    ModelConfig c;
+    c.n_layers = 2, c.d_model = 64, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 16, c.d_ff = 96, c.vocab = 300;
+    for (int bf16 = 0; bf16 < 2; ++bf16) {
+        CudaSynthetic spec;
+        spec.bf16 = bf16, spec.rank = bf16 ? 0 : 7, spec.kv_bits = 4;
+        ModelCuda m(c, spec, 64);
+        const std::vector<int> toks = some_tokens(c.vocab, 20, test_seed() + 24);
+        std::vector<float> l((size_t)c.vocab * 2);
+        m.forward_logits(toks.data(), 20, l.data(), false);
+        for (int i = 0; i < c.vocab; ++i) ASSERT_TRUE(std::isfinite(l[i])) << "prefill logit " << i;
+        m.decode_setup(2, 30);
+        m.decode_fill_random(10, 3);
+        m.decode_step(toks.data(), l.data());
+        for (float x : l) ASSERT_TRUE(std::isfinite(x)) << "decode logit";
+        EXPECT_GT(m.memory().linears, 0u);
+        EXPECT_EQ(m.decode_len(1), 11);
+    }
+}
+
+TEST(CudaModel, DecodeErrorsAreSqErrors) {
+    SKIP_WITHOUT_GPU();
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    const ModelWeights w = model_load_f32(ck, false);
+    ModelCuda gpu(w, 32);
+    std::vector<int> toks = {1, 2, 3, 4};
+    EXPECT_THROW(gpu.decode_step(toks.data(), nullptr), Error);  // no decode_setup
+    EXPECT_THROW(gpu.decode_setup(4, 9), Error);                 // 36 rows > 32
+    gpu.decode_setup(2, 16);
+    EXPECT_THROW(gpu.decode_step(toks.data(), nullptr), Error);  // sequences empty: prompt first
+    EXPECT_THROW(gpu.decode_prefill(2, toks.data(), 1, nullptr), Error);
+    EXPECT_THROW(gpu.decode_prefill(0, toks.data(), 17, nullptr), Error);
+    std::vector<int> bad = {w.cfg.vocab};
+    EXPECT_THROW(gpu.decode_prefill(0, bad.data(), 1, nullptr), Error);
+    EXPECT_THROW(gpu.decode_len(5), Error);
+    CudaSynthetic s;
+    s.rank = 100;
+    EXPECT_THROW(ModelCuda(w.cfg, s, 16), Error);  // rank > d_model
 }
 
 // ---------------------------------------------------------------- log-likelihoods

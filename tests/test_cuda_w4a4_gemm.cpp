@@ -215,6 +215,50 @@ TEST(CudaW4A4Gemm, ExtremeValues) {
     }
 }
 
+// The fused spectral branch: spec[t, j] = spectral_dot_ref(z_t, C_j, rank)
+// in the epilogue, bit for bit (the reference's fma lanes and pairwise sum),
+// ranks off the 8-lane blocks, both kernels, with bias.
+TEST(CudaW4A4Gemm, FusedSpectralEqualsReference) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 6);
+    for (auto [m, n, k, rank] : {std::tuple{1, 100, 300, 31}, {9, 70, 128, 5}, {16, 264, 520, 1},
+                                 {300, 200, 256, 31}, {33, 8, 64, 8}, {130, 257, 384, 17}}) {
+        SCOPED_TRACE(str("m=", m, " n=", n, " k=", k, " rank=", rank));
+        Problem p(m, n, k, rng);
+        const std::vector<float> z = gaussian((size_t)m * rank, rng), c = gaussian((size_t)n * rank, rng, 0.05f);
+        std::vector<int32_t> acc((size_t)m * n);
+        gemm_w4a4_acc_ref(p.q.data(), m, k, p.codes.data(), n, acc.data());
+        std::vector<float> y_ref((size_t)m * n);
+        w4a4_epilogue_ref(acc.data(), m, n, p.act_scale.data(), p.act_zero.data(), p.w_scale.data(),
+                          p.rowsum.data(), y_ref.data());
+        for (int t = 0; t < m; ++t)
+            for (int j = 0; j < n; ++j) {
+                float& v = y_ref[(size_t)t * n + j];
+                v = v + spectral_dot_ref(&z[(size_t)t * rank], &c[(size_t)j * rank], rank);
+                v = v + p.bias[j];
+            }
+        std::vector<uint8_t> packed((size_t)cuda::w4g_bytes(n, k));
+        cuda::w4g_repack(p.codes.data(), n, k, packed.data());
+        DevBuf<uint8_t> dq(p.q), dw(packed);
+        DevBuf<float> ds(p.act_scale), dws(p.w_scale), dbias(p.bias), dzb(z), dc(c), dy((size_t)m * n);
+        DevBuf<int32_t> dz(p.act_zero), drs(p.rowsum);
+        for (int which = 0; which < 2; ++which) {
+            if (which == 1 && m > 16) continue;
+            const Launch& l = which ? kGemv : kTiled;
+            dy.poison();
+            cuda::W4GemmArgs a;
+            a.q = dq.p, a.m = m, a.k = k, a.n = n, a.w = dw.p;
+            a.act_scale = ds.p, a.act_zero = dz.p, a.w_scale = dws.p, a.w_rowsum = drs.p;
+            a.bias = dbias.p, a.spec_z = dzb.p, a.spec_c = dc.p, a.spec_rank = rank, a.y = dy.p;
+            l(a, nullptr);
+            const std::vector<float> y = dy.get();
+            int bad = 0;
+            for (size_t i = 0; i < y.size(); ++i) bad += std::memcmp(&y[i], &y_ref[i], 4) != 0;
+            EXPECT_EQ(bad, 0) << (which ? "gemv" : "tiled");
+        }
+    }
+}
+
 TEST(CudaW4A4Gemm, RejectsBadArguments) {
     SKIP_WITHOUT_GPU();
     cuda::W4GemmArgs a;

@@ -9,6 +9,24 @@
 // process, after the first model is freed, and ratios are printed.
 // Token ids are a fixed pseudo-random sequence (no tokenizer work is timed).
 // Time the runs as the notes say: in a nice −20 autogroup on this shared box.
+//
+// specquant bench --device cuda (--shape llama3-8b|llama2-7b|smollm2 | -m MODEL) [--prefill-lens 256,2048,8192]
+//                 [--batches 1,8,32] [--ctx 512] [--decode 32] [--rank 31] [--kv-bits 16] [--reps 3]
+//                 [--spectral fused|cublas] [--json FILE]
+// (built with -DSPECQUANT_CUDA=ON): the GPU engine (model/model_cuda.h) in the
+// same process for W4A4 on the INT8 tensor cores (spectral branch off and,
+// with --rank R > 0, on at rank R), and every linear layer in BF16 through
+// cuBLAS (bf16 in, fp32 accumulate and out). --shape: synthetic weights of
+// the real shapes made on the device (W4A4: random codes, scales, row sums;
+// lm_head BF16 in both); -m: a real model (W4A4 as packed; BF16 = its weights
+// rounded, quantized layers as bf16(scale·code + C·Bᵀ)). Prefill: one forward
+// of N tokens plus the last token's logits, from an empty cache (best of
+// --reps). Decode: B independent sequences, each with its own cache region
+// filled with --ctx random positions, then --decode steps of one token per
+// sequence (logits for all B rows, no sampling) replayed as a CUDA graph.
+// A per-op breakdown (CUDA events around every op, run eagerly) follows each.
+// Attention, norms, RoPE and the KV cache (fp32 storage; --kv-bits < 16 fake-
+// quantizes the values) are the same code in every variant.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -22,6 +40,12 @@
 #include "core/threads.h"
 #include "eval/report.h"
 #include "kernels/cpu/cpu_features.h"
+#ifdef SPECQUANT_HAS_CUDA
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/cuda_check.h"
+#include "model/model_cuda.h"
+#endif
 
 namespace sq {
 
@@ -139,6 +163,235 @@ nlohmann::json to_json(const BenchResult& r) {
             {"fp16_bytes", 2 * r.params}};
 }
 
+
+// Options of `bench --device cuda` (declared in every build so that --help is the same).
+struct CudaBenchOpts {
+    std::string shape, model, json;
+    std::vector<int> prefill = {256, 2048, 8192}, batches = {1, 8, 32};
+    int ctx = 512, decode = 32, rank = 31, kv_bits = 16, reps = 3;
+    std::string spectral = "fused";
+};
+
+#ifdef SPECQUANT_HAS_CUDA
+// The real shapes of the models the issue names (config.json of each).
+ModelConfig shape_config(const std::string& s) {
+    ModelConfig c;
+    c.name = s;
+    if (s == "llama3-8b") {
+        c.n_layers = 32, c.d_model = 4096, c.n_heads = 32, c.n_kv_heads = 8, c.head_dim = 128, c.d_ff = 14336;
+        c.vocab = 128256, c.max_ctx = 8192, c.rope_theta = 500000.0f, c.rope_scaling = ROPE_SCALING_LLAMA3;
+        c.rope_factor = 8.0f, c.rope_original_max_pos = 8192;
+    } else if (s == "llama2-7b") {
+        c.n_layers = 32, c.d_model = 4096, c.n_heads = 32, c.n_kv_heads = 32, c.head_dim = 128, c.d_ff = 11008;
+        c.vocab = 32000, c.max_ctx = 4096;
+    } else if (s == "smollm2") {  // SmolLM2-135M
+        c.n_layers = 30, c.d_model = 576, c.n_heads = 9, c.n_kv_heads = 3, c.head_dim = 64, c.d_ff = 1536;
+        c.vocab = 49152, c.max_ctx = 8192, c.rope_theta = 100000.0f, c.tied_embeddings = true;
+    } else {
+        fail("bench: --shape must be llama3-8b, llama2-7b or smollm2, got '", s, "'");
+    }
+    return c;
+}
+
+using Breakdown = std::vector<std::pair<std::string, double>>;
+
+nlohmann::json breakdown_json(const Breakdown& b) {
+    nlohmann::json j = nlohmann::json::object();
+    for (const auto& [k, v] : b) j[k] = v;
+    return j;
+}
+
+// Op classes → GEMM / attention / quantization / other, for the summary line.
+std::string breakdown_line(const Breakdown& b) {
+    double total = 0;
+    for (const auto& [k, v] : b) total += v;
+    std::string out;
+    std::vector<std::pair<std::string, double>> sorted = b;
+    std::stable_sort(sorted.begin(), sorted.end(), [](auto& x, auto& y) { return x.second > y.second; });
+    for (const auto& [k, v] : sorted) {
+        if (v < 0.005 * total) continue;
+        char buf[128];
+        std::snprintf(buf, sizeof buf, "%s%s %.2f ms (%.0f%%)", out.empty() ? "" : ", ", k.c_str(), v,
+                      100.0 * v / std::max(total, 1e-12));
+        out += buf;
+    }
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " | sum %.2f ms", total);
+    return out + buf;
+}
+
+struct VariantResult {
+    std::string name;
+    CudaMemory mem;
+    std::vector<double> prefill_ms;                  // per --prefill-lens (NaN: skipped)
+    std::vector<double> decode_ms;                   // per --batches: one step
+    std::vector<Breakdown> prefill_bd, decode_bd;
+};
+
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+VariantResult cuda_variant(const std::string& name, const CudaBenchOpts& o, std::unique_ptr<ModelCuda> m) {
+    VariantResult r;
+    r.name = name;
+    r.mem = m->memory();
+    const ModelConfig& c = m->config();
+    std::mt19937 rng(1234);
+    const int maxn = *std::max_element(o.prefill.begin(), o.prefill.end());
+    std::vector<int> ids(std::max(maxn, *std::max_element(o.batches.begin(), o.batches.end())));
+    for (int& t : ids) t = (int)(rng() % (uint32_t)c.vocab);
+    std::vector<float> logits(c.vocab);
+    for (int n : o.prefill) {
+        std::fprintf(stderr, "bench: %s prefill %d\n", name.c_str(), n);
+        double best = 1e30;
+        for (int rep = 0; rep <= o.reps; ++rep) {  // rep 0: warm-up (cuBLAS heuristics, graphs, clocks)
+            m->truncate(0);
+            m->synchronize();
+            const double t0 = now_s();
+            m->forward_logits(ids.data(), n, logits.data(), false);
+            const double t = now_s() - t0;
+            if (rep > 0) best = std::min(best, t);
+        }
+        r.prefill_ms.push_back(best * 1e3);
+        m->truncate(0);
+        m->set_profile(true);
+        m->forward_logits(ids.data(), n, logits.data(), false);
+        r.prefill_bd.push_back(m->profile_take());
+        m->set_profile(false);
+    }
+    m->truncate(0);
+    for (int B : o.batches) {
+        std::fprintf(stderr, "bench: %s decode batch %d\n", name.c_str(), B);
+        m->decode_setup(B, o.ctx + o.decode + 3);
+        m->decode_fill_random(o.ctx, 77);
+        m->decode_step(ids.data(), nullptr);  // warm-up: captures the step's graph
+        m->synchronize();
+        const double t0 = now_s();
+        for (int i = 0; i < o.decode; ++i) m->decode_step(ids.data(), nullptr);
+        m->synchronize();
+        r.decode_ms.push_back((now_s() - t0) * 1e3 / o.decode);
+        m->set_profile(true);
+        m->decode_step(ids.data(), nullptr);
+        r.decode_bd.push_back(m->profile_take());
+        m->set_profile(false);
+    }
+    return r;
+}
+
+int cuda_bench(const CudaBenchOpts& o) {
+    SQ_CHECK(o.shape.empty() != o.model.empty(), "bench --device cuda: give --shape or -m, not both");
+    SQ_CHECK(!o.prefill.empty() && !o.batches.empty(), "bench: --prefill-lens and --batches must not be empty");
+    for (int n : o.prefill) SQ_CHECK(n > 0, "bench: prefill length ", n);
+    for (int b : o.batches) SQ_CHECK(b > 0 && b <= 512, "bench: batch ", b, " out of range 1..512");
+    SQ_CHECK(o.ctx >= 1 && o.decode >= 1 && o.reps >= 1 && o.rank >= 0, "bench: --ctx/--decode/--reps/--rank");
+    SQ_CHECK(o.spectral == "fused" || o.spectral == "cublas", "bench: --spectral must be fused or cublas");
+    const int maxn = *std::max_element(o.prefill.begin(), o.prefill.end());
+    const int maxb = *std::max_element(o.batches.begin(), o.batches.end());
+    const int cap = std::max(maxn, maxb * (o.ctx + o.decode + 3));
+    cudaDeviceProp prop{};
+    SQ_CUDA(cudaGetDeviceProperties(&prop, 0));
+    std::fprintf(stderr, "bench: %s, capacity %d rows\n", prop.name, cap);
+
+    std::vector<VariantResult> res;
+    std::string what;
+    if (!o.shape.empty()) {
+        const ModelConfig c = shape_config(o.shape);
+        what = "synthetic " + o.shape;
+        auto run = [&](const std::string& name, bool bf16, int rank) {
+            CudaSynthetic s;
+            s.bf16 = bf16, s.rank = rank, s.kv_bits = o.kv_bits, s.spectral_fused = o.spectral == "fused";
+            res.push_back(cuda_variant(name, o, std::make_unique<ModelCuda>(c, s, cap)));
+        };
+        run("w4a4", false, 0);
+        if (o.rank > 0) run("w4a4+spec" + std::to_string(o.rank), false, o.rank);
+        run("bf16", true, 0);
+    } else {
+        what = o.model;
+        LoadedModel lm = model_open(o.model, false);
+        ModelCudaOptions native, bf16;
+        native.spectral_fused = o.spectral == "fused";
+        bf16.bf16 = true;
+        res.push_back(cuda_variant("native", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, native)));
+        res.push_back(cuda_variant("bf16", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, bf16)));
+    }
+    const VariantResult& base = res.back();  // bf16
+    const VariantResult& w4 = res.front();
+
+    std::printf("\n%s on %s, KV cache %s (fp32 storage), decode at context %d..%d, %d steps, spectral branch %s\n",
+                what.c_str(), prop.name,
+                o.kv_bits < 16 ? ("KV" + std::to_string(o.kv_bits) + " fake-quantized").c_str() : "KV16", o.ctx,
+                o.ctx + o.decode, o.decode, o.spectral == "fused" ? "fused into the GEMM epilogue" : "2 cuBLAS FP32 GEMMs");
+    std::printf("| metric |");
+    for (const auto& v : res) std::printf(" %s |", v.name.c_str());
+    for (size_t i = 0; i + 1 < res.size(); ++i) std::printf(" %s vs bf16 |", res[i].name.c_str());
+    std::printf("\n| --- |");
+    for (size_t i = 0; i < 2 * res.size() - 1; ++i) std::printf(" ---: |");
+    std::printf("\n");
+    auto row = [&](const std::string& label, auto get, bool higher_better, const char* fmt) {
+        std::printf("| %s |", label.c_str());
+        for (const auto& v : res) {
+            std::printf(" ");
+            std::printf(fmt, get(v));
+            std::printf(" |");
+        }
+        for (size_t i = 0; i + 1 < res.size(); ++i) {
+            const double a = get(res[i]), b = get(base);
+            std::printf(" %.2fx |", higher_better ? a / b : b / a);
+        }
+        std::printf("\n");
+    };
+    for (size_t i = 0; i < o.prefill.size(); ++i)
+        row("prefill " + std::to_string(o.prefill[i]) + " ms", [&](const VariantResult& v) { return v.prefill_ms[i]; },
+            false, "%.2f");
+    for (size_t i = 0; i < o.batches.size(); ++i)
+        row("decode B=" + std::to_string(o.batches[i]) + " tok/s",
+            [&](const VariantResult& v) { return o.batches[i] * 1e3 / v.decode_ms[i]; }, true, "%.1f");
+    auto gb = [](size_t b) { return b / 1e9; };
+    row("linear weights GB", [&](const VariantResult& v) { return gb(v.mem.linears); }, false, "%.3f");
+    row("linears + lm_head GB", [&](const VariantResult& v) { return gb(v.mem.linears + v.mem.lm_head); }, false,
+        "%.3f");
+    row("all weights GB (fp32 embedding)",
+        [&](const VariantResult& v) { return gb(v.mem.linears + v.mem.lm_head + v.mem.embed); }, false, "%.3f");
+    row("KV cache GB (fp32)", [&](const VariantResult& v) { return gb(v.mem.kv_cache); }, false, "%.3f");
+    row("device total GB", [&](const VariantResult& v) { return gb(v.mem.total); }, false, "%.3f");
+    std::printf("\nPer-op breakdown (CUDA events around every op, eager launches, ms):\n");
+    for (const auto& v : res) {
+        for (size_t i = 0; i < o.prefill.size(); ++i)
+            std::printf("%s prefill %d: %s\n", v.name.c_str(), o.prefill[i], breakdown_line(v.prefill_bd[i]).c_str());
+        for (size_t i = 0; i < o.batches.size(); ++i)
+            std::printf("%s decode step B=%d: %s\n", v.name.c_str(), o.batches[i],
+                        breakdown_line(v.decode_bd[i]).c_str());
+    }
+    (void)w4;
+    if (!o.json.empty()) {
+        nlohmann::json j = {{"device", prop.name},   {"what", what},         {"kv_bits", o.kv_bits},
+                            {"spectral", o.spectral},
+                            {"ctx", o.ctx},          {"decode_steps", o.decode}, {"reps", o.reps},
+                            {"prefill_tokens", o.prefill}, {"batches", o.batches},
+                            {"variants", nlohmann::json::array()}};
+        for (const auto& v : res) {
+            nlohmann::json x = {{"name", v.name},
+                                {"memory", {{"linears", v.mem.linears}, {"lm_head", v.mem.lm_head},
+                                            {"embed_norms", v.mem.embed}, {"kv_cache", v.mem.kv_cache},
+                                            {"total", v.mem.total}}},
+                                {"prefill", nlohmann::json::array()},
+                                {"decode", nlohmann::json::array()}};
+            for (size_t i = 0; i < o.prefill.size(); ++i)
+                x["prefill"].push_back({{"tokens", o.prefill[i]}, {"ms", v.prefill_ms[i]},
+                                        {"vs_bf16", base.prefill_ms[i] / v.prefill_ms[i]},
+                                        {"breakdown_ms", breakdown_json(v.prefill_bd[i])}});
+            for (size_t i = 0; i < o.batches.size(); ++i)
+                x["decode"].push_back({{"batch", o.batches[i]}, {"ms_per_step", v.decode_ms[i]},
+                                       {"tok_s", o.batches[i] * 1e3 / v.decode_ms[i]},
+                                       {"vs_bf16", base.decode_ms[i] / v.decode_ms[i]},
+                                       {"breakdown_ms", breakdown_json(v.decode_bd[i])}});
+            j["variants"].push_back(x);
+        }
+        write_file_atomic(o.json, j.dump(2) + "\n");
+    }
+    return 0;
+}
+#endif
+
 }  // namespace
 
 static CommandAction bench_setup(CLI::App& app) {
@@ -147,7 +400,21 @@ static CommandAction bench_setup(CLI::App& app) {
         int prefill = 512, decode = 64, threads = 0, reps = 1;
     };
     auto o = std::make_shared<Opts>();
-    app.add_option("-m,--model", o->model, "model: packed .sqm, GGUF file or Hugging Face directory")->required();
+    auto g = std::make_shared<std::string>("cpu");
+    auto co = std::make_shared<CudaBenchOpts>();
+    app.add_option("-m,--model", o->model, "model: packed .sqm, GGUF file or Hugging Face directory");
+    app.add_option("--device", *g, "cpu | cuda (cuda: W4A4 vs BF16 on the GPU, see the file header)")
+        ->capture_default_str();
+    app.add_option("--shape", co->shape, "cuda: synthetic weights of llama3-8b | llama2-7b | smollm2 (no -m)");
+    app.add_option("--prefill-lens", co->prefill, "cuda: prefill lengths")->delimiter(',')->capture_default_str();
+    app.add_option("--batches", co->batches, "cuda: decode batch sizes")->delimiter(',')->capture_default_str();
+    app.add_option("--ctx", co->ctx, "cuda: cached positions per sequence before decoding")->capture_default_str();
+    app.add_option("--rank", co->rank, "cuda --shape: spectral rank of the second W4A4 run (0 = skip; k̄=16 → 31)")
+        ->capture_default_str();
+    app.add_option("--kv-bits", co->kv_bits, "cuda --shape: KV cache fake-quantization bits (16 = off)")
+        ->capture_default_str();
+    app.add_option("--spectral", co->spectral, "cuda: W4A4 spectral branch fused (into the GEMM epilogue) | cublas")
+        ->capture_default_str();
     app.add_option("--prefill", o->prefill, "prompt tokens in one forward (0 = skip)")->capture_default_str();
     app.add_option("--decode", o->decode, "tokens generated one at a time after the prompt")->capture_default_str();
     app.add_option("-t,--threads", o->threads, "threads (0 = all)")->capture_default_str();
@@ -156,7 +423,20 @@ static CommandAction bench_setup(CLI::App& app) {
         ->capture_default_str();
     app.add_option("--vs-model", o->vs_model, "the float32 baseline model (the checkpoint the packed model came from)");
     app.add_option("--json", o->json, "also write the results as JSON to this file");
-    return [o]() {
+    return [o, g, co, &app]() {
+        SQ_CHECK(*g == "cpu" || *g == "cuda", "bench: --device must be cpu or cuda, got '", *g, "'");
+        if (*g == "cuda") {
+#ifdef SPECQUANT_HAS_CUDA
+            CudaBenchOpts c = *co;
+            c.model = o->model, c.json = o->json;
+            if (app.count("--decode")) c.decode = o->decode;
+            if (app.count("--reps")) c.reps = o->reps;
+            return cuda_bench(c);
+#else
+            fail("bench --device cuda: this build has no CUDA backend (cmake -DSPECQUANT_CUDA=ON)");
+#endif
+        }
+        SQ_CHECK(!o->model.empty(), "bench: -m MODEL is required (on the CPU)");
         SQ_CHECK(o->prefill >= 0 && o->decode >= 0 && o->prefill + o->decode > 0, "bench: --prefill/--decode");
         SQ_CHECK(o->reps >= 1, "bench: --reps must be >= 1");
         SQ_CHECK(o->vs == "none" || o->vs == "fp32", "bench: --vs must be none or fp32, got '", o->vs, "'");

@@ -15,8 +15,17 @@
 //   [x ← (x ⊙ signs) · H_n]  (online Hadamard, dense ±1/√n GEMM)
 //   f32:   y = x·Wᵀ + b
 //   w4a16: y = (x·(scale·code)ᵀ + (x·B)·Cᵀ) + b
-//   w4a4:  q, s, z = act_quant(x); acc = q·codeᵀ (FP32 GEMM on integers, exact);
-//          y = (s·scale·(acc − z·rowsum) + (x·B)·Cᵀ) + b
+//   w4a4:  q, s, z = act_quant(x); spec = (x·B)·Cᵀ (two FP32 cuBLAS GEMMs);
+//          y = (s·scale·(acc − z·rowsum) + spec) + b with acc = q·codeᵀ exact:
+//          INT8 tensor cores, epilogue fused (w4a4_gemm: u8 codes, CUDA-layout
+//          weights repacked on load), or (w4a4_f32_codes) an FP32 cuBLAS GEMM
+//          on integer-valued floats + the epilogue kernel. Both accumulators are
+//          the same integers and the epilogues the same float operations, so
+//          the two paths give the same bits (CudaModel.Int8PathEqualsF32Codes).
+//   bf16:  y = bf16(x)·Wᵀ (fp32 accumulate, fp32 out) + b   (the BF16 baseline)
+// Batched decode (decode_step): B sequences in their own cache regions, one
+// token each: RoPE at per-token positions, K/V written at row b·S + len_b,
+// attention_decode (keys split over blocks) over the region; one CUDA graph per B.
 #ifdef SPECQUANT_HAS_CUDA
 #include "model/model_cuda.h"
 
@@ -30,9 +39,11 @@
 
 #include "core/error.h"
 #include "core/fp16.h"
+#include "core/threads.h"
 #include "kernels/cuda/cublas_check.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/w4a4_gemm.h"
 #include "kernels/w4a4_format.h"
 #include "model/linear_w4a4.h"
 #include "model/linear_w4a4_cpu.h"
@@ -103,7 +114,12 @@ private:
     size_t n_ = 0;
 };
 
-enum class LinKind { f32, w4a4, w4a16 };
+enum class LinKind { f32, w4a4, w4a16, bf16 };
+
+// How layers_body runs: one sequence from pos (the cache position on the
+// device), packed independent sequences (varlen), or one token for each of
+// the batched-decode sequences.
+enum class Mode { single, varlen, batch };
 
 // Puts Impl::gemm_rows back to 0 (per-call GEMM row count) on every exit.
 struct RowsReset {
@@ -114,7 +130,9 @@ struct RowsReset {
 struct DLinear {
     LinKind kind = LinKind::f32;
     int64_t in = 0, out = 0;
-    DevBuf<float> w;         // [out, in]: f32 weights | scale·code (w4a16) | codes as integer floats (w4a4)
+    DevBuf<float> w;         // [out, in]: f32 weights | scale·code (w4a16) | codes as integer floats (w4a4, f32 codes)
+    DevBuf<uint8_t> w8;      // w4a4 on the tensor cores: the codes in the CUDA layout [w4g_bytes(out, in)]
+    DevBuf<uint16_t> wb;     // bf16: weights [out, in]
     const float* w_shared = nullptr;  // tied lm_head: the embedding table instead of `w`
     DevBuf<float> bias;      // [out] or empty
     int a_bits = 16;
@@ -123,13 +141,26 @@ struct DLinear {
     DevBuf<float> scale;     // [out]
     DevBuf<int32_t> rowsum;  // [out]
     int rank = 0;
-    DevBuf<float> basis_t;   // Bᵀ [rank, in]
+    DevBuf<float> basis_t;   // Bᵀ [rank, in] (explicit bases)
+    const float* basis_shared = nullptr;  // Fourier (and synthetic) bases: one device copy per (in, rank)
     DevBuf<float> coef;      // C [out, rank]
     int had_in = 0;
     DevBuf<float> had_signs;     // [in]
     const float* had = nullptr;  // H_n [in, in], shared per order
     const float* weight() const { return w_shared ? w_shared : w.get(); }
+    const float* basis() const { return basis_shared ? basis_shared : basis_t.get(); }
+    size_t bytes() const {
+        return (w.size() + bias.size() + scale.size() + basis_t.size() + coef.size() + had_signs.size()) * 4 +
+               rowsum.size() * 4 + w8.size() + wb.size() * 2;
+    }
 };
+
+// fp32 → bf16 bits, round to nearest even, on the host (weights of the baseline).
+std::vector<uint16_t> to_bf16(const std::vector<float>& f) {
+    std::vector<uint16_t> b(f.size());
+    parallel_for((int64_t)f.size(), [&](int64_t i) { b[i] = fp32_to_bf16(f[i]); });
+    return b;
+}
 
 struct DLayer {
     DevBuf<float> attn_norm, ffn_norm;
@@ -140,6 +171,7 @@ struct DLayer {
 
 struct ModelCuda::Impl {
     ModelConfig cfg;
+    ModelCudaOptions opts;
     int cap = 0, pos = 0;
     int kv_bits = 16;
     float kv_clip = 1.0f;
@@ -152,12 +184,15 @@ struct ModelCuda::Impl {
     std::vector<DLayer> layers;
     DLinear lm_head;
     std::map<int, DevBuf<float>> had;  // H_n by order
+    std::map<std::pair<int64_t, int>, DevBuf<float>> bases;  // Bᵀ [rank, in] by (in, rank): Fourier, synthetic
 
     DevBuf<float> kc, vc;  // [layer][cap][kv][hd]
     // Scratch, [cap, width] unless noted.
     DevBuf<float> h, x, q, k, v, qr, kr, att, proj, act, upb;
     DevBuf<float> rot_a, rot_b;        // [cap, max_in]: online Hadamard
-    DevBuf<float> qf;                  // [rows, max_in]: activation codes
+    DevBuf<float> qf;                  // [rows, max_in]: activation codes (f32 codes path)
+    DevBuf<uint8_t> q8;                // [rows, max_in]: activation codes (tensor-core path)
+    DevBuf<uint16_t> xb;               // [rows, max_in]: bf16 activations (BF16 baseline)
     DevBuf<float> a_scale;             // [rows]
     DevBuf<int32_t> a_zero;            // [rows]
     DevBuf<float> acc;                 // [rows, max_out] integer-valued float accumulators
@@ -181,6 +216,44 @@ struct ModelCuda::Impl {
     DevBuf<int> q_rows, q_targets;     // [queries]: grown on demand
     DevBuf<double> q_lp;
     DevBuf<uint8_t> q_greedy;
+    // Cache row of this call's position 0 (batched decode: sequence b's region
+    // starts at b·dec_cap); one-sequence calls with a nonzero offset run eagerly.
+    int kv_row0 = 0;
+    // Batched decode (decode_setup): regions of dec_cap rows, lengths on the host.
+    int dec_batch = 0, dec_cap = 0;
+    std::vector<int> dec_lens;
+    DevBuf<int> dec_rows;              // [cap]: each token's cache row
+    DevBuf<float> dec_part;            // attention_decode partials (not in `bytes`: remade per setup)
+    std::map<int, cudaGraphExec_t> dec_graphs;  // by batch size
+    size_t bytes_kv = 0;
+    // Profiling (set_profile): an event pair around every op, summed per op class.
+    bool profiling = false;
+    std::vector<cudaEvent_t> ev_pool;
+    size_t ev_used = 0;
+    std::vector<std::pair<std::string, std::pair<cudaEvent_t, cudaEvent_t>>> marks;
+    std::string prof_prefix;  // "lm_head " while lm_head runs
+    struct ProfScope {
+        Impl* m = nullptr;
+        cudaEvent_t end = nullptr;
+        ~ProfScope() {
+            if (m) (void)cudaEventRecord(end, m->stream);  // no throw from a destructor; checked at take
+        }
+    };
+    ProfScope prof(const char* what) {
+        if (!profiling) return {};
+        const cudaEvent_t a = ev_next(), b = ev_next();
+        SQ_CUDA(cudaEventRecord(a, stream));
+        marks.push_back({prof_prefix + what, {a, b}});
+        return {this, b};
+    }
+    cudaEvent_t ev_next() {
+        if (ev_used == ev_pool.size()) {
+            cudaEvent_t e = nullptr;
+            SQ_CUDA(cudaEventCreate(&e));
+            ev_pool.push_back(e);
+        }
+        return ev_pool[ev_used++];
+    }
 
     // What the activation codes in qf were computed from: k and v reuse q's
     // codes (up reuses gate's) when the caller says the input is the same and
@@ -188,9 +261,15 @@ struct ModelCuda::Impl {
     const float* quant_src = nullptr;
     int quant_n = 0, quant_bits = 0;
     float quant_clip = 0.0f;
+    // The same for the spectral branch's x·B (fused path): reused while input and basis are the same.
+    const float* zb_src = nullptr;
+    const float* zb_basis = nullptr;
+    int zb_n = 0;
 
     ~Impl() {
         clear_graphs();
+        for (auto& [b, g] : dec_graphs) cudaGraphExecDestroy(g);
+        for (cudaEvent_t e : ev_pool) cudaEventDestroy(e);
         if (blas) cublasDestroy(blas);
         if (stream) cudaStreamDestroy(stream);
     }
@@ -242,6 +321,12 @@ struct ModelCuda::Impl {
         std::vector<float> fw, fb;
         if (linear_dense_f32(L, &fw, &fb)) {  // float32, or Q8 dequantized (exact)
             d.kind = LinKind::f32;
+            if (opts.bf16) {
+                d.kind = LinKind::bf16;
+                d.wb.upload(to_bf16(fw).data(), fw.size(), what + " (bf16)", &bytes);
+                d.bias.upload(fb.data(), fb.size(), what + " bias", &bytes);
+                return d;
+            }
             if (what == "lm_head" && fw.size() == embed.size()) {
                 // Tied embeddings: lm_head holds a copy of the table; share the device copy when equal.
                 std::vector<float> tmp;  // compared against the uploaded table, not the CPU copy kept by caller
@@ -257,16 +342,50 @@ struct ModelCuda::Impl {
         SQ_CHECK(linear_w4a4_data(L, &qd), "CUDA: ", what, ": linear layer kind '", L.kind(),
                  "' has no CUDA implementation");
         const int64_t in = qd.in, out = qd.out, rb = w4_row_bytes(in);
-        std::vector<float> wf((size_t)out * in);
-        for (int64_t j = 0; j < out; ++j)
-            for (int64_t c = 0; c < in; ++c) wf[(size_t)j * in + c] = (float)w4_get(&qd.codes[j * rb], c);
+        if (qd.had_in) {
+            d.had_in = qd.had_in;
+            const std::vector<float> s = hadamard_signs(qd.had_in, qd.had_seed);
+            d.had_signs.upload(s.data(), s.size(), what + " Hadamard signs", &bytes);
+            d.had = had_matrix(qd.had_in);
+        }
+        d.bias.upload(qd.bias.data(), qd.bias.size(), what + " bias", &bytes);
         d.a_bits = qd.a_bits;
         d.a_clip = qd.a_clip;
-        if (qd.a_bits >= 16) {
+        const bool int8 = qd.a_bits < 16 && !opts.w4a4_f32_codes && !opts.bf16;
+        if (int8) {  // the tensor-core path: codes repacked once, no float copy
+            SQ_CHECK(in <= 65536, "CUDA: ", what, ": in = ", in, " > 65536 (W4A4 GEMM limit)");
+            std::vector<uint8_t> packed((size_t)cuda::w4g_bytes(out, in));
+            cuda::w4g_repack(qd.codes.data(), out, in, packed.data());
+            d.kind = LinKind::w4a4;
+            d.w8.upload(packed.data(), packed.size(), what + " (CUDA layout)", &bytes);
+            d.scale.upload(qd.scale.data(), qd.scale.size(), what + " scales", &bytes);
+            d.rowsum.upload(qd.rowsum.data(), qd.rowsum.size(), what + " rowsums", &bytes);
+        }
+        std::vector<float> wf(int8 ? 0 : (size_t)out * in);
+        if (!int8)
+            parallel_for(out, [&](int64_t j) {
+                for (int64_t c = 0; c < in; ++c) wf[(size_t)j * in + c] = (float)w4_get(&qd.codes[j * rb], c);
+            });
+        if (opts.bf16) {  // bf16(scale·code + C·Bᵀ): the W4A16 model in BF16
+            d.kind = LinKind::bf16;
+            const std::vector<float> Bt = qd.rank > 0 ? spectral_basis_t(qd) : std::vector<float>();
+            const std::vector<int> order = spectral_column_order(qd);
+            parallel_for(out, [&](int64_t j) {
+                float* row = &wf[(size_t)j * in];
+                for (int64_t c = 0; c < in; ++c) row[c] *= qd.scale[j];
+                for (int r = 0; r < qd.rank; ++r) {
+                    const float cj = fp16_to_fp32(qd.coef[(size_t)j * qd.rank + order[r]]);
+                    for (int64_t c = 0; c < in; ++c) row[c] += cj * Bt[(size_t)r * in + c];
+                }
+            });
+            d.wb.upload(to_bf16(wf).data(), wf.size(), what + " (bf16)", &bytes);
+            return d;
+        }
+        if (!int8 && qd.a_bits >= 16) {
             d.kind = LinKind::w4a16;
             for (int64_t j = 0; j < out; ++j)
                 for (int64_t c = 0; c < in; ++c) wf[(size_t)j * in + c] *= qd.scale[j];
-        } else {
+        } else if (!int8) {
             d.kind = LinKind::w4a4;
             // |partial sum| ≤ qmax · 8 · K must stay below 2^24 (as LinearW4A4Ref's k_chunk).
             const int64_t qmax = (1 << qd.a_bits) - 1;
@@ -274,7 +393,7 @@ struct ModelCuda::Impl {
             d.scale.upload(qd.scale.data(), qd.scale.size(), what + " scales", &bytes);
             d.rowsum.upload(qd.rowsum.data(), qd.rowsum.size(), what + " rowsums", &bytes);
         }
-        d.w.upload(wf.data(), wf.size(), what, &bytes);
+        if (!int8) d.w.upload(wf.data(), wf.size(), what, &bytes);
         if (qd.rank > 0) {
             std::vector<float> B = qd.basis == "fourier" ? fourier_basis_f16(in, qd.rank) : std::vector<float>();
             if (qd.basis != "fourier") {
@@ -286,16 +405,19 @@ struct ModelCuda::Impl {
                 for (int r = 0; r < qd.rank; ++r) Bt[(size_t)r * in + c] = B[(size_t)c * qd.rank + r];
             for (size_t i = 0; i < C.size(); ++i) C[i] = fp16_to_fp32(qd.coef[i]);
             d.rank = qd.rank;
-            d.basis_t.upload(Bt.data(), Bt.size(), what + " spectral basis", &bytes);
+            if (qd.basis == "fourier") {  // a function of (in, rank) only: one copy, and x·B reusable across layers
+                auto it = bases.find({in, qd.rank});
+                if (it == bases.end()) {
+                    DevBuf<float> b;
+                    b.upload(Bt.data(), Bt.size(), str("Fourier basis ", in, "x", qd.rank), &bytes);
+                    it = bases.emplace(std::make_pair(in, qd.rank), std::move(b)).first;
+                }
+                d.basis_shared = it->second.get();
+            } else {
+                d.basis_t.upload(Bt.data(), Bt.size(), what + " spectral basis", &bytes);
+            }
             d.coef.upload(C.data(), C.size(), what + " spectral coefficients", &bytes);
         }
-        if (qd.had_in) {
-            d.had_in = qd.had_in;
-            const std::vector<float> s = hadamard_signs(qd.had_in, qd.had_seed);
-            d.had_signs.upload(s.data(), s.size(), what + " Hadamard signs", &bytes);
-            d.had = had_matrix(qd.had_in);
-        }
-        d.bias.upload(qd.bias.data(), qd.bias.size(), what + " bias", &bytes);
         return d;
     }
 
@@ -320,35 +442,75 @@ struct ModelCuda::Impl {
 
     // same_input: x is the input of the previous linear call, unchanged since.
     void linear(const DLinear& L, const float* x, int n, float* y, bool same_input = false) {
-        if (!same_input) quant_src = nullptr;
+        if (!same_input) quant_src = nullptr, zb_src = nullptr;
         const int gm = gemm_rows > 0 ? gemm_rows : n;  // GEMM rows (≥ n)
         const float* xin = x;
         if (L.had_in) {  // the weights were stored rotated (W·R): rotate the input, x ← (x ⊙ signs)·H
+            const ProfScope ps = prof("hadamard");
             cuda::mul_signs(x, L.had_signs.get(), n, (int)L.in, rot_a.get(), stream);
             gemm_xm(rot_a.get(), gm, L.had, L.in, rot_b.get());
             xin = rot_b.get();
             same_input = false;
         }
         if (L.kind == LinKind::f32) {
+            const ProfScope ps = prof("gemm f32");
             gemm_xwt(xin, gm, L.weight(), L.out, L.in, y);
             cuda::add_bias(y, nullptr, L.bias.get(), n, (int)L.out, stream);
             return;
         }
+        if (L.kind == LinKind::bf16) {
+            if (!(same_input && quant_src == xin && quant_n == n && quant_bits == -16)) {
+                const ProfScope ps = prof("to bf16");
+                cuda::f32_to_bf16(xin, (int64_t)gm * L.in, xb.get(), stream);
+                quant_src = xin, quant_n = n, quant_bits = -16;
+            }
+            const ProfScope ps = prof("gemm bf16");
+            const float one = 1.0f, zero = 0.0f;
+            SQ_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)L.out, gm, (int)L.in, &one, L.wb.get(),
+                                   CUDA_R_16BF, (int)L.in, xb.get(), CUDA_R_16BF, (int)L.in, &zero, y, CUDA_R_32F,
+                                   (int)L.out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            cuda::add_bias(y, nullptr, L.bias.get(), n, (int)L.out, stream);
+            return;
+        }
         const float* sp = nullptr;
+        const bool int8 = L.w8.get() != nullptr;
+        // Fused (tensor-core path, opts.spectral_fused): only x·B here, reused by the layers that share
+        // input and basis; ·Cᵀ runs in the GEMM epilogue (spectral_dot_ref order). Else two FP32 GEMMs.
+        const bool fuse = int8 && L.rank > 0 && opts.spectral_fused;
         if (L.rank > 0) {
-            gemm_xwt(xin, gm, L.basis_t.get(), L.rank, L.in, zb.get());
-            gemm_xwt(zb.get(), gm, L.coef.get(), L.out, L.rank, spec.get());
-            sp = spec.get();
+            const ProfScope ps = prof(fuse ? "spectral x·B" : "spectral");
+            if (!(fuse && same_input && zb_src == xin && zb_basis == L.basis() && zb_n == n)) {
+                gemm_xwt(xin, gm, L.basis(), L.rank, L.in, zb.get());
+                zb_src = fuse ? xin : nullptr, zb_basis = L.basis(), zb_n = n;
+            }
+            if (!fuse) {
+                gemm_xwt(zb.get(), gm, L.coef.get(), L.out, L.rank, spec.get());
+                sp = spec.get();
+            }
         }
         if (L.kind == LinKind::w4a16) {
+            const ProfScope ps = prof("gemm w4a16");
             gemm_xwt(xin, gm, L.w.get(), L.out, L.in, y);
             cuda::add_bias(y, sp, L.bias.get(), n, (int)L.out, stream);
             return;
         }
         if (!(same_input && quant_src == xin && quant_n == n && quant_bits == L.a_bits && quant_clip == L.a_clip)) {
-            cuda::act_quant(xin, n, L.in, L.a_bits, L.a_clip, qf.get(), nullptr, a_scale.get(), a_zero.get(), stream);
+            const ProfScope ps = prof("act_quant");
+            cuda::act_quant(xin, n, L.in, L.a_bits, L.a_clip, int8 ? nullptr : qf.get(), int8 ? q8.get() : nullptr,
+                            a_scale.get(), a_zero.get(), stream);
             quant_src = xin, quant_n = n, quant_bits = L.a_bits, quant_clip = L.a_clip;
         }
+        if (int8) {  // exact int32 accumulators on the tensor cores, the same epilogue fused
+            const ProfScope ps = prof(n <= 16 ? "gemm w4a4 (gemv)" : "gemm w4a4");
+            cuda::W4GemmArgs a;
+            a.q = q8.get(), a.m = n, a.k = (int)L.in, a.n = (int)L.out, a.w = L.w8.get();
+            a.act_scale = a_scale.get(), a.act_zero = a_zero.get(), a.w_scale = L.scale.get();
+            a.w_rowsum = L.rowsum.get(), a.spec = sp, a.bias = L.bias.get(), a.y = y;
+            if (fuse) a.spec_z = zb.get(), a.spec_c = L.coef.get(), a.spec_rank = L.rank;
+            cuda::w4a4_gemm(a, stream);
+            return;
+        }
+        const ProfScope ps = prof("gemm w4a4 f32 codes");
         if (L.k_chunk >= L.in) {
             gemm_xwt(qf.get(), gm, L.w.get(), L.out, L.in, acc.get());
             cuda::w4a4_epilogue(acc.get(), nullptr, n, (int)L.out, a_scale.get(), a_zero.get(), L.scale.get(),
@@ -368,37 +530,42 @@ struct ModelCuda::Impl {
     // positions_h (varlen): each token's position in its own packed sequence,
     // validated by the caller; the call then starts at cache row 0 and leaves pos at 0.
     void run_layers(const int* tokens_h, int n, const int* positions_h = nullptr) {
-        const ModelConfig& c = cfg;
         const bool varlen = positions_h != nullptr;
         if (varlen) pos = 0;
         SQ_CHECK(n > 0, "forward: no tokens");
         SQ_CHECK(pos + n <= cap, "forward: context overflow: ", pos, " + ", n, " tokens > KV cache capacity ", cap,
                  " (raise -c)");
-        for (int t = 0; t < n; ++t)
-            SQ_CHECK(tokens_h[t] >= 0 && tokens_h[t] < c.vocab, "forward: token id ", tokens_h[t],
-                     " out of range [0, ", c.vocab, ")");
-        // Pageable sources: the copies are staged before these calls return.
-        SQ_CUDA(cudaMemcpyAsync(tokens.get(), tokens_h, n * sizeof(int), cudaMemcpyHostToDevice, stream));
+        upload_tokens(tokens_h, n);
         SQ_CUDA(cudaMemcpyAsync(pos_dev.get(), &pos, sizeof(int), cudaMemcpyHostToDevice, stream));
         if (varlen)
             SQ_CUDA(cudaMemcpyAsync(positions.get(), positions_h, n * sizeof(int), cudaMemcpyHostToDevice, stream));
-        if (!use_graphs || n > kGraphMaxTokens || varlen) {  // varlen: the block table varies with the batch
-            layers_body(n, varlen);
+        // varlen: the block table varies with the batch; kv_row0: graphs hold cache pointers
+        if (!use_graphs || profiling || n > kGraphMaxTokens || varlen || kv_row0 != 0) {
+            layers_body(n, varlen ? Mode::varlen : Mode::single);
         } else {
             auto it = graphs.find(n);
             if (it == graphs.end()) {
                 if (graphs.size() >= kGraphCache) clear_graphs();
-                it = graphs.emplace(n, capture(n, false)).first;
+                it = graphs.emplace(n, capture([&] { layers_body(n, Mode::single); })).first;
             }
             SQ_CUDA(cudaGraphLaunch(it->second, stream));
         }
         pos = varlen ? 0 : pos + n;
     }
 
-    cudaGraphExec_t capture(int n, bool varlen) {
+    void upload_tokens(const int* tokens_h, int n) {
+        for (int t = 0; t < n; ++t)
+            SQ_CHECK(tokens_h[t] >= 0 && tokens_h[t] < cfg.vocab, "forward: token id ", tokens_h[t],
+                     " out of range [0, ", cfg.vocab, ")");
+        // Pageable sources: the copies are staged before these calls return.
+        SQ_CUDA(cudaMemcpyAsync(tokens.get(), tokens_h, n * sizeof(int), cudaMemcpyHostToDevice, stream));
+    }
+
+    template <class F>
+    cudaGraphExec_t capture(F&& body) {
         SQ_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
         try {
-            layers_body(n, varlen);
+            body();
         } catch (...) {
             cudaGraph_t g = nullptr;
             cudaStreamEndCapture(stream, &g);
@@ -415,32 +582,49 @@ struct ModelCuda::Impl {
         return exec;
     }
 
+    // lm_head over rows [r0, r0 + rows) of x into logits.
+    void lm_rows(int r0, int rows) {
+        prof_prefix = "lm_head ";
+        linear(lm_head, x.get() + (size_t)r0 * cfg.d_model, rows, logits.get());
+        prof_prefix.clear();
+    }
+
     // The device work of run_layers: launches only (captured into graphs),
-    // with the cache position read from pos_dev, or (varlen) the per-token
-    // positions from `positions` and the cache filled from row 0.
-    void layers_body(int n, bool varlen) {
+    // with the cache position read from pos_dev (Mode::single, the cache from
+    // row kv_row0), or (varlen) the per-token positions from `positions` and the
+    // cache filled from row 0, or (batch) token t at positions[t] with its K/V
+    // at cache row dec_rows[t].
+    void layers_body(int n, Mode mode) {
         const ModelConfig& c = cfg;
         const int d = c.d_model, hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads;
         const int64_t kvd = (int64_t)KV * hd, ff = c.d_ff;
+        const bool varlen = mode == Mode::varlen;
         gemm_rows = varlen ? cap : 0;
         const RowsReset reset{gemm_rows};
         const int gm = varlen ? cap : n;
-        cuda::embed_gather(embed.get(), tokens.get(), n, d, h.get(), stream);
-        cuda::rmsnorm(h.get(), layers[0].attn_norm.get(), n, d, c.rms_eps, x.get(), stream);
+        {
+            const ProfScope ps = prof("embed + norm");
+            cuda::embed_gather(embed.get(), tokens.get(), n, d, h.get(), stream);
+            cuda::rmsnorm(h.get(), layers[0].attn_norm.get(), n, d, c.rms_eps, x.get(), stream);
+        }
         for (int l = 0; l < c.n_layers; ++l) {
             DLayer& L = layers[l];
             linear(L.q, x.get(), n, q.get());
             linear(L.k, x.get(), n, k.get(), true);
             linear(L.v, x.get(), n, v.get(), true);
-            if (varlen) {
-                cuda::rope_varlen(q.get(), n, H, hd, positions.get(), inv_freq.get(), stream);
-                cuda::rope_varlen(k.get(), n, KV, hd, positions.get(), inv_freq.get(), stream);
-            } else {
-                cuda::rope(q.get(), n, H, hd, 0, pos_dev.get(), inv_freq.get(), stream);
-                cuda::rope(k.get(), n, KV, hd, 0, pos_dev.get(), inv_freq.get(), stream);
+            {
+                const ProfScope ps = prof("rope");
+                if (mode != Mode::single) {
+                    cuda::rope_varlen(q.get(), n, H, hd, positions.get(), inv_freq.get(), stream);
+                    cuda::rope_varlen(k.get(), n, KV, hd, positions.get(), inv_freq.get(), stream);
+                } else {
+                    cuda::rope(q.get(), n, H, hd, 0, pos_dev.get(), inv_freq.get(), stream);
+                    cuda::rope(k.get(), n, KV, hd, 0, pos_dev.get(), inv_freq.get(), stream);
+                }
             }
             const float *qa = q.get(), *ka = k.get();
             if (qk_rotate) {  // x·H_hd per head, as hadamard_transform(q, n·H, hd)
+                const ProfScope ps = prof("qk rotation");
                 const float* Hh = had_matrix(hd);
                 gemm_xm(q.get(), (int64_t)gm * H, Hh, hd, qr.get());
                 gemm_xm(k.get(), (int64_t)gm * KV, Hh, hd, kr.get());
@@ -448,54 +632,203 @@ struct ModelCuda::Impl {
             }
             float* kc_l = kc.get() + (size_t)l * cap * kvd;
             float* vc_l = vc.get() + (size_t)l * cap * kvd;
-            if (varlen) {
-                cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, nullptr, stream);
-                cuda::attention_varlen(qa, kc_l, vc_l, n, positions.get(), H, KV, hd, att.get(), stream,
-                                       att_blocks.get(), att_nblocks);
-            } else {
-                cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, pos_dev.get(), stream);
-                cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream);
+            {
+                const ProfScope ps = prof("kv store");
+                if (mode == Mode::varlen) {
+                    cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, nullptr, stream);
+                } else if (mode == Mode::batch) {
+                    cuda::kv_store_rows(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, dec_rows.get(), stream);
+                } else {
+                    kc_l += (size_t)kv_row0 * kvd, vc_l += (size_t)kv_row0 * kvd;
+                    cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, pos_dev.get(), stream);
+                }
+            }
+            {
+                const ProfScope ps = prof("attention");
+                if (mode == Mode::varlen)
+                    cuda::attention_varlen(qa, kc_l, vc_l, n, positions.get(), H, KV, hd, att.get(), stream,
+                                           att_blocks.get(), att_nblocks);
+                else if (mode == Mode::batch)  // one token per sequence: keys split over blocks
+                    cuda::attention_decode(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, dec_cap,
+                                           dec_part.get(), att.get(), stream);
+                else
+                    cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream);
             }
             linear(L.o, att.get(), n, proj.get());
-            cuda::add_rmsnorm(h.get(), proj.get(), L.ffn_norm.get(), n, d, c.rms_eps, x.get(), stream);
+            {
+                const ProfScope ps = prof("norm");
+                cuda::add_rmsnorm(h.get(), proj.get(), L.ffn_norm.get(), n, d, c.rms_eps, x.get(), stream);
+            }
             linear(L.gate, x.get(), n, act.get());
             linear(L.up, x.get(), n, upb.get(), true);
-            cuda::silu_mul(act.get(), upb.get(), (int64_t)n * ff, stream);
+            {
+                const ProfScope ps = prof("silu_mul");
+                cuda::silu_mul(act.get(), upb.get(), (int64_t)n * ff, stream);
+            }
             linear(L.down, act.get(), n, proj.get());
             const float* next_norm = l + 1 < c.n_layers ? layers[l + 1].attn_norm.get() : final_norm.get();
+            const ProfScope ps = prof("norm");
             cuda::add_rmsnorm(h.get(), proj.get(), next_norm, n, d, c.rms_eps, x.get(), stream);
         }
     }
+
+    // KV cache and scratch for max_in/max_out/max_rank wide layers (both constructors).
+    void alloc_buffers(int64_t max_in, int64_t max_out, int64_t max_rank, bool split_k, bool any_had) {
+        const ModelConfig& c = cfg;
+        const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd,
+                      kvd = (int64_t)c.n_kv_heads * hd, ff = c.d_ff;
+        const size_t C = (size_t)cap;
+        const size_t b0 = bytes;
+        kc.alloc((size_t)c.n_layers * C * kvd, "KV cache (keys)", &bytes);
+        vc.alloc((size_t)c.n_layers * C * kvd, "KV cache (values)", &bytes);
+        bytes_kv = bytes - b0;
+        h.alloc(C * d, "hidden states", &bytes);
+        x.alloc(C * d, "normed states", &bytes);
+        q.alloc(C * qd, "queries", &bytes);
+        k.alloc(C * kvd, "keys", &bytes);
+        v.alloc(C * kvd, "values", &bytes);
+        if (qk_rotate) {
+            qr.alloc(C * qd, "rotated queries", &bytes);
+            kr.alloc(C * kvd, "rotated keys", &bytes);
+        }
+        att.alloc(C * qd, "attention output", &bytes);
+        proj.alloc(C * d, "projection", &bytes);
+        act.alloc(C * ff, "MLP activations", &bytes);
+        upb.alloc(C * ff, "MLP up", &bytes);
+        if (any_had) {
+            rot_a.alloc(C * max_in, "Hadamard scratch", &bytes);
+            rot_b.alloc(C * max_in, "Hadamard scratch", &bytes);
+        }
+        // lm_head runs on ≤ min(cap, kLogitRows) rows; a quantized one needs its scratch at [rows, vocab].
+        const size_t lm_rows = std::min<size_t>(C, kLogitRows);
+        const bool lm_q = lm_head.kind == LinKind::w4a4 || lm_head.kind == LinKind::w4a16;
+        const size_t acc_elems = std::max(C * max_out, lm_q ? lm_rows * c.vocab : 0);
+        bool any_f32_codes = false, any_int8 = false, any_bf16 = lm_head.kind == LinKind::bf16;
+        auto scan = [&](const DLinear& L) {
+            any_int8 = any_int8 || L.w8.get();
+            any_f32_codes = any_f32_codes || (L.kind == LinKind::w4a4 && !L.w8.get());
+            any_bf16 = any_bf16 || L.kind == LinKind::bf16;
+        };
+        for (const DLayer& L : layers)
+            for (const DLinear* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) scan(*p);
+        scan(lm_head);
+        if (any_f32_codes) {
+            qf.alloc(C * max_in, "activation codes", &bytes);
+            acc.alloc(acc_elems, "W4A4 accumulators", &bytes);
+            if (split_k) acc_i.alloc(acc_elems, "W4A4 int32 accumulators", &bytes);
+        }
+        if (any_int8) q8.alloc(C * max_in, "activation codes (bytes)", &bytes);
+        if (any_bf16) xb.alloc(C * max_in, "bf16 activations", &bytes);
+        a_scale.alloc(C, "activation scales", &bytes);
+        a_zero.alloc(C, "activation zero points", &bytes);
+        if (max_rank > 0) {
+            zb.alloc(C * max_rank, "spectral branch", &bytes);
+            spec.alloc(acc_elems, "spectral branch output", &bytes);
+        }
+        logits.alloc(lm_rows * c.vocab, "logits", &bytes);
+        tokens.alloc(C, "tokens", &bytes);
+        pos_dev.alloc(1, "cache position", &bytes);
+        positions.alloc(C, "token positions", &bytes);
+        dec_rows.alloc(C, "decode cache rows", &bytes);
+        gather_rows.alloc(C, "scored rows", &bytes);
+        xs.alloc(lm_rows * d, "scored hidden states", &bytes);
+        const size_t group = (size_t)(c.n_heads / c.n_kv_heads);
+        att_blocks.alloc(2 * (C * group / 16 + C + 1), "attention block table", &bytes);
+        SQ_CUDA(cudaStreamSynchronize(stream));
+    }
+
+    void init_device(const ModelConfig& c, int capacity, int kvb, float kvc, bool qkr) {
+        config_validate(c, "model");
+        SQ_CHECK(capacity > 0, "CUDA model: capacity must be positive, got ", capacity);
+        SQ_CHECK(kvb == 16 || (kvb >= 2 && kvb <= 8), "model: KV cache bits ", kvb, " out of range (2..8 or 16)");
+        int devices = 0;
+        const cudaError_t e = cudaGetDeviceCount(&devices);
+        if (e != cudaSuccess || devices == 0) {
+            (void)cudaGetLastError();
+            fail("--device cuda: no CUDA device available (",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "0 devices", ")");
+        }
+        cfg = c;
+        cap = capacity;
+        kv_bits = kvb;
+        kv_clip = kvc;
+        qk_rotate = qkr;
+        SQ_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+        SQ_CUBLAS(cublasCreate(&blas));
+        SQ_CUBLAS(cublasSetStream(blas, stream));
+        SQ_CUBLAS(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));  // FP32, never TF32
+        blas_ws.alloc(kCublasWorkspace, "cuBLAS workspace", &bytes);
+        SQ_CUBLAS(cublasSetWorkspace(blas, blas_ws.get(), kCublasWorkspace));
+        const char* g = std::getenv("SQ_CUDA_GRAPHS");
+        use_graphs = !(g && std::string(g) == "0");
+    }
+
+    // A synthetic linear [out, in] (CudaSynthetic): weights random on the device.
+    DLinear synth_linear(int64_t in, int64_t out, bool bf16, int rank, uint64_t seed, const std::string& what) {
+        DLinear d;
+        d.in = in, d.out = out;
+        const float amp = 1.7320508f / std::sqrt((float)in);  // uniform, variance 1/in: outputs O(1)
+        if (bf16) {
+            d.kind = LinKind::bf16;
+            d.wb.alloc((size_t)out * in, what + " (bf16)", &bytes);
+            cuda::fill_uniform_bf16(d.wb.get(), (int64_t)out * in, amp, seed, stream);
+            return d;
+        }
+        SQ_CHECK(in <= 65536, "CUDA: ", what, ": in = ", in, " > 65536 (W4A4 GEMM limit)");
+        d.kind = LinKind::w4a4;
+        d.a_bits = 4, d.a_clip = 0.9f;
+        d.w8.alloc((size_t)cuda::w4g_bytes(out, in), what + " (CUDA layout)", &bytes);
+        d.scale.alloc(out, what + " scales", &bytes);
+        d.rowsum.alloc(out, what + " rowsums", &bytes);
+        cuda::w4g_fill_random(d.w8.get(), out, in, seed, d.rowsum.get(), stream);
+        // |code| ~ 4.6 rms, activation steps ~ range/15: scale ≈ amp/8 keeps outputs O(1)
+        cuda::fill_uniform_f32(d.scale.get(), out, amp / 8, amp / 80, seed + 1, stream);
+        if (rank > 0) {
+            d.rank = rank;
+            auto it = bases.find({in, rank});  // the Fourier basis depends on (in, rank) only
+            if (it == bases.end()) {
+                DevBuf<float> b;
+                b.alloc((size_t)rank * in, str("spectral basis ", in, "x", rank), &bytes);
+                cuda::fill_uniform_f32(b.get(), (int64_t)rank * in, 0.0f, amp, seed + 2, stream);
+                it = bases.emplace(std::make_pair(in, rank), std::move(b)).first;
+            }
+            d.basis_shared = it->second.get();
+            d.coef.alloc((size_t)out * rank, what + " spectral coefficients", &bytes);
+            cuda::fill_uniform_f32(d.coef.get(), (int64_t)out * rank, 0.0f, 0.01f, seed + 3, stream);
+        }
+        return d;
+    }
 };
 
-ModelCuda::ModelCuda(const ModelWeights& w, int capacity) : p_(std::make_unique<Impl>()) {
+ModelCudaOptions ModelCudaOptions::from_env() {
+    ModelCudaOptions o;
+    const char* a = std::getenv("SQ_CUDA_W4A4");
+    const char* b = std::getenv("SQ_CUDA_LINEARS");
+    const char* f = std::getenv("SQ_CUDA_SPECTRAL");
+    if (f && *f) {
+        SQ_CHECK(std::string(f) == "fused" || std::string(f) == "cublas", "SQ_CUDA_SPECTRAL must be fused or cublas, got '",
+                 f, "'");
+        o.spectral_fused = std::string(f) == "fused";
+    }
+    if (a && *a) {
+        SQ_CHECK(std::string(a) == "f32" || std::string(a) == "int8", "SQ_CUDA_W4A4 must be int8 or f32, got '", a,
+                 "'");
+        o.w4a4_f32_codes = std::string(a) == "f32";
+    }
+    if (b && *b) {
+        SQ_CHECK(std::string(b) == "bf16" || std::string(b) == "native", "SQ_CUDA_LINEARS must be native or bf16, got '",
+                 b, "'");
+        o.bf16 = std::string(b) == "bf16";
+    }
+    return o;
+}
+
+ModelCuda::ModelCuda(const ModelWeights& w, int capacity, const ModelCudaOptions& o) : p_(std::make_unique<Impl>()) {
     Impl& m = *p_;
     const ModelConfig& c = w.cfg;
-    config_validate(c, "model");
-    SQ_CHECK(capacity > 0, "CUDA model: capacity must be positive, got ", capacity);
-    SQ_CHECK(w.kv_bits == 16 || (w.kv_bits >= 2 && w.kv_bits <= 8), "model: KV cache bits ", w.kv_bits,
-             " out of range (2..8 or 16)");
     SQ_CHECK((int)w.layers.size() == c.n_layers && w.lm_head, "CUDA model: incomplete weights");
-    int devices = 0;
-    const cudaError_t e = cudaGetDeviceCount(&devices);
-    if (e != cudaSuccess || devices == 0) {
-        (void)cudaGetLastError();
-        fail("--device cuda: no CUDA device available (", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices",
-             ")");
-    }
-    m.cfg = c;
-    m.cap = capacity;
-    m.kv_bits = w.kv_bits;
-    m.kv_clip = w.kv_clip;
-    m.qk_rotate = w.qk_rotate;
-    SQ_CUDA(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
-    SQ_CUBLAS(cublasCreate(&m.blas));
-    SQ_CUBLAS(cublasSetStream(m.blas, m.stream));
-    SQ_CUBLAS(cublasSetMathMode(m.blas, CUBLAS_DEFAULT_MATH));  // FP32, never TF32
-    m.blas_ws.alloc(kCublasWorkspace, "cuBLAS workspace", &m.bytes);
-    SQ_CUBLAS(cublasSetWorkspace(m.blas, m.blas_ws.get(), kCublasWorkspace));
-    const char* g = std::getenv("SQ_CUDA_GRAPHS");
-    m.use_graphs = !(g && std::string(g) == "0");
+    m.opts = o;
+    m.init_device(c, capacity, w.kv_bits, w.kv_clip, w.qk_rotate);
 
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff;
@@ -507,7 +840,7 @@ ModelCuda::ModelCuda(const ModelWeights& w, int capacity) : p_(std::make_unique<
     const std::vector<float> inv = rope_inv_freq(c);
     m.inv_freq.upload(inv.data(), inv.size(), "RoPE frequencies", &m.bytes);
     int64_t max_in = d, max_out = std::max({qd, kvd, d, ff}), max_rank = 0;
-    bool split_k = false;
+    bool split_k = false, any_had = false;
     m.layers.resize(c.n_layers);
     for (int l = 0; l < c.n_layers; ++l) {
         const LayerWeights& s = w.layers[l];
@@ -525,56 +858,53 @@ ModelCuda::ModelCuda(const ModelWeights& w, int capacity) : p_(std::make_unique<
         for (const DLinear* x : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) {
             max_in = std::max(max_in, x->in);
             max_rank = std::max<int64_t>(max_rank, x->rank);
-            split_k = split_k || (x->kind == LinKind::w4a4 && x->k_chunk < x->in);
+            split_k = split_k || (x->kind == LinKind::w4a4 && !x->w8.get() && x->k_chunk < x->in);
+            any_had = any_had || x->had_in;
         }
     }
     m.lm_head = m.make_linear(*w.lm_head, "lm_head");
     SQ_CHECK(m.lm_head.in == d && m.lm_head.out == c.vocab, "CUDA model: lm_head shape ", m.lm_head.out, "x",
              m.lm_head.in);
     max_rank = std::max<int64_t>(max_rank, m.lm_head.rank);
+    split_k = split_k || (m.lm_head.kind == LinKind::w4a4 && !m.lm_head.w8.get() && m.lm_head.k_chunk < m.lm_head.in);
+    any_had = any_had || m.lm_head.had_in;
     if (m.qk_rotate) m.had_matrix((int)hd);
+    m.alloc_buffers(max_in, max_out, max_rank, split_k, any_had);
+}
 
-    const size_t cap = (size_t)capacity;
-    m.kc.alloc((size_t)c.n_layers * cap * kvd, "KV cache (keys)", &m.bytes);
-    m.vc.alloc((size_t)c.n_layers * cap * kvd, "KV cache (values)", &m.bytes);
-    m.h.alloc(cap * d, "hidden states", &m.bytes);
-    m.x.alloc(cap * d, "normed states", &m.bytes);
-    m.q.alloc(cap * qd, "queries", &m.bytes);
-    m.k.alloc(cap * kvd, "keys", &m.bytes);
-    m.v.alloc(cap * kvd, "values", &m.bytes);
-    if (m.qk_rotate) {
-        m.qr.alloc(cap * qd, "rotated queries", &m.bytes);
-        m.kr.alloc(cap * kvd, "rotated keys", &m.bytes);
+ModelCuda::ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity) : p_(std::make_unique<Impl>()) {
+    Impl& m = *p_;
+    SQ_CHECK(s.rank >= 0 && s.rank <= c.d_model, "synthetic model: spectral rank ", s.rank);
+    m.opts.bf16 = s.bf16;
+    m.opts.spectral_fused = s.spectral_fused;
+    m.init_device(c, capacity, s.kv_bits, 1.0f, false);
+    const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
+                  ff = c.d_ff, V = c.vocab;
+    uint64_t seed = s.seed * 1000003;
+    m.embed.alloc((size_t)V * d, "embedding", &m.bytes);
+    cuda::fill_uniform_f32(m.embed.get(), V * d, 0.0f, 1.0f, ++seed, m.stream);
+    m.final_norm.alloc(d, "final norm", &m.bytes);
+    cuda::fill_uniform_f32(m.final_norm.get(), d, 1.0f, 0.1f, ++seed, m.stream);
+    const std::vector<float> inv = rope_inv_freq(c);
+    m.inv_freq.upload(inv.data(), inv.size(), "RoPE frequencies", &m.bytes);
+    m.layers.resize(c.n_layers);
+    for (int l = 0; l < c.n_layers; ++l) {
+        DLayer& L = m.layers[l];
+        const std::string p = str("layer ", l, " ");
+        L.attn_norm.alloc(d, p + "attn_norm", &m.bytes);
+        L.ffn_norm.alloc(d, p + "ffn_norm", &m.bytes);
+        cuda::fill_uniform_f32(L.attn_norm.get(), d, 1.0f, 0.1f, ++seed, m.stream);
+        cuda::fill_uniform_f32(L.ffn_norm.get(), d, 1.0f, 0.1f, ++seed, m.stream);
+        L.q = m.synth_linear(d, qd, s.bf16, s.rank, seed += 8, p + "q");
+        L.k = m.synth_linear(d, kvd, s.bf16, s.rank, seed += 8, p + "k");
+        L.v = m.synth_linear(d, kvd, s.bf16, s.rank, seed += 8, p + "v");
+        L.o = m.synth_linear(qd, d, s.bf16, s.rank, seed += 8, p + "o");
+        L.gate = m.synth_linear(d, ff, s.bf16, s.rank, seed += 8, p + "gate");
+        L.up = m.synth_linear(d, ff, s.bf16, s.rank, seed += 8, p + "up");
+        L.down = m.synth_linear(ff, d, s.bf16, s.rank, seed += 8, p + "down");
     }
-    m.att.alloc(cap * qd, "attention output", &m.bytes);
-    m.proj.alloc(cap * d, "projection", &m.bytes);
-    m.act.alloc(cap * ff, "MLP activations", &m.bytes);
-    m.upb.alloc(cap * ff, "MLP up", &m.bytes);
-    m.rot_a.alloc(cap * max_in, "Hadamard scratch", &m.bytes);
-    m.rot_b.alloc(cap * max_in, "Hadamard scratch", &m.bytes);
-    // lm_head runs on ≤ min(cap, kLogitRows) rows; a quantized one needs its scratch at [rows, vocab].
-    const size_t lm_rows = std::min<size_t>(cap, kLogitRows);
-    const bool lm_q = m.lm_head.kind != LinKind::f32;
-    const size_t acc_elems = std::max(cap * max_out, lm_q ? lm_rows * c.vocab : 0);
-    m.qf.alloc(cap * max_in, "activation codes", &m.bytes);
-    m.a_scale.alloc(cap, "activation scales", &m.bytes);
-    m.a_zero.alloc(cap, "activation zero points", &m.bytes);
-    m.acc.alloc(acc_elems, "W4A4 accumulators", &m.bytes);
-    if (split_k || (m.lm_head.kind == LinKind::w4a4 && m.lm_head.k_chunk < m.lm_head.in))
-        m.acc_i.alloc(acc_elems, "W4A4 int32 accumulators", &m.bytes);
-    if (max_rank > 0) {
-        m.zb.alloc(cap * max_rank, "spectral branch", &m.bytes);
-        m.spec.alloc(acc_elems, "spectral branch output", &m.bytes);
-    }
-    m.logits.alloc(lm_rows * c.vocab, "logits", &m.bytes);
-    m.tokens.alloc(cap, "tokens", &m.bytes);
-    m.pos_dev.alloc(1, "cache position", &m.bytes);
-    m.positions.alloc(cap, "token positions", &m.bytes);
-    m.gather_rows.alloc(cap, "scored rows", &m.bytes);
-    m.xs.alloc(lm_rows * d, "scored hidden states", &m.bytes);
-    const size_t group = (size_t)(c.n_heads / c.n_kv_heads);
-    m.att_blocks.alloc(2 * (cap * group / 16 + cap + 1), "attention block table", &m.bytes);
-    SQ_CUDA(cudaStreamSynchronize(m.stream));
+    m.lm_head = m.synth_linear(d, V, true, 0, seed += 8, "lm_head");  // 16-bit in both (SPEC.md §1)
+    m.alloc_buffers(std::max({d, qd, ff}), std::max({qd, kvd, d, ff}), s.bf16 ? 0 : s.rank, false, false);
 }
 
 ModelCuda::~ModelCuda() = default;
@@ -583,6 +913,129 @@ const ModelConfig& ModelCuda::config() const { return p_->cfg; }
 int ModelCuda::capacity() const { return p_->cap; }
 int ModelCuda::pos() const { return p_->pos; }
 size_t ModelCuda::device_bytes() const { return p_->bytes; }
+const ModelCudaOptions& ModelCuda::options() const { return p_->opts; }
+
+CudaMemory ModelCuda::memory() const {
+    const Impl& m = *p_;
+    CudaMemory r;
+    for (const DLayer& L : m.layers) {
+        for (const DLinear* x : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) r.linears += x->bytes();
+        r.embed += (L.attn_norm.size() + L.ffn_norm.size()) * sizeof(float);
+    }
+    r.lm_head = m.lm_head.bytes();
+    r.embed += (m.embed.size() + m.final_norm.size() + m.inv_freq.size()) * sizeof(float);
+    for (const auto& [n, b] : m.had) r.embed += b.size() * sizeof(float);
+    for (const auto& [k, b] : m.bases) r.linears += b.size() * sizeof(float);
+    r.kv_cache = m.bytes_kv;
+    r.total = m.bytes;
+    return r;
+}
+
+void ModelCuda::synchronize() { SQ_CUDA(cudaStreamSynchronize(p_->stream)); }
+
+void ModelCuda::set_profile(bool on) { p_->profiling = on; }
+
+std::vector<std::pair<std::string, double>> ModelCuda::profile_take() {
+    Impl& m = *p_;
+    SQ_CUDA(cudaStreamSynchronize(m.stream));
+    std::vector<std::pair<std::string, double>> out;
+    std::map<std::string, size_t> idx;
+    for (const auto& [what, ev] : m.marks) {
+        float ms = 0;
+        SQ_CUDA(cudaEventElapsedTime(&ms, ev.first, ev.second));
+        auto it = idx.find(what);
+        if (it == idx.end()) it = idx.emplace(what, out.size()).first, out.push_back({what, 0.0});
+        out[it->second].second += ms;
+    }
+    m.marks.clear();
+    m.ev_used = 0;
+    return out;
+}
+
+void ModelCuda::decode_setup(int batch, int seq_cap) {
+    Impl& m = *p_;
+    SQ_CHECK(batch >= 1 && seq_cap >= 1 && (int64_t)batch * seq_cap <= m.cap && batch <= kLogitRows,
+             "decode_setup: ", batch, " sequences x ", seq_cap, " rows do not fit the KV cache of ", m.cap,
+             " rows (at most ", kLogitRows, " sequences)");
+    SQ_CUDA(cudaStreamSynchronize(m.stream));
+    for (auto& [b, g] : m.dec_graphs) cudaGraphExecDestroy(g);
+    m.dec_graphs.clear();
+    m.dec_batch = batch, m.dec_cap = seq_cap;
+    m.dec_lens.assign(batch, 0);
+    m.pos = 0;
+    m.dec_part = {};
+    m.dec_part.alloc(cuda::attention_decode_scratch(batch, m.cfg.n_heads, m.cfg.head_dim, seq_cap),
+                     "decode attention partials", nullptr);
+}
+
+int ModelCuda::decode_len(int b) const {
+    SQ_CHECK(b >= 0 && b < p_->dec_batch, "decode: sequence ", b, " outside [0, ", p_->dec_batch, ")");
+    return p_->dec_lens[b];
+}
+
+void ModelCuda::decode_prefill(int b, const int* tokens, int n, float* logits) {
+    Impl& m = *p_;
+    SQ_CHECK(b >= 0 && b < m.dec_batch, "decode_prefill: sequence ", b, " outside [0, ", m.dec_batch,
+             ") (decode_setup first)");
+    SQ_CHECK(n > 0 && m.dec_lens[b] + n <= m.dec_cap, "decode_prefill: ", m.dec_lens[b], " + ", n,
+             " tokens > the sequence's ", m.dec_cap, " cache rows");
+    struct Restore {
+        Impl& m;
+        ~Restore() { m.pos = 0, m.kv_row0 = 0; }
+    } restore{m};
+    m.kv_row0 = b * m.dec_cap;
+    m.pos = m.dec_lens[b];
+    m.run_layers(tokens, n);
+    m.dec_lens[b] += n;
+    if (logits) {
+        m.lm_rows(n - 1, 1);
+        SQ_CUDA(cudaMemcpyAsync(logits, m.logits.get(), (size_t)m.cfg.vocab * sizeof(float), cudaMemcpyDeviceToHost,
+                                m.stream));
+        SQ_CUDA(cudaStreamSynchronize(m.stream));
+    }
+}
+
+void ModelCuda::decode_fill_random(int len, uint64_t seed) {
+    Impl& m = *p_;
+    SQ_CHECK(m.dec_batch > 0 && len >= 0 && len < m.dec_cap, "decode_fill_random: length ", len,
+             " needs decode_setup with more than that many rows");
+    cuda::fill_uniform_f32(m.kc.get(), (int64_t)m.kc.size(), 0.0f, 1.0f, seed, m.stream);
+    cuda::fill_uniform_f32(m.vc.get(), (int64_t)m.vc.size(), 0.0f, 1.0f, seed + 1, m.stream);
+    m.dec_lens.assign(m.dec_batch, len);
+}
+
+void ModelCuda::decode_step(const int* tokens, float* logits) {
+    Impl& m = *p_;
+    const int B = m.dec_batch;
+    SQ_CHECK(B > 0, "decode_step: decode_setup first");
+    std::vector<int> rows(B), pos(B);
+    for (int b = 0; b < B; ++b) {
+        SQ_CHECK(m.dec_lens[b] > 0 && m.dec_lens[b] < m.dec_cap, "decode_step: sequence ", b, " has ", m.dec_lens[b],
+                 " tokens (needs 1..", m.dec_cap - 1, ": a prompt first, and room for one more)");
+        rows[b] = b * m.dec_cap + m.dec_lens[b];
+        pos[b] = m.dec_lens[b];
+    }
+    m.upload_tokens(tokens, B);
+    SQ_CUDA(cudaMemcpyAsync(m.dec_rows.get(), rows.data(), B * sizeof(int), cudaMemcpyHostToDevice, m.stream));
+    SQ_CUDA(cudaMemcpyAsync(m.positions.get(), pos.data(), B * sizeof(int), cudaMemcpyHostToDevice, m.stream));
+    auto body = [&] {
+        m.layers_body(B, Mode::batch);
+        m.lm_rows(0, B);
+    };
+    if (!m.use_graphs || m.profiling) {
+        body();
+    } else {
+        auto it = m.dec_graphs.find(B);
+        if (it == m.dec_graphs.end()) it = m.dec_graphs.emplace(B, m.capture(body)).first;
+        SQ_CUDA(cudaGraphLaunch(it->second, m.stream));
+    }
+    for (int b = 0; b < B; ++b) ++m.dec_lens[b];
+    if (logits) {
+        SQ_CUDA(cudaMemcpyAsync(logits, m.logits.get(), (size_t)B * m.cfg.vocab * sizeof(float),
+                                cudaMemcpyDeviceToHost, m.stream));
+        SQ_CUDA(cudaStreamSynchronize(m.stream));
+    }
+}
 
 void ModelCuda::truncate(int n) {
     SQ_CHECK(n >= 0 && n <= p_->pos, "CUDA KV cache: truncate to ", n, " with ", p_->pos, " tokens cached");
@@ -591,7 +1044,7 @@ void ModelCuda::truncate(int n) {
 
 std::vector<RowScore> ModelCuda::forward_score(const int* tokens, int n, const std::vector<RowTarget>& targets) {
     Impl& m = *p_;
-    const int V = m.cfg.vocab, d = m.cfg.d_model;
+    const int V = m.cfg.vocab;
     for (const RowTarget& t : targets) {
         SQ_CHECK(t.row >= 0 && t.row < n, "forward_score: row ", t.row, " outside [0, ", n, ")");
         SQ_CHECK(t.target >= 0 && t.target < V, "token id ", t.target, " out of range [0, ", V, ")");
@@ -623,7 +1076,7 @@ std::vector<RowScore> ModelCuda::forward_score(const int* tokens, int n, const s
         int qb = qa;
         while (qb < nq && targets[order[qb]].row < r0 + rows) ++qb;
         if (qb == qa) continue;
-        m.linear(m.lm_head, m.x.get() + (size_t)r0 * d, rows, m.logits.get());
+        m.lm_rows(r0, rows);
         cuda::logprob_gather(m.logits.get(), V, m.q_rows.get() + qa, m.q_targets.get() + qa, qb - qa,
                              m.q_lp.get() + qa, m.q_greedy.get() + qa, m.stream);
         qa = qb;
@@ -699,12 +1152,12 @@ std::vector<RowScore> ModelCuda::forward_score_varlen(const int* tokens, const s
 
 void ModelCuda::forward_logits(const int* tokens, int n, float* logits, bool all_logits) {
     Impl& m = *p_;
-    const int V = m.cfg.vocab, d = m.cfg.d_model;
+    const int V = m.cfg.vocab;
     m.run_layers(tokens, n);
     const int first = all_logits ? 0 : n - 1, lm_rows = std::min(kLogitRows, m.cap);
     for (int r0 = first; r0 < n; r0 += lm_rows) {
         const int rows = std::min(lm_rows, n - r0);
-        m.linear(m.lm_head, m.x.get() + (size_t)r0 * d, rows, m.logits.get());
+        m.lm_rows(r0, rows);
         SQ_CUDA(cudaMemcpyAsync(logits + (size_t)(r0 - first) * V, m.logits.get(), (size_t)rows * V * sizeof(float),
                                 cudaMemcpyDeviceToHost, m.stream));
         SQ_CUDA(cudaStreamSynchronize(m.stream));  // the logits buffer is reused by the next chunk

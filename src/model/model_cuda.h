@@ -20,12 +20,54 @@
 
 namespace sq {
 
+struct ModelCudaOptions {
+    // W4A4 layers through cuBLAS FP32 over integer-valued float codes (the
+    // first engine) instead of the INT8 tensor-core kernels: same bits, 8×
+    // the weight memory. Env: SQ_CUDA_W4A4=f32.
+    bool w4a4_f32_codes = false;
+    // Every linear layer (lm_head included) as BF16 weights through cuBLAS:
+    // activations rounded to bf16, fp32 accumulation and fp32 output
+    // (CUBLAS_COMPUTE_32F). Float layers are rounded; W4A4/W4A16 layers become
+    // bf16(scale·code + C·Bᵀ) (the spectral branch folded in; activations not
+    // quantized; online Hadamard kept). The speed baseline of `bench`, not
+    // the quantized model. Env: SQ_CUDA_LINEARS=bf16.
+    bool bf16 = false;
+    // Spectral branch of W4A4 layers on the tensor-core path: x·B by cuBLAS
+    // (reused across layers with the same input and basis), ·Cᵀ fused into the
+    // GEMM epilogue in spectral_dot_ref's order, instead of two FP32 cuBLAS
+    // GEMMs and an [n, out] pass. Off by default: the eval engine's bits stay
+    // those of the first engine. Env: SQ_CUDA_SPECTRAL=fused.
+    bool spectral_fused = false;
+    static ModelCudaOptions from_env();
+};
+
+// Synthetic model of a given shape with random weights made on the device
+// (bench --shape): no checkpoint, nothing of the weights' size on the host.
+struct CudaSynthetic {
+    bool bf16 = false;    // every linear BF16 (the baseline); else W4A4 (A4, clip 0.9) + BF16 lm_head
+    int rank = 0;         // W4A4: spectral rank 2K−1 of every linear (0 = none; k̄ = 16 → 31)
+    bool spectral_fused = true;  // see ModelCudaOptions
+    int kv_bits = 16;     // KV cache fake quantization (stored as fp32 either way)
+    uint64_t seed = 1;
+};
+
+// Device memory by use, bytes.
+struct CudaMemory {
+    size_t linears = 0;   // the 7 linear layers of every block (codes, scales, row sums, spectral, bias)
+    size_t lm_head = 0;   // 0 when tied to the embedding table
+    size_t embed = 0;     // embedding table (fp32) + norms + RoPE tables + Hadamard matrices
+    size_t kv_cache = 0;  // keys and values, fp32 (fake-quantized values when kv_bits < 16)
+    size_t total = 0;     // everything, scratch included
+};
+
 class ModelCuda {
 public:
     // Copies the weights to the current CUDA device; capacity = KV cache
     // length and the most tokens one forward call may carry. Throws sq::Error
     // when no device is present, memory runs out or a Linear kind is unknown.
-    ModelCuda(const ModelWeights& w, int capacity);
+    ModelCuda(const ModelWeights& w, int capacity, const ModelCudaOptions& o = ModelCudaOptions::from_env());
+    // Synthetic weights of config c's shape (see CudaSynthetic).
+    ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity);
     ~ModelCuda();
     ModelCuda(const ModelCuda&) = delete;
     ModelCuda& operator=(const ModelCuda&) = delete;
@@ -35,6 +77,8 @@ public:
     int pos() const;         // tokens in the cache
     void truncate(int n);    // forget tokens from n on (n ≤ pos)
     size_t device_bytes() const;  // weights, cache and scratch
+    CudaMemory memory() const;
+    const ModelCudaOptions& options() const;
 
     // Runs n tokens from pos() (appending them to the cache) and scores the
     // given (row, target) pairs on the device: only those rows go through
@@ -58,6 +102,28 @@ public:
     // Runs n tokens from pos(); logits [n, vocab] when all_logits, else
     // [1, vocab] for the last token, copied to host memory (tests, generation).
     void forward_logits(const int* tokens, int n, float* logits, bool all_logits);
+
+    // Batched decode: `batch` independent sequences, each with its own KV
+    // cache region of seq_cap rows (batch·seq_cap ≤ capacity; the regions
+    // replace the one-sequence cache: pos() is 0 afterwards and the next
+    // one-sequence call starts afresh). decode_prefill runs sequence b's next
+    // n tokens (its prompt) and returns the last token's logits when logits
+    // is non-null; decode_step runs one token per sequence (tokens [batch])
+    // and leaves logits [batch, vocab] (copied when logits is non-null);
+    // a CUDA graph per batch size replays the step. decode_fill_random (bench)
+    // sets every sequence's length to len with random keys and values.
+    void decode_setup(int batch, int seq_cap);
+    void decode_prefill(int b, const int* tokens, int n, float* logits);
+    void decode_step(const int* tokens, float* logits);
+    void decode_fill_random(int len, uint64_t seed);
+    int decode_len(int b) const;
+
+    // Per-op timing (bench): while on, calls run eagerly (no graphs) with a
+    // CUDA event pair around every op; profile_take() waits for the stream and
+    // returns the milliseconds per op class since the last take, in first-seen order.
+    void set_profile(bool on);
+    std::vector<std::pair<std::string, double>> profile_take();
+    void synchronize();
 
 private:
     struct Impl;

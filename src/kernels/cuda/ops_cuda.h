@@ -44,6 +44,11 @@ void rope_varlen(float* x, int n, int heads, int hd, const int* positions, const
 void kv_store(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
               float* vc, const int* pos_dev, cudaStream_t s);
 
+// kv_store with token t written at cache row rows[t] (device; batched decode,
+// each sequence in its own cache region).
+void kv_store_rows(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
+                   float* vc, const int* rows, cudaStream_t s);
+
 // Causal GQA attention of n queries at positions p.. (p = pos0 + *pos_dev)
 // over cache rows 0..p+n-1: q [n, heads, hd], kc/vc [pos, kv_heads, hd],
 // out [n, heads, hd]. hd ≤ 256.
@@ -61,6 +66,25 @@ void attention(const float* q, const float* kc, const float* vc, int n, int pos0
 void attention_varlen(const float* q, const float* kc, const float* vc, int n, const int* positions, int heads,
                       int kv_heads, int hd, float* out, cudaStream_t s, const int* blocks = nullptr,
                       int n_blocks = 0);
+
+// Batched decode over per-sequence cache regions: query t's own K/V is at
+// cache row kv_rows[t] and its keys are rows [kv_rows[t] − positions[t],
+// kv_rows[t]]. kv_rows − positions must not decrease with t (regions in
+// token order). blocks as attention_varlen (attention_blocks with one-token
+// sequences: no block mixes two sequences).
+void attention_rows(const float* q, const float* kc, const float* vc, int n, const int* kv_rows, const int* positions,
+                    int heads, int kv_heads, int hd, float* out, cudaStream_t s, const int* blocks = nullptr,
+                    int n_blocks = 0);
+
+// Decode attention (flash-decoding) for one query token per sequence, same
+// semantics as attention_rows (query t's keys: cache rows [kv_rows[t] −
+// positions[t], kv_rows[t]]), keys split in chunks of 32 over blocks and
+// merged. max_keys ≥ every sequence's key count (fixes the grid, so one
+// captured graph serves every length); part: attention_decode_scratch floats.
+// Float order differs from attention_rows (tests: max abs Δ ≤ 1e-5).
+size_t attention_decode_scratch(int n, int heads, int hd, int max_keys);
+void attention_decode(const float* q, const float* kc, const float* vc, int n, const int* kv_rows, const int* positions,
+                      int heads, int kv_heads, int hd, int max_keys, float* part, float* out, cudaStream_t s);
 
 // The block table of attention_varlen (host side) for sequences of
 // seq_lens[i] tokens and `group` query heads per KV head: row0, row end, ...
@@ -97,5 +121,16 @@ void w4a4_epilogue(const float* acc_f, const int32_t* acc_i, int n, int m, const
 // greedy[i] = (first argmax of row == targets[i]).
 void logprob_gather(const float* logits, int vocab, const int* rows, const int* targets, int nq, double* logprob,
                     uint8_t* greedy, cudaStream_t s);
+
+// ---- synthetic weights and the BF16 baseline (synth.cu) ----
+// p[i] = center + amp · u, u uniform in [-1, 1) from (seed, i).
+void fill_uniform_f32(float* p, int64_t count, float center, float amp, uint64_t seed, cudaStream_t s);
+// bf16 bits: amp · u, rounded to nearest even.
+void fill_uniform_bf16(uint16_t* p, int64_t count, float amp, uint64_t seed, cudaStream_t s);
+// y = bf16(x), round to nearest even (bf16 bits).
+void f32_to_bf16(const float* x, int64_t count, uint16_t* y, cudaStream_t s);
+// Random 4-bit codes for an [n, k] weight directly in the CUDA layout
+// (w [w4g_bytes(n, k)], pads zero) and their row sums [n].
+void w4g_fill_random(uint8_t* w, int64_t n, int64_t k, uint64_t seed, int32_t* rowsum, cudaStream_t s);
 
 }  // namespace sq::cuda

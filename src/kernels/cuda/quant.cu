@@ -81,7 +81,7 @@ __global__ void act_quant_kernel(const float* __restrict__ x, int64_t k, int bit
     const int z = z_sh, qmax = (1 << bits) - 1;
     for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
         const int q = quant_one(xr[i], s, z, qmax);
-        qf[t * k + i] = (float)q;
+        if (qf) qf[t * k + i] = (float)q;
         if (q8) q8[t * k + i] = (uint8_t)q;
     }
 }
@@ -112,11 +112,14 @@ __global__ void epilogue_kernel(const float* __restrict__ acc_f, const int32_t* 
 // k and v (bits < 16) or a copy, written to the cache from position *pos_dev on.
 __global__ void kv_store_kernel(const float* __restrict__ k, const float* __restrict__ v, int64_t vectors,
                                 int kv_heads, int hd, int bits, float clip, float* __restrict__ kc,
-                                float* __restrict__ vc, const int* __restrict__ pos_dev) {
+                                float* __restrict__ vc, const int* __restrict__ pos_dev,
+                                const int* __restrict__ rows) {
     const int64_t vec = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (vec >= vectors) return;
     const int lane = threadIdx.x & 31, qmax = (1 << (bits < 16 ? bits : 1)) - 1;
-    const int64_t base = (pos_dev ? (int64_t)*pos_dev * kv_heads : 0) + vec;
+    // rows: token t's cache row is rows[t] (batched decode); else pos (+ t).
+    const int64_t base = rows ? (int64_t)rows[vec / kv_heads] * kv_heads + vec % kv_heads
+                              : (pos_dev ? (int64_t)*pos_dev * kv_heads : 0) + vec;
     for (int which = 0; which < 2; ++which) {
         const float* src = (which ? v : k) + vec * hd;
         float* dst = (which ? vc : kc) + base * hd;
@@ -147,7 +150,11 @@ unsigned blocks_for(int64_t count, int threads) { return (unsigned)((count + thr
 void act_quant(const float* x, int n, int64_t k, int bits, float clip, float* qf, uint8_t* q8, float* scale,
                int32_t* zero, cudaStream_t s) {
     if (n <= 0) return;
-    act_quant_kernel<<<n, 256, 0, s>>>(x, k, bits, clip, qf, q8, scale, zero);
+    // Few rows (decode): one block per row is latency bound (a 4096-wide row is
+    // 16 elements per thread at 256 threads, two passes); 1024 threads cut that 4×.
+    // The result does not depend on the block size (max/min are order-free).
+    const int threads = n < 64 && k >= 2048 ? 1024 : 256;
+    act_quant_kernel<<<n, threads, 0, s>>>(x, k, bits, clip, qf, q8, scale, zero);
     SQ_CUDA_LAUNCH("act_quant");
 }
 
@@ -171,8 +178,19 @@ void kv_store(const float* k, const float* v, int n, int kv_heads, int hd, int b
               float* vc, const int* pos_dev, cudaStream_t s) {
     const int64_t vectors = (int64_t)n * kv_heads;
     if (vectors <= 0) return;
-    kv_store_kernel<<<blocks_for(vectors, 8), 256, 0, s>>>(k, v, vectors, kv_heads, hd, bits, clip, kc, vc, pos_dev);
+    kv_store_kernel<<<blocks_for(vectors, 8), 256, 0, s>>>(k, v, vectors, kv_heads, hd, bits, clip, kc, vc, pos_dev,
+                                                           nullptr);
     SQ_CUDA_LAUNCH("kv_store");
+}
+
+void kv_store_rows(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
+                   float* vc, const int* rows, cudaStream_t s) {
+    SQ_CHECK(rows, "CUDA kv_store_rows: no rows");
+    const int64_t vectors = (int64_t)n * kv_heads;
+    if (vectors <= 0) return;
+    kv_store_kernel<<<blocks_for(vectors, 8), 256, 0, s>>>(k, v, vectors, kv_heads, hd, bits, clip, kc, vc, nullptr,
+                                                           rows);
+    SQ_CUDA_LAUNCH("kv_store_rows");
 }
 
 }  // namespace sq::cuda

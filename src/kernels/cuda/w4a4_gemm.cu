@@ -72,10 +72,34 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int s) {
 
 // ---- epilogue -------------------------------------------------------------
 
-// y = ((s_t · scale_j) · (float)(acc − z_t · rowsum_j) + spec) + bias, as cuda::w4a4_epilogue.
+// spectral_dot_ref (kernels/ref/w4a4_ref.cpp) bit for bit: 8 fma lanes by r mod 8, pairwise sum.
+__device__ __forceinline__ float spec_dot(const float* __restrict__ z, const float* __restrict__ c, int len) {
+    float l0 = 0.0f, l1 = 0.0f, l2 = 0.0f, l3 = 0.0f, l4 = 0.0f, l5 = 0.0f, l6 = 0.0f, l7 = 0.0f;
+    int r = 0;
+    for (; r + 8 <= len; r += 8) {
+        l0 = __fmaf_rn(z[r], c[r], l0), l1 = __fmaf_rn(z[r + 1], c[r + 1], l1);
+        l2 = __fmaf_rn(z[r + 2], c[r + 2], l2), l3 = __fmaf_rn(z[r + 3], c[r + 3], l3);
+        l4 = __fmaf_rn(z[r + 4], c[r + 4], l4), l5 = __fmaf_rn(z[r + 5], c[r + 5], l5);
+        l6 = __fmaf_rn(z[r + 6], c[r + 6], l6), l7 = __fmaf_rn(z[r + 7], c[r + 7], l7);
+    }
+    if (r < len) l0 = __fmaf_rn(z[r], c[r], l0);
+    if (r + 1 < len) l1 = __fmaf_rn(z[r + 1], c[r + 1], l1);
+    if (r + 2 < len) l2 = __fmaf_rn(z[r + 2], c[r + 2], l2);
+    if (r + 3 < len) l3 = __fmaf_rn(z[r + 3], c[r + 3], l3);
+    if (r + 4 < len) l4 = __fmaf_rn(z[r + 4], c[r + 4], l4);
+    if (r + 5 < len) l5 = __fmaf_rn(z[r + 5], c[r + 5], l5);
+    if (r + 6 < len) l6 = __fmaf_rn(z[r + 6], c[r + 6], l6);
+    return __fadd_rn(__fadd_rn(__fadd_rn(l0, l1), __fadd_rn(l2, l3)), __fadd_rn(__fadd_rn(l4, l5), __fadd_rn(l6, l7)));
+}
+
+// y = ((s_t · scale_j) · (float)(acc − z_t · rowsum_j) + spec) + bias, as cuda::w4a4_epilogue;
+// spec = a.spec[t, j], or fused: spec_dot(spec_z[t, :], spec_c[j, :], spec_rank).
 __device__ __forceinline__ float epi_value(const W4GemmArgs& a, int row, int col, int acc, float st, int zt) {
     float v = __fmul_rn(__fmul_rn(st, a.w_scale[col]), (float)(acc - zt * a.w_rowsum[col]));
     if (a.spec) v = __fadd_rn(v, a.spec[(int64_t)row * a.n + col]);
+    else if (a.spec_rank > 0)
+        v = __fadd_rn(v, spec_dot(a.spec_z + (int64_t)row * a.spec_rank, a.spec_c + (int64_t)col * a.spec_rank,
+                                  a.spec_rank));
     if (a.bias) v = __fadd_rn(v, a.bias[col]);
     return v;
 }
@@ -353,6 +377,8 @@ void check_args(const W4GemmArgs& a, const char* who) {
     SQ_CHECK(((uintptr_t)a.w & 15) == 0, who, ": weights must be 16-byte aligned");
     SQ_CHECK(!a.y || (a.act_scale && a.act_zero && a.w_scale && a.w_rowsum), who,
              ": y needs act_scale, act_zero, w_scale and w_rowsum");
+    SQ_CHECK(a.spec_rank >= 0 && (a.spec_rank == 0 || (a.spec_z && a.spec_c && !a.spec)), who,
+             ": fused spectral branch needs spec_z and spec_c, and no spec");
 }
 
 template <int NT, int U>

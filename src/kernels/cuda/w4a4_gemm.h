@@ -27,6 +27,8 @@
 // Epilogue (w4a4_format.h; same float operations and order as
 // cuda::w4a4_epilogue / w4a4_epilogue_ref, explicitly rounded):
 //   y[t, j] = ((s_t · scale_j) · (float)(acc − z_t · rowsum_j) + spec[t, j]) + bias_j
+// with spec given, or fused: spec[t, j] = spectral_dot_ref(z_t, C_j, rank) (the
+// spectral branch's second product, 8 fma lanes, in the epilogue: no [m, n] pass).
 //
 // Build: cmake -DSPECQUANT_CUDA=ON. Tests: tests/test_cuda_w4a4_gemm.cpp
 // (specquant_tests --gtest_filter='CudaW4A4Gemm*'); benchmark:
@@ -70,6 +72,11 @@ struct W4GemmArgs {
     const int32_t* w_rowsum = nullptr;
     const float* spec = nullptr;
     const float* bias = nullptr;
+    // Fused spectral branch (with spec null): spec[t, j] = spectral_dot_ref(spec_z[t, :], spec_c[j, :],
+    // spec_rank) computed in the epilogue: spec_z [m, spec_rank] = x̂·B, spec_c [n, spec_rank] = C.
+    const float* spec_z = nullptr;
+    const float* spec_c = nullptr;
+    int spec_rank = 0;
     int32_t* acc = nullptr;
     float* y = nullptr;
 };
