@@ -6,7 +6,7 @@
 #
 # Needs the bundle of scripts/gpu_session.sh (pack, then unpack .gpu1 and
 # .gpu2 in two back-to-back calls). Then, from the repository root:
-#   scripts/gpu_tables.sh start [JOBS]      # JOBS: a jobs file (default: the list below)
+#   [PARALLEL=8 THREADS=2] scripts/gpu_tables.sh start [JOBS]   # JOBS: a jobs file (default: the list below)
 #   scripts/gpu_session.sh collect 560 tables3   # repeat until every job says done; → $OUT/tables3.tgz
 # Each job: quantize (seed 0, calibration 32 × 512 of ../shared/data/calib
 # unless the job says otherwise), then `eval --tasks quick --device cuda`,
@@ -24,6 +24,7 @@ export LD_LIBRARY_PATH=$S/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 if [ ! -e /work/main/tests/data ]; then mkdir -p /work && ln -sfn "$PWD" /work/main; fi
 if [ ! -e /work/shared/data ]; then mkdir -p /work && ln -sfn "$S/shared" /work/shared; fi
 SQ=$S/bin/specquant M=$S/model.gguf D=$S/shared/data
+PARALLEL=${PARALLEL:-8} THREADS=${THREADS:-2}  # jobs at a time × threads each ≤ the 16 cores
 
 # name | quantize options (method, bits, extras) | evals
 default_jobs() {
@@ -69,7 +70,7 @@ log=$R/\$name.log
     echo "== \$name: \$opts"
     /usr/bin/time -v $SQ quantize \$(case " \$opts" in *\ -m\ *) ;; *) echo -m $M;; esac) \$opts --calib-len 512 --seed 0 \\
         \$(case "\$opts" in *--calib\ *) ;; *) echo --calib $D/calib/wiki.utf8;; esac) \\
-        \$(case "\$opts" in *--calib-n*) ;; *) echo --calib-n 32;; esac) -t 2 -o $R/\$name.sqm &&
+        \$(case "\$opts" in *--calib-n*) ;; *) echo --calib-n 32;; esac) -t $THREADS -o $R/\$name.sqm &&
     sha256sum $R/\$name.sqm &&
     if [[ "\$evals" == *ppl* ]]; then  # full WikiText-2 perplexity alone (GPU vs CPU agreement)
         $SQ ppl -m $R/\$name.sqm -c 2048 -f $D/wikitext2/wiki.test.raw --device cuda --json $R/ppl_\$name.json
@@ -86,7 +87,7 @@ EOF
     chmod +x $R/one.sh
     # every job has a log from the start, so `collect` waits for queued ones too
     grep -v '^#' $R/jobs.txt | cut -d'|' -f1 | while read -r n; do echo queued > $R/$n.log; done
-    setsid bash -c "grep -v '^#' $R/jobs.txt | tr '\n' '\0' | xargs -0 -P 8 -n 1 $R/one.sh" </dev/null >/dev/null 2>&1 &
+    setsid bash -c "grep -v '^#' $R/jobs.txt | tr '\n' '\0' | xargs -0 -P $PARALLEL -n 1 $R/one.sh" </dev/null >/dev/null 2>&1 &
     sleep 5
     ls $R
     ;;
