@@ -12,7 +12,7 @@
 //
 // specquant bench --device cuda (--shape llama3-8b|llama2-7b|smollm2 | -m MODEL) [--prefill-lens 256,2048,8192]
 //                 [--batches 1,8,32] [--ctx 512] [--decode 32] [--rank 31] [--kv-bits 16] [--reps 3]
-//                 [--spectral fused|cublas] [--json FILE]
+//                 [--spectral auto|fused|cublas] [--json FILE]
 // (built with -DSPECQUANT_CUDA=ON): the GPU engine (model/model_cuda.h) in the
 // same process for W4A4 on the INT8 tensor cores (spectral branch off and,
 // with --rank R > 0, on at rank R), and every linear layer in BF16 through
@@ -169,7 +169,7 @@ struct CudaBenchOpts {
     std::string shape, model, json;
     std::vector<int> prefill = {256, 2048, 8192}, batches = {1, 8, 32};
     int ctx = 512, decode = 32, rank = 31, kv_bits = 16, reps = 3;
-    std::string spectral = "fused";
+    std::string spectral = "auto";
 };
 
 #ifdef SPECQUANT_HAS_CUDA
@@ -283,7 +283,7 @@ int cuda_bench(const CudaBenchOpts& o) {
     for (int n : o.prefill) SQ_CHECK(n > 0, "bench: prefill length ", n);
     for (int b : o.batches) SQ_CHECK(b > 0 && b <= 512, "bench: batch ", b, " out of range 1..512");
     SQ_CHECK(o.ctx >= 1 && o.decode >= 1 && o.reps >= 1 && o.rank >= 0, "bench: --ctx/--decode/--reps/--rank");
-    SQ_CHECK(o.spectral == "fused" || o.spectral == "cublas", "bench: --spectral must be fused or cublas");
+    spectral_fuse_rows_from_name(o.spectral, "bench: --spectral");  // validates
     const int maxn = *std::max_element(o.prefill.begin(), o.prefill.end());
     const int maxb = *std::max_element(o.batches.begin(), o.batches.end());
     const int cap = std::max(maxn, maxb * (o.ctx + o.decode + 3));
@@ -298,7 +298,8 @@ int cuda_bench(const CudaBenchOpts& o) {
         what = "synthetic " + o.shape;
         auto run = [&](const std::string& name, bool bf16, int rank) {
             CudaSynthetic s;
-            s.bf16 = bf16, s.rank = rank, s.kv_bits = o.kv_bits, s.spectral_fused = o.spectral == "fused";
+            s.bf16 = bf16, s.rank = rank, s.kv_bits = o.kv_bits;
+            s.spectral_fuse_max_rows = spectral_fuse_rows_from_name(o.spectral, "--spectral");
             res.push_back(cuda_variant(name, o, std::make_unique<ModelCuda>(c, s, cap)));
         };
         run("w4a4", false, 0);
@@ -308,7 +309,7 @@ int cuda_bench(const CudaBenchOpts& o) {
         what = o.model;
         LoadedModel lm = model_open(o.model, false);
         ModelCudaOptions native, bf16;
-        native.spectral_fused = o.spectral == "fused";
+        native.spectral_fuse_max_rows = spectral_fuse_rows_from_name(o.spectral, "--spectral");
         bf16.bf16 = true;
         res.push_back(cuda_variant("native", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, native)));
         res.push_back(cuda_variant("bf16", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, bf16)));
@@ -319,7 +320,9 @@ int cuda_bench(const CudaBenchOpts& o) {
     std::printf("\n%s on %s, KV cache %s (fp32 storage), decode at context %d..%d, %d steps, spectral branch %s\n",
                 what.c_str(), prop.name,
                 o.kv_bits < 16 ? ("KV" + std::to_string(o.kv_bits) + " fake-quantized").c_str() : "KV16", o.ctx,
-                o.ctx + o.decode, o.decode, o.spectral == "fused" ? "fused into the GEMM epilogue" : "2 cuBLAS FP32 GEMMs");
+                o.ctx + o.decode, o.decode, o.spectral == "fused"    ? "fused into the GEMM epilogue"
+                : o.spectral == "cublas" ? "2 cuBLAS FP32 GEMMs"
+                                         : "fused into the GEMV epilogue in decode, 2 cuBLAS FP32 GEMMs in prefill");
     std::printf("| metric |");
     for (const auto& v : res) std::printf(" %s |", v.name.c_str());
     for (size_t i = 0; i + 1 < res.size(); ++i) std::printf(" %s vs bf16 |", res[i].name.c_str());
@@ -413,7 +416,9 @@ static CommandAction bench_setup(CLI::App& app) {
         ->capture_default_str();
     app.add_option("--kv-bits", co->kv_bits, "cuda --shape: KV cache fake-quantization bits (16 = off)")
         ->capture_default_str();
-    app.add_option("--spectral", co->spectral, "cuda: W4A4 spectral branch fused (into the GEMM epilogue) | cublas")
+    app.add_option("--spectral", co->spectral,
+                   "cuda: W4A4 spectral branch ·Cᵀ fused into the GEMM epilogue (fused), two cuBLAS GEMMs (cublas), "
+                   "or fused in decode calls of ≤ 16 rows only (auto)")
         ->capture_default_str();
     app.add_option("--prefill", o->prefill, "prompt tokens in one forward (0 = skip)")->capture_default_str();
     app.add_option("--decode", o->decode, "tokens generated one at a time after the prompt")->capture_default_str();

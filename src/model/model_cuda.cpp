@@ -32,6 +32,7 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <limits>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -474,9 +475,9 @@ struct ModelCuda::Impl {
         }
         const float* sp = nullptr;
         const bool int8 = L.w8.get() != nullptr;
-        // Fused (tensor-core path, opts.spectral_fused): only x·B here, reused by the layers that share
+        // Fused (tensor-core path, n ≤ opts.spectral_fuse_max_rows): only x·B here, reused by the layers that share
         // input and basis; ·Cᵀ runs in the GEMM epilogue (spectral_dot_ref order). Else two FP32 GEMMs.
-        const bool fuse = int8 && L.rank > 0 && opts.spectral_fused;
+        const bool fuse = int8 && L.rank > 0 && n <= opts.spectral_fuse_max_rows;
         if (L.rank > 0) {
             const ProfScope ps = prof(fuse ? "spectral x·B" : "spectral");
             if (!(fuse && same_input && zb_src == xin && zb_basis == L.basis() && zb_n == n)) {
@@ -800,15 +801,20 @@ struct ModelCuda::Impl {
     }
 };
 
+int spectral_fuse_rows_from_name(const std::string& v, const std::string& what) {
+    if (v == "cublas") return 0;
+    if (v == "auto") return 16;
+    if (v == "fused") return std::numeric_limits<int>::max();
+    fail(what, " must be cublas, auto or fused, got '", v, "'");
+}
+
 ModelCudaOptions ModelCudaOptions::from_env() {
     ModelCudaOptions o;
     const char* a = std::getenv("SQ_CUDA_W4A4");
     const char* b = std::getenv("SQ_CUDA_LINEARS");
     const char* f = std::getenv("SQ_CUDA_SPECTRAL");
     if (f && *f) {
-        SQ_CHECK(std::string(f) == "fused" || std::string(f) == "cublas", "SQ_CUDA_SPECTRAL must be fused or cublas, got '",
-                 f, "'");
-        o.spectral_fused = std::string(f) == "fused";
+        o.spectral_fuse_max_rows = spectral_fuse_rows_from_name(f, "SQ_CUDA_SPECTRAL");
     }
     if (a && *a) {
         SQ_CHECK(std::string(a) == "f32" || std::string(a) == "int8", "SQ_CUDA_W4A4 must be int8 or f32, got '", a,
@@ -876,7 +882,7 @@ ModelCuda::ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity)
     Impl& m = *p_;
     SQ_CHECK(s.rank >= 0 && s.rank <= c.d_model, "synthetic model: spectral rank ", s.rank);
     m.opts.bf16 = s.bf16;
-    m.opts.spectral_fused = s.spectral_fused;
+    m.opts.spectral_fuse_max_rows = s.spectral_fuse_max_rows;
     m.init_device(c, capacity, s.kv_bits, 1.0f, false);
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff, V = c.vocab;

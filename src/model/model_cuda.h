@@ -35,18 +35,25 @@ struct ModelCudaOptions {
     // Spectral branch of W4A4 layers on the tensor-core path: x·B by cuBLAS
     // (reused across layers with the same input and basis), ·Cᵀ fused into the
     // GEMM epilogue in spectral_dot_ref's order, instead of two FP32 cuBLAS
-    // GEMMs and an [n, out] pass. Off by default: the eval engine's bits stay
-    // those of the first engine. Env: SQ_CUDA_SPECTRAL=fused.
-    bool spectral_fused = false;
+    // GEMMs and an [n, out] pass, for calls of at most spectral_fuse_max_rows
+    // rows: 0 = never (the default: the eval engine's bits stay those of the
+    // first engine), 16 = decode only (the GEMV; measured faster there and
+    // slower than cuBLAS in the prefill GEMM, docs/perf.md), INT_MAX = always.
+    // Env: SQ_CUDA_SPECTRAL=cublas|auto|fused.
+    int spectral_fuse_max_rows = 0;
     static ModelCudaOptions from_env();
 };
+
+// "cublas" → 0, "auto" → 16, "fused" → INT_MAX (spectral_fuse_max_rows);
+// anything else is an error naming `what`.
+int spectral_fuse_rows_from_name(const std::string& v, const std::string& what);
 
 // Synthetic model of a given shape with random weights made on the device
 // (bench --shape): no checkpoint, nothing of the weights' size on the host.
 struct CudaSynthetic {
     bool bf16 = false;    // every linear BF16 (the baseline); else W4A4 (A4, clip 0.9) + BF16 lm_head
     int rank = 0;         // W4A4: spectral rank 2K−1 of every linear (0 = none; k̄ = 16 → 31)
-    bool spectral_fused = true;  // see ModelCudaOptions
+    int spectral_fuse_max_rows = 16;  // see ModelCudaOptions (16: fused in decode only)
     int kv_bits = 16;     // KV cache fake quantization (stored as fp32 either way)
     uint64_t seed = 1;
 };
