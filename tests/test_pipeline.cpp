@@ -238,6 +238,43 @@ TEST(Pipeline, GptqQinputKeepsUncalibratedDirections) {
     EXPECT_GT(err[1], 0.0);
 }
 
+// Streaming quantization (layers loaded one at a time, as `quantize` does)
+// writes the same bytes as the whole-model call, with and without rotation.
+TEST(Pipeline, StreamingEqualsWholeModel) {
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    Tokenizer tok(ck.tokenizer);
+    const std::string dir = fs::temp_directory_path().string();
+    for (const char* method : {"quarot", "specquant"}) {
+        QuantConfig qc = quant_config_for(method);
+        qc.kv_bits = 4;
+        qc.calib_path = kCalib;
+        qc.calib_n = 2;
+        qc.calib_len = 64;
+        qc.k_bar = 4;
+        const nlohmann::json quant = quant_config_to_json(qc);
+        const std::string a = dir + "/sq_stream_whole.sqm", b = dir + "/sq_stream_layers.sqm";
+        packed_model_save(a, quantize_model(model_load_f32(ck, false), tok, qc), ck.tokenizer, quant);
+        int loads = 0;
+        ModelWeights head = model_load_f32(ck, false, false);
+        for (const LayerWeights& L : head.layers) EXPECT_FALSE(L.q) << "layers loaded although layers = false";
+        packed_model_save(b,
+                          quantize_model(std::move(head), tok, qc, nullptr,
+                                         [&](int l) { ++loads; return layer_load_f32(ck, l); }),
+                          ck.tokenizer, quant);
+        EXPECT_EQ(loads, ck.config.n_layers);
+        EXPECT_EQ(read_bytes(a), read_bytes(b)) << method;
+        fs::remove(a);
+        fs::remove(b);
+    }
+    // Without weights and without a loader: a clear error, not a crash.
+    QuantConfig qc = quant_config_for("rtn");
+    qc.calib_path = kCalib;
+    qc.calib_n = 1;
+    qc.calib_len = 32;
+    EXPECT_THROW(quantize_model(model_load_f32(ck, false, false), tok, qc), Error);
+    EXPECT_THROW(layer_load_f32(ck, ck.config.n_layers), Error);
+}
+
 TEST(Pipeline, BadConfigurationsAreErrors) {
     EXPECT_THROW(quant_config_for("awq"), Error);
     QuantConfig qc = quant_config_for("specquant");

@@ -12,6 +12,10 @@
 #include "core/sha256.h"
 #include "core/threads.h"
 #include "eval/report.h"
+#include "io/checkpoint.h"
+#include "io/packed_file.h"
+#include "io/tokenizer.h"
+#include "model/model.h"
 #include "quant/packed_model.h"
 
 namespace sq {
@@ -39,19 +43,23 @@ static CommandAction quantize_setup(CLI::App& app) {
         const auto t0 = std::chrono::steady_clock::now();
         QuantConfig qc = quant_cli_config(o->q, o->q.method, o->q.w_bits, o->q.a_bits, o->q.kv_bits);
         SQ_CHECK(qc.method != "fp", "quantize: method fp writes nothing; evaluate the checkpoint directly");
-        LoadedModel m = model_open(o->model);
-        SQ_CHECK(!m.packed, o->model, ": already quantized; quantize a checkpoint (GGUF or HF directory)");
+        SQ_CHECK(!packed_is(o->model), o->model, ": already quantized; quantize a checkpoint (GGUF or HF directory)");
+        // Streaming: the embedding and lm_head now, each decoder layer when the
+        // pipeline reaches it (float memory of one layer; docs/method.md).
+        const Checkpoint ck = checkpoint_open(o->model);
+        const Tokenizer tok(ck.tokenizer);
+        ModelWeights w0 = model_load_f32(ck, false, false);
         std::fprintf(stderr, "quantizing %s with %s (W%dA%dKV%d), calibration %s: %d x %d tokens\n", o->model.c_str(),
                      qc.method.c_str(), qc.w_bits, qc.a_bits, qc.kv_bits, qc.calib_path.c_str(), qc.calib_n,
                      qc.calib_len);
         nlohmann::json rep;
-        ModelWeights w = quantize_model(std::move(m.model->weights()), *m.tok, qc, &rep);
+        ModelWeights w = quantize_model(std::move(w0), tok, qc, &rep, [&ck](int l) { return layer_load_f32(ck, l); });
         nlohmann::json quant = quant_config_to_json(qc);
         quant["source"] = o->model;
-        quant["source_sha256"] = m.ck.format == "gguf" ? sha256_file(o->model) : std::string("directory");
+        quant["source_sha256"] = ck.format == "gguf" ? sha256_file(o->model) : std::string("directory");
         quant["calib_sha256"] = rep["calib_sha256"];
         quant["git_revision"] = git_revision(repo_root());
-        packed_model_save(o->out, w, m.ck.tokenizer, quant);
+        packed_model_save(o->out, w, ck.tokenizer, quant);
         if (!o->report.empty()) write_file_atomic(o->report, rep.dump(1));
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         size_t bytes = 0;

@@ -50,41 +50,53 @@ std::vector<float> rope_inv_freq(const ModelConfig& c) {
     return f;
 }
 
-ModelWeights model_load_f32(const Checkpoint& ck, bool progress) {
+namespace {
+std::unique_ptr<LinearF32> load_linear(const Checkpoint& ck, const std::string& name, int64_t out, int64_t in,
+                                       const std::string& bias = "") {
+    TensorF32 t = ck.load(name, {out, in});
+    std::vector<float> b;
+    if (!bias.empty()) b = ck.load(bias, {out}).data;
+    return std::make_unique<LinearF32>(in, out, std::move(t.data), std::move(b));
+}
+}  // namespace
+
+LayerWeights layer_load_f32(const Checkpoint& ck, int i) {
     const ModelConfig& c = ck.config;
+    SQ_CHECK(i >= 0 && i < c.n_layers, "layer ", i, " out of range (", c.n_layers, " layers)");
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
-                  ff = c.d_ff, V = c.vocab;
+                  ff = c.d_ff;
+    const std::string p = "layers." + std::to_string(i) + ".";
+    LayerWeights L;
+    L.attn_norm = ck.load(p + "attn_norm", {d}).data;
+    L.ffn_norm = ck.load(p + "ffn_norm", {d}).data;
+    L.q = load_linear(ck, p + "q", qd, d, c.qkv_bias ? p + "q_bias" : "");
+    L.k = load_linear(ck, p + "k", kvd, d, c.qkv_bias ? p + "k_bias" : "");
+    L.v = load_linear(ck, p + "v", kvd, d, c.qkv_bias ? p + "v_bias" : "");
+    L.o = load_linear(ck, p + "o", d, qd);
+    L.gate = load_linear(ck, p + "gate", ff, d);
+    L.up = load_linear(ck, p + "up", ff, d);
+    L.down = load_linear(ck, p + "down", d, ff);
+    return L;
+}
+
+ModelWeights model_load_f32(const Checkpoint& ck, bool progress, bool layers) {
+    const ModelConfig& c = ck.config;
+    const int64_t d = c.d_model, V = c.vocab;
     ModelWeights w;
     w.cfg = c;
-    auto linear = [&](const std::string& name, int64_t out, int64_t in, const std::string& bias = "") {
-        TensorF32 t = ck.load(name, {out, in});
-        std::vector<float> b;
-        if (!bias.empty()) b = ck.load(bias, {out}).data;
-        return std::make_unique<LinearF32>(in, out, std::move(t.data), std::move(b));
-    };
     w.embed = ck.load("embed", {V, d}).data;
     w.final_norm = ck.load("final_norm", {d}).data;
     std::unique_ptr<Progress> bar;
-    if (progress) bar = std::make_unique<Progress>("load", c.n_layers + 1, "layer");
+    if (progress && layers) bar = std::make_unique<Progress>("load", c.n_layers + 1, "layer");
     w.layers.resize(c.n_layers);
-    for (int i = 0; i < c.n_layers; ++i) {
-        const std::string p = "layers." + std::to_string(i) + ".";
-        LayerWeights& L = w.layers[i];
-        L.attn_norm = ck.load(p + "attn_norm", {d}).data;
-        L.ffn_norm = ck.load(p + "ffn_norm", {d}).data;
-        L.q = linear(p + "q", qd, d, c.qkv_bias ? p + "q_bias" : "");
-        L.k = linear(p + "k", kvd, d, c.qkv_bias ? p + "k_bias" : "");
-        L.v = linear(p + "v", kvd, d, c.qkv_bias ? p + "v_bias" : "");
-        L.o = linear(p + "o", d, qd);
-        L.gate = linear(p + "gate", ff, d);
-        L.up = linear(p + "up", ff, d);
-        L.down = linear(p + "down", d, ff);
+    for (int i = 0; i < c.n_layers && layers; ++i) {
+        w.layers[i] = layer_load_f32(ck, i);
         if (bar) bar->add();
     }
     if (c.tied_embeddings || !ck.has("lm_head")) {
         w.lm_head = std::make_unique<LinearF32>(d, V, w.embed);
     } else {
-        w.lm_head = linear("lm_head", V, d);
+        w.lm_head = load_linear(ck, "lm_head", V, d);
     }
     if (bar) bar->finish();
     return w;

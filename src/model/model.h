@@ -60,8 +60,12 @@ void attention_block(const ModelWeights& w, int l, const float* inv_freq, const 
 // The MLP half up to the down_proj input: act [n, ff] = silu(x·Wgᵀ) ⊙ (x·Wuᵀ).
 void mlp_block(const LayerWeights& L, int64_t ff, const float* x, int64_t n, float* act);
 
-// Builds float32 weights from a checkpoint (progress bar per layer).
-ModelWeights model_load_f32(const Checkpoint& ck, bool progress = true);
+// Builds float32 weights from a checkpoint (progress bar per layer). With
+// layers = false only the embedding, final norm and lm_head are loaded and
+// w.layers holds n_layers empty entries, to be filled one at a time by
+// layer_load_f32 (streaming quantization: memory of one float layer).
+ModelWeights model_load_f32(const Checkpoint& ck, bool progress = true, bool layers = true);
+LayerWeights layer_load_f32(const Checkpoint& ck, int i);
 
 // Float32 KV cache: [layer][pos][kv_head][head_dim] for k and v.
 struct KVCache {

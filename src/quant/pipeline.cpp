@@ -457,17 +457,23 @@ void rotate_output(std::vector<float>& W, int64_t rows, int64_t cols, int n, con
 
 }  // namespace
 
-void model_rotate(ModelWeights& w, uint64_t seed) {
-    const ModelConfig& c = w.cfg;
-    const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
-                  V = c.vocab;
-    for (int n : {(int)d, (int)hd, (int)qd, c.d_ff})
+namespace {
+void rotation_check(const ModelConfig& c) {
+    for (int n : {c.d_model, c.head_dim, c.n_heads * c.head_dim, c.d_ff})
         SQ_CHECK(hadamard_supported(n), "quarot: no Hadamard matrix of order ", n, " for this model");
+}
+
+void fuse_cols(std::vector<float>& W, int64_t rows, int64_t cols, const std::vector<float>& g) {
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) W[i * cols + j] *= g[j];
+}
+
+// The embedding and lm_head part of model_rotate (layers untouched).
+void rotate_head(ModelWeights& w, uint64_t seed) {
+    const ModelConfig& c = w.cfg;
+    rotation_check(c);
+    const int64_t d = c.d_model, V = c.vocab;
     const std::vector<float> signs = hadamard_signs((int)d, seed);
-    auto fuse_cols = [](std::vector<float>& W, int64_t rows, int64_t cols, const std::vector<float>& g) {
-        for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < cols; ++j) W[i * cols + j] *= g[j];
-    };
     // lm_head gets its own copy (no longer tied once the norm is fused).
     LinearF32& lm = as_f32(w.lm_head);
     std::vector<float> lmw = lm.w;
@@ -476,30 +482,41 @@ void model_rotate(ModelWeights& w, uint64_t seed) {
     w.lm_head = std::make_unique<LinearF32>(d, V, std::move(lmw), lm.bias);
     std::fill(w.final_norm.begin(), w.final_norm.end(), 1.0f);
     hadamard_transform(w.embed.data(), V, (int)d, signs.data());
-    for (auto& L : w.layers) {
-        for (auto* p : {&L.q, &L.k, &L.v}) {
-            LinearF32& f = as_f32(*p);
-            fuse_cols(f.w, f.out, d, L.attn_norm);
-            hadamard_transform(f.w.data(), f.out, (int)d, signs.data());
-        }
-        for (auto* p : {&L.gate, &L.up}) {
-            LinearF32& f = as_f32(*p);
-            fuse_cols(f.w, f.out, d, L.ffn_norm);
-            hadamard_transform(f.w.data(), f.out, (int)d, signs.data());
-        }
-        std::fill(L.attn_norm.begin(), L.attn_norm.end(), 1.0f);
-        std::fill(L.ffn_norm.begin(), L.ffn_norm.end(), 1.0f);
-        // Writers to the residual: y' = y·R.
-        rotate_output(as_f32(L.o).w, d, qd, (int)d, signs.data());
-        rotate_output(as_f32(L.down).w, d, c.d_ff, (int)d, signs.data());
-        // V per head: v' = v·H_hd (output blocks of hd), o columns undo it.
-        LinearF32& v = as_f32(L.v);
-        rotate_output(v.w, kvd, d, (int)hd, nullptr, hd);
-        if (!v.bias.empty()) hadamard_transform(v.bias.data(), c.n_kv_heads, (int)hd);
-        LinearF32& o = as_f32(L.o);
-        hadamard_transform(o.w.data(), d * c.n_heads, (int)hd);
-    }
     w.qk_rotate = true;
+}
+
+// One layer's part of model_rotate: independent of every other layer, so a
+// streaming quantizer can rotate each layer as it loads it.
+void rotate_layer(LayerWeights& L, const ModelConfig& c, uint64_t seed) {
+    const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd;
+    const std::vector<float> signs = hadamard_signs((int)d, seed);
+    for (auto* p : {&L.q, &L.k, &L.v}) {
+        LinearF32& f = as_f32(*p);
+        fuse_cols(f.w, f.out, d, L.attn_norm);
+        hadamard_transform(f.w.data(), f.out, (int)d, signs.data());
+    }
+    for (auto* p : {&L.gate, &L.up}) {
+        LinearF32& f = as_f32(*p);
+        fuse_cols(f.w, f.out, d, L.ffn_norm);
+        hadamard_transform(f.w.data(), f.out, (int)d, signs.data());
+    }
+    std::fill(L.attn_norm.begin(), L.attn_norm.end(), 1.0f);
+    std::fill(L.ffn_norm.begin(), L.ffn_norm.end(), 1.0f);
+    // Writers to the residual: y' = y·R.
+    rotate_output(as_f32(L.o).w, d, qd, (int)d, signs.data());
+    rotate_output(as_f32(L.down).w, d, c.d_ff, (int)d, signs.data());
+    // V per head: v' = v·H_hd (output blocks of hd), o columns undo it.
+    LinearF32& v = as_f32(L.v);
+    rotate_output(v.w, kvd, d, (int)hd, nullptr, hd);
+    if (!v.bias.empty()) hadamard_transform(v.bias.data(), c.n_kv_heads, (int)hd);
+    LinearF32& o = as_f32(L.o);
+    hadamard_transform(o.w.data(), d * c.n_heads, (int)hd);
+}
+}  // namespace
+
+void model_rotate(ModelWeights& w, uint64_t seed) {
+    rotate_head(w, seed);
+    for (auto& L : w.layers) rotate_layer(L, w.cfg, seed);
 }
 
 void fold_smooth_qkv(LayerWeights& L, const std::vector<float>& s) {
@@ -640,7 +657,8 @@ void model_embed_q8(ModelWeights& w) {
     w.embed = {};
 }
 
-ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantConfig& qc, json* report) {
+ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantConfig& qc, json* report,
+                            const LayerLoader& load) {
     quant_config_validate(qc);
     if (qc.method == "fp") return w;
     const auto t_start = std::chrono::steady_clock::now();
@@ -651,7 +669,7 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
     const int n_seq = (int)cd.seqs.size(), len = qc.calib_len;
     const int64_t N = (int64_t)n_seq * len;
     json rep = {{"calib_sha256", cd.sha256}, {"calib_tokens", N}, {"calib_file_tokens", cd.file_tokens}};
-    if (qc.rotate) model_rotate(w, qc.rotate_seed);
+    if (qc.rotate) rotate_head(w, qc.rotate_seed);  // each layer is rotated as the loop reaches it
     w.kv_bits = qc.kv_bits;
     w.kv_clip = qc.kv_clip;
     const std::vector<float> inv_freq = rope_inv_freq(c);
@@ -672,6 +690,9 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
     const uint64_t had_seed_o = qc.rotate_seed + 1, had_seed_down = qc.rotate_seed + 2;
     for (int l = 0; l < c.n_layers; ++l) {
         LayerWeights& L = w.layers[l];
+        if (load) L = load(l);  // streaming: this layer's float weights only now
+        SQ_CHECK(L.q && L.down, "quantize: layer ", l, " has no weights (model loaded without layers and no loader)");
+        if (qc.rotate) rotate_layer(L, c, qc.rotate_seed);
         json lj = {{"layer", l}};
         // ---------------- q, k, v ----------------
         rmsnorm_f32(H.data(), L.attn_norm.data(), N, d, c.rms_eps, X.data());

@@ -3,6 +3,7 @@
 // through the same code, one decoder layer at a time (docs/method.md).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -87,9 +88,16 @@ void model_rotate(ModelWeights& w, uint64_t seed);
 // == 0 (throws otherwise) and a bias-free float32 lm_head.
 void model_embed_q8(ModelWeights& w);
 
+// Returns layer l's float32 weights (streaming quantization: layer_load_f32).
+using LayerLoader = std::function<LayerWeights(int)>;
+
 // Quantizes `w` (float32, consumed) on calibration text. Prints progress;
-// `report` (optional) receives per-layer statistics and timings.
+// `report` (optional) receives per-layer statistics and timings. With `load`,
+// w.layers may be empty entries (model_load_f32(ck, _, false)): each layer is
+// loaded when the loop reaches it and replaced by its quantized form, so the
+// float weights in memory are one layer's (plus embedding and lm_head), and
+// the output is byte for byte that of the whole-model call.
 ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantConfig& qc,
-                            nlohmann::json* report = nullptr);
+                            nlohmann::json* report = nullptr, const LayerLoader& load = {});
 
 }  // namespace sq
