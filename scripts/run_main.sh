@@ -2,7 +2,8 @@
 # The main job, end to end on the default model (SmolLM2-135M-Instruct):
 # install what is missing, fetch the model, build; generate from a prompt;
 # then quantize with SpecQuant (W4A4KV4) and with the QuaRot-style baseline
-# and compare them with full precision on the same WikiText-2 windows.
+# and compare them with full precision on the same WikiText-2 windows; then
+# the best configuration measured (rotation + SVD basis, k̄ 64, clip search).
 #   SQ_PPL_CHUNKS=4 SQ_CTX=512 SQ_CALIB_N=8 scripts/run_main.sh     (defaults; more windows = slower)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,3 +20,9 @@ echo "   (full precision = the GGUF's Q4_1/Q8_0 weights dequantized; quantized m
 $SQ compare -m "$MODEL" --methods fp,quarot,specquant --bits w4a4kv4 --suite wikitext2 \
     -c "${SQ_CTX:-512}" --chunks "${SQ_PPL_CHUNKS:-4}" --calib-n "${SQ_CALIB_N:-8}" --calib-len 256 --json out/main_compare.json
 echo "(JSON: out/main_compare.json)"
+echo "== the best configuration measured (options beyond the paper: rotation + SVD basis, k̄ 64, per-group activation clip)"
+echo "   (docs/results.md: full suite PPL 1.33 x FP, 9-task mean within 0.7-2 points of FP)"
+$SQ compare -m "$MODEL" --methods specquant --rotate --basis svd --k-bar 64 --a-clip-search on --bits w4a4kv4 \
+    --suite wikitext2 -c "${SQ_CTX:-512}" --chunks "${SQ_PPL_CHUNKS:-4}" --calib-n "${SQ_CALIB_N:-8}" --calib-len 256 \
+    --json out/main_compare_best.json
+echo "(JSON: out/main_compare_best.json)"
