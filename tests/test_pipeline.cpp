@@ -61,6 +61,18 @@ std::vector<float> random_scales(int64_t n, std::mt19937& rng) {
     return s;
 }
 
+// A method's config on the tiny fixture: KV4, calibration n × len tokens of
+// kCalib, k̄ 4 (the spectral rank must stay below in = 64).
+QuantConfig tiny_config(const char* method, int calib_n, int calib_len) {
+    QuantConfig qc = quant_config_for(method);
+    qc.kv_bits = 4;
+    qc.calib_path = kCalib;
+    qc.calib_n = calib_n;
+    qc.calib_len = calib_len;
+    qc.k_bar = 4;
+    return qc;
+}
+
 std::string read_bytes(const std::string& p) {
     std::ifstream f(p, std::ios::binary);
     std::stringstream ss;
@@ -129,13 +141,9 @@ TEST(Pipeline, MethodsRunDeterministicallyAndRoundTrip) {
     for (const char* method : {"rtn", "smoothquant", "gptq", "quarot", "specquant"}) {
         double w4a16_err = 0;
         for (int a_bits : {16, 4}) {
-            QuantConfig qc = quant_config_for(method);
+            QuantConfig qc = tiny_config(method, 4, 64);
             qc.a_bits = a_bits;
             qc.kv_bits = a_bits == 4 ? 4 : 16;
-            qc.calib_path = kCalib;
-            qc.calib_n = 4;
-            qc.calib_len = 64;
-            qc.k_bar = 4;
             nlohmann::json quant = quant_config_to_json(qc);
             std::string files[2];
             for (int rep = 0; rep < 2; ++rep) {
@@ -171,11 +179,7 @@ TEST(Pipeline, MethodsRunDeterministicallyAndRoundTrip) {
 TEST(Pipeline, ActClipSearchSetsOneClipPerGroup) {
     Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
     Tokenizer tok(ck.tokenizer);
-    QuantConfig qc = quant_config_for("quarot");
-    qc.kv_bits = 4;
-    qc.calib_path = kCalib;
-    qc.calib_n = 4;
-    qc.calib_len = 64;
+    QuantConfig qc = tiny_config("quarot", 4, 64);
     qc.a_clip_search = true;
     qc.a_clip_grid = {1.0f, 0.8f, 0.6f};
     nlohmann::json rep;
@@ -226,11 +230,7 @@ TEST(Pipeline, GptqQinputKeepsUncalibratedDirections) {
     const auto ref = logits_of(Model(model_load_f32(ck, false)), toks);
     double err[2];
     for (int qi = 0; qi < 2; ++qi) {
-        QuantConfig qc = quant_config_for("quarot");
-        qc.kv_bits = 4;
-        qc.calib_path = kCalib;
-        qc.calib_n = 1;
-        qc.calib_len = 24;
+        QuantConfig qc = tiny_config("quarot", 1, 24);
         qc.gptq_qinput = qi == 1;
         err[qi] = frob_rel(logits_of(Model(quantize_model(model_load_f32(ck, false), tok, qc)), toks), ref);
     }
@@ -245,12 +245,7 @@ TEST(Pipeline, StreamingEqualsWholeModel) {
     Tokenizer tok(ck.tokenizer);
     const std::string dir = fs::temp_directory_path().string();
     for (const char* method : {"quarot", "specquant"}) {
-        QuantConfig qc = quant_config_for(method);
-        qc.kv_bits = 4;
-        qc.calib_path = kCalib;
-        qc.calib_n = 2;
-        qc.calib_len = 64;
-        qc.k_bar = 4;
+        const QuantConfig qc = tiny_config(method, 2, 64);
         const nlohmann::json quant = quant_config_to_json(qc);
         const std::string a = dir + "/sq_stream_whole.sqm", b = dir + "/sq_stream_layers.sqm";
         packed_model_save(a, quantize_model(model_load_f32(ck, false), tok, qc), ck.tokenizer, quant);
@@ -267,11 +262,7 @@ TEST(Pipeline, StreamingEqualsWholeModel) {
         fs::remove(b);
     }
     // Without weights and without a loader: a clear error, not a crash.
-    QuantConfig qc = quant_config_for("rtn");
-    qc.calib_path = kCalib;
-    qc.calib_n = 1;
-    qc.calib_len = 32;
-    EXPECT_THROW(quantize_model(model_load_f32(ck, false, false), tok, qc), Error);
+    EXPECT_THROW(quantize_model(model_load_f32(ck, false, false), tok, tiny_config("rtn", 1, 32)), Error);
     EXPECT_THROW(layer_load_f32(ck, ck.config.n_layers), Error);
 }
 

@@ -201,7 +201,7 @@ nlohmann::json breakdown_json(const Breakdown& b) {
     return j;
 }
 
-// Op classes → GEMM / attention / quantization / other, for the summary line.
+// One line: the ops by decreasing time (those under 0.5% of the total left out), and the sum.
 std::string breakdown_line(const Breakdown& b) {
     double total = 0;
     for (const auto& [k, v] : b) total += v;
@@ -283,7 +283,7 @@ int cuda_bench(const CudaBenchOpts& o) {
     for (int n : o.prefill) SQ_CHECK(n > 0, "bench: prefill length ", n);
     for (int b : o.batches) SQ_CHECK(b > 0 && b <= 512, "bench: batch ", b, " out of range 1..512");
     SQ_CHECK(o.ctx >= 1 && o.decode >= 1 && o.reps >= 1 && o.rank >= 0, "bench: --ctx/--decode/--reps/--rank");
-    spectral_fuse_rows_from_name(o.spectral, "bench: --spectral");  // validates
+    const int fuse_rows = spectral_fuse_rows_from_name(o.spectral, "bench: --spectral");
     const int maxn = *std::max_element(o.prefill.begin(), o.prefill.end());
     const int maxb = *std::max_element(o.batches.begin(), o.batches.end());
     const int cap = std::max(maxn, maxb * (o.ctx + o.decode + 3));
@@ -299,7 +299,7 @@ int cuda_bench(const CudaBenchOpts& o) {
         auto run = [&](const std::string& name, bool bf16, int rank) {
             CudaSynthetic s;
             s.bf16 = bf16, s.rank = rank, s.kv_bits = o.kv_bits;
-            s.spectral_fuse_max_rows = spectral_fuse_rows_from_name(o.spectral, "--spectral");
+            s.spectral_fuse_max_rows = fuse_rows;
             res.push_back(cuda_variant(name, o, std::make_unique<ModelCuda>(c, s, cap)));
         };
         run("w4a4", false, 0);
@@ -309,7 +309,7 @@ int cuda_bench(const CudaBenchOpts& o) {
         what = o.model;
         LoadedModel lm = model_open(o.model, false);
         ModelCudaOptions native, bf16;
-        native.spectral_fuse_max_rows = spectral_fuse_rows_from_name(o.spectral, "--spectral");
+        native.spectral_fuse_max_rows = fuse_rows;
         bf16.bf16 = true;
         res.push_back(cuda_variant("native", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, native)));
         res.push_back(cuda_variant("bf16", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, bf16)));

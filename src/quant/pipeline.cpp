@@ -180,6 +180,24 @@ QinputFit qinput_fit(const float* X, int64_t n, int64_t in, const QuantConfig& q
     return f;
 }
 
+// What GPTQ gets for inputs X [n, in]: H = XᵀX, or with gptq_qinput the
+// quantized inputs' Hessian and the refit (nothing without GPTQ).
+struct GptqInputs {
+    std::vector<double> H;  // XᵀX (plain GPTQ)
+    QinputFit fit;          // gptq_qinput
+    bool qinput = false;
+    const double* h() const { return qinput ? fit.Hq.data() : H.empty() ? nullptr : H.data(); }
+    const std::vector<float>* refit() const { return qinput ? &fit.Pt : nullptr; }
+};
+
+GptqInputs gptq_inputs(const float* X, int64_t n, int64_t in, const QuantConfig& qc) {
+    GptqInputs g;
+    g.qinput = qc.gptq && qc.gptq_qinput && qc.a_bits < 16;
+    if (g.qinput) g.fit = qinput_fit(X, n, in, qc);
+    else if (qc.gptq) g.H = hessian(X, n, in);
+    return g;
+}
+
 std::vector<float> transpose_of(const std::vector<float>& a, int64_t r, int64_t c) {
     std::vector<float> t((size_t)r * c);
     for (int64_t i = 0; i < r; ++i)
@@ -586,13 +604,9 @@ void quantize_single(std::unique_ptr<Linear>& L, const std::vector<float>& X, in
         xin = Xr.data();
         hadamard_transform(f.w.data(), f.out, had, sg.data());
     }
-    QinputFit fit;
-    const bool qinput = qc.gptq && qc.gptq_qinput && qc.a_bits < 16;
-    if (qinput) fit = qinput_fit(xin, n, f.in, qc);
-    const std::vector<double> Hx = qc.gptq && !qinput ? hessian(xin, n, f.in) : std::vector<double>();
-    const double* H = qinput ? fit.Hq.data() : qc.gptq ? Hx.data() : nullptr;
-    QLinearData q = quantize_linear(f.w, f.out, f.in, f.bias, H, qc, qc.gptq, had, had_seed, &stats, false,
-                                    qinput ? &fit.Pt : nullptr);
+    const GptqInputs gi = gptq_inputs(xin, n, f.in, qc);
+    QLinearData q = quantize_linear(f.w, f.out, f.in, f.bias, gi.h(), qc, qc.gptq, had, had_seed, &stats, false,
+                                    gi.refit());
     if (clip_search) search_act_clip({&q}, xs, T, {yref}, qc, &stats);
     L = make_linear_w4a4(std::move(q));
 }
@@ -602,11 +616,7 @@ void quantize_single(std::unique_ptr<Linear>& L, const std::vector<float>& X, in
 void quantize_group(const std::vector<std::pair<std::unique_ptr<Linear>*, const char*>>& group,
                     const std::vector<float>& X, int64_t n, int64_t in, const QuantConfig& qc, json& lj,
                     const char* clip_key) {
-    QinputFit fit;
-    const bool qinput = qc.gptq && qc.gptq_qinput && qc.a_bits < 16;
-    if (qinput) fit = qinput_fit(X.data(), n, in, qc);
-    const std::vector<double> Hx = qc.gptq && !qinput ? hessian(X.data(), n, in) : std::vector<double>();
-    const double* H = qinput ? fit.Hq.data() : qc.gptq ? Hx.data() : nullptr;
+    const GptqInputs gi = gptq_inputs(X.data(), n, in, qc);
     const bool clip_search = qc.a_clip_search && qc.a_bits < 16;
     int64_t T = 0;
     std::vector<float> xs;
@@ -617,8 +627,7 @@ void quantize_group(const std::vector<std::pair<std::unique_ptr<Linear>*, const 
         LinearF32& f = as_f32(*p);
         if (clip_search) yref.push_back(float_outputs(f, xs, T));
         json st;
-        qs.push_back(quantize_linear(f.w, f.out, f.in, f.bias, H, qc, qc.gptq, 0, 0, &st, false,
-                                     qinput ? &fit.Pt : nullptr));
+        qs.push_back(quantize_linear(f.w, f.out, f.in, f.bias, gi.h(), qc, qc.gptq, 0, 0, &st, false, gi.refit()));
         lj[name] = st;
     }
     if (clip_search) {
