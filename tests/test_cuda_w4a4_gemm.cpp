@@ -174,6 +174,18 @@ TEST(CudaW4A4Gemm, GemvExactAwkwardShapes) {
             check(Problem(m, n, k, rng), kGemv, "gemv");
 }
 
+// The skinny GEMV (17..64 rows: two or four m16 tiles sharing each weight fragment, v4)
+// and w4a4_gemm's choice between it and the tiled kernel (k % 4 != 0 → tiled).
+TEST(CudaW4A4Gemm, GemvSkinnyExact) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 7);
+    for (int m : {17, 24, 31, 32, 33, 47, 48, 63, 64})
+        for (auto [n, k] : {std::pair{8, 128}, {40, 64}, {257, 132}, {2120, 256}, {264, 4}, {33, 4100}})
+            check(Problem(m, n, k, rng), kGemv, "gemv skinny");
+    for (auto [m, n, k] : {std::tuple{20, 100, 130}, {40, 264, 1001}, {64, 520, 512}})
+        check(Problem(m, n, k, rng), kAuto, "auto (17..64 rows)");
+}
+
 // Every tile configuration and GEMV variant the benchmark compares.
 TEST(CudaW4A4Gemm, AllConfigurations) {
     SKIP_WITHOUT_GPU();
@@ -274,7 +286,11 @@ TEST(CudaW4A4Gemm, RejectsBadArguments) {
     a.w = d + 1;  // unaligned weights
     EXPECT_THROW(cuda::w4a4_gemm(a, nullptr), Error);
     a.w = d;
-    a.m = 17;
+    a.m = 65;  // the GEMV takes at most 64 rows (W4G_GEMV_MAX_M)
+    EXPECT_THROW(cuda::w4a4_gemv(a, nullptr), Error);
+    a.m = 17, a.k = 15;  // 17..64 rows need k % 4 == 0
+    EXPECT_THROW(cuda::w4a4_gemv(a, nullptr), Error);
+    a.k = 16, a.q = d + 1;  // ... and 4-byte aligned activation rows
     EXPECT_THROW(cuda::w4a4_gemv(a, nullptr), Error);
     cudaFree(d);
 }

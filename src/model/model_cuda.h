@@ -41,6 +41,11 @@ struct ModelCudaOptions {
     // slower than cuBLAS in the prefill GEMM, docs/perf.md), INT_MAX = always.
     // Env: SQ_CUDA_SPECTRAL=cublas|auto|fused.
     int spectral_fuse_max_rows = 0;
+    // Decode fusion (docs/kernels-cuda-notes.md "Decode v4"): q/k/v and gate/up as one
+    // layer each (weights concatenated once at load, no second copy), the norm and SwiGLU
+    // kernels writing the next layer's activation codes (BF16: its bf16 input), RoPE and
+    // the KV store in one kernel. Same bits as unfused (tests). Env: SQ_CUDA_FUSE=0|1.
+    bool fuse = true;
     static ModelCudaOptions from_env();
 };
 
@@ -55,6 +60,7 @@ struct CudaSynthetic {
     int rank = 0;         // W4A4: spectral rank 2K−1 of every linear (0 = none; k̄ = 16 → 31)
     int spectral_fuse_max_rows = 16;  // see ModelCudaOptions (16: fused in decode only)
     int kv_bits = 16;     // KV cache fake quantization (stored as fp32 either way)
+    bool fuse = true;     // see ModelCudaOptions::fuse
     uint64_t seed = 1;
 };
 
