@@ -341,6 +341,12 @@ int main(int argc, char** argv) {
                                         b.w = (const uint8_t*)cw.p[i % cw.p.size()];
                                         cuda::w4a4_gemm(b, nullptr);
                                     }), ops, (double)cuda::w4g_bytes(n, k)});
+                    for (int c = 1; c < cuda::W4G_GEMV_CFGS && m <= 16; ++c)
+                        rows.push_back({sh.name, str("W4A4 gemv v", c, " strm"), m, timer.stream_us(cnt, [&](int i) {
+                                            cuda::W4GemmArgs b = a;
+                                            b.w = (const uint8_t*)cw.p[i % cw.p.size()];
+                                            cuda::w4a4_gemv_cfg(b, nullptr, c);
+                                        }), ops, (double)cuda::w4g_bytes(n, k)});
                     for (const Row& r : rows) print_row(r, r.kernel.rfind("W4A4", 0) == 0 ? bf16_us : 0, 0);
                     std::fflush(stdout);
                     continue;

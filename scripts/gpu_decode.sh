@@ -63,13 +63,13 @@ tests)  # every CUDA test, then memcheck of the new kernels' tests and the ones 
     ;;
 memcheck)
     env_setup
-    step memcheck_new 300 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T \
+    step memcheck_new 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T \
         --gtest_filter='CudaFused.*:CudaW4A4Gemm.GemvSkinnyExact:CudaW4A4Gemm.GemvExactAwkwardShapes:CudaModel.FusedDecodeIsBitIdentical'
     tail -n 4 "$OUT/memcheck_new.log"
-    step racecheck_new 200 compute-sanitizer --tool racecheck --error-exitcode 9 $T \
+    step racecheck_new 100 compute-sanitizer --tool racecheck --error-exitcode 9 $T \
         --gtest_filter='CudaFused.*:CudaW4A4Gemm.GemvSkinnyExact'
     tail -n 3 "$OUT/racecheck_new.log"
-    step memcheck_rest 400 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T \
+    step memcheck_rest 250 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T \
         --gtest_filter='CudaLoglik.*:CudaBatch.*:CudaModel.PipelineQuantizedMatchesCpu'
     tail -n 4 "$OUT/memcheck_rest.log"
     ;;

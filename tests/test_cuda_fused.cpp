@@ -1,7 +1,7 @@
 // The decode-fusion kernels (docs/kernels-cuda-notes.md "Decode v4") against the
 // scalar reference and against the unfused kernels they replace:
 //   - add_rmsnorm_quant: h += add exactly; y within float rounding of a double
-//     RMSNorm and bit-identical to add_rmsnorm; codes, scale, zero point equal to
+//     RMSNorm and bit-identical to the previous (plain loop) kernel; codes, scale, zero point equal to
 //     act_quant_ref(y) bit for bit; the bf16 copy equal to fp32_to_bf16(y);
 //   - silu_mul_rows (strided [gate | up] input): act bit-identical to silu_mul and
 //     within rounding of a double SiLU; codes = act_quant_ref(act), bf16 = fp32_to_bf16(act);
@@ -75,7 +75,7 @@ void expect_codes(const std::vector<float>& y, int n, int64_t d, int bits, float
 TEST(CudaFused, NormQuantEqualsReference) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 101);
-    for (int64_t d : {7, 64, 576, 1000, 4096}) {
+    for (int64_t d : {7, 64, 576, 1000, 4096, 5000}) {  // 5000: the plain loop (wider than 16 per thread)
         for (int n : {1, 3, 17}) {
             for (int bits : {4, 8}) {
                 SCOPED_TRACE(str("d=", d, " n=", n, " bits=", bits));
@@ -90,7 +90,9 @@ TEST(CudaFused, NormQuantEqualsReference) {
                 cuda::RowQuant rq;
                 rq.bits = bits, rq.clip = clip, rq.q8 = q8.p, rq.scale = sc.p, rq.zero = zp.p, rq.bf16 = yb.p;
                 cuda::add_rmsnorm_quant(dh.p, dadd.p, dw.p, n, (int)d, eps, dy.p, rq, nullptr);
-                cuda::add_rmsnorm(dh2.p, dadd.p, dw.p, n, (int)d, eps, dy2.p, nullptr);  // the unfused kernel
+                cuda::RowQuant plain;  // the previous engine's kernel: one element at a time, no codes
+                plain.plain = true;
+                cuda::add_rmsnorm_quant(dh2.p, dadd.p, dw.p, n, (int)d, eps, dy2.p, plain, nullptr);
                 const auto h = dh.get(), y = dy.get(), y2 = dy2.get(), h2 = dh2.get();
                 int bad_h = 0, bad_y = 0;
                 double worst = 0;
@@ -111,7 +113,7 @@ TEST(CudaFused, NormQuantEqualsReference) {
                     }
                 }
                 EXPECT_EQ(bad_h, 0) << "residual add";
-                EXPECT_EQ(bad_y, 0) << "y differs from add_rmsnorm";
+                EXPECT_EQ(bad_y, 0) << "y differs from the plain add_rmsnorm kernel";
                 EXPECT_LE(worst, 1e-5) << "y against a double RMSNorm";  // ~d float roundings of ss, relative
                 expect_codes(y, n, d, bits, clip, q8, sc, zp, yb, "add_rmsnorm_quant");
             }
@@ -122,7 +124,7 @@ TEST(CudaFused, NormQuantEqualsReference) {
 TEST(CudaFused, SiluMulQuantEqualsReference) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 102);
-    for (int ff : {5, 96, 1536, 3001, 14336}) {
+    for (int ff : {5, 96, 1536, 3001, 14336, 20000}) {  // 20000: the plain loop
         for (int n : {1, 2, 33}) {
             SCOPED_TRACE(str("ff=", ff, " n=", n));
             const int64_t ld = 2 * (int64_t)ff;  // [gate | up] rows
@@ -137,12 +139,17 @@ TEST(CudaFused, SiluMulQuantEqualsReference) {
             cuda::RowQuant rq;
             rq.bits = 4, rq.clip = 0.9f, rq.q8 = q8.p, rq.scale = sc.p, rq.zero = zp.p, rq.bf16 = ab.p;
             cuda::silu_mul_rows(dgu.p, dgu.p + ff, ld, n, ff, dact.p, rq, nullptr);
+            DevBuf<float> dact2((size_t)n * ff);  // the plain loop, no codes
+            cuda::RowQuant plain;
+            plain.plain = true;
+            cuda::silu_mul_rows(dgu.p, dgu.p + ff, ld, n, ff, dact2.p, plain, nullptr);
+            const auto act2 = dact2.get();
             cuda::silu_mul(dg.p, du.p, (int64_t)n * ff, nullptr);  // the unfused kernel, in place in g
             const auto act = dact.get(), unf = dg.get();
             int bad = 0;
             double worst = 0;
             for (size_t i = 0; i < act.size(); ++i) {
-                bad += fbits(act[i]) != fbits(unf[i]);
+                bad += fbits(act[i]) != fbits(unf[i]) || fbits(act2[i]) != fbits(act[i]);
                 const double x = g[i], ref = x / (1.0 + std::exp(-x)) * u[i];
                 worst = std::max(worst, std::fabs(act[i] - ref) / (std::fabs(ref) + 1e-6));
             }

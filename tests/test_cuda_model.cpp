@@ -72,7 +72,7 @@ std::vector<float> quant_inputs(int n, int64_t k, std::mt19937& rng) {
 TEST(CudaKernels, ActQuantEqualsReferenceBitForBit) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed());
-    for (int64_t k : {1, 7, 64, 97, 576, 1536, 4099}) {
+    for (int64_t k : {1, 7, 64, 97, 576, 1536, 4099, 20000}) {  // 20000: wider than the register-cached kernel
         for (int bits : {2, 4, 8}) {
             for (float clip : {0.9f, 1.0f}) {
                 const int n = 13;
@@ -253,6 +253,33 @@ TEST(CudaKernels, DecodeAttentionMatchesAttention) {
         EXPECT_LE(w2, 1e-5) << "attention_decode heads " << sh.heads << "/" << sh.kv << " hd " << sh.hd;
         std::printf("[cuda] decode attention %d/%d heads hd %d: rows %d bits differ, split max |d| %.2e\n", sh.heads,
                     sh.kv, sh.hd, diff1, w2);
+        // Decode v4: the merge that also makes the o projection's input (one block per sequence):
+        // the same output bits; codes = act_quant_ref(out), bf16 = fp32_to_bf16(out), exactly.
+        DevBuf<float> o4((size_t)B * qd), sc(B);
+        DevBuf<int32_t> zp(B);
+        DevBuf<uint8_t> q8((size_t)B * qd);
+        DevBuf<uint16_t> ob((size_t)B * qd);
+        cuda::RowQuant rq;
+        rq.bits = 4, rq.clip = 0.9f, rq.q8 = q8.p, rq.scale = sc.p, rq.zero = zp.p, rq.bf16 = ob.p;
+        cuda::attention_decode(dq.p, dkc.p, dvc.p, B, drows.p, dpos.p, sh.heads, sh.kv, sh.hd, S, part.p, o4.p,
+                               nullptr, rq);
+        const auto a4 = o4.get();
+        const auto c4 = q8.get();
+        const auto b4 = ob.get();
+        const auto s4 = sc.get();
+        const auto z4 = zp.get();
+        std::vector<uint8_t> q_ref((size_t)B * qd);
+        std::vector<float> s_ref(B);
+        std::vector<int32_t> z_ref(B);
+        act_quant_ref(a4.data(), B, qd, 4, 0.9f, q_ref.data(), s_ref.data(), z_ref.data());
+        int diff4 = 0, bad_codes = 0;
+        for (size_t i = 0; i < a4.size(); ++i) {
+            diff4 += bits_of(a4[i]) != bits_of(a2[i]);
+            bad_codes += c4[i] != q_ref[i] || b4[i] != fp32_to_bf16(a4[i]);
+        }
+        for (int b = 0; b < B; ++b) bad_codes += bits_of(s4[b]) != bits_of(s_ref[b]) || z4[b] != z_ref[b];
+        EXPECT_EQ(diff4, 0) << "attention_decode with codes: output differs";
+        EXPECT_EQ(bad_codes, 0) << "attention_decode codes / bf16 against act_quant_ref / fp32_to_bf16";
     }
 }
 

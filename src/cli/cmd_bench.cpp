@@ -12,7 +12,7 @@
 //
 // specquant bench --device cuda (--shape llama3-8b|llama2-7b|smollm2 | -m MODEL) [--prefill-lens 256,2048,8192]
 //                 [--batches 1,8,32] [--ctx 512] [--decode 32] [--rank 31] [--kv-bits 16] [--reps 3]
-//                 [--spectral auto|fused|cublas] [--json FILE]
+//                 [--spectral auto|fused|cublas] [--fuse 1|0] [--json FILE]
 // (built with -DSPECQUANT_CUDA=ON): the GPU engine (model/model_cuda.h) in the
 // same process for W4A4 on the INT8 tensor cores (spectral branch off and,
 // with --rank R > 0, on at rank R), and every linear layer in BF16 through

@@ -724,6 +724,8 @@ struct ModelCuda::Impl {
                     cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, pos_dev.get(), stream);
             }
             const float* qa = qk_rotate ? qr.get() : q.get();
+            // Batched decode: the attention merge also writes o's input codes (or bf16 copy).
+            const cuda::RowQuant o_rq = mode == Mode::batch ? row_quant_for(&L.o) : cuda::RowQuant{};
             {
                 const ProfScope ps = prof("attention");
                 if (mode == Mode::varlen)
@@ -731,11 +733,12 @@ struct ModelCuda::Impl {
                                            att_blocks.get(), att_nblocks);
                 else if (mode == Mode::batch)  // one token per sequence: keys split over blocks
                     cuda::attention_decode(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, dec_cap,
-                                           dec_part.get(), att.get(), stream);
+                                           dec_part.get(), att.get(), stream, o_rq);
                 else
                     cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream);
+                quant_done(o_rq, &L.o, att.get(), n);
             }
-            linear(L.o, att.get(), n, proj.get());
+            linear(L.o, att.get(), n, proj.get(), true);
             const bool fg = fused_runs(L.gu, n);
             {
                 const ProfScope ps = prof("norm");
@@ -743,10 +746,12 @@ struct ModelCuda::Impl {
             }
             if (fg) {
                 linear(L.gu, x.get(), n, upb.get(), true);
-                const ProfScope ps = prof("silu_mul");
-                const cuda::RowQuant rq = row_quant_for(&L.down);
-                cuda::silu_mul_rows(upb.get(), upb.get() + ff, 2 * ff, n, (int)ff, act.get(), rq, stream);
-                quant_done(rq, &L.down, act.get(), n);
+                {
+                    const ProfScope ps = prof("silu_mul");
+                    const cuda::RowQuant rq = row_quant_for(&L.down);
+                    cuda::silu_mul_rows(upb.get(), upb.get() + ff, 2 * ff, n, (int)ff, act.get(), rq, stream);
+                    quant_done(rq, &L.down, act.get(), n);
+                }
                 linear(L.down, act.get(), n, proj.get(), true);
             } else {
                 linear(L.gate, x.get(), n, act.get(), true);

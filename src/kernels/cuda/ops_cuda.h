@@ -39,6 +39,7 @@ struct RowQuant {
     float* scale = nullptr;
     int32_t* zero = nullptr;
     uint16_t* bf16 = nullptr;
+    bool plain = false;  // tests: the plain one-element-at-a-time loop instead of the register-cached kernel
 };
 
 // add_rmsnorm (add may be null: rmsnorm of h in place of x) with the fp32 output y always
@@ -117,8 +118,11 @@ void attention_rows(const float* q, const float* kc, const float* vc, int n, con
 // captured graph serves every length); part: attention_decode_scratch floats.
 // Float order differs from attention_rows (tests: max abs Δ ≤ 1e-5).
 size_t attention_decode_scratch(int n, int heads, int hd, int max_keys);
+// o (decode v4): also the o projection's input codes / bf16 copy of out (RowQuant), made by
+// the merge kernel itself (one block per sequence) in the same pass; same bits as without.
 void attention_decode(const float* q, const float* kc, const float* vc, int n, const int* kv_rows, const int* positions,
-                      int heads, int kv_heads, int hd, int max_keys, float* part, float* out, cudaStream_t s);
+                      int heads, int kv_heads, int hd, int max_keys, float* part, float* out, cudaStream_t s,
+                      const RowQuant& o = RowQuant{});
 
 // The block table of attention_varlen (host side) for sequences of
 // seq_lens[i] tokens and `group` query heads per KV head: row0, row end, ...

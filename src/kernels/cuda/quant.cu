@@ -16,7 +16,10 @@ namespace sq::cuda {
 
 namespace {
 
-// One block per token row.
+// One block per token row. V > 0 (v4): k ≤ V·blockDim.x, the row loaded into registers
+// up front (one memory round trip, not one per element per pass: the decode rows are one
+// block each, latency bound); max/min are order-free, so the result is the same bits.
+template <int V>
 __global__ void act_quant_kernel(const float* __restrict__ x, int64_t k, int bits, float clip, float* __restrict__ qf,
                                  uint8_t* __restrict__ q8, float* __restrict__ scale, int32_t* __restrict__ zero) {
     __shared__ float red_mx[32], red_mn[32];
@@ -26,43 +29,69 @@ __global__ void act_quant_kernel(const float* __restrict__ x, int64_t k, int bit
     pdl_trigger();
     const int64_t t = blockIdx.x;
     const float* xr = x + t * k;
-    float mx = 0.0f, mn = 0.0f;  // the range always contains 0
-    for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
-        const float v = xr[i];
-        mx = ref_max(mx, v);
-        mn = ref_min(mn, v);
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        mx = ref_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        mn = ref_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-    }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) {
-        red_mx[warp] = mx;
-        red_mn[warp] = mn;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float a = 0.0f, b = 0.0f;
-        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
-            a = ref_max(a, red_mx[w]);
-            b = ref_min(b, red_mn[w]);
-        }
+    if constexpr (V > 0) {
+        __shared__ float red[64];
+        const int tid = threadIdx.x, nt = blockDim.x;
+        float xv[V];
+        float mx = 0.0f, mn = 0.0f;
+#pragma unroll
+        for (int j = 0; j < V; ++j) xv[j] = tid + j * nt < k ? xr[tid + j * nt] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < V; ++j)
+            if (tid + j * nt < k) mx = ref_max(mx, xv[j]), mn = ref_min(mn, xv[j]);
+        block_range(mx, mn, red);
         float s;
         int z;
-        asym_params(a, b, bits, clip, &s, &z);
-        s_sh = s;
-        z_sh = z;
-        scale[t] = s;
-        zero[t] = z;
-    }
-    __syncthreads();
-    const float s = s_sh;
-    const int z = z_sh, qmax = (1 << bits) - 1;
-    for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
-        const int q = quant_one(xr[i], s, z, qmax);
-        if (qf) qf[t * k + i] = (float)q;
-        if (q8) q8[t * k + i] = (uint8_t)q;
+        asym_params(mx, mn, bits, clip, &s, &z);
+        if (tid == 0) scale[t] = s, zero[t] = z;
+        const int qmax = (1 << bits) - 1;
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const int64_t i = tid + j * nt;
+            if (i >= k) continue;
+            const int q = quant_one(xv[j], s, z, qmax);
+            if (qf) qf[t * k + i] = (float)q;
+            if (q8) q8[t * k + i] = (uint8_t)q;
+        }
+    } else {
+        float mx = 0.0f, mn = 0.0f;  // the range always contains 0
+        for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+            const float v = xr[i];
+            mx = ref_max(mx, v);
+            mn = ref_min(mn, v);
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            mx = ref_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            mn = ref_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+        }
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        if (lane == 0) {
+            red_mx[warp] = mx;
+            red_mn[warp] = mn;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            float a = 0.0f, b = 0.0f;
+            for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
+                a = ref_max(a, red_mx[w]);
+                b = ref_min(b, red_mn[w]);
+            }
+            float s;
+            int z;
+            asym_params(a, b, bits, clip, &s, &z);
+            s_sh = s;
+            z_sh = z;
+            scale[t] = s;
+            zero[t] = z;
+        }
+        __syncthreads();
+        const float s = s_sh;
+        const int z = z_sh, qmax = (1 << bits) - 1;
+        for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+            const int q = quant_one(xr[i], s, z, qmax);
+            if (qf) qf[t * k + i] = (float)q;
+            if (q8) q8[t * k + i] = (uint8_t)q;
+        }
     }
 }
 
@@ -167,8 +196,8 @@ void act_quant(const float* x, int n, int64_t k, int bits, float clip, float* qf
     // 16 elements per thread at 256 threads, two passes); 1024 threads cut that 4×.
     // The result does not depend on the block size (max/min are order-free).
     const int threads = n < 64 && k >= 2048 ? 1024 : 256;
-    launch_pdl("act_quant", act_quant_kernel, dim3((unsigned)n), dim3(threads), 0, s, x, k, bits, clip, qf, q8, scale,
-               zero);
+    auto kern = k <= 16 * threads ? act_quant_kernel<16> : act_quant_kernel<0>;
+    launch_pdl("act_quant", kern, dim3((unsigned)n), dim3(threads), 0, s, x, k, bits, clip, qf, q8, scale, zero);
 }
 
 void acc_add_i32(const float* part, int64_t count, bool first, int32_t* acc, cudaStream_t s) {

@@ -296,8 +296,11 @@ constexpr int kPrefetchBlocks = 64;  // per warp: 32 KB; 396 resident blocks →
 
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 
-template <int NT, int U, int MT, bool kRows16, bool kAligned4>
-__global__ void __launch_bounds__(V_WARPS * 32, MT == 1 ? (U <= 2 && NT <= 2 ? 3 : 1) : 2)
+// kDB (v5): double-buffered weights: the next iteration's U·NT loads are issued before
+// this iteration's MMAs, so a warp has two iterations of weights in flight (2 blocks per
+// SM at ≤ 128 registers: for grids that fit two per SM anyway, the narrow shapes).
+template <int NT, int U, int MT, bool kRows16, bool kAligned4, bool kDB = false>
+__global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && NT <= 2 ? 3 : 1) : 2))
     gemv_kernel(const W4GemmArgs a) {
     __shared__ int red[V_WARPS][NT][4][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -362,7 +365,12 @@ __global__ void __launch_bounds__(V_WARPS * 32, MT == 1 ? (U <= 2 && NT <= 2 ? 3
             for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0;
 
     for (int kb0 = warp; kb0 < KB; kb0 += V_WARPS * U) {
-        if (kb0 != warp) load_w(w, kb0);
+        uint4 wn[U][NT];
+        if constexpr (kDB) {
+            if (kb0 + V_WARPS * U < KB) load_w(wn, kb0 + V_WARPS * U);
+        } else if (kb0 != warp) {
+            load_w(w, kb0);
+        }
         uint32_t af[U][4][MT][4];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -391,6 +399,12 @@ __global__ void __launch_bounds__(V_WARPS * 32, MT == 1 ? (U <= 2 && NT <= 2 ? 3
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) mma_u8s8(acc[mt][nt], af[u][s][mt], b0, b1);
                 }
+        }
+        if constexpr (kDB) {
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) w[u][nt] = wn[u][nt];
         }
     }
 #pragma unroll
@@ -427,7 +441,7 @@ void check_args(const W4GemmArgs& a, const char* who) {
              ": fused spectral branch needs spec_z and spec_c, and no spec");
 }
 
-template <int NT, int U, int MT = 1>
+template <int NT, int U, int MT = 1, bool DB = false>
 void launch_gemv(const W4GemmArgs& a, cudaStream_t s) {
     const bool rows16 = a.m > 8, al4 = a.k % 4 == 0 && ((uintptr_t)a.q & 3) == 0;
     const dim3 blocks((unsigned)((w4g_n_pad(a.n) / W4G_NB + NT - 1) / NT)), threads(V_WARPS * 32);
@@ -435,10 +449,10 @@ void launch_gemv(const W4GemmArgs& a, cudaStream_t s) {
         SQ_CHECK(al4, "w4a4_gemv: m = ", a.m, " > 16 needs k % 4 == 0 and 4-byte aligned activations");
         launch_pdl("w4a4_gemv", gemv_kernel<NT, U, MT, true, true>, blocks, threads, 0, s, a);
     } else {
-        if (rows16 && al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, true>, blocks, threads, 0, s, a);
-        else if (rows16) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, false>, blocks, threads, 0, s, a);
-        else if (al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, true>, blocks, threads, 0, s, a);
-        else launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, false>, blocks, threads, 0, s, a);
+        if (rows16 && al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, true, DB>, blocks, threads, 0, s, a);
+        else if (rows16) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, false, DB>, blocks, threads, 0, s, a);
+        else if (al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, true, DB>, blocks, threads, 0, s, a);
+        else launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, false, DB>, blocks, threads, 0, s, a);
     }
 }
 
@@ -485,6 +499,13 @@ void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
     // (3 blocks of 8 warps per SM at ≤ 85 registers: 396 on 132 SMs; a second,
     // partial wave cost up to 30% in v1). m > 8 keeps NT ≥ 2: each block re-reads
     // the m·k activation bytes, 4·NT·k weight bytes per block.
+    if (cfg == 3) {  // v5: double-buffered, 2 blocks per SM: the fewest NT (≥ 2) that fit one wave of 2·SMs
+        int nt = 2;
+        while (nt < 4 && (nb + nt - 1) / nt > 2 * (int64_t)sms) nt *= 2;
+        if (nt == 2) launch_gemv<2, 2, 1, true>(a, s);
+        else launch_gemv<4, 2, 1, true>(a, s);
+        return;
+    }
     const int64_t slots = 3 * (int64_t)sms;
     int nt = a.m > 8 ? 2 : 1;
     while (nt < 4 && (nb + nt - 1) / nt > slots) nt *= 2;

@@ -103,8 +103,9 @@ bool w4a4_gemv_fits(int m, int k, const uint8_t* q);
 void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s);
 
 // GEMV variants compared in docs/kernels-cuda-notes.md: layout blocks per warp and
-// iteration U = 2 (0, the default), 4 (1), 8 (2). Tests, benchmark.
-constexpr int W4G_GEMV_CFGS = 3;
+// iteration U = 2 (0, the default), 4 (1), 8 (2); 3: U = 2 with double-buffered weights
+// (v5), NT ≥ 2, 2 blocks per SM. Tests, benchmark.
+constexpr int W4G_GEMV_CFGS = 4;
 void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg);
 
 }  // namespace sq::cuda
