@@ -161,7 +161,7 @@ __global__ void silu_mul_kernel(float* __restrict__ g, const float* __restrict__
 // V > 0: ff ≤ V·blockDim.x, every load issued up front and the values kept in registers
 // (element-wise and order-free, so the bits do not depend on V or the block size).
 template <int V>
-__global__ void silu_mul_rows_kernel(const float* __restrict__ g, const float* __restrict__ u, int64_t ld, int ff,
+__global__ void __launch_bounds__(1024) silu_mul_rows_kernel(const float* __restrict__ g, const float* __restrict__ u, int64_t ld, int ff,
                                      float* __restrict__ act, int bits, float clip, uint8_t* __restrict__ q8,
                                      float* __restrict__ q_scale, int32_t* __restrict__ q_zero,
                                      __nv_bfloat16* __restrict__ ab) {
@@ -287,7 +287,10 @@ void silu_mul_rows(const float* g, const float* u, int64_t ld, int n, int ff, fl
              "zero and 1..8 bits (", o.bits, ")");
     // Few wide rows (decode): 1024 threads per row (14336 wide: 14 elements per thread).
     const int threads = n < 64 && ff >= 2048 ? 1024 : 256;
-    auto k = !o.plain && ff <= 16 * threads ? silu_mul_rows_kernel<16> : silu_mul_rows_kernel<0>;
+    // Registers per thread: the fewest V that hold the row (≤ 64 registers at 1024 threads).
+    auto k = o.plain || ff > 16 * threads ? silu_mul_rows_kernel<0>
+             : ff <= 4 * threads          ? silu_mul_rows_kernel<4>
+                                          : silu_mul_rows_kernel<16>;
     launch_pdl("silu_mul_rows", k, dim3((unsigned)n), dim3(threads), 0, s, g, u, ld, ff, act, o.bits, o.clip, o.q8,
                o.scale, o.zero, reinterpret_cast<__nv_bfloat16*>(o.bf16));
 }

@@ -20,7 +20,7 @@ namespace {
 // up front (one memory round trip, not one per element per pass: the decode rows are one
 // block each, latency bound); max/min are order-free, so the result is the same bits.
 template <int V>
-__global__ void act_quant_kernel(const float* __restrict__ x, int64_t k, int bits, float clip, float* __restrict__ qf,
+__global__ void __launch_bounds__(1024) act_quant_kernel(const float* __restrict__ x, int64_t k, int bits, float clip, float* __restrict__ qf,
                                  uint8_t* __restrict__ q8, float* __restrict__ scale, int32_t* __restrict__ zero) {
     __shared__ float red_mx[32], red_mn[32];
     __shared__ float s_sh;
@@ -196,7 +196,7 @@ void act_quant(const float* x, int n, int64_t k, int bits, float clip, float* qf
     // 16 elements per thread at 256 threads, two passes); 1024 threads cut that 4×.
     // The result does not depend on the block size (max/min are order-free).
     const int threads = n < 64 && k >= 2048 ? 1024 : 256;
-    auto kern = k <= 16 * threads ? act_quant_kernel<16> : act_quant_kernel<0>;
+    auto kern = k > 16 * threads ? act_quant_kernel<0> : k <= 4 * threads ? act_quant_kernel<4> : act_quant_kernel<16>;
     launch_pdl("act_quant", kern, dim3((unsigned)n), dim3(threads), 0, s, x, k, bits, clip, qf, q8, scale, zero);
 }
 

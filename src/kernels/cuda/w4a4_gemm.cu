@@ -473,7 +473,13 @@ void w4a4_gemm_tiled_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
     }
 }
 
-void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s) { w4a4_gemv_cfg(a, s, 0); }  // U = 2
+// U = 2; double-buffered (cfg 3, v5) when a warp has ≥ 4 iterations (k ≥ 8192: down at 14336
+// went 16.1 → 13.8 µs back to back, 61 → 71% of HBM; at k = 4096 (2 iterations) it was a
+// little slower: 6.7 → 8.0 µs at qkv, docs/perf.md "Decode v4").
+void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s) {
+    const bool db = a.m <= 16 && (a.k + TB_K - 1) / TB_K >= 4 * V_WARPS * 2;
+    w4a4_gemv_cfg(a, s, db ? 3 : 0);
+}
 
 bool w4a4_gemv_fits(int m, int k, const uint8_t* q) {
     return m <= 16 || (m <= W4G_GEMV_MAX_M && k % 4 == 0 && ((uintptr_t)q & 3) == 0);
