@@ -85,6 +85,10 @@ gemm)
     step gemm_stream 200 $G --stream --reps 15
     cat "$OUT/gemm_stream.log"
     ;;
+gemm1)  # one launch after an L2 flush (the method of docs/perf.md "CUDA W4A4 GEMM")
+    env_setup
+    step gemm_single 240 $G --reps 30
+    ;;
 *)
     echo "usage: $0 pack DIR | tests DIR | memcheck | bench | gemm" >&2
     exit 2

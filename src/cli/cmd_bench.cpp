@@ -422,7 +422,7 @@ static CommandAction bench_setup(CLI::App& app) {
         ->capture_default_str();
     app.add_option("--spectral", co->spectral,
                    "cuda: W4A4 spectral branch ·Cᵀ fused into the GEMM epilogue (fused), two cuBLAS GEMMs (cublas), "
-                   "or fused in decode calls of ≤ 16 rows only (auto)")
+                   "or fused in the GEMV calls of ≤ 64 rows only, i.e. decode (auto)")
         ->capture_default_str();
     app.add_option("--fuse", co->fuse,
                    "cuda: decode fusion (q/k/v and gate/up as one layer, norm/SwiGLU writing the next codes, "

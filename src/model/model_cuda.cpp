@@ -724,8 +724,6 @@ struct ModelCuda::Impl {
                     cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, pos_dev.get(), stream);
             }
             const float* qa = qk_rotate ? qr.get() : q.get();
-            // Batched decode: the attention merge also writes o's input codes (or bf16 copy).
-            const cuda::RowQuant o_rq = mode == Mode::batch ? row_quant_for(&L.o) : cuda::RowQuant{};
             {
                 const ProfScope ps = prof("attention");
                 if (mode == Mode::varlen)
@@ -733,12 +731,13 @@ struct ModelCuda::Impl {
                                            att_blocks.get(), att_nblocks);
                 else if (mode == Mode::batch)  // one token per sequence: keys split over blocks
                     cuda::attention_decode(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, dec_cap,
-                                           dec_part.get(), att.get(), stream, o_rq);
+                                           dec_part.get(), att.get(), stream);
                 else
                     cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream);
-                quant_done(o_rq, &L.o, att.get(), n);
             }
-            linear(L.o, att.get(), n, proj.get(), true);
+            // o's codes come from act_quant: attention_decode can make them in its merge (RowQuant),
+            // but one block per sequence was slower than the 32-block merge + act_quant (v4c, notes).
+            linear(L.o, att.get(), n, proj.get());
             const bool fg = fused_runs(L.gu, n);
             {
                 const ProfScope ps = prof("norm");
@@ -972,7 +971,7 @@ struct ModelCuda::Impl {
 
 int spectral_fuse_rows_from_name(const std::string& v, const std::string& what) {
     if (v == "cublas") return 0;
-    if (v == "auto") return 16;
+    if (v == "auto") return cuda::W4G_GEMV_MAX_M;  // every GEMV call (decode up to 64 rows), not the tiled GEMM
     if (v == "fused") return std::numeric_limits<int>::max();
     fail(what, " must be cublas, auto or fused, got '", v, "'");
 }

@@ -261,6 +261,8 @@ __global__ void __launch_bounds__(kDecThreads) attention_decode_part(
         const int h = i / hd, d = i - h * hd;
         const float* vr = vc + (size_t)k0 * kvd + (size_t)g * hd + d;
         float o = 0.0f;
+        // Unrolled: the value loads of 8 keys are issued together (the sum keeps its order: same bits).
+#pragma unroll 8
         for (int j = 0; j < nk; ++j) o += ss[h * kDecKeys + j] * vr[(size_t)j * kvd];
         out0[h * splits * stride + d] = o;
         if (d == 0) {
@@ -278,6 +280,7 @@ __device__ __forceinline__ void merge_stats(const float* __restrict__ p, int hd,
     float M = -FLT_MAX;
     for (int c = 0; c < splits; ++c) M = fmaxf(M, p[c * stride + hd]);
     float L = 0.0f;
+#pragma unroll 4
     for (int c = 0; c < splits; ++c) L += p[c * stride + hd + 1] * expf(p[c * stride + hd] - M);
     *M_out = M;
     *inv_out = 1.0f / L;
@@ -285,6 +288,7 @@ __device__ __forceinline__ void merge_stats(const float* __restrict__ p, int hd,
 __device__ __forceinline__ float merge_one(const float* __restrict__ p, int hd, int splits, int d, float M, float inv) {
     const size_t stride = (size_t)hd + 2;
     float o = 0.0f;
+#pragma unroll 4
     for (int c = 0; c < splits; ++c) o += p[c * stride + d] * expf(p[c * stride + hd] - M);
     return o * inv;
 }
