@@ -82,12 +82,11 @@ bench)  # end to end, LLaMA-3-8B shape; ${3:-} = extra bench flags
     ;;
 gemm)
     env_setup
-    step gemm_stream 200 $G --stream --reps 15
-    cat "$OUT/gemm_stream.log"
+    step gemm_stream${GTAG:-} 200 $G --stream --reps 15
     ;;
 gemm1)  # one launch after an L2 flush (the method of docs/perf.md "CUDA W4A4 GEMM")
     env_setup
-    step gemm_single 240 $G --reps 30
+    step gemm_single${GTAG:-} 240 $G --reps 30
     ;;
 *)
     echo "usage: $0 pack DIR | tests DIR | memcheck | bench | gemm" >&2

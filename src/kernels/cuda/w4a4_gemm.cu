@@ -5,6 +5,7 @@
 // benchmark: bench/bench_cuda_gemm.cu.
 #include "kernels/cuda/w4a4_gemm.h"
 
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
@@ -301,7 +302,7 @@ __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefe
 // SM at ≤ 128 registers: for grids that fit two per SM anyway, the narrow shapes).
 template <int NT, int U, int MT, bool kRows16, bool kAligned4, bool kDB = false>
 __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && NT <= 2 ? 3 : 1) : 2))
-    gemv_kernel(const W4GemmArgs a) {
+    gemv_kernel(const W4GemmArgs a, int prefetch_blocks) {
     __shared__ int red[V_WARPS][NT][4][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int nb0 = blockIdx.x * NT;
@@ -323,7 +324,7 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
     load_w(w, warp);
     {  // L2 prefetch of this warp's later blocks: (kb, nt) pairs, 4 lines of 128 B per 512-byte block
         const int per_nt = (KB - warp + V_WARPS - 1) / V_WARPS;  // this warp's kb count
-        const int total = min(per_nt * NT, kPrefetchBlocks);
+        const int total = min(per_nt * NT, prefetch_blocks);
         for (int j = U * NT + lane / 4; j < total; j += 8) {
             const int kb = warp + (j / NT) * V_WARPS, nb = nb0 + j % NT;
             if (nb < NB) prefetch_l2(a.w + ((int64_t)nb * KB + kb) * 512 + (lane & 3) * 128);
@@ -441,18 +442,28 @@ void check_args(const W4GemmArgs& a, const char* who) {
              ": fused spectral branch needs spec_z and spec_c, and no spec");
 }
 
+// SQ_CUDA_GEMV_PREFETCH=0: no L2 prefetch before the PDL wait (A/B of docs/perf.md "Decode v4").
+int gemv_prefetch_blocks() {
+    static const int n = [] {
+        const char* e = std::getenv("SQ_CUDA_GEMV_PREFETCH");
+        return e && std::strcmp(e, "0") == 0 ? 0 : kPrefetchBlocks;
+    }();
+    return n;
+}
+
 template <int NT, int U, int MT = 1, bool DB = false>
 void launch_gemv(const W4GemmArgs& a, cudaStream_t s) {
+    const int pf = gemv_prefetch_blocks();
     const bool rows16 = a.m > 8, al4 = a.k % 4 == 0 && ((uintptr_t)a.q & 3) == 0;
     const dim3 blocks((unsigned)((w4g_n_pad(a.n) / W4G_NB + NT - 1) / NT)), threads(V_WARPS * 32);
     if constexpr (MT > 1) {  // m > 16: aligned rows only (w4a4_gemv_cfg sends the rest to the tiled kernel)
         SQ_CHECK(al4, "w4a4_gemv: m = ", a.m, " > 16 needs k % 4 == 0 and 4-byte aligned activations");
-        launch_pdl("w4a4_gemv", gemv_kernel<NT, U, MT, true, true>, blocks, threads, 0, s, a);
+        launch_pdl("w4a4_gemv", gemv_kernel<NT, U, MT, true, true>, blocks, threads, 0, s, a, pf);
     } else {
-        if (rows16 && al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, true, DB>, blocks, threads, 0, s, a);
-        else if (rows16) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, false, DB>, blocks, threads, 0, s, a);
-        else if (al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, true, DB>, blocks, threads, 0, s, a);
-        else launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, false, DB>, blocks, threads, 0, s, a);
+        if (rows16 && al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, true, DB>, blocks, threads, 0, s, a, pf);
+        else if (rows16) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, false, DB>, blocks, threads, 0, s, a, pf);
+        else if (al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, true, DB>, blocks, threads, 0, s, a, pf);
+        else launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, false, DB>, blocks, threads, 0, s, a, pf);
     }
 }
 
