@@ -96,12 +96,14 @@ __device__ __forceinline__ float spec_dot(const float* __restrict__ z, const flo
 
 // y = ((s_t · scale_j) · (float)(acc − z_t · rowsum_j) + spec) + bias, as cuda::w4a4_epilogue;
 // spec = a.spec[t, j], or fused: spec_dot(spec_z[t, :], spec_c[j, :], spec_rank).
-__device__ __forceinline__ float epi_value(const W4GemmArgs& a, int row, int col, int acc, float st, int zt) {
+// c_row (GEMV, v5): C_col staged in shared memory, else null (read from a.spec_c).
+__device__ __forceinline__ float epi_value(const W4GemmArgs& a, int row, int col, int acc, float st, int zt,
+                                           const float* c_row = nullptr) {
     float v = __fmul_rn(__fmul_rn(st, a.w_scale[col]), (float)(acc - zt * a.w_rowsum[col]));
     if (a.spec) v = __fadd_rn(v, a.spec[(int64_t)row * a.n + col]);
     else if (a.spec_rank > 0)
-        v = __fadd_rn(v, spec_dot(a.spec_z + (int64_t)row * a.spec_rank, a.spec_c + (int64_t)col * a.spec_rank,
-                                  a.spec_rank));
+        v = __fadd_rn(v, spec_dot(a.spec_z + (int64_t)row * a.spec_rank,
+                                  c_row ? c_row : a.spec_c + (int64_t)col * a.spec_rank, a.spec_rank));
     if (a.bias) v = __fadd_rn(v, a.bias[col]);
     return v;
 }
@@ -302,10 +304,18 @@ __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefe
 // SM at ≤ 128 registers: for grids that fit two per SM anyway, the narrow shapes).
 template <int NT, int U, int MT, bool kRows16, bool kAligned4, bool kDB = false>
 __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && NT <= 2 ? 3 : 1) : 2))
-    gemv_kernel(const W4GemmArgs a, int prefetch_blocks) {
+    gemv_kernel(const W4GemmArgs a, int prefetch_blocks, int stage_c) {
     __shared__ int red[V_WARPS][NT][4][32];
+    extern __shared__ float cs[];  // stage_c: C rows of this block's 8·NT outputs [8·NT][spec_rank]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int nb0 = blockIdx.x * NT;
+    if (stage_c) {  // C is a weight (constant): staged before the PDL wait, coalesced (v5)
+        const int rows = W4G_NB * NT, r0 = nb0 * W4G_NB;
+        for (int i = threadIdx.x; i < rows * a.spec_rank; i += V_WARPS * 32) {
+            const int r = r0 + i / a.spec_rank;
+            cs[i] = r < a.n ? a.spec_c[(int64_t)r0 * a.spec_rank + i] : 0.0f;
+        }
+    }
     const int KB = (a.k + TB_K - 1) / TB_K, NB = (a.n + W4G_NB - 1) / W4G_NB;
 
     auto load_w = [&](uint4 (&w)[U][NT], int kb0) {
@@ -426,7 +436,9 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
             const int64_t i = (int64_t)row * a.n + col;
             sum >>= 4;
             if (a.acc) a.acc[i] = sum;
-            if (a.y) a.y[i] = epi_value(a, row, col, sum, a.act_scale[row], a.act_zero[row]);
+            if (a.y)
+                a.y[i] = epi_value(a, row, col, sum, a.act_scale[row], a.act_zero[row],
+                                   stage_c ? cs + (col - nb0 * W4G_NB) * a.spec_rank : nullptr);
         }
     }
 }
@@ -451,19 +463,27 @@ int gemv_prefetch_blocks() {
     return n;
 }
 
+// The fused spectral branch's C rows of a block go to shared memory when they fit in 32 KB
+// (rank ≤ 256 at NT = 4): read once, coalesced, before the PDL wait, instead of one
+// 4·rank-byte row per output thread in the epilogue (v5).
+constexpr size_t kStageCBytes = 32 << 10;
+
 template <int NT, int U, int MT = 1, bool DB = false>
 void launch_gemv(const W4GemmArgs& a, cudaStream_t s) {
     const int pf = gemv_prefetch_blocks();
+    const size_t cbytes = (size_t)W4G_NB * NT * a.spec_rank * sizeof(float);
+    const int stage = a.y && !a.spec && a.spec_rank > 0 && cbytes <= kStageCBytes ? 1 : 0;
+    const size_t smem = stage ? cbytes : 0;
     const bool rows16 = a.m > 8, al4 = a.k % 4 == 0 && ((uintptr_t)a.q & 3) == 0;
     const dim3 blocks((unsigned)((w4g_n_pad(a.n) / W4G_NB + NT - 1) / NT)), threads(V_WARPS * 32);
     if constexpr (MT > 1) {  // m > 16: aligned rows only (w4a4_gemv_cfg sends the rest to the tiled kernel)
         SQ_CHECK(al4, "w4a4_gemv: m = ", a.m, " > 16 needs k % 4 == 0 and 4-byte aligned activations");
-        launch_pdl("w4a4_gemv", gemv_kernel<NT, U, MT, true, true>, blocks, threads, 0, s, a, pf);
+        launch_pdl("w4a4_gemv", gemv_kernel<NT, U, MT, true, true>, blocks, threads, smem, s, a, pf, stage);
     } else {
-        if (rows16 && al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, true, DB>, blocks, threads, 0, s, a, pf);
-        else if (rows16) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, false, DB>, blocks, threads, 0, s, a, pf);
-        else if (al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, true, DB>, blocks, threads, 0, s, a, pf);
-        else launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, false, DB>, blocks, threads, 0, s, a, pf);
+        if (rows16 && al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, true, DB>, blocks, threads, smem, s, a, pf, stage);
+        else if (rows16) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, false, DB>, blocks, threads, smem, s, a, pf, stage);
+        else if (al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, true, DB>, blocks, threads, smem, s, a, pf, stage);
+        else launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, false, DB>, blocks, threads, smem, s, a, pf, stage);
     }
 }
 
