@@ -12,8 +12,14 @@
 // and 3000 GB/s (HBM copy). Outputs: W4A4 fp32 with the fused epilogue
 // (scales, zero points, bias); BF16/FP8 → bf16; INT8 → int32.
 //
+// --stream (decode, v4): instead, R launches back to back, launch i on weight copy
+// i mod C with C copies totalling ≥ 2× L2 (every weight byte still from HBM), time
+// = (events around all R) / R, median of --reps: the steady state of a decode step,
+// where launches follow each other and the per-launch floor above is hidden. cuBLAS
+// BF16 and the W4A4 GEMV (default configuration) only, M = 64, 32, 16, 8, 4, 1.
+//
 // Build: cmake -S . -B build-gpu-gemm -DSPECQUANT_CUDA=ON && cmake --build build-gpu-gemm --target bench_cuda_gemm
-// Run:   build-gpu-gemm/bench_cuda_gemm [--reps 30] [--quick]
+// Run:   build-gpu-gemm/bench_cuda_gemm [--reps 30] [--quick] [--stream]
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
@@ -119,6 +125,42 @@ struct Timer {
         std::sort(t.begin(), t.end());
         return t[t.size() / 2];
     }
+    // --stream: median over reps of (one event pair around launches fn(0..count-1)) / count.
+    double stream_us(int count, const std::function<void(int)>& fn) {
+        for (int i = 0; i < count; ++i) fn(i);
+        SQ_CUDA(cudaDeviceSynchronize());
+        std::vector<double> t;
+        for (int r = 0; r < reps; ++r) {
+            flush_kernel<<<264, 512>>>(flush_buf, flush_n, sink);
+            SQ_CUDA_LAUNCH("flush");
+            SQ_CUDA(cudaEventRecord(a));
+            for (int i = 0; i < count; ++i) fn(i);
+            SQ_CUDA(cudaEventRecord(b));
+            SQ_CUDA(cudaEventSynchronize(b));
+            float ms = 0;
+            SQ_CUDA(cudaEventElapsedTime(&ms, a, b));
+            t.push_back(ms * 1e3 / count);
+        }
+        std::sort(t.begin(), t.end());
+        return t[t.size() / 2];
+    }
+};
+
+// Copies of one weight buffer totalling ≥ 2× L2 (at least 1), filled alike.
+struct Copies {
+    std::vector<void*> p;
+    Copies(size_t bytes, int kind, int l2) {
+        const size_t c = std::max<size_t>(1, (2 * (size_t)l2 + bytes - 1) / bytes);
+        for (size_t i = 0; i < c; ++i) {
+            void* q = nullptr;
+            SQ_CUDA(cudaMalloc(&q, bytes));
+            fill(q, (int64_t)(kind == 2 ? bytes / 2 : bytes), kind, 100 + (uint32_t)i);
+            p.push_back(q);
+        }
+    }
+    ~Copies() {
+        for (void* q : p) cudaFree(q);
+    }
 };
 
 // D [N, M] (column-major) = op(A)ᵀ-form: A [K, N] col-major (= W [N, K] row-major), transposed;
@@ -192,12 +234,13 @@ void print_row(const Row& r, double bf16_us, double fp8_us) {
 
 int main(int argc, char** argv) {
     int reps = 30;
-    bool quick = false;
+    bool quick = false, stream = false;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--quick")) quick = true;
+        else if (!std::strcmp(argv[i], "--stream")) stream = true;
         else {
-            std::fprintf(stderr, "usage: %s [--reps N] [--quick]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--reps N] [--quick] [--stream]\n", argv[0]);
             return 2;
         }
     }
@@ -229,6 +272,7 @@ int main(int argc, char** argv) {
             {"gu 28672x4096", 28672, 4096}, {"down 4096x14336", 4096, 14336}};
         std::vector<int> ms = {2048, 16, 8, 4, 1};
         if (quick) ms = {2048, 1};
+        if (stream) ms = {64, 32, 16, 8, 4, 1};
         std::printf("| shape (N x K) | M     | kernel           | time (us) | TOP/s   | %%mma   | wGB/s   | %%HBM   | vsBF16 | vsFP8  |\n");
         std::printf("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         for (const Shape& sh : shapes) {
@@ -283,6 +327,30 @@ int main(int argc, char** argv) {
                 a.y = y;
                 std::vector<Row> rows;
                 double bf16_us = 0, fp8_us = 0;
+                if (stream) {
+                    const int l2 = prop.l2CacheSize;
+                    const Copies cb((size_t)n * k * 2, 2, l2), cw((size_t)cuda::w4g_bytes(n, k), 0, l2);
+                    LtGemm g(lt, CUDA_R_16BF, CUDA_R_16BF, CUBLAS_COMPUTE_32F, CUDA_R_32F, m, n, k, wsb, false);
+                    const int cnt = (int)std::max<size_t>(20, std::max(cb.p.size(), cw.p.size()));
+                    if (g.ok) {
+                        bf16_us = timer.stream_us(cnt, [&](int i) { g.run(lt, cb.p[i % cb.p.size()], xbf, ybf, ws, wsb); });
+                        rows.push_back({sh.name, "cuBLAS BF16 strm", m, bf16_us, ops, 2.0 * n * k});
+                    }
+                    rows.push_back({sh.name, "W4A4 gemv strm", m, timer.stream_us(cnt, [&](int i) {
+                                        cuda::W4GemmArgs b = a;
+                                        b.w = (const uint8_t*)cw.p[i % cw.p.size()];
+                                        cuda::w4a4_gemm(b, nullptr);
+                                    }), ops, (double)cuda::w4g_bytes(n, k)});
+                    for (int c = 1; c < cuda::W4G_GEMV_CFGS && m <= 16; ++c)
+                        rows.push_back({sh.name, str("W4A4 gemv v", c, " strm"), m, timer.stream_us(cnt, [&](int i) {
+                                            cuda::W4GemmArgs b = a;
+                                            b.w = (const uint8_t*)cw.p[i % cw.p.size()];
+                                            cuda::w4a4_gemv_cfg(b, nullptr, c);
+                                        }), ops, (double)cuda::w4g_bytes(n, k)});
+                    for (const Row& r : rows) print_row(r, r.kernel.rfind("W4A4", 0) == 0 ? bf16_us : 0, 0);
+                    std::fflush(stdout);
+                    continue;
+                }
                 {
                     LtGemm g(lt, CUDA_R_16BF, CUDA_R_16BF, CUBLAS_COMPUTE_32F, CUDA_R_32F, m, n, k, wsb, false);
                     if (g.ok) {

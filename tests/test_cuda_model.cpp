@@ -72,7 +72,7 @@ std::vector<float> quant_inputs(int n, int64_t k, std::mt19937& rng) {
 TEST(CudaKernels, ActQuantEqualsReferenceBitForBit) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed());
-    for (int64_t k : {1, 7, 64, 97, 576, 1536, 4099}) {
+    for (int64_t k : {1, 7, 64, 97, 576, 1536, 4099, 20000}) {  // 20000: wider than the register-cached kernel
         for (int bits : {2, 4, 8}) {
             for (float clip : {0.9f, 1.0f}) {
                 const int n = 13;
@@ -263,6 +263,33 @@ TEST(CudaKernels, DecodeAttentionMatchesAttention) {
         EXPECT_LE(w2, 1e-5) << "attention_decode heads " << sh.heads << "/" << sh.kv << " hd " << sh.hd;
         std::printf("[cuda] decode attention %d/%d heads hd %d: rows %d bits differ, split max |d| %.2e\n", sh.heads,
                     sh.kv, sh.hd, diff1, w2);
+        // Decode v4: the merge that also makes the o projection's input (one block per sequence):
+        // the same output bits; codes = act_quant_ref(out), bf16 = fp32_to_bf16(out), exactly.
+        DevBuf<float> o4((size_t)B * qd), sc(B);
+        DevBuf<int32_t> zp(B);
+        DevBuf<uint8_t> q8((size_t)B * qd);
+        DevBuf<uint16_t> ob((size_t)B * qd);
+        cuda::RowQuant rq;
+        rq.bits = 4, rq.clip = 0.9f, rq.q8 = q8.p, rq.scale = sc.p, rq.zero = zp.p, rq.bf16 = ob.p;
+        cuda::attention_decode(dq.p, dkc.p, dvc.p, B, drows.p, dpos.p, sh.heads, sh.kv, sh.hd, S, part.p, o4.p,
+                               nullptr, rq);
+        const auto a4 = o4.get();
+        const auto c4 = q8.get();
+        const auto b4 = ob.get();
+        const auto s4 = sc.get();
+        const auto z4 = zp.get();
+        std::vector<uint8_t> q_ref((size_t)B * qd);
+        std::vector<float> s_ref(B);
+        std::vector<int32_t> z_ref(B);
+        act_quant_ref(a4.data(), B, qd, 4, 0.9f, q_ref.data(), s_ref.data(), z_ref.data());
+        int diff4 = 0, bad_codes = 0;
+        for (size_t i = 0; i < a4.size(); ++i) {
+            diff4 += bits_of(a4[i]) != bits_of(a2[i]);
+            bad_codes += c4[i] != q_ref[i] || b4[i] != fp32_to_bf16(a4[i]);
+        }
+        for (int b = 0; b < B; ++b) bad_codes += bits_of(s4[b]) != bits_of(s_ref[b]) || z4[b] != z_ref[b];
+        EXPECT_EQ(diff4, 0) << "attention_decode with codes: output differs";
+        EXPECT_EQ(bad_codes, 0) << "attention_decode codes / bf16 against act_quant_ref / fp32_to_bf16";
     }
 }
 
@@ -741,6 +768,89 @@ TEST(CudaModel, SyntheticWeightsAreValid) {
         EXPECT_GT(m.memory().linears, 0u);
         EXPECT_EQ(m.decode_len(1), 11);
     }
+}
+
+// Decode fusion (v4: q/k/v and gate/up as one layer each, norm and SwiGLU writing
+// the next layer's codes, RoPE + KV store in one kernel, the GEMV launched early with
+// PDL) changes no bit of a W4A4 model: every value is made by the same operations
+// (exact integer accumulators, the same epilogue, rounding and quantizer code). Fused
+// vs SQ_CUDA_FUSE=0 (the previous engine's launches), memcmp of every logit and score:
+// synthetic W4A4 without and with the spectral branch (fused in the GEMV epilogue up to
+// 16 rows; above, the unfused layers), KV4 and KV16, prefill through the GEMV (9 rows)
+// and the tiled GEMM (20), batched decode (graphs), varlen scoring; and a hand-quantized
+// tiny LLaMA (one quantizer for all seven layers, so every group fuses). The BF16
+// baseline's fused GEMMs are cuBLAS calls of another width, whose algorithm cuBLAS
+// picks by shape: held to 1e-5 instead, and the difference printed.
+TEST(CudaModel, FusedDecodeIsBitIdentical) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 31);
+    auto run_all = [&](ModelCuda& m, const std::vector<int>& toks, std::vector<float>& out,
+                       std::vector<RowScore>& scores) {
+        const int V = m.config().vocab;
+        out.clear();
+        for (int n : {9, 20}) {
+            std::vector<float> l((size_t)n * V);
+            m.truncate(0);
+            m.forward_logits(toks.data(), n, l.data(), true);
+            out.insert(out.end(), l.begin(), l.end());
+        }
+        m.decode_setup(3, 40);
+        for (int b = 0; b < 3; ++b) m.decode_prefill(b, toks.data() + b, 5 + 4 * b, nullptr);
+        std::vector<float> step((size_t)3 * V);
+        for (int i = 0; i < 4; ++i) {
+            m.decode_step(toks.data() + 7 + 3 * i, step.data());
+            out.insert(out.end(), step.begin(), step.end());
+        }
+        const std::vector<int> lens = {5, 9, 3};
+        std::vector<RowTarget> tg;
+        for (int r = 0; r < 17; r += 2) tg.push_back({r, toks[r + 1]});
+        scores = m.forward_score_varlen(toks.data(), lens, tg);
+    };
+    auto compare = [&](ModelCuda& on, ModelCuda& off, const std::string& what, double bar) {
+        const std::vector<int> toks = some_tokens(on.config().vocab, 40, (uint32_t)rng());
+        std::vector<float> a, b;
+        std::vector<RowScore> sa, sb;
+        run_all(on, toks, a, sa);
+        run_all(off, toks, b, sb);
+        ASSERT_EQ(a.size(), b.size());
+        size_t bits = 0;
+        double worst = 0;
+        for (size_t i = 0; i < a.size(); ++i) {
+            bits += std::memcmp(&a[i], &b[i], 4) != 0;
+            worst = std::max(worst, (double)std::fabs(a[i] - b[i]) / (std::fabs(b[i]) + 1e-3));
+        }
+        int score_bits = 0;
+        for (size_t i = 0; i < sa.size(); ++i)
+            score_bits += std::memcmp(&sa[i].logprob, &sb[i].logprob, 8) != 0 || sa[i].greedy != sb[i].greedy;
+        if (bar == 0) {
+            EXPECT_EQ(bits, 0u) << what << ": fused logits differ (worst rel " << worst << ")";
+            EXPECT_EQ(score_bits, 0) << what << ": fused varlen scores differ";
+        } else {
+            EXPECT_LE(worst, bar) << what;
+        }
+        std::printf("[cuda] fused vs unfused %s: %zu of %zu logits differ (worst rel %.2e), %d scores\n", what.c_str(),
+                    bits, a.size(), worst, score_bits);
+    };
+    ModelConfig c;
+    c.n_layers = 2, c.d_model = 256, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64, c.d_ff = 512, c.vocab = 1000;
+    for (auto [bf16, rank, kvb] : {std::tuple{false, 0, 4}, {false, 7, 4}, {false, 0, 16}, {true, 0, 16}}) {
+        CudaSynthetic s;
+        s.bf16 = bf16, s.rank = rank, s.kv_bits = kvb, s.seed = 5;
+        CudaSynthetic u = s;
+        u.fuse = false;
+        ModelCuda on(c, s, 160), off(c, u, 160);
+        compare(on, off, str(bf16 ? "synthetic BF16" : "synthetic W4A4", " rank ", rank, " KV", kvb), bf16 ? 1e-5 : 0);
+    }
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    ModelWeights w = model_load_f32(ck, false);
+    for (LayerWeights& L : w.layers)
+        for (std::unique_ptr<Linear>* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+            *p = quantize_by_hand(**p, 4, 0.9f, 0, false, false, rng);
+    w.kv_bits = 4, w.kv_clip = 0.95f;
+    ModelCudaOptions o_on, o_off;
+    o_off.fuse = false;
+    ModelCuda on(w, 160, o_on), off(w, 160, o_off);
+    compare(on, off, "tiny LLaMA W4A4KV4", 0);
 }
 
 TEST(CudaModel, DecodeErrorsAreSqErrors) {

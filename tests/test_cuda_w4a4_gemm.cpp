@@ -174,6 +174,18 @@ TEST(CudaW4A4Gemm, GemvExactAwkwardShapes) {
             check(Problem(m, n, k, rng), kGemv, "gemv");
 }
 
+// The skinny GEMV (17..64 rows: two or four m16 tiles sharing each weight fragment, v4)
+// and w4a4_gemm's choice between it and the tiled kernel (k % 4 != 0 → tiled).
+TEST(CudaW4A4Gemm, GemvSkinnyExact) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 7);
+    for (int m : {17, 24, 31, 32, 33, 47, 48, 63, 64})
+        for (auto [n, k] : {std::pair{8, 128}, {40, 64}, {257, 132}, {2120, 256}, {264, 4}, {33, 4100}})
+            check(Problem(m, n, k, rng), kGemv, "gemv skinny");
+    for (auto [m, n, k] : {std::tuple{20, 100, 130}, {40, 264, 1001}, {64, 520, 512}})
+        check(Problem(m, n, k, rng), kAuto, "auto (17..64 rows)");
+}
+
 // Every tile configuration and GEMV variant the benchmark compares.
 TEST(CudaW4A4Gemm, AllConfigurations) {
     SKIP_WITHOUT_GPU();
@@ -221,8 +233,10 @@ TEST(CudaW4A4Gemm, ExtremeValues) {
 TEST(CudaW4A4Gemm, FusedSpectralEqualsReference) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 6);
+    // The GEMV stages C in shared memory when a block's rows fit 32 KB (v5); rank 1100 does not.
     for (auto [m, n, k, rank] : {std::tuple{1, 100, 300, 31}, {9, 70, 128, 5}, {16, 264, 520, 1},
-                                 {300, 200, 256, 31}, {33, 8, 64, 8}, {130, 257, 384, 17}}) {
+                                 {300, 200, 256, 31}, {33, 8, 64, 8}, {130, 257, 384, 17}, {1, 40, 256, 1100},
+                                 {20, 1000, 128, 31}, {3, 9000, 128, 31}}) {
         SCOPED_TRACE(str("m=", m, " n=", n, " k=", k, " rank=", rank));
         Problem p(m, n, k, rng);
         const std::vector<float> z = gaussian((size_t)m * rank, rng), c = gaussian((size_t)n * rank, rng, 0.05f);
@@ -243,7 +257,7 @@ TEST(CudaW4A4Gemm, FusedSpectralEqualsReference) {
         DevBuf<float> ds(p.act_scale), dws(p.w_scale), dbias(p.bias), dzb(z), dc(c), dy((size_t)m * n);
         DevBuf<int32_t> dz(p.act_zero), drs(p.rowsum);
         for (int which = 0; which < 2; ++which) {
-            if (which == 1 && m > 16) continue;
+            if (which == 1 && !cuda::w4a4_gemv_fits(m, k, dq.p)) continue;
             const Launch& l = which ? kGemv : kTiled;
             dy.poison();
             cuda::W4GemmArgs a;
@@ -274,7 +288,11 @@ TEST(CudaW4A4Gemm, RejectsBadArguments) {
     a.w = d + 1;  // unaligned weights
     EXPECT_THROW(cuda::w4a4_gemm(a, nullptr), Error);
     a.w = d;
-    a.m = 17;
+    a.m = 65;  // the GEMV takes at most 64 rows (W4G_GEMV_MAX_M)
+    EXPECT_THROW(cuda::w4a4_gemv(a, nullptr), Error);
+    a.m = 17, a.k = 15;  // 17..64 rows need k % 4 == 0
+    EXPECT_THROW(cuda::w4a4_gemv(a, nullptr), Error);
+    a.k = 16, a.q = d + 1;  // ... and 4-byte aligned activation rows
     EXPECT_THROW(cuda::w4a4_gemv(a, nullptr), Error);
     cudaFree(d);
 }

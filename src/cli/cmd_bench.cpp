@@ -12,7 +12,7 @@
 //
 // specquant bench --device cuda (--shape llama3-8b|llama2-7b|smollm2 | -m MODEL) [--prefill-lens 256,2048,8192]
 //                 [--batches 1,8,32] [--ctx 512] [--decode 32] [--rank 31] [--kv-bits 16] [--reps 3]
-//                 [--spectral auto|fused|cublas] [--json FILE]
+//                 [--spectral auto|fused|cublas] [--fuse 1|0] [--json FILE]
 // (built with -DSPECQUANT_CUDA=ON): the GPU engine (model/model_cuda.h) in the
 // same process for W4A4 on the INT8 tensor cores (spectral branch off and,
 // with --rank R > 0, on at rank R), and every linear layer in BF16 through
@@ -170,6 +170,7 @@ struct CudaBenchOpts {
     std::vector<int> prefill = {256, 2048, 8192}, batches = {1, 8, 32};
     int ctx = 512, decode = 32, rank = 31, kv_bits = 16, reps = 3;
     std::string spectral = "auto";
+    int fuse = 1;
 };
 
 #ifdef SPECQUANT_HAS_CUDA
@@ -300,6 +301,7 @@ int cuda_bench(const CudaBenchOpts& o) {
             CudaSynthetic s;
             s.bf16 = bf16, s.rank = rank, s.kv_bits = o.kv_bits;
             s.spectral_fuse_max_rows = fuse_rows;
+            s.fuse = o.fuse != 0;
             res.push_back(cuda_variant(name, o, std::make_unique<ModelCuda>(c, s, cap)));
         };
         run("w4a4", false, 0);
@@ -311,16 +313,18 @@ int cuda_bench(const CudaBenchOpts& o) {
         ModelCudaOptions native, bf16;
         native.spectral_fuse_max_rows = fuse_rows;
         bf16.bf16 = true;
+        native.fuse = bf16.fuse = o.fuse != 0;
         res.push_back(cuda_variant("native", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, native)));
         res.push_back(cuda_variant("bf16", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, bf16)));
     }
     const VariantResult& base = res.back();  // bf16
     const VariantResult& w4 = res.front();
 
-    std::printf("\n%s on %s, KV cache %s (fp32 storage), decode at context %d..%d, %d steps, spectral branch %s\n",
+    std::printf("\n%s on %s, KV cache %s (fp32 storage), decode at context %d..%d, %d steps, decode fusion %s, "
+                "spectral branch %s\n",
                 what.c_str(), prop.name,
                 o.kv_bits < 16 ? ("KV" + std::to_string(o.kv_bits) + " fake-quantized").c_str() : "KV16", o.ctx,
-                o.ctx + o.decode, o.decode, o.spectral == "fused"    ? "fused into the GEMM epilogue"
+                o.ctx + o.decode, o.decode, o.fuse ? "on" : "off", o.spectral == "fused" ? "fused into the GEMM epilogue"
                 : o.spectral == "cublas" ? "2 cuBLAS FP32 GEMMs"
                                          : "fused into the GEMV epilogue in decode, 2 cuBLAS FP32 GEMMs in prefill");
     std::printf("| metric |");
@@ -367,7 +371,7 @@ int cuda_bench(const CudaBenchOpts& o) {
     (void)w4;
     if (!o.json.empty()) {
         nlohmann::json j = {{"device", prop.name},   {"what", what},         {"kv_bits", o.kv_bits},
-                            {"spectral", o.spectral},
+                            {"spectral", o.spectral}, {"fuse", o.fuse},
                             {"ctx", o.ctx},          {"decode_steps", o.decode}, {"reps", o.reps},
                             {"prefill_tokens", o.prefill}, {"batches", o.batches},
                             {"variants", nlohmann::json::array()}};
@@ -418,7 +422,12 @@ static CommandAction bench_setup(CLI::App& app) {
         ->capture_default_str();
     app.add_option("--spectral", co->spectral,
                    "cuda: W4A4 spectral branch ·Cᵀ fused into the GEMM epilogue (fused), two cuBLAS GEMMs (cublas), "
-                   "or fused in decode calls of ≤ 16 rows only (auto)")
+                   "or fused in the GEMV calls of ≤ 64 rows only, i.e. decode (auto)")
+        ->capture_default_str();
+    app.add_option("--fuse", co->fuse,
+                   "cuda: decode fusion (q/k/v and gate/up as one layer, norm/SwiGLU writing the next codes, "
+                   "RoPE + KV store in one kernel) in every variant: 1 (default) or 0 (the unfused engine)")
+        ->check(CLI::Range(0, 1))
         ->capture_default_str();
     app.add_option("--prefill", o->prefill, "prompt tokens in one forward (0 = skip)")->capture_default_str();
     app.add_option("--decode", o->decode, "tokens generated one at a time after the prompt")->capture_default_str();

@@ -37,6 +37,7 @@
 #include <cstring>
 #include <map>
 #include <numeric>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/fp16.h"
@@ -148,8 +149,21 @@ struct DLinear {
     int had_in = 0;
     DevBuf<float> had_signs;     // [in]
     const float* had = nullptr;  // H_n [in, in], shared per order
+    // Views (Impl::fuse_rows): this layer's rows inside a fused [q; k; v] or [gate; up]
+    // layer that holds its buffers; the owning buffers above are then empty.
+    const uint8_t* w8_view = nullptr;
+    const uint16_t* wb_view = nullptr;
+    const float *scale_view = nullptr, *coef_view = nullptr, *bias_view = nullptr;
+    const int32_t* rowsum_view = nullptr;
     const float* weight() const { return w_shared ? w_shared : w.get(); }
     const float* basis() const { return basis_shared ? basis_shared : basis_t.get(); }
+    const uint8_t* w8p() const { return w8.get() ? w8.get() : w8_view; }
+    const uint16_t* wbp() const { return wb.get() ? wb.get() : wb_view; }
+    const float* scalep() const { return scale.get() ? scale.get() : scale_view; }
+    const int32_t* rowsump() const { return rowsum.get() ? rowsum.get() : rowsum_view; }
+    const float* coefp() const { return coef.get() ? coef.get() : coef_view; }
+    const float* biasp() const { return bias.get() ? bias.get() : bias_view; }
+    bool has_bias() const { return biasp() != nullptr; }
     size_t bytes() const {
         return (w.size() + bias.size() + scale.size() + basis_t.size() + coef.size() + had_signs.size()) * 4 +
                rowsum.size() * 4 + w8.size() + wb.size() * 2;
@@ -167,6 +181,9 @@ struct DLayer {
     DevBuf<float> attn_norm, ffn_norm;
     DevBuf<float> k_shift;  // [KV·hd] or empty (LayerWeights::k_shift)
     DLinear q, k, v, o, gate, up, down;
+    // Fused rows (Impl::fuse_rows; out = 0 when not fused): qkv = [q; k; v] [qd + 2·kvd, d],
+    // gu = [gate; up] [2·ff, d]. q, k, v (gate, up) are then views of their rows.
+    DLinear qkv, gu;
 };
 
 }  // namespace
@@ -191,6 +208,7 @@ struct ModelCuda::Impl {
     DevBuf<float> kc, vc;  // [layer][cap][kv][hd]
     // Scratch, [cap, width] unless noted.
     DevBuf<float> h, x, q, k, v, qr, kr, att, proj, act, upb;
+    DevBuf<float> qkvb;                // [cap, qd + 2·kvd]: the fused q|k|v output (layers with qkv)
     DevBuf<float> rot_a, rot_b;        // [cap, max_in]: online Hadamard
     DevBuf<float> qf;                  // [rows, max_in]: activation codes (f32 codes path)
     DevBuf<uint8_t> q8;                // [rows, max_in]: activation codes (tensor-core path)
@@ -457,7 +475,7 @@ struct ModelCuda::Impl {
         if (L.kind == LinKind::f32) {
             const ProfScope ps = prof("gemm f32");
             gemm_xwt(xin, gm, L.weight(), L.out, L.in, y);
-            cuda::add_bias(y, nullptr, L.bias.get(), n, (int)L.out, stream);
+            cuda::add_bias(y, nullptr, L.biasp(), n, (int)L.out, stream);
             return;
         }
         if (L.kind == LinKind::bf16) {
@@ -468,14 +486,14 @@ struct ModelCuda::Impl {
             }
             const ProfScope ps = prof("gemm bf16");
             const float one = 1.0f, zero = 0.0f;
-            SQ_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)L.out, gm, (int)L.in, &one, L.wb.get(),
+            SQ_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)L.out, gm, (int)L.in, &one, L.wbp(),
                                    CUDA_R_16BF, (int)L.in, xb.get(), CUDA_R_16BF, (int)L.in, &zero, y, CUDA_R_32F,
                                    (int)L.out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-            cuda::add_bias(y, nullptr, L.bias.get(), n, (int)L.out, stream);
+            cuda::add_bias(y, nullptr, L.biasp(), n, (int)L.out, stream);
             return;
         }
         const float* sp = nullptr;
-        const bool int8 = L.w8.get() != nullptr;
+        const bool int8 = L.w8p() != nullptr;
         // Fused (tensor-core path, n ≤ opts.spectral_fuse_max_rows): only x·B here, reused by the layers that share
         // input and basis; ·Cᵀ runs in the GEMM epilogue (spectral_dot_ref order). Else two FP32 GEMMs.
         const bool fuse = int8 && L.rank > 0 && n <= opts.spectral_fuse_max_rows;
@@ -486,14 +504,14 @@ struct ModelCuda::Impl {
                 zb_src = fuse ? xin : nullptr, zb_basis = L.basis(), zb_n = n;
             }
             if (!fuse) {
-                gemm_xwt(zb.get(), gm, L.coef.get(), L.out, L.rank, spec.get());
+                gemm_xwt(zb.get(), gm, L.coefp(), L.out, L.rank, spec.get());
                 sp = spec.get();
             }
         }
         if (L.kind == LinKind::w4a16) {
             const ProfScope ps = prof("gemm w4a16");
             gemm_xwt(xin, gm, L.w.get(), L.out, L.in, y);
-            cuda::add_bias(y, sp, L.bias.get(), n, (int)L.out, stream);
+            cuda::add_bias(y, sp, L.biasp(), n, (int)L.out, stream);
             return;
         }
         if (!(same_input && quant_src == xin && quant_n == n && quant_bits == L.a_bits && quant_clip == L.a_clip)) {
@@ -505,18 +523,18 @@ struct ModelCuda::Impl {
         if (int8) {  // exact int32 accumulators on the tensor cores, the same epilogue fused
             const ProfScope ps = prof(n <= 16 ? "gemm w4a4 (gemv)" : "gemm w4a4");
             cuda::W4GemmArgs a;
-            a.q = q8.get(), a.m = n, a.k = (int)L.in, a.n = (int)L.out, a.w = L.w8.get();
-            a.act_scale = a_scale.get(), a.act_zero = a_zero.get(), a.w_scale = L.scale.get();
-            a.w_rowsum = L.rowsum.get(), a.spec = sp, a.bias = L.bias.get(), a.y = y;
-            if (fuse) a.spec_z = zb.get(), a.spec_c = L.coef.get(), a.spec_rank = L.rank;
+            a.q = q8.get(), a.m = n, a.k = (int)L.in, a.n = (int)L.out, a.w = L.w8p();
+            a.act_scale = a_scale.get(), a.act_zero = a_zero.get(), a.w_scale = L.scalep();
+            a.w_rowsum = L.rowsump(), a.spec = sp, a.bias = L.biasp(), a.y = y;
+            if (fuse) a.spec_z = zb.get(), a.spec_c = L.coefp(), a.spec_rank = L.rank;
             cuda::w4a4_gemm(a, stream);
             return;
         }
         const ProfScope ps = prof("gemm w4a4 f32 codes");
         if (L.k_chunk >= L.in) {
             gemm_xwt(qf.get(), gm, L.w.get(), L.out, L.in, acc.get());
-            cuda::w4a4_epilogue(acc.get(), nullptr, n, (int)L.out, a_scale.get(), a_zero.get(), L.scale.get(),
-                                L.rowsum.get(), sp, L.bias.get(), y, stream);
+            cuda::w4a4_epilogue(acc.get(), nullptr, n, (int)L.out, a_scale.get(), a_zero.get(), L.scalep(),
+                                L.rowsump(), sp, L.biasp(), y, stream);
             return;
         }
         for (int64_t k0 = 0; k0 < L.in; k0 += L.k_chunk) {  // each chunk's float sums are exact integers
@@ -524,8 +542,8 @@ struct ModelCuda::Impl {
             gemm_xwt(qf.get() + k0, gm, L.w.get() + k0, L.out, kcols, acc.get(), L.in, L.in);
             cuda::acc_add_i32(acc.get(), (int64_t)n * L.out, k0 == 0, acc_i.get(), stream);
         }
-        cuda::w4a4_epilogue(nullptr, acc_i.get(), n, (int)L.out, a_scale.get(), a_zero.get(), L.scale.get(),
-                            L.rowsum.get(), sp, L.bias.get(), y, stream);
+        cuda::w4a4_epilogue(nullptr, acc_i.get(), n, (int)L.out, a_scale.get(), a_zero.get(), L.scalep(),
+                            L.rowsump(), sp, L.biasp(), y, stream);
     }
 
     // All layers for n tokens at pos; leaves the final-normed hidden states in x.
@@ -596,10 +614,62 @@ struct ModelCuda::Impl {
     // row kv_row0), or (varlen) the per-token positions from `positions` and the
     // cache filled from row 0, or (batch) token t at positions[t] with its K/V
     // at cache row dec_rows[t].
+    // A fused layer (qkv, gu) runs for this call: W4A4 only where its spectral branch is
+    // fused into the GEMV epilogue (or absent): the two-cuBLAS-GEMM branch would compute
+    // spec = z·Cᵀ with the concatenated C, whose algorithm (and bits) cuBLAS picks by width.
+    bool fused_runs(const DLinear& F, int n) const {
+        if (F.out == 0) return false;
+        return F.kind == LinKind::bf16 || F.rank == 0 || n <= opts.spectral_fuse_max_rows;
+    }
+    // The layer that reads x first in layer l (its q projection, fused or not).
+    const DLinear* first_linear(int l, int n) const {
+        const DLayer& L = layers[l];
+        return fused_runs(L.qkv, n) && !qk_rotate ? &L.qkv : &L.q;
+    }
+    // What a row kernel writing `next`'s input can hand it in the same pass (opts.fuse):
+    // the activation codes (W4A4 on the tensor cores, no online Hadamard) or the bf16 copy
+    // (BF16 baseline, one GEMM row per token: not varlen).
+    cuda::RowQuant row_quant_for(const DLinear* next) {
+        cuda::RowQuant rq;
+        if (!opts.fuse || !next || next->had_in) return rq;
+        if (next->kind == LinKind::w4a4 && next->w8p()) {
+            rq.bits = next->a_bits, rq.clip = next->a_clip;
+            rq.q8 = q8.get(), rq.scale = a_scale.get(), rq.zero = a_zero.get();
+        } else if (next->kind == LinKind::bf16 && gemm_rows == 0) {
+            rq.bf16 = xb.get();
+        }
+        return rq;
+    }
+    // Records that the codes (or bf16 copy) of src for `next` are in place, so linear() with
+    // same_input skips its own act_quant / conversion (the checks there match on these).
+    void quant_done(const cuda::RowQuant& rq, const DLinear* next, const float* src, int n) {
+        quant_src = nullptr, zb_src = nullptr;
+        if (rq.q8) quant_src = src, quant_n = n, quant_bits = next->a_bits, quant_clip = next->a_clip;
+        else if (rq.bf16) quant_src = src, quant_n = n, quant_bits = -16;
+    }
+    // h += add (add null: none); x = rmsnorm(h)·w, with `next`'s input codes in the same pass.
+    void norm_for(const float* add, const float* w, int n, const DLinear* next) {
+        const cuda::RowQuant rq = row_quant_for(next);
+        cuda::add_rmsnorm_quant(h.get(), add, w, n, cfg.d_model, cfg.rms_eps, x.get(), rq, stream);
+        quant_done(rq, next, x.get(), n);
+    }
+
+    // The device work of run_layers: launches only (captured into graphs),
+    // with the cache position read from pos_dev (Mode::single, the cache from
+    // row kv_row0), or (varlen) the per-token positions from `positions` and the
+    // cache filled from row 0, or (batch) token t at positions[t] with its K/V
+    // at cache row dec_rows[t].
+    //
+    // Fused (opts.fuse, layers with qkv / gu, decode v4): the norm writes the next
+    // layer's activation codes; [q; k; v] is one GEMV (GEMM) into qkvb, then one
+    // rope_kv_store kernel; [gate; up] one GEMV into upb [n, 2·ff], then one
+    // silu_mul_rows that also quantizes for down. Every value is computed by the same
+    // operations as the unfused path (integer accumulators exact, same epilogue and
+    // rounding code), so the outputs are the same bits (CudaModel.FusedDecodeIsBitIdentical).
     void layers_body(int n, Mode mode) {
         const ModelConfig& c = cfg;
         const int d = c.d_model, hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads;
-        const int64_t kvd = (int64_t)KV * hd, ff = c.d_ff;
+        const int64_t qd = (int64_t)H * hd, kvd = (int64_t)KV * hd, ff = c.d_ff;
         const bool varlen = mode == Mode::varlen;
         gemm_rows = varlen ? cap : 0;
         const RowsReset reset{gemm_rows};
@@ -607,47 +677,57 @@ struct ModelCuda::Impl {
         {
             const ProfScope ps = prof("embed + norm");
             cuda::embed_gather(embed.get(), tokens.get(), n, d, h.get(), stream);
-            cuda::rmsnorm(h.get(), layers[0].attn_norm.get(), n, d, c.rms_eps, x.get(), stream);
+            norm_for(nullptr, layers[0].attn_norm.get(), n, first_linear(0, n));
         }
         for (int l = 0; l < c.n_layers; ++l) {
             DLayer& L = layers[l];
-            linear(L.q, x.get(), n, q.get());
-            linear(L.k, x.get(), n, k.get(), true);
-            linear(L.v, x.get(), n, v.get(), true);
-            {
-                const ProfScope ps = prof("rope");
-                if (mode != Mode::single) {
-                    cuda::rope_varlen(q.get(), n, H, hd, positions.get(), inv_freq.get(), stream);
-                    cuda::rope_varlen(k.get(), n, KV, hd, positions.get(), inv_freq.get(), stream);
-                } else {
-                    cuda::rope(q.get(), n, H, hd, 0, pos_dev.get(), inv_freq.get(), stream);
-                    cuda::rope(k.get(), n, KV, hd, 0, pos_dev.get(), inv_freq.get(), stream);
-                }
-            }
-            const float *qa = q.get(), *ka = k.get();
-            if (qk_rotate) {  // x·H_hd per head, as hadamard_transform(q, n·H, hd)
-                const ProfScope ps = prof("qk rotation");
-                const float* Hh = had_matrix(hd);
-                gemm_xm(q.get(), (int64_t)gm * H, Hh, hd, qr.get());
-                gemm_xm(k.get(), (int64_t)gm * KV, Hh, hd, kr.get());
-                qa = qr.get(), ka = kr.get();
-            }
             const float* k_shift = L.k_shift.size() ? L.k_shift.get() : nullptr;
             float* kc_l = kc.get() + (size_t)l * cap * kvd;
             float* vc_l = vc.get() + (size_t)l * cap * kvd;
-            {
+            if (mode == Mode::single) kc_l += (size_t)kv_row0 * kvd, vc_l += (size_t)kv_row0 * kvd;
+            if (first_linear(l, n) == &L.qkv) {
+                linear(L.qkv, x.get(), n, qkvb.get(), true);
+                const ProfScope ps = prof("rope + kv store");
+                const int64_t ld = qd + 2 * kvd;
+                const float* pq = qkvb.get();
+                cuda::rope_kv_store(pq, ld, pq + qd, ld, pq + qd + kvd, ld, n, H, KV, hd, 0,
+                                    mode == Mode::single ? pos_dev.get() : nullptr,
+                                    mode == Mode::single ? nullptr : positions.get(),
+                                    mode == Mode::batch ? dec_rows.get() : nullptr, inv_freq.get(), kv_bits, kv_clip,
+                                    q.get(), kc_l, vc_l, stream, k_shift);
+            } else {
+                linear(L.q, x.get(), n, q.get(), true);
+                linear(L.k, x.get(), n, k.get(), true);
+                linear(L.v, x.get(), n, v.get(), true);
+                {
+                    const ProfScope ps = prof("rope");
+                    if (mode != Mode::single) {
+                        cuda::rope_varlen(q.get(), n, H, hd, positions.get(), inv_freq.get(), stream);
+                        cuda::rope_varlen(k.get(), n, KV, hd, positions.get(), inv_freq.get(), stream);
+                    } else {
+                        cuda::rope(q.get(), n, H, hd, 0, pos_dev.get(), inv_freq.get(), stream);
+                        cuda::rope(k.get(), n, KV, hd, 0, pos_dev.get(), inv_freq.get(), stream);
+                    }
+                }
+                const float* ka = k.get();
+                if (qk_rotate) {  // x·H_hd per head, as hadamard_transform(q, n·H, hd)
+                    const ProfScope ps = prof("qk rotation");
+                    const float* Hh = had_matrix(hd);
+                    gemm_xm(q.get(), (int64_t)gm * H, Hh, hd, qr.get());
+                    gemm_xm(k.get(), (int64_t)gm * KV, Hh, hd, kr.get());
+                    ka = kr.get();
+                }
                 const ProfScope ps = prof("kv store");
-                if (mode == Mode::varlen) {
+                if (mode == Mode::varlen)
                     cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, nullptr, stream, k_shift);
-                } else if (mode == Mode::batch) {
+                else if (mode == Mode::batch)
                     cuda::kv_store_rows(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, dec_rows.get(), stream,
                                         k_shift);
-                } else {
-                    kc_l += (size_t)kv_row0 * kvd, vc_l += (size_t)kv_row0 * kvd;
+                else
                     cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, pos_dev.get(), stream,
                                    k_shift);
-                }
             }
+            const float* qa = qk_rotate ? qr.get() : q.get();
             {
                 const ProfScope ps = prof("attention");
                 if (mode == Mode::varlen)
@@ -659,21 +739,106 @@ struct ModelCuda::Impl {
                 else
                     cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream);
             }
+            // o's codes come from act_quant: attention_decode can make them in its merge (RowQuant),
+            // but one block per sequence was slower than the 32-block merge + act_quant (v4c, notes).
             linear(L.o, att.get(), n, proj.get());
+            const bool fg = fused_runs(L.gu, n);
             {
                 const ProfScope ps = prof("norm");
-                cuda::add_rmsnorm(h.get(), proj.get(), L.ffn_norm.get(), n, d, c.rms_eps, x.get(), stream);
+                norm_for(proj.get(), L.ffn_norm.get(), n, fg ? &L.gu : &L.gate);
             }
-            linear(L.gate, x.get(), n, act.get());
-            linear(L.up, x.get(), n, upb.get(), true);
-            {
-                const ProfScope ps = prof("silu_mul");
-                cuda::silu_mul(act.get(), upb.get(), (int64_t)n * ff, stream);
+            if (fg) {
+                linear(L.gu, x.get(), n, upb.get(), true);
+                {
+                    const ProfScope ps = prof("silu_mul");
+                    const cuda::RowQuant rq = row_quant_for(&L.down);
+                    cuda::silu_mul_rows(upb.get(), upb.get() + ff, 2 * ff, n, (int)ff, act.get(), rq, stream);
+                    quant_done(rq, &L.down, act.get(), n);
+                }
+                linear(L.down, act.get(), n, proj.get(), true);
+            } else {
+                linear(L.gate, x.get(), n, act.get(), true);
+                linear(L.up, x.get(), n, upb.get(), true);
+                {
+                    const ProfScope ps = prof("silu_mul");
+                    cuda::silu_mul(act.get(), upb.get(), (int64_t)n * ff, stream);
+                }
+                linear(L.down, act.get(), n, proj.get());
             }
-            linear(L.down, act.get(), n, proj.get());
-            const float* next_norm = l + 1 < c.n_layers ? layers[l + 1].attn_norm.get() : final_norm.get();
             const ProfScope ps = prof("norm");
-            cuda::add_rmsnorm(h.get(), proj.get(), next_norm, n, d, c.rms_eps, x.get(), stream);
+            if (l + 1 < c.n_layers)
+                norm_for(proj.get(), layers[l + 1].attn_norm.get(), n, first_linear(l + 1, n));
+            else
+                norm_for(proj.get(), final_norm.get(), n, nullptr);
+        }
+    }
+
+    // [parts...] as one layer F (rows concatenated in order) when they compute the same
+    // thing of the same input: W4A4 on the tensor cores with one activation quantizer, one
+    // shared spectral basis (or none) and whole 8-row layout blocks (so the concatenated
+    // CUDA-layout buffers are the fused layout), or all BF16; no online Hadamard; bias on
+    // all or none. The parts become views of F's rows (no second copy of any weight).
+    void fuse_rows(std::vector<DLinear*> parts, DLinear* F, const std::string& what) {
+        const DLinear& a = *parts[0];
+        int64_t out = 0;
+        for (const DLinear* p : parts) {
+            if (p->had_in || p->in != a.in || p->kind != a.kind || p->has_bias() != a.has_bias()) return;
+            if (p->w8_view || p->wb_view) return;  // already a view
+            if (p->kind == LinKind::w4a4) {
+                if (!p->w8.get() || p->a_bits != a.a_bits || p->a_clip != a.a_clip || p->rank != a.rank ||
+                    p->basis_t.size() != 0 || p->basis() != a.basis() || p->out % cuda::W4G_NB != 0)
+                    return;
+            } else if (p->kind != LinKind::bf16) {
+                return;
+            }
+            out += p->out;
+        }
+        F->kind = a.kind, F->in = a.in, F->out = out, F->a_bits = a.a_bits, F->a_clip = a.a_clip;
+        F->rank = a.rank, F->basis_shared = a.basis();
+        auto cat = [&](auto member, auto& dst, size_t per_row, const char* field) {
+            using T = std::remove_reference_t<decltype(*(a.*member).get())>;
+            if (!(a.*member).get()) return;
+            size_t total = 0;
+            for (const DLinear* p : parts) total += (p->*member).size();
+            dst.alloc(total, what + " " + field, &bytes);
+            size_t off = 0;
+            for (const DLinear* p : parts) {
+                SQ_CUDA(cudaMemcpyAsync(dst.get() + off, (p->*member).get(), (p->*member).size() * sizeof(T),
+                                        cudaMemcpyDeviceToDevice, stream));
+                off += (p->*member).size();
+            }
+            (void)per_row;
+        };
+        cat(&DLinear::w8, F->w8, 0, "(CUDA layout)");
+        cat(&DLinear::wb, F->wb, 0, "(bf16)");
+        cat(&DLinear::scale, F->scale, 1, "scales");
+        cat(&DLinear::rowsum, F->rowsum, 1, "rowsums");
+        cat(&DLinear::coef, F->coef, a.rank, "spectral coefficients");
+        cat(&DLinear::bias, F->bias, 1, "bias");
+        SQ_CUDA(cudaStreamSynchronize(stream));
+        int64_t row0 = 0;
+        for (DLinear* p : parts) {
+            const size_t before = p->bytes();
+            if (F->w8.get()) p->w8_view = F->w8.get() + row0 * cuda::w4g_k_pad(a.in) / 2;
+            if (F->wb.get()) p->wb_view = F->wb.get() + row0 * a.in;
+            if (F->scale.get()) p->scale_view = F->scale.get() + row0;
+            if (F->rowsum.get()) p->rowsum_view = F->rowsum.get() + row0;
+            if (F->coef.get()) p->coef_view = F->coef.get() + row0 * a.rank;
+            if (F->bias.get()) p->bias_view = F->bias.get() + row0;
+            p->w8 = {}, p->wb = {}, p->scale = {}, p->rowsum = {}, p->coef = {}, p->bias = {};
+            bytes -= before - p->bytes();
+            row0 += p->out;
+        }
+    }
+
+    // Both constructors, before alloc_buffers: q/k/v and gate/up of every layer fused where they can be.
+    void fuse_layers() {
+        if (!opts.fuse) return;
+        for (size_t l = 0; l < layers.size(); ++l) {
+            DLayer& L = layers[l];
+            const std::string p = str("layer ", l, " ");
+            fuse_rows({&L.q, &L.k, &L.v}, &L.qkv, p + "qkv");
+            fuse_rows({&L.gate, &L.up}, &L.gu, p + "gate|up");
         }
     }
 
@@ -699,7 +864,10 @@ struct ModelCuda::Impl {
         att.alloc(C * qd, "attention output", &bytes);
         proj.alloc(C * d, "projection", &bytes);
         act.alloc(C * ff, "MLP activations", &bytes);
-        upb.alloc(C * ff, "MLP up", &bytes);
+        bool any_qkv = false, any_gu = false;
+        for (const DLayer& L : layers) any_qkv = any_qkv || L.qkv.out > 0, any_gu = any_gu || L.gu.out > 0;
+        upb.alloc(C * ff * (any_gu ? 2 : 1), any_gu ? "MLP gate|up" : "MLP up", &bytes);
+        if (any_qkv) qkvb.alloc(C * (qd + 2 * kvd), "q|k|v", &bytes);
         if (any_had) {
             rot_a.alloc(C * max_in, "Hadamard scratch", &bytes);
             rot_b.alloc(C * max_in, "Hadamard scratch", &bytes);
@@ -710,12 +878,12 @@ struct ModelCuda::Impl {
         const size_t acc_elems = std::max(C * max_out, lm_q ? lm_rows * c.vocab : 0);
         bool any_f32_codes = false, any_int8 = false, any_bf16 = lm_head.kind == LinKind::bf16;
         auto scan = [&](const DLinear& L) {
-            any_int8 = any_int8 || L.w8.get();
-            any_f32_codes = any_f32_codes || (L.kind == LinKind::w4a4 && !L.w8.get());
+            any_int8 = any_int8 || L.w8p();
+            any_f32_codes = any_f32_codes || (L.kind == LinKind::w4a4 && !L.w8p());
             any_bf16 = any_bf16 || L.kind == LinKind::bf16;
         };
         for (const DLayer& L : layers)
-            for (const DLinear* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) scan(*p);
+            for (const DLinear* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down, &L.qkv, &L.gu}) scan(*p);
         scan(lm_head);
         if (any_f32_codes) {
             qf.alloc(C * max_in, "activation codes", &bytes);
@@ -807,7 +975,7 @@ struct ModelCuda::Impl {
 
 int spectral_fuse_rows_from_name(const std::string& v, const std::string& what) {
     if (v == "cublas") return 0;
-    if (v == "auto") return 16;
+    if (v == "auto") return cuda::W4G_GEMV_MAX_M;  // every GEMV call (decode up to 64 rows), not the tiled GEMM
     if (v == "fused") return std::numeric_limits<int>::max();
     fail(what, " must be cublas, auto or fused, got '", v, "'");
 }
@@ -817,6 +985,11 @@ ModelCudaOptions ModelCudaOptions::from_env() {
     const char* a = std::getenv("SQ_CUDA_W4A4");
     const char* b = std::getenv("SQ_CUDA_LINEARS");
     const char* f = std::getenv("SQ_CUDA_SPECTRAL");
+    const char* u = std::getenv("SQ_CUDA_FUSE");
+    if (u && *u) {
+        SQ_CHECK(std::string(u) == "0" || std::string(u) == "1", "SQ_CUDA_FUSE must be 0 or 1, got '", u, "'");
+        o.fuse = std::string(u) == "1";
+    }
     if (f && *f) {
         o.spectral_fuse_max_rows = spectral_fuse_rows_from_name(f, "SQ_CUDA_SPECTRAL");
     }
@@ -880,6 +1053,7 @@ ModelCuda::ModelCuda(const ModelWeights& w, int capacity, const ModelCudaOptions
     split_k = split_k || (m.lm_head.kind == LinKind::w4a4 && !m.lm_head.w8.get() && m.lm_head.k_chunk < m.lm_head.in);
     any_had = any_had || m.lm_head.had_in;
     if (m.qk_rotate) m.had_matrix((int)hd);
+    m.fuse_layers();
     m.alloc_buffers(max_in, max_out, max_rank, split_k, any_had);
 }
 
@@ -888,6 +1062,7 @@ ModelCuda::ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity)
     SQ_CHECK(s.rank >= 0 && s.rank <= c.d_model, "synthetic model: spectral rank ", s.rank);
     m.opts.bf16 = s.bf16;
     m.opts.spectral_fuse_max_rows = s.spectral_fuse_max_rows;
+    m.opts.fuse = s.fuse;
     m.init_device(c, capacity, s.kv_bits, 1.0f, false);
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff, V = c.vocab;
@@ -915,6 +1090,7 @@ ModelCuda::ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity)
         L.down = m.synth_linear(ff, d, s.bf16, s.rank, seed += 8, p + "down");
     }
     m.lm_head = m.synth_linear(d, V, true, 0, seed += 8, "lm_head");  // 16-bit in both (SPEC.md §1)
+    m.fuse_layers();
     m.alloc_buffers(std::max({d, qd, ff}), std::max({qd, kvd, d, ff}), s.bf16 ? 0 : s.rank, false, false);
 }
 
@@ -930,7 +1106,8 @@ CudaMemory ModelCuda::memory() const {
     const Impl& m = *p_;
     CudaMemory r;
     for (const DLayer& L : m.layers) {
-        for (const DLinear* x : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) r.linears += x->bytes();
+        for (const DLinear* x : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down, &L.qkv, &L.gu})
+            r.linears += x->bytes();
         r.embed += (L.attn_norm.size() + L.ffn_norm.size()) * sizeof(float);
     }
     r.lm_head = m.lm_head.bytes();

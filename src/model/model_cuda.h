@@ -37,14 +37,20 @@ struct ModelCudaOptions {
     // GEMM epilogue in spectral_dot_ref's order, instead of two FP32 cuBLAS
     // GEMMs and an [n, out] pass, for calls of at most spectral_fuse_max_rows
     // rows: 0 = never (the default: the eval engine's bits stay those of the
-    // first engine), 16 = decode only (the GEMV; measured faster there and
+    // first engine), 64 = the GEMV calls only, i.e. decode (measured faster there and
     // slower than cuBLAS in the prefill GEMM, docs/perf.md), INT_MAX = always.
     // Env: SQ_CUDA_SPECTRAL=cublas|auto|fused.
     int spectral_fuse_max_rows = 0;
+    // Decode fusion (docs/kernels-cuda-notes.md "Decode v4"): q/k/v and gate/up as one
+    // layer each (weights concatenated once at load, no second copy), the norm and SwiGLU
+    // kernels writing the next layer's activation codes (BF16: its bf16 input), RoPE and
+    // the KV store in one kernel. Same bits as unfused (tests). Env: SQ_CUDA_FUSE=0|1.
+    bool fuse = true;
     static ModelCudaOptions from_env();
 };
 
-// "cublas" → 0, "auto" → 16, "fused" → INT_MAX (spectral_fuse_max_rows);
+// "cublas" → 0, "auto" → 64 (the GEMV's rows, W4G_GEMV_MAX_M; 16 before decode v4), "fused" → INT_MAX
+// (spectral_fuse_max_rows);
 // anything else is an error naming `what`.
 int spectral_fuse_rows_from_name(const std::string& v, const std::string& what);
 
@@ -53,8 +59,9 @@ int spectral_fuse_rows_from_name(const std::string& v, const std::string& what);
 struct CudaSynthetic {
     bool bf16 = false;    // every linear BF16 (the baseline); else W4A4 (A4, clip 0.9) + BF16 lm_head
     int rank = 0;         // W4A4: spectral rank 2K−1 of every linear (0 = none; k̄ = 16 → 31)
-    int spectral_fuse_max_rows = 16;  // see ModelCudaOptions (16: fused in decode only)
+    int spectral_fuse_max_rows = 64;  // see ModelCudaOptions (64: fused in the GEMV, i.e. decode, only)
     int kv_bits = 16;     // KV cache fake quantization (stored as fp32 either way)
+    bool fuse = true;     // see ModelCudaOptions::fuse
     uint64_t seed = 1;
 };
 

@@ -25,8 +25,12 @@
 #include <algorithm>
 #include <cfloat>
 
+#include <cuda_bf16.h>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/quant_math.cuh"
 #include "kernels/cuda/reduce.cuh"
 
 namespace sq::cuda {
@@ -209,6 +213,8 @@ __global__ void __launch_bounds__(kDecThreads) attention_decode_part(
     const int* __restrict__ kv_rows, const int* __restrict__ positions, int heads, int kv_heads, int hd, float scale,
     int splits, float* __restrict__ part) {
     extern __shared__ float sm[];
+    pdl_wait();  // q, the cache, rows: earlier kernels' outputs
+    pdl_trigger();
     const int c = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
     const int group = heads / kv_heads, kvd = kv_heads * hd;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = kDecThreads / 32;
@@ -255,6 +261,8 @@ __global__ void __launch_bounds__(kDecThreads) attention_decode_part(
         const int h = i / hd, d = i - h * hd;
         const float* vr = vc + (size_t)k0 * kvd + (size_t)g * hd + d;
         float o = 0.0f;
+        // Unrolled: the value loads of 8 keys are issued together (the sum keeps its order: same bits).
+#pragma unroll 8
         for (int j = 0; j < nk; ++j) o += ss[h * kDecKeys + j] * vr[(size_t)j * kvd];
         out0[h * splits * stride + d] = o;
         if (d == 0) {
@@ -264,20 +272,80 @@ __global__ void __launch_bounds__(kDecThreads) attention_decode_part(
     }
 }
 
-// One block per (sequence, query head): out = Σ_c o_c·e^{m_c−M} / Σ_c l_c·e^{m_c−M}.
-__global__ void attention_decode_merge(const float* __restrict__ part, int heads, int hd, int splits,
-                                       float* __restrict__ out) {
-    const size_t bh = blockIdx.x, stride = (size_t)hd + 2;
-    const float* p = part + bh * splits * stride;
+// The merge of one (sequence, head)'s partials: M = max_c m_c, inv = 1 / Σ_c l_c·e^{m_c−M};
+// both merge kernels call these, so their outputs are the same bits.
+__device__ __forceinline__ void merge_stats(const float* __restrict__ p, int hd, int splits, float* M_out,
+                                            float* inv_out) {
+    const size_t stride = (size_t)hd + 2;
     float M = -FLT_MAX;
     for (int c = 0; c < splits; ++c) M = fmaxf(M, p[c * stride + hd]);
     float L = 0.0f;
+#pragma unroll 4
     for (int c = 0; c < splits; ++c) L += p[c * stride + hd + 1] * expf(p[c * stride + hd] - M);
-    const float inv = 1.0f / L;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float o = 0.0f;
-        for (int c = 0; c < splits; ++c) o += p[c * stride + d] * expf(p[c * stride + hd] - M);
-        out[bh * hd + d] = o * inv;
+    *M_out = M;
+    *inv_out = 1.0f / L;
+}
+__device__ __forceinline__ float merge_one(const float* __restrict__ p, int hd, int splits, int d, float M, float inv) {
+    const size_t stride = (size_t)hd + 2;
+    float o = 0.0f;
+#pragma unroll 4
+    for (int c = 0; c < splits; ++c) o += p[c * stride + d] * expf(p[c * stride + hd] - M);
+    return o * inv;
+}
+
+// One block per (sequence, query head): out = Σ_c o_c·e^{m_c−M} / Σ_c l_c·e^{m_c−M}.
+__global__ void attention_decode_merge(const float* __restrict__ part, int heads, int hd, int splits,
+                                       float* __restrict__ out) {
+    pdl_wait();
+    pdl_trigger();
+    const size_t bh = blockIdx.x, stride = (size_t)hd + 2;
+    const float* p = part + bh * splits * stride;
+    float M, inv;
+    merge_stats(p, hd, splits, &M, &inv);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) out[bh * hd + d] = merge_one(p, hd, splits, d, M, inv);
+}
+
+// Decode v4: one block per sequence merges all its heads (the same per-output code as
+// attention_decode_merge) and, in the same pass, makes the o projection's input: its
+// activation codes (act_quant semantics, order-free max/min) and/or its bf16 copy.
+// Each thread keeps up to kMergeV outputs in registers (heads·hd ≤ kMergeV·1024).
+constexpr int kMergeV = 8, kMergeThreads = 1024;
+__global__ void __launch_bounds__(kMergeThreads) attention_decode_merge_rows(
+    const float* __restrict__ part, int heads, int hd, int splits, float* __restrict__ out, int bits, float clip,
+    uint8_t* __restrict__ q8, float* __restrict__ q_scale, int32_t* __restrict__ q_zero,
+    __nv_bfloat16* __restrict__ ob) {
+    __shared__ float red[64];
+    pdl_wait();
+    pdl_trigger();
+    const int b = blockIdx.x, tid = threadIdx.x, width = heads * hd;
+    const size_t stride = (size_t)hd + 2;
+    float ov[kMergeV];
+    float mx = 0.0f, mn = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kMergeV; ++j) {
+        const int i = tid + j * kMergeThreads;
+        if (i >= width) continue;
+        const int h = i / hd, d = i - h * hd;
+        const float* p = part + ((size_t)b * heads + h) * splits * stride;
+        float M, inv;
+        merge_stats(p, hd, splits, &M, &inv);
+        ov[j] = merge_one(p, hd, splits, d, M, inv);
+        out[(size_t)b * width + i] = ov[j];
+        mx = ref_max(mx, ov[j]);
+        mn = ref_min(mn, ov[j]);
+        if (ob) ob[(size_t)b * width + i] = __float2bfloat16_rn(ov[j]);
+    }
+    if (!q8) return;
+    block_range(mx, mn, red);
+    float s;
+    int z;
+    asym_params(mx, mn, bits, clip, &s, &z);
+    if (tid == 0) q_scale[b] = s, q_zero[b] = z;
+    const int qmax = (1 << bits) - 1;
+#pragma unroll
+    for (int j = 0; j < kMergeV; ++j) {
+        const int i = tid + j * kMergeThreads;
+        if (i < width) q8[(size_t)b * width + i] = (uint8_t)quant_one(ov[j], s, z, qmax);
     }
 }
 
@@ -289,7 +357,8 @@ size_t attention_decode_scratch(int n, int heads, int hd, int max_keys) {
 }
 
 void attention_decode(const float* q, const float* kc, const float* vc, int n, const int* kv_rows, const int* positions,
-                      int heads, int kv_heads, int hd, int max_keys, float* part, float* out, cudaStream_t s) {
+                      int heads, int kv_heads, int hd, int max_keys, float* part, float* out, cudaStream_t s,
+                      const RowQuant& o) {
     if (n <= 0) return;
     SQ_CHECK(kv_rows && positions && part, "CUDA attention_decode: no rows, positions or scratch");
     SQ_CHECK(hd >= 1 && hd <= 256 && max_keys >= 1, "CUDA attention_decode: head_dim ", hd, ", max_keys ", max_keys);
@@ -297,11 +366,22 @@ void attention_decode(const float* q, const float* kc, const float* vc, int n, c
              heads, " heads over ", kv_heads, " KV heads (group ≤ ", kDecMaxGroup, ")");
     const int group = heads / kv_heads, splits = (max_keys + kDecKeys - 1) / kDecKeys;
     const size_t smem = (size_t)(group * hd + group * kDecKeys + 2 * group) * sizeof(float);  // ≤ 18.6 KB
-    attention_decode_part<<<dim3((unsigned)splits, (unsigned)kv_heads, (unsigned)n), kDecThreads, smem, s>>>(
-        q, kc, vc, kv_rows, positions, heads, kv_heads, hd, 1.0f / sqrtf((float)hd), splits, part);
-    SQ_CUDA_LAUNCH("attention_decode_part");
-    attention_decode_merge<<<(unsigned)(n * heads), 128, 0, s>>>(part, heads, hd, splits, out);
-    SQ_CUDA_LAUNCH("attention_decode_merge");
+    launch_pdl("attention_decode_part", attention_decode_part,
+               dim3((unsigned)splits, (unsigned)kv_heads, (unsigned)n), dim3(kDecThreads), smem, s, q, kc, vc, kv_rows,
+               positions, heads, kv_heads, hd, 1.0f / sqrtf((float)hd), splits, part);
+    if ((o.q8 || o.bf16) && !o.plain && heads * hd <= kMergeV * kMergeThreads) {
+        SQ_CHECK(!o.q8 || (o.scale && o.zero && o.bits >= 1 && o.bits <= 8),
+                 "CUDA attention_decode: codes need scale, zero and 1..8 bits (", o.bits, ")");
+        launch_pdl("attention_decode_merge_rows", attention_decode_merge_rows, dim3((unsigned)n), dim3(kMergeThreads),
+                   0, s, (const float*)part, heads, hd, splits, out, o.bits, o.clip, o.q8, o.scale, o.zero,
+                   reinterpret_cast<__nv_bfloat16*>(o.bf16));
+        return;
+    }
+    launch_pdl("attention_decode_merge", attention_decode_merge, dim3((unsigned)(n * heads)), dim3(128), 0, s,
+               (const float*)part, heads, hd, splits, out);
+    // The codes asked for but not fused (plain, or rows too wide): as act_quant / f32_to_bf16 would make them.
+    if (o.q8) act_quant(out, n, (int64_t)heads * hd, o.bits, o.clip, nullptr, o.q8, o.scale, o.zero, s);
+    if (o.bf16) f32_to_bf16(out, (int64_t)n * heads * hd, o.bf16, s);
 }
 
 std::vector<int> attention_blocks(const std::vector<int>& seq_lens, int group) {

@@ -3,7 +3,11 @@
 // Build: cmake -DSPECQUANT_CUDA=ON. Semantics: kernels/cpu/ops.h; multiplies
 // whose order the CPU fixes use __fmul_rn/__fsub_rn/__fadd_rn (no FMA contraction).
 #include "kernels/cuda/cuda_check.h"
+#include <cuda_bf16.h>
+
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/quant_math.cuh"
 #include "kernels/cuda/reduce.cuh"
 
 namespace sq::cuda {
@@ -19,23 +23,110 @@ __global__ void embed_kernel(const float* __restrict__ table, const int* __restr
     for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)t * d + i] = src[i];
 }
 
-// One block per token row; the row is read twice (sum of squares, scale) from L1/L2.
-__global__ void rmsnorm_kernel(float* __restrict__ h, const float* __restrict__ add, const float* __restrict__ w,
-                               int d, float eps, float* __restrict__ y) {
-    __shared__ float red[32];
+// One block of kRowThreads per token row. Optionally (fused consumers of y, decode):
+// the activation codes of y for the next W4A4 layer (q8, scale, zero: act_quant's
+// semantics, bit for bit, since max/min are order-free and the rounding is
+// quant_math.cuh's), and/or y in bf16 (yb, the BF16 baseline's conversion).
+//
+// V > 0 (v4, d ≤ V·kRowThreads): each thread's V elements of h, add and w are loaded
+// into registers up front (one memory round trip instead of one per element: the plain
+// loop, V = 0, was latency bound at one row per block) and kept for the three passes.
+// The sum of squares runs over the same elements in the same order (thread t: t, t+256,
+// …, one fma chain, then block_sum), so y has the same bits either way (tested).
+template <int V>
+__global__ void __launch_bounds__(kRowThreads) rmsnorm_kernel(float* __restrict__ h, const float* __restrict__ add,
+                                                              const float* __restrict__ w, int d, float eps,
+                                                              float* __restrict__ y, int bits, float clip,
+                                                              uint8_t* __restrict__ q8, float* __restrict__ q_scale,
+                                                              int32_t* __restrict__ q_zero,
+                                                              __nv_bfloat16* __restrict__ yb) {
+    __shared__ float red[64];
+    pdl_wait();  // h, add: earlier kernels' outputs
+    pdl_trigger();
     const size_t base = (size_t)blockIdx.x * d;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        float v = h[base + i];
-        if (add) {
-            v = __fadd_rn(v, add[base + i]);
-            h[base + i] = v;
+    const int tid = threadIdx.x;
+    float ss = 0.0f, mx = 0.0f, mn = 0.0f;
+    if constexpr (V > 0) {
+        float hv[V], wv[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const int i = tid + j * kRowThreads;
+            hv[j] = i < d ? h[base + i] : 0.0f;
+            wv[j] = i < d ? w[i] : 0.0f;
         }
-        ss += v * v;
+        if (add) {
+            float av[V];
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                const int i = tid + j * kRowThreads;
+                av[j] = i < d ? add[base + i] : 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                const int i = tid + j * kRowThreads;
+                if (i < d) {
+                    hv[j] = __fadd_rn(hv[j], av[j]);
+                    h[base + i] = hv[j];
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const float v = hv[j];
+            if (tid + j * kRowThreads < d) ss += v * v;
+        }
+        ss = block_sum(ss, red);
+        const float r = 1.0f / sqrtf(ss / (float)d + eps);
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const int i = tid + j * kRowThreads;
+            if (i >= d) continue;
+            const float yv = __fmul_rn(wv[j], __fmul_rn(hv[j], r));
+            hv[j] = yv;
+            y[base + i] = yv;
+            mx = ref_max(mx, yv);
+            mn = ref_min(mn, yv);
+            if (yb) yb[base + i] = __float2bfloat16_rn(yv);
+        }
+        if (!q8) return;
+        block_range(mx, mn, red);
+        float s;
+        int z;
+        asym_params(mx, mn, bits, clip, &s, &z);
+        if (tid == 0) q_scale[blockIdx.x] = s, q_zero[blockIdx.x] = z;
+        const int qmax = (1 << bits) - 1;
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const int i = tid + j * kRowThreads;
+            if (i < d) q8[base + i] = (uint8_t)quant_one(hv[j], s, z, qmax);
+        }
+    } else {
+        for (int i = tid; i < d; i += blockDim.x) {
+            float v = h[base + i];
+            if (add) {
+                v = __fadd_rn(v, add[base + i]);
+                h[base + i] = v;
+            }
+            ss += v * v;
+        }
+        ss = block_sum(ss, red);
+        const float r = 1.0f / sqrtf(ss / (float)d + eps);
+        for (int i = tid; i < d; i += blockDim.x) {
+            const float yv = __fmul_rn(w[i], __fmul_rn(h[base + i], r));
+            y[base + i] = yv;
+            mx = ref_max(mx, yv);
+            mn = ref_min(mn, yv);
+            if (yb) yb[base + i] = __float2bfloat16_rn(yv);
+        }
+        if (!q8) return;
+        block_range(mx, mn, red);
+        float s;
+        int z;
+        asym_params(mx, mn, bits, clip, &s, &z);
+        if (tid == 0) q_scale[blockIdx.x] = s, q_zero[blockIdx.x] = z;
+        const int qmax = (1 << bits) - 1;
+        for (int i = tid; i < d; i += blockDim.x) q8[base + i] = (uint8_t)quant_one(y[base + i], s, z, qmax);
     }
-    ss = block_sum(ss, red);
-    const float r = 1.0f / sqrtf(ss / (float)d + eps);
-    for (int i = threadIdx.x; i < d; i += blockDim.x) y[base + i] = __fmul_rn(w[i], __fmul_rn(h[base + i], r));
 }
 
 // One thread per (token, head, i < hd/2) pair of rotated elements. Token t
@@ -51,19 +142,85 @@ __global__ void rope_kernel(float* __restrict__ x, int n, int heads, int hd, int
     const int t = (int)(th / heads);
     if (pos_dev) pos0 += *pos_dev;
     const int p = positions ? positions[t] : pos0 + t;
-    const float ang = __fmul_rn((float)p, inv_freq[i]);
-    const float c = cosf(ang), sn = sinf(ang);
     float* v = x + th * hd;
-    const float a = v[i], b = v[i + half];
-    v[i] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, sn));
-    v[i + half] = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, sn));
+    rope_pair(v[i], v[i + half], p, inv_freq[i], &v[i], &v[i + half]);
+}
+
+__device__ __forceinline__ float silu_mul_one(float x, float u) {
+    return __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, expf(-x))), u);
 }
 
 __global__ void silu_mul_kernel(float* __restrict__ g, const float* __restrict__ u, int64_t count) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= count) return;
-    const float x = g[i];
-    g[i] = __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, expf(-x))), u[i]);
+    g[i] = silu_mul_one(g[i], u[i]);
+}
+
+// One block per token row: act[t, :] = silu(g[t, :]) ⊙ u[t, :] (g, u with row stride ld: the
+// fused [gate | up] output), optionally with its activation codes / bf16 copy (as rmsnorm_kernel).
+// V > 0: ff ≤ V·blockDim.x, every load issued up front and the values kept in registers
+// (element-wise and order-free, so the bits do not depend on V or the block size).
+template <int V>
+__global__ void __launch_bounds__(1024) silu_mul_rows_kernel(const float* __restrict__ g, const float* __restrict__ u, int64_t ld, int ff,
+                                     float* __restrict__ act, int bits, float clip, uint8_t* __restrict__ q8,
+                                     float* __restrict__ q_scale, int32_t* __restrict__ q_zero,
+                                     __nv_bfloat16* __restrict__ ab) {
+    __shared__ float red[64];
+    pdl_wait();
+    pdl_trigger();
+    const int64_t t = blockIdx.x;
+    const int tid = threadIdx.x, nt = blockDim.x;
+    const float *gr = g + t * ld, *ur = u + t * ld;
+    float* ar = act + t * ff;
+    float mx = 0.0f, mn = 0.0f;
+    if constexpr (V > 0) {
+        float gv[V], uv[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const int i = tid + j * nt;
+            gv[j] = i < ff ? gr[i] : 0.0f;
+            uv[j] = i < ff ? ur[i] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const int i = tid + j * nt;
+            if (i >= ff) continue;
+            const float v = silu_mul_one(gv[j], uv[j]);
+            gv[j] = v;
+            ar[i] = v;
+            mx = ref_max(mx, v);
+            mn = ref_min(mn, v);
+            if (ab) ab[t * ff + i] = __float2bfloat16_rn(v);
+        }
+        if (!q8) return;
+        block_range(mx, mn, red);
+        float s;
+        int z;
+        asym_params(mx, mn, bits, clip, &s, &z);
+        if (tid == 0) q_scale[t] = s, q_zero[t] = z;
+        const int qmax = (1 << bits) - 1;
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const int i = tid + j * nt;
+            if (i < ff) q8[t * ff + i] = (uint8_t)quant_one(gv[j], s, z, qmax);
+        }
+    } else {
+        for (int i = tid; i < ff; i += nt) {
+            const float v = silu_mul_one(gr[i], ur[i]);
+            ar[i] = v;
+            mx = ref_max(mx, v);
+            mn = ref_min(mn, v);
+            if (ab) ab[t * ff + i] = __float2bfloat16_rn(v);
+        }
+        if (!q8) return;
+        block_range(mx, mn, red);
+        float s;
+        int z;
+        asym_params(mx, mn, bits, clip, &s, &z);
+        if (tid == 0) q_scale[t] = s, q_zero[t] = z;
+        const int qmax = (1 << bits) - 1;
+        for (int i = tid; i < ff; i += nt) q8[t * ff + i] = (uint8_t)quant_one(ar[i], s, z, qmax);
+    }
 }
 
 __global__ void add_bias_kernel(float* __restrict__ y, const float* __restrict__ add, const float* __restrict__ bias,
@@ -93,17 +250,49 @@ void embed_gather(const float* table, const int* tokens, int n, int d, float* ou
     SQ_CUDA_LAUNCH("embed");
 }
 
+namespace {
+// The register-cached kernel (V = 16 elements per thread: d ≤ 4096) unless the row is wider
+// or the caller asks for the plain loop (RowQuant::plain, tests).
+void launch_rmsnorm(float* h, const float* add, const float* w, int n, int d, float eps, float* y,
+                    const RowQuant& o, const char* name, cudaStream_t s) {
+    auto k = !o.plain && d <= 16 * kRowThreads ? rmsnorm_kernel<16> : rmsnorm_kernel<0>;
+    launch_pdl(name, k, dim3((unsigned)n), dim3(kRowThreads), 0, s, h, add, w, d, eps, y, o.bits, o.clip, o.q8,
+               o.scale, o.zero, reinterpret_cast<__nv_bfloat16*>(o.bf16));
+}
+}  // namespace
+
 void rmsnorm(const float* x, const float* w, int n, int d, float eps, float* y, cudaStream_t s) {
     if (n <= 0) return;
     // h is only read when add is null
-    rmsnorm_kernel<<<n, kRowThreads, 0, s>>>(const_cast<float*>(x), nullptr, w, d, eps, y);
-    SQ_CUDA_LAUNCH("rmsnorm");
+    launch_rmsnorm(const_cast<float*>(x), nullptr, w, n, d, eps, y, RowQuant{}, "rmsnorm", s);
 }
 
 void add_rmsnorm(float* h, const float* add, const float* w, int n, int d, float eps, float* y, cudaStream_t s) {
+    add_rmsnorm_quant(h, add, w, n, d, eps, y, RowQuant{}, s);
+}
+
+void add_rmsnorm_quant(float* h, const float* add, const float* w, int n, int d, float eps, float* y,
+                       const RowQuant& o, cudaStream_t s) {
     if (n <= 0) return;
-    rmsnorm_kernel<<<n, kRowThreads, 0, s>>>(h, add, w, d, eps, y);
-    SQ_CUDA_LAUNCH("add_rmsnorm");
+    SQ_CHECK(!o.q8 || (o.scale && o.zero && o.bits >= 1 && o.bits <= 8), "CUDA add_rmsnorm_quant: codes need scale, "
+             "zero and 1..8 bits (", o.bits, ")");
+    launch_rmsnorm(h, add, w, n, d, eps, y, o, "add_rmsnorm", s);
+}
+
+void silu_mul_rows(const float* g, const float* u, int64_t ld, int n, int ff, float* act, const RowQuant& o,
+                   cudaStream_t s) {
+    if (n <= 0 || ff <= 0) return;
+    SQ_CHECK(ld >= ff, "CUDA silu_mul_rows: row stride ", ld, " < width ", ff);
+    SQ_CHECK(!o.q8 || (o.scale && o.zero && o.bits >= 1 && o.bits <= 8), "CUDA silu_mul_rows: codes need scale, "
+             "zero and 1..8 bits (", o.bits, ")");
+    // Few wide rows (decode): 1024 threads per row (14336 wide: 14 elements per thread).
+    const int threads = n < 64 && ff >= 2048 ? 1024 : 256;
+    // Registers per thread: the fewest V that hold the row (≤ 64 registers at 1024 threads).
+    auto k = o.plain || ff > 16 * threads ? silu_mul_rows_kernel<0>
+             : ff <= 4 * threads          ? silu_mul_rows_kernel<4>
+                                          : silu_mul_rows_kernel<16>;
+    launch_pdl("silu_mul_rows", k, dim3((unsigned)n), dim3(threads), 0, s, g, u, ld, ff, act, o.bits, o.clip, o.q8,
+               o.scale, o.zero, reinterpret_cast<__nv_bfloat16*>(o.bf16));
 }
 
 void rope(float* x, int n, int heads, int hd, int pos0, const int* pos_dev, const float* inv_freq, cudaStream_t s) {

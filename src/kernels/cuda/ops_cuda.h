@@ -27,6 +27,42 @@ void rmsnorm(const float* x, const float* w, int n, int d, float eps, float* y, 
 // h[t, :] += add[t, :]; y[t, :] = rmsnorm(h[t, :]) * w   (residual add fused with the next norm)
 void add_rmsnorm(float* h, const float* add, const float* w, int n, int d, float eps, float* y, cudaStream_t s);
 
+// Optional outputs of a row kernel for the linear layer that reads its result
+// (decode fusion, docs/kernels-cuda-notes.md "Decode v4"): with q8, the row's
+// activation codes q8 [n, width], scale [n], zero [n] exactly as act_quant
+// (bits, clip) would make them from the fp32 output; with bf16, the output
+// rounded to bf16 [n, width] exactly as f32_to_bf16. Either or both may be null.
+struct RowQuant {
+    int bits = 0;
+    float clip = 1.0f;
+    uint8_t* q8 = nullptr;
+    float* scale = nullptr;
+    int32_t* zero = nullptr;
+    uint16_t* bf16 = nullptr;
+    bool plain = false;  // tests: the plain one-element-at-a-time loop instead of the register-cached kernel
+};
+
+// add_rmsnorm (add may be null: rmsnorm of h in place of x) with the fp32 output y always
+// written (same bits whatever o asks) and o's codes / bf16 copy of y.
+void add_rmsnorm_quant(float* h, const float* add, const float* w, int n, int d, float eps, float* y,
+                       const RowQuant& o, cudaStream_t s);
+
+// act[t, :] = silu(g[t, :]) ⊙ u[t, :] for g, u with row stride ld (the fused [gate | up]
+// output: u = g + ff, ld = 2·ff), act [n, ff] (same bits as silu_mul), plus o's codes / bf16 of act.
+void silu_mul_rows(const float* g, const float* u, int64_t ld, int n, int ff, float* act, const RowQuant& o,
+                   cudaStream_t s);
+
+// RoPE + KV store in one launch (decode fusion): q, k, v [n, *, hd] with row strides
+// ldq, ldk, ldv (the fused q|k|v output); q_out [n, heads, hd] = rope(q) (same bits as rope());
+// rope(k) and v written to the cache as kv_store / kv_store_rows would (fake-quantized when
+// bits < 16). Positions and cache rows: positions[t] and rows[t] when given (batched decode),
+// positions[t] and row t (varlen: rows null), else pos0 + *pos_dev + t for both (one sequence).
+// k_shift [kv_heads, hd] (device) as kv_store's.
+void rope_kv_store(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv, int n,
+                   int heads, int kv_heads, int hd, int pos0, const int* pos_dev, const int* positions,
+                   const int* rows, const float* inv_freq, int bits, float clip, float* q_out, float* kc, float* vc,
+                   cudaStream_t s, const float* k_shift = nullptr);
+
 // In-place rotate-half RoPE on x [n, heads, hd]; token t at position pos0 (+ *pos_dev) + t;
 // inv_freq [hd/2] (device).
 void rope(float* x, int n, int heads, int hd, int pos0, const int* pos_dev, const float* inv_freq, cudaStream_t s);
@@ -84,8 +120,11 @@ void attention_rows(const float* q, const float* kc, const float* vc, int n, con
 // captured graph serves every length); part: attention_decode_scratch floats.
 // Float order differs from attention_rows (tests: max abs Δ ≤ 1e-5).
 size_t attention_decode_scratch(int n, int heads, int hd, int max_keys);
+// o (decode v4): also the o projection's input codes / bf16 copy of out (RowQuant), made by
+// the merge kernel itself (one block per sequence) in the same pass; same bits as without.
 void attention_decode(const float* q, const float* kc, const float* vc, int n, const int* kv_rows, const int* positions,
-                      int heads, int kv_heads, int hd, int max_keys, float* part, float* out, cudaStream_t s);
+                      int heads, int kv_heads, int hd, int max_keys, float* part, float* out, cudaStream_t s,
+                      const RowQuant& o = RowQuant{});
 
 // The block table of attention_varlen (host side) for sequences of
 // seq_lens[i] tokens and `group` query heads per KV head: row0, row end, ...

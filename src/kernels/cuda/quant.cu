@@ -8,81 +8,90 @@
 // `mx·clip − mn·clip` into an FMA or turn x / s into x · (1/s).
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/quant_math.cuh"
 #include "kernels/cuda/reduce.cuh"
 
 namespace sq::cuda {
 
 namespace {
 
-// (s, z) of asym_params() from the row's max (≥ 0) and min (≤ 0).
-__device__ __forceinline__ void asym_params(float mx, float mn, int bits, float clip, float* s_out, int* z_out) {
-    const int qmax = (1 << bits) - 1;
-    mx = __fmul_rn(mx, clip);
-    mn = __fmul_rn(mn, clip);
-    float s = __fdiv_rn(__fsub_rn(mx, mn), (float)qmax);
-    if (!(s > 0.0f)) s = 1.0f;
-    int z = (int)rintf(__fdiv_rn(-mn, s));
-    z = z < 0 ? 0 : (z > qmax ? qmax : z);
-    *s_out = s;
-    *z_out = z;
-}
-
-// One element: clamp(round_half_even(x / s) + z, 0, qmax); NaN -> z.
-__device__ __forceinline__ int quant_one(float x, float s, int z, int qmax) {
-    const float v = __fadd_rn(rintf(__fdiv_rn(x, s)), (float)z);
-    const float c = v != v ? (float)z : (v < 0.0f ? 0.0f : ((float)qmax < v ? (float)qmax : v));
-    return (int)c;
-}
-
-// std::max / std::min as the reference applies them: NaN never replaces the running value.
-__device__ __forceinline__ float ref_max(float a, float b) { return a < b ? b : a; }
-__device__ __forceinline__ float ref_min(float a, float b) { return b < a ? b : a; }
-
-// One block per token row.
-__global__ void act_quant_kernel(const float* __restrict__ x, int64_t k, int bits, float clip, float* __restrict__ qf,
+// One block per token row. V > 0 (v4): k ≤ V·blockDim.x, the row loaded into registers
+// up front (one memory round trip, not one per element per pass: the decode rows are one
+// block each, latency bound); max/min are order-free, so the result is the same bits.
+template <int V>
+__global__ void __launch_bounds__(1024) act_quant_kernel(const float* __restrict__ x, int64_t k, int bits, float clip, float* __restrict__ qf,
                                  uint8_t* __restrict__ q8, float* __restrict__ scale, int32_t* __restrict__ zero) {
     __shared__ float red_mx[32], red_mn[32];
     __shared__ float s_sh;
     __shared__ int z_sh;
+    pdl_wait();  // x is the previous kernel's output (decode: launched early, PDL)
+    pdl_trigger();
     const int64_t t = blockIdx.x;
     const float* xr = x + t * k;
-    float mx = 0.0f, mn = 0.0f;  // the range always contains 0
-    for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
-        const float v = xr[i];
-        mx = ref_max(mx, v);
-        mn = ref_min(mn, v);
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        mx = ref_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        mn = ref_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-    }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) {
-        red_mx[warp] = mx;
-        red_mn[warp] = mn;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float a = 0.0f, b = 0.0f;
-        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
-            a = ref_max(a, red_mx[w]);
-            b = ref_min(b, red_mn[w]);
-        }
+    if constexpr (V > 0) {
+        __shared__ float red[64];
+        const int tid = threadIdx.x, nt = blockDim.x;
+        float xv[V];
+        float mx = 0.0f, mn = 0.0f;
+#pragma unroll
+        for (int j = 0; j < V; ++j) xv[j] = tid + j * nt < k ? xr[tid + j * nt] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < V; ++j)
+            if (tid + j * nt < k) mx = ref_max(mx, xv[j]), mn = ref_min(mn, xv[j]);
+        block_range(mx, mn, red);
         float s;
         int z;
-        asym_params(a, b, bits, clip, &s, &z);
-        s_sh = s;
-        z_sh = z;
-        scale[t] = s;
-        zero[t] = z;
-    }
-    __syncthreads();
-    const float s = s_sh;
-    const int z = z_sh, qmax = (1 << bits) - 1;
-    for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
-        const int q = quant_one(xr[i], s, z, qmax);
-        if (qf) qf[t * k + i] = (float)q;
-        if (q8) q8[t * k + i] = (uint8_t)q;
+        asym_params(mx, mn, bits, clip, &s, &z);
+        if (tid == 0) scale[t] = s, zero[t] = z;
+        const int qmax = (1 << bits) - 1;
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const int64_t i = tid + j * nt;
+            if (i >= k) continue;
+            const int q = quant_one(xv[j], s, z, qmax);
+            if (qf) qf[t * k + i] = (float)q;
+            if (q8) q8[t * k + i] = (uint8_t)q;
+        }
+    } else {
+        float mx = 0.0f, mn = 0.0f;  // the range always contains 0
+        for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+            const float v = xr[i];
+            mx = ref_max(mx, v);
+            mn = ref_min(mn, v);
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            mx = ref_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            mn = ref_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+        }
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        if (lane == 0) {
+            red_mx[warp] = mx;
+            red_mn[warp] = mn;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            float a = 0.0f, b = 0.0f;
+            for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
+                a = ref_max(a, red_mx[w]);
+                b = ref_min(b, red_mn[w]);
+            }
+            float s;
+            int z;
+            asym_params(a, b, bits, clip, &s, &z);
+            s_sh = s;
+            z_sh = z;
+            scale[t] = s;
+            zero[t] = z;
+        }
+        __syncthreads();
+        const float s = s_sh;
+        const int z = z_sh, qmax = (1 << bits) - 1;
+        for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+            const int q = quant_one(xr[i], s, z, qmax);
+            if (qf) qf[t * k + i] = (float)q;
+            if (q8) q8[t * k + i] = (uint8_t)q;
+        }
     }
 }
 
@@ -108,6 +117,34 @@ __global__ void epilogue_kernel(const float* __restrict__ acc_f, const int32_t* 
     y[i] = v;
 }
 
+// One warp stores one (token, KV head) vector of hd elements: fake_quant_asym_ref (bits < 16) or a copy;
+// around sh [hd] when given (kv_fake_quant_ref: subtract, fake-quantize, add back).
+__device__ __forceinline__ void kv_store_vec(const float* __restrict__ src, float* __restrict__ dst, int hd, int bits,
+                                             float clip, int lane, const float* __restrict__ sh = nullptr) {
+    if (bits >= 16) {
+        for (int i = lane; i < hd; i += 32) dst[i] = src[i];
+        return;
+    }
+    const int qmax = (1 << bits) - 1;
+    auto at = [&](int i) { return sh ? __fsub_rn(src[i], sh[i]) : src[i]; };
+    float mx = 0.0f, mn = 0.0f;
+    for (int i = lane; i < hd; i += 32) {
+        mx = ref_max(mx, at(i));
+        mn = ref_min(mn, at(i));
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        mx = ref_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        mn = ref_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+    }
+    float s;
+    int z;
+    asym_params(mx, mn, bits, clip, &s, &z);
+    for (int i = lane; i < hd; i += 32) {
+        const float r = __fmul_rn((float)(quant_one(at(i), s, z, qmax) - z), s);
+        dst[i] = sh ? __fadd_rn(r, sh[i]) : r;
+    }
+}
+
 // One warp per (token, KV head) vector of hd elements: fake_quant_asym_ref on
 // k and v (bits < 16; k around k_shift when given: kv_fake_quant_ref) or a
 // copy, written to the cache from position *pos_dev on.
@@ -117,36 +154,43 @@ __global__ void kv_store_kernel(const float* __restrict__ k, const float* __rest
                                 const int* __restrict__ rows, const float* __restrict__ k_shift) {
     const int64_t vec = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (vec >= vectors) return;
-    const int lane = threadIdx.x & 31, qmax = (1 << (bits < 16 ? bits : 1)) - 1;
+    const int lane = threadIdx.x & 31;
     // rows: token t's cache row is rows[t] (batched decode); else pos (+ t).
     const int64_t base = rows ? (int64_t)rows[vec / kv_heads] * kv_heads + vec % kv_heads
                               : (pos_dev ? (int64_t)*pos_dev * kv_heads : 0) + vec;
-    for (int which = 0; which < 2; ++which) {
-        const float* src = (which ? v : k) + vec * hd;
-        float* dst = (which ? vc : kc) + base * hd;
-        if (bits >= 16) {
-            for (int i = lane; i < hd; i += 32) dst[i] = src[i];
-            continue;
-        }
-        const float* sh = which == 0 && k_shift ? k_shift + (vec % kv_heads) * hd : nullptr;
-        auto at = [&](int i) { return sh ? __fsub_rn(src[i], sh[i]) : src[i]; };
-        float mx = 0.0f, mn = 0.0f;
-        for (int i = lane; i < hd; i += 32) {
-            mx = ref_max(mx, at(i));
-            mn = ref_min(mn, at(i));
-        }
-        for (int o = 16; o > 0; o >>= 1) {
-            mx = ref_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            mn = ref_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-        }
-        float s;
-        int z;
-        asym_params(mx, mn, bits, clip, &s, &z);
-        for (int i = lane; i < hd; i += 32) {
-            const float r = __fmul_rn((float)(quant_one(at(i), s, z, qmax) - z), s);
-            dst[i] = sh ? __fadd_rn(r, sh[i]) : r;
-        }
-    }
+    kv_store_vec(k + vec * hd, kc + base * hd, hd, bits, clip, lane,
+                 k_shift ? k_shift + (vec % kv_heads) * hd : nullptr);
+    kv_store_vec(v + vec * hd, vc + base * hd, hd, bits, clip, lane);
+}
+
+// One warp per (token, head) of the heads + kv_heads heads: query heads are rotated into
+// q_out; KV heads rotate k into a per-warp shared row, then store it and v as kv_store_vec.
+constexpr int kRopeKvWarps = 8;
+__global__ void __launch_bounds__(kRopeKvWarps * 32) rope_kv_kernel(
+    const float* __restrict__ q, int64_t ldq, const float* __restrict__ k, int64_t ldk, const float* __restrict__ v,
+    int64_t ldv, int n, int heads, int kv_heads, int hd, int pos0, const int* __restrict__ pos_dev,
+    const int* __restrict__ positions, const int* __restrict__ rows, const float* __restrict__ inv_freq, int bits,
+    float clip, float* __restrict__ q_out, float* __restrict__ kc, float* __restrict__ vc,
+    const float* __restrict__ k_shift) {
+    extern __shared__ float rk[];  // [kRopeKvWarps][hd]
+    pdl_wait();
+    pdl_trigger();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nh = heads + kv_heads;
+    const int64_t vec = (int64_t)blockIdx.x * kRopeKvWarps + warp;
+    if (vec >= (int64_t)n * nh) return;
+    const int t = (int)(vec / nh), h = (int)(vec % nh), half = hd / 2;
+    const int p = positions ? positions[t] : pos0 + (pos_dev ? *pos_dev : 0) + t;
+    const bool is_q = h < heads;
+    const float* src = is_q ? q + t * ldq + (int64_t)h * hd : k + t * ldk + (int64_t)(h - heads) * hd;
+    float* dst = is_q ? q_out + ((int64_t)t * heads + h) * hd : rk + warp * hd;
+    for (int i = lane; i < half; i += 32) rope_pair(src[i], src[i + half], p, inv_freq[i], &dst[i], &dst[i + half]);
+    if ((hd & 1) && lane == 0) dst[hd - 1] = src[hd - 1];  // odd hd: the last element is not rotated (rope())
+    if (is_q) return;
+    __syncwarp();
+    const int j = h - heads;
+    const int64_t row = rows ? rows[t] : (positions ? t : pos0 + (pos_dev ? *pos_dev : 0) + t);
+    kv_store_vec(dst, kc + (row * kv_heads + j) * hd, hd, bits, clip, lane, k_shift ? k_shift + j * hd : nullptr);
+    kv_store_vec(v + t * ldv + (int64_t)j * hd, vc + (row * kv_heads + j) * hd, hd, bits, clip, lane);
 }
 
 unsigned blocks_for(int64_t count, int threads) { return (unsigned)((count + threads - 1) / threads); }
@@ -160,8 +204,8 @@ void act_quant(const float* x, int n, int64_t k, int bits, float clip, float* qf
     // 16 elements per thread at 256 threads, two passes); 1024 threads cut that 4×.
     // The result does not depend on the block size (max/min are order-free).
     const int threads = n < 64 && k >= 2048 ? 1024 : 256;
-    act_quant_kernel<<<n, threads, 0, s>>>(x, k, bits, clip, qf, q8, scale, zero);
-    SQ_CUDA_LAUNCH("act_quant");
+    auto kern = k > 16 * threads ? act_quant_kernel<0> : k <= 4 * threads ? act_quant_kernel<4> : act_quant_kernel<16>;
+    launch_pdl("act_quant", kern, dim3((unsigned)n), dim3(threads), 0, s, x, k, bits, clip, qf, q8, scale, zero);
 }
 
 void acc_add_i32(const float* part, int64_t count, bool first, int32_t* acc, cudaStream_t s) {
@@ -197,6 +241,23 @@ void kv_store_rows(const float* k, const float* v, int n, int kv_heads, int hd, 
     kv_store_kernel<<<blocks_for(vectors, 8), 256, 0, s>>>(k, v, vectors, kv_heads, hd, bits, clip, kc, vc, nullptr,
                                                            rows, k_shift);
     SQ_CUDA_LAUNCH("kv_store_rows");
+}
+
+void rope_kv_store(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv, int n,
+                   int heads, int kv_heads, int hd, int pos0, const int* pos_dev, const int* positions,
+                   const int* rows, const float* inv_freq, int bits, float clip, float* q_out, float* kc, float* vc,
+                   cudaStream_t s, const float* k_shift) {
+    if (n <= 0) return;
+    SQ_CHECK(hd >= 1 && hd <= 1024 && heads >= 0 && kv_heads >= 1, "CUDA rope_kv_store: heads ", heads, ", kv_heads ",
+             kv_heads, ", head_dim ", hd);
+    SQ_CHECK(ldq >= (int64_t)heads * hd && ldk >= (int64_t)kv_heads * hd && ldv >= (int64_t)kv_heads * hd,
+             "CUDA rope_kv_store: row strides ", ldq, "/", ldk, "/", ldv, " narrower than the heads");
+    SQ_CHECK(!rows || positions, "CUDA rope_kv_store: cache rows need positions");
+    const int64_t vectors = (int64_t)n * (heads + kv_heads);
+    const size_t smem = (size_t)kRopeKvWarps * hd * sizeof(float);
+    launch_pdl("rope_kv_store", rope_kv_kernel, dim3(blocks_for(vectors, kRopeKvWarps)), dim3(kRopeKvWarps * 32), smem,
+               s, q, ldq, k, ldk, v, ldv, n, heads, kv_heads, hd, pos0, pos_dev, positions, rows, inv_freq, bits, clip,
+               q_out, kc, vc, k_shift);
 }
 
 }  // namespace sq::cuda

@@ -5,10 +5,12 @@
 // benchmark: bench/bench_cuda_gemm.cu.
 #include "kernels/cuda/w4a4_gemm.h"
 
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/w4a4_format.h"
 
 namespace sq::cuda {
@@ -94,12 +96,14 @@ __device__ __forceinline__ float spec_dot(const float* __restrict__ z, const flo
 
 // y = ((s_t · scale_j) · (float)(acc − z_t · rowsum_j) + spec) + bias, as cuda::w4a4_epilogue;
 // spec = a.spec[t, j], or fused: spec_dot(spec_z[t, :], spec_c[j, :], spec_rank).
-__device__ __forceinline__ float epi_value(const W4GemmArgs& a, int row, int col, int acc, float st, int zt) {
+// c_row (GEMV, v5): C_col staged in shared memory, else null (read from a.spec_c).
+__device__ __forceinline__ float epi_value(const W4GemmArgs& a, int row, int col, int acc, float st, int zt,
+                                           const float* c_row = nullptr) {
     float v = __fmul_rn(__fmul_rn(st, a.w_scale[col]), (float)(acc - zt * a.w_rowsum[col]));
     if (a.spec) v = __fadd_rn(v, a.spec[(int64_t)row * a.n + col]);
     else if (a.spec_rank > 0)
-        v = __fadd_rn(v, spec_dot(a.spec_z + (int64_t)row * a.spec_rank, a.spec_c + (int64_t)col * a.spec_rank,
-                                  a.spec_rank));
+        v = __fadd_rn(v, spec_dot(a.spec_z + (int64_t)row * a.spec_rank,
+                                  c_row ? c_row : a.spec_c + (int64_t)col * a.spec_rank, a.spec_rank));
     if (a.bias) v = __fadd_rn(v, a.bias[col]);
     return v;
 }
@@ -275,25 +279,81 @@ void launch_tiled(const W4GemmArgs& a, cudaStream_t s) {
     SQ_CUDA_LAUNCH("w4a4_gemm_tiled");
 }
 
-// ---- decode: m ≤ 16 -------------------------------------------------------
+// ---- decode: m ≤ 64 -------------------------------------------------------
 //
 // One block (8 warps) per NT n8 tiles; warp w takes layout blocks kb = w, w+8, …
-// and U of them per iteration: its U·NT 16-byte weight loads and the U·4
+// and U of them per iteration: its U·NT 16-byte weight loads and the U·4·MT
 // activation fragments (4-byte loads, L1/L2 hits: m·k bytes per block against
 // 4·NT·k weight bytes) are all issued before the first MMA, so a lane has
-// U·NT·16 bytes of weights in flight. The 8 warps' accumulators are summed in
-// shared memory, then the epilogue.
+// U·NT·16 bytes of weights in flight. MT m16 row tiles (m ≤ 16·MT) share every
+// weight fragment: the weights are read once for up to 64 rows. The 8 warps'
+// accumulators are summed in shared memory, then the epilogue.
+//
+// PDL (pdl.cuh, v4): the weights are constant, so before waiting for the
+// kernel that produces the activations, each warp loads its first iteration's
+// weights into registers and asks L2 for the rest of its slice (up to
+// kPrefetchBlocks layout blocks): the weight stream starts while the previous
+// (latency-bound) kernel still runs.
 constexpr int V_WARPS = 8;
+constexpr int kPrefetchBlocks = 64;  // per warp: 32 KB; 396 resident blocks → ≤ 100 MB asked of L2 (50 MB)
 
-template <int NT, int U, bool kRows16, bool kAligned4>
-__global__ void __launch_bounds__(V_WARPS * 32, U <= 2 && NT <= 2 ? 3 : 1) gemv_kernel(const W4GemmArgs a) {
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+
+// kDB (v5): double-buffered weights: the next iteration's U·NT loads are issued before
+// this iteration's MMAs, so a warp has two iterations of weights in flight (2 blocks per
+// SM at ≤ 128 registers: for grids that fit two per SM anyway, the narrow shapes).
+template <int NT, int U, int MT, bool kRows16, bool kAligned4, bool kDB = false>
+__global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && NT <= 2 ? 3 : 1) : 2))
+    gemv_kernel(const W4GemmArgs a, int prefetch_blocks, int stage_c) {
     __shared__ int red[V_WARPS][NT][4][32];
+    extern __shared__ float cs[];  // stage_c: C rows of this block's 8·NT outputs [8·NT][spec_rank]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int nb0 = blockIdx.x * NT;
+    if (stage_c) {  // C is a weight (constant): staged before the PDL wait, coalesced (v5)
+        const int rows = W4G_NB * NT, r0 = nb0 * W4G_NB;
+        for (int i = threadIdx.x; i < rows * a.spec_rank; i += V_WARPS * 32) {
+            const int r = r0 + i / a.spec_rank;
+            cs[i] = r < a.n ? a.spec_c[(int64_t)r0 * a.spec_rank + i] : 0.0f;
+        }
+    }
     const int KB = (a.k + TB_K - 1) / TB_K, NB = (a.n + W4G_NB - 1) / W4G_NB;
-    const bool r0 = g < a.m, r1 = kRows16 && g + 8 < a.m;
-    const uint8_t* q0 = a.q + (int64_t)(r0 ? g : 0) * a.k;
-    const uint8_t* q1 = a.q + (int64_t)(r1 ? g + 8 : 0) * a.k;
+
+    auto load_w = [&](uint4 (&w)[U][NT], int kb0) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int kb = kb0 + u * V_WARPS;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const int nb = nb0 + nt;
+                w[u][nt] = (kb < KB && nb < NB) ? ldg_stream16(a.w + ((int64_t)nb * KB + kb) * 512 + lane * 16)
+                                                : make_uint4(0, 0, 0, 0);
+            }
+        }
+    };
+    uint4 w[U][NT];
+    load_w(w, warp);
+    {  // L2 prefetch of this warp's later blocks: (kb, nt) pairs, 4 lines of 128 B per 512-byte block
+        const int per_nt = (KB - warp + V_WARPS - 1) / V_WARPS;  // this warp's kb count
+        const int total = min(per_nt * NT, prefetch_blocks);
+        for (int j = U * NT + lane / 4; j < total; j += 8) {
+            const int kb = warp + (j / NT) * V_WARPS, nb = nb0 + j % NT;
+            if (nb < NB) prefetch_l2(a.w + ((int64_t)nb * KB + kb) * 512 + (lane & 3) * 128);
+        }
+    }
+    pdl_wait();  // activations, scales, spec_z: the previous kernels' outputs
+    pdl_trigger();
+
+    const uint8_t* q0[MT];
+    const uint8_t* q1[MT];
+    bool r0[MT], r1[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        const int ra = 16 * mt + g, rb = ra + 8;
+        r0[mt] = ra < a.m;
+        r1[mt] = (kRows16 || MT > 1) && rb < a.m;
+        q0[mt] = a.q + (int64_t)(r0[mt] ? ra : 0) * a.k;
+        q1[mt] = a.q + (int64_t)(r1[mt] ? rb : 0) * a.k;
+    }
 
     auto act4 = [&](const uint8_t* row, int k) -> uint32_t {
         if constexpr (kAligned4) {
@@ -307,25 +367,22 @@ __global__ void __launch_bounds__(V_WARPS * 32, U <= 2 && NT <= 2 ? 3 : 1) gemv_
         }
     };
 
-    int acc[NT][4];
+    int acc[MT][NT][4];
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) acc[nt][r] = 0;
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0;
 
     for (int kb0 = warp; kb0 < KB; kb0 += V_WARPS * U) {
-        uint4 w[U][NT];
-        uint32_t af[U][4][4];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int kb = kb0 + u * V_WARPS;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                const int nb = nb0 + nt;
-                w[u][nt] = (kb < KB && nb < NB) ? ldg_stream16(a.w + ((int64_t)nb * KB + kb) * 512 + lane * 16)
-                                                : make_uint4(0, 0, 0, 0);
-            }
+        uint4 wn[U][NT];
+        if constexpr (kDB) {
+            if (kb0 + V_WARPS * U < KB) load_w(wn, kb0 + V_WARPS * U);
+        } else if (kb0 != warp) {
+            load_w(w, kb0);
         }
+        uint32_t af[U][4][MT][4];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int kb = kb0 + u * V_WARPS;
@@ -333,10 +390,13 @@ __global__ void __launch_bounds__(V_WARPS * 32, U <= 2 && NT <= 2 ? 3 : 1) gemv_
 #pragma unroll
             for (int s = 0; s < 4; ++s) {
                 const int k = kb * TB_K + s * 32 + 4 * t;
-                af[u][s][0] = in && r0 ? act4(q0, k) : 0u;
-                af[u][s][2] = in && r0 ? act4(q0, k + 16) : 0u;
-                af[u][s][1] = in && r1 ? act4(q1, k) : 0u;
-                af[u][s][3] = in && r1 ? act4(q1, k + 16) : 0u;
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    af[u][s][mt][0] = in && r0[mt] ? act4(q0[mt], k) : 0u;
+                    af[u][s][mt][2] = in && r0[mt] ? act4(q0[mt], k + 16) : 0u;
+                    af[u][s][mt][1] = in && r1[mt] ? act4(q1[mt], k) : 0u;
+                    af[u][s][mt][3] = in && r1[mt] ? act4(q1[mt], k + 16) : 0u;
+                }
             }
         }
 #pragma unroll
@@ -346,27 +406,40 @@ __global__ void __launch_bounds__(V_WARPS * 32, U <= 2 && NT <= 2 ? 3 : 1) gemv_
             for (int s = 0; s < 4; ++s)
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {
-                    const uint32_t ww = word_of(w[u][nt], s);
-                    mma_u8s8(acc[nt], af[u][s], w4_lo16(ww), w4_hi16(ww));
+                    const uint32_t ww = word_of(w[u][nt], s), b0 = w4_lo16(ww), b1 = w4_hi16(ww);
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) mma_u8s8(acc[mt][nt], af[u][s][mt], b0, b1);
                 }
+        }
+        if constexpr (kDB) {
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) w[u][nt] = wn[u][nt];
         }
     }
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
+    for (int mt = 0; mt < MT; ++mt) {
+        if (mt > 0) __syncthreads();  // red is reused per m16 tile
 #pragma unroll
-        for (int r = 0; r < 4; ++r) red[warp][nt][r][lane] = acc[nt][r];
-    __syncthreads();
-    for (int e = threadIdx.x; e < NT * 4 * 32; e += V_WARPS * 32) {
-        const int nt = e >> 7, r = (e >> 5) & 3, l = e & 31;
-        int sum = 0;
+        for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int w = 0; w < V_WARPS; ++w) sum += red[w][nt][r][l];
-        const int row = (l >> 2) + (r >> 1) * 8, col = (nb0 + nt) * W4G_NB + 2 * (l & 3) + (r & 1);
-        if (row >= a.m || col >= a.n) continue;
-        const int64_t i = (int64_t)row * a.n + col;
-        sum >>= 4;
-        if (a.acc) a.acc[i] = sum;
-        if (a.y) a.y[i] = epi_value(a, row, col, sum, a.act_scale[row], a.act_zero[row]);
+            for (int r = 0; r < 4; ++r) red[warp][nt][r][lane] = acc[mt][nt][r];
+        __syncthreads();
+        for (int e = threadIdx.x; e < NT * 4 * 32; e += V_WARPS * 32) {
+            const int nt = e >> 7, r = (e >> 5) & 3, l = e & 31;
+            int sum = 0;
+#pragma unroll
+            for (int w = 0; w < V_WARPS; ++w) sum += red[w][nt][r][l];
+            const int row = 16 * mt + (l >> 2) + (r >> 1) * 8, col = (nb0 + nt) * W4G_NB + 2 * (l & 3) + (r & 1);
+            if (row >= a.m || col >= a.n) continue;
+            const int64_t i = (int64_t)row * a.n + col;
+            sum >>= 4;
+            if (a.acc) a.acc[i] = sum;
+            if (a.y)
+                a.y[i] = epi_value(a, row, col, sum, a.act_scale[row], a.act_zero[row],
+                                   stage_c ? cs + (col - nb0 * W4G_NB) * a.spec_rank : nullptr);
+        }
     }
 }
 
@@ -381,15 +454,37 @@ void check_args(const W4GemmArgs& a, const char* who) {
              ": fused spectral branch needs spec_z and spec_c, and no spec");
 }
 
-template <int NT, int U>
+// SQ_CUDA_GEMV_PREFETCH=0: no L2 prefetch before the PDL wait (A/B of docs/perf.md "Decode v4").
+int gemv_prefetch_blocks() {
+    static const int n = [] {
+        const char* e = std::getenv("SQ_CUDA_GEMV_PREFETCH");
+        return e && std::strcmp(e, "0") == 0 ? 0 : kPrefetchBlocks;
+    }();
+    return n;
+}
+
+// The fused spectral branch's C rows of a block go to shared memory when they fit in 32 KB
+// (rank ≤ 256 at NT = 4): read once, coalesced, before the PDL wait, instead of one
+// 4·rank-byte row per output thread in the epilogue (v5).
+constexpr size_t kStageCBytes = 32 << 10;
+
+template <int NT, int U, int MT = 1, bool DB = false>
 void launch_gemv(const W4GemmArgs& a, cudaStream_t s) {
+    const int pf = gemv_prefetch_blocks();
+    const size_t cbytes = (size_t)W4G_NB * NT * a.spec_rank * sizeof(float);
+    const int stage = a.y && !a.spec && a.spec_rank > 0 && cbytes <= kStageCBytes ? 1 : 0;
+    const size_t smem = stage ? cbytes : 0;
     const bool rows16 = a.m > 8, al4 = a.k % 4 == 0 && ((uintptr_t)a.q & 3) == 0;
-    const unsigned blocks = (unsigned)((w4g_n_pad(a.n) / W4G_NB + NT - 1) / NT);
-    if (rows16 && al4) gemv_kernel<NT, U, true, true><<<blocks, V_WARPS * 32, 0, s>>>(a);
-    else if (rows16) gemv_kernel<NT, U, true, false><<<blocks, V_WARPS * 32, 0, s>>>(a);
-    else if (al4) gemv_kernel<NT, U, false, true><<<blocks, V_WARPS * 32, 0, s>>>(a);
-    else gemv_kernel<NT, U, false, false><<<blocks, V_WARPS * 32, 0, s>>>(a);
-    SQ_CUDA_LAUNCH("w4a4_gemv");
+    const dim3 blocks((unsigned)((w4g_n_pad(a.n) / W4G_NB + NT - 1) / NT)), threads(V_WARPS * 32);
+    if constexpr (MT > 1) {  // m > 16: aligned rows only (w4a4_gemv_cfg sends the rest to the tiled kernel)
+        SQ_CHECK(al4, "w4a4_gemv: m = ", a.m, " > 16 needs k % 4 == 0 and 4-byte aligned activations");
+        launch_pdl("w4a4_gemv", gemv_kernel<NT, U, MT, true, true>, blocks, threads, smem, s, a, pf, stage);
+    } else {
+        if (rows16 && al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, true, DB>, blocks, threads, smem, s, a, pf, stage);
+        else if (rows16) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, false, DB>, blocks, threads, smem, s, a, pf, stage);
+        else if (al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, true, DB>, blocks, threads, smem, s, a, pf, stage);
+        else launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, false, DB>, blocks, threads, smem, s, a, pf, stage);
+    }
 }
 
 }  // namespace
@@ -409,20 +504,46 @@ void w4a4_gemm_tiled_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
     }
 }
 
-void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s) { w4a4_gemv_cfg(a, s, 0); }  // U = 2
+// U = 2; double-buffered (cfg 3, v5) when a warp has ≥ 4 iterations (k ≥ 8192: down at 14336
+// went 16.1 → 13.8 µs back to back, 61 → 71% of HBM; at k = 4096 (2 iterations) it was a
+// little slower: 6.7 → 8.0 µs at qkv, docs/perf.md "Decode v4").
+void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s) {
+    const bool db = a.m <= 16 && (a.k + TB_K - 1) / TB_K >= 4 * V_WARPS * 2;
+    w4a4_gemv_cfg(a, s, db ? 3 : 0);
+}
+
+bool w4a4_gemv_fits(int m, int k, const uint8_t* q) {
+    return m <= 16 || (m <= W4G_GEMV_MAX_M && k % 4 == 0 && ((uintptr_t)q & 3) == 0);
+}
 
 void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
     check_args(a, "w4a4_gemv");
-    SQ_CHECK(a.m <= 16, "w4a4_gemv: m = ", a.m, " > 16 (use w4a4_gemm_tiled)");
+    SQ_CHECK(a.m <= W4G_GEMV_MAX_M, "w4a4_gemv: m = ", a.m, " > ", W4G_GEMV_MAX_M, " (use w4a4_gemm_tiled)");
+    SQ_CHECK(w4a4_gemv_fits(a.m, a.k, a.q), "w4a4_gemv: m = ", a.m,
+             " > 16 needs k % 4 == 0 and 4-byte aligned activations (k = ", a.k, ")");
+    SQ_CHECK(cfg >= 0 && cfg < W4G_GEMV_CFGS, "w4a4_gemv: no configuration ", cfg);
     if (a.m == 0 || a.n == 0 || (!a.acc && !a.y)) return;
+    int sms = 132, dev = 0;
+    SQ_CUDA(cudaGetDevice(&dev));
+    SQ_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const int64_t nb = w4g_n_pad(a.n) / W4G_NB;
+    if (a.m > 16) {  // 17..64 rows (v4): U = 1, MT = 2 or 4 m16 tiles, NT = 2 (2 blocks of 8 warps per SM)
+        if (a.m <= 32) launch_gemv<2, 1, 2>(a, s);
+        else launch_gemv<2, 1, 4>(a, s);
+        return;
+    }
     // NT: the fewest n8 tiles per block that still fit the whole grid in one wave
     // (3 blocks of 8 warps per SM at ≤ 85 registers: 396 on 132 SMs; a second,
     // partial wave cost up to 30% in v1). m > 8 keeps NT ≥ 2: each block re-reads
     // the m·k activation bytes, 4·NT·k weight bytes per block.
-    int sms = 132, dev = 0;
-    SQ_CUDA(cudaGetDevice(&dev));
-    SQ_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    const int64_t nb = w4g_n_pad(a.n) / W4G_NB, slots = 3 * (int64_t)sms;
+    if (cfg == 3) {  // v5: double-buffered, 2 blocks per SM: the fewest NT (≥ 2) that fit one wave of 2·SMs
+        int nt = 2;
+        while (nt < 4 && (nb + nt - 1) / nt > 2 * (int64_t)sms) nt *= 2;
+        if (nt == 2) launch_gemv<2, 2, 1, true>(a, s);
+        else launch_gemv<4, 2, 1, true>(a, s);
+        return;
+    }
+    const int64_t slots = 3 * (int64_t)sms;
     int nt = a.m > 8 ? 2 : 1;
     while (nt < 4 && (nb + nt - 1) / nt > slots) nt *= 2;
     switch (cfg * 4 + nt) {
@@ -440,7 +561,7 @@ void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
 }
 
 void w4a4_gemm(const W4GemmArgs& a, cudaStream_t s) {
-    if (a.m <= 16) w4a4_gemv(a, s);
+    if (w4a4_gemv_fits(a.m, a.k, a.q)) w4a4_gemv(a, s);
     else w4a4_gemm_tiled(a, s);
 }
 

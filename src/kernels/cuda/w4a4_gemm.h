@@ -81,7 +81,8 @@ struct W4GemmArgs {
     float* y = nullptr;
 };
 
-// Picks the kernel: m ≤ 16 → w4a4_gemv, else w4a4_gemm_tiled.
+// Picks the kernel: w4a4_gemv when w4a4_gemv_fits (m ≤ 16; m ≤ 64 with k % 4 == 0 and
+// 4-byte aligned activation rows), else w4a4_gemm_tiled.
 void w4a4_gemm(const W4GemmArgs& a, cudaStream_t s);
 
 // Prefill: 128×128 CTA tiles, 8 warps of 64×32, k 128 per stage, 3-stage cp.async pipeline,
@@ -93,13 +94,18 @@ void w4a4_gemm_tiled(const W4GemmArgs& a, cudaStream_t s);
 constexpr int W4G_TILE_CFGS = 5;
 void w4a4_gemm_tiled_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg);
 
-// Decode (m ≤ 16): one m16 MMA row block, weights streamed once with 16-byte loads,
-// k split across the 8 warps of a block, reduced in shared memory.
+// Decode (m ≤ 16, and 17..64 on aligned rows): one to four m16 MMA row blocks sharing
+// every weight fragment, weights streamed once with 16-byte loads (the first ones and
+// an L2 prefetch of the rest issued before the PDL wait: pdl.cuh), k split across the
+// 8 warps of a block, reduced in shared memory.
+constexpr int W4G_GEMV_MAX_M = 64;
+bool w4a4_gemv_fits(int m, int k, const uint8_t* q);
 void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s);
 
 // GEMV variants compared in docs/kernels-cuda-notes.md: layout blocks per warp and
-// iteration U = 2 (0, the default), 4 (1), 8 (2). Tests, benchmark.
-constexpr int W4G_GEMV_CFGS = 3;
+// iteration U = 2 (0, the default), 4 (1), 8 (2); 3: U = 2 with double-buffered weights
+// (v5), NT ≥ 2, 2 blocks per SM. Tests, benchmark.
+constexpr int W4G_GEMV_CFGS = 4;
 void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg);
 
 }  // namespace sq::cuda

@@ -1,0 +1,65 @@
+// Programmatic dependent launch (PDL, sm_90) for the decode-path kernels.
+//
+// A decode step is ~11 kernels per layer, most of them a few µs long, so the
+// launch latency and the ramp of each kernel (~2 µs) are a large share of the
+// step (docs/kernels-cuda-notes.md, "Decode v4"). A kernel launched with
+// launch_pdl may be scheduled while its predecessor in the stream is still
+// running; it must call pdl_wait() before it reads anything the predecessor
+// (or any earlier kernel) writes, and before it writes anything at all. Work
+// on constant data (the weights) can go before the wait: the GEMV prefetches
+// its weights there. pdl_trigger() lets the *next* PDL kernel launch early;
+// it is safe anywhere, since that kernel's pdl_wait still waits for this whole
+// grid to finish and its writes to be visible. Without the launch attribute
+// both instructions are no-ops, so the kernels stay correct under any launch.
+// Captured into CUDA graphs as programmatic edges (CUDA ≥ 12.3).
+//
+// Off with SQ_CUDA_PDL=0 (read once per process: a launch attribute, not device state).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "kernels/cuda/cuda_check.h"
+
+namespace sq::cuda {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+inline bool pdl_enabled() {
+    static const bool on = [] {
+        const char* e = std::getenv("SQ_CUDA_PDL");
+        return !(e && std::strcmp(e, "0") == 0);
+    }();
+    return on;
+}
+
+// kernel<<<grid, block, smem, s>>>(args...) with the programmatic-serialization attribute; checked.
+template <class... KArgs, class... Args>
+void launch_pdl(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                Args&&... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+    if (e != cudaSuccess) ::sq::fail("CUDA: launch of ", name, " failed: ", cudaGetErrorString(e));
+}
+
+}  // namespace sq::cuda

@@ -1,0 +1,269 @@
+// The decode-fusion kernels (docs/kernels-cuda-notes.md "Decode v4") against the
+// scalar reference and against the unfused kernels they replace:
+//   - add_rmsnorm_quant: h += add exactly; y within float rounding of a double
+//     RMSNorm and bit-identical to the previous (plain loop) kernel; codes, scale, zero point equal to
+//     act_quant_ref(y) bit for bit; the bf16 copy equal to fp32_to_bf16(y);
+//   - silu_mul_rows (strided [gate | up] input): act bit-identical to silu_mul and
+//     within rounding of a double SiLU; codes = act_quant_ref(act), bf16 = fp32_to_bf16(act);
+//   - rope_kv_store: q bit-identical to rope(); cache rows bit-identical to rope + kv_store
+//     (one sequence at pos_dev), rope_varlen + kv_store (varlen) and kv_store_rows
+//     (batched decode) and to fake_quant_asym_ref of the rotated k / of v; rows it does
+//     not own stay poisoned.
+// Awkward widths (odd, not multiples of 32 or of the block), outputs poisoned first.
+// Compiled only with -DSPECQUANT_CUDA=ON; every test skips without a GPU.
+// Run: build-gpu/specquant_tests --gtest_filter='CudaFused*'
+#ifdef SPECQUANT_HAS_CUDA
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/error.h"
+#include "core/fp16.h"
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/ref/w4a4_ref.h"
+#include "test_cuda_util.h"
+#include "test_random.h"
+
+using namespace sq;
+
+namespace {
+
+uint32_t fbits(float f) { return fp32_to_bits(f); }
+
+// Rows with an outlier, all-positive, a constant row and ties: quantizer edge cases (no NaN:
+// the norm spreads one NaN over the whole row, which the act_quant tests cover on their own).
+std::vector<float> rows_of(int n, int64_t d, std::mt19937& rng) {
+    std::vector<float> x = gaussian((size_t)n * d, rng);
+    for (int t = 0; t < n; ++t) {
+        float* r = &x[(size_t)t * d];
+        if (t % 4 == 1) r[rng() % d] = 40.0f;
+        if (t % 4 == 2)
+            for (int64_t i = 0; i < d; ++i) r[i] = std::fabs(r[i]);
+        if (t % 4 == 3)
+            for (int64_t i = 0; i < d; ++i) r[i] = (float)(i % 31) - 15.0f;
+    }
+    return x;
+}
+
+// Codes/scale/zero of the GPU against act_quant_ref of the given fp32 rows, and bf16 against fp32_to_bf16.
+void expect_codes(const std::vector<float>& y, int n, int64_t d, int bits, float clip, const DevBuf<uint8_t>& q8,
+                  const DevBuf<float>& sc, const DevBuf<int32_t>& zp, const DevBuf<uint16_t>& yb, const char* what) {
+    std::vector<uint8_t> q_ref((size_t)n * d);
+    std::vector<float> s_ref(n);
+    std::vector<int32_t> z_ref(n);
+    act_quant_ref(y.data(), n, d, bits, clip, q_ref.data(), s_ref.data(), z_ref.data());
+    const auto q = q8.get();
+    const auto s = sc.get();
+    const auto z = zp.get();
+    const auto b = yb.get();
+    int bad_q = 0, bad_b = 0;
+    for (int t = 0; t < n; ++t) {
+        EXPECT_EQ(fbits(s[t]), fbits(s_ref[t])) << what << " scale, row " << t;
+        EXPECT_EQ(z[t], z_ref[t]) << what << " zero point, row " << t;
+    }
+    for (size_t i = 0; i < q_ref.size(); ++i) bad_q += q[i] != q_ref[i], bad_b += b[i] != fp32_to_bf16(y[i]);
+    EXPECT_EQ(bad_q, 0) << what << ": codes differ from act_quant_ref";
+    EXPECT_EQ(bad_b, 0) << what << ": bf16 differs from fp32_to_bf16";
+}
+
+}  // namespace
+
+TEST(CudaFused, NormQuantEqualsReference) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 101);
+    for (int64_t d : {7, 64, 576, 1000, 4096, 5000}) {  // 5000: the plain loop (wider than 16 per thread)
+        for (int n : {1, 3, 17}) {
+            for (int bits : {4, 8}) {
+                SCOPED_TRACE(str("d=", d, " n=", n, " bits=", bits));
+                const float eps = 1e-5f, clip = bits == 4 ? 0.9f : 1.0f;
+                const std::vector<float> h0 = rows_of(n, d, rng), add = gaussian((size_t)n * d, rng, 0.5f),
+                                         w = gaussian((size_t)d, rng, 0.3f);
+                DevBuf<float> dh(h0), dadd(add), dw(w), dy((size_t)n * d), dh2(h0), dy2((size_t)n * d);
+                DevBuf<float> sc(n);
+                DevBuf<int32_t> zp(n);
+                DevBuf<uint8_t> q8((size_t)n * d);
+                DevBuf<uint16_t> yb((size_t)n * d);
+                cuda::RowQuant rq;
+                rq.bits = bits, rq.clip = clip, rq.q8 = q8.p, rq.scale = sc.p, rq.zero = zp.p, rq.bf16 = yb.p;
+                cuda::add_rmsnorm_quant(dh.p, dadd.p, dw.p, n, (int)d, eps, dy.p, rq, nullptr);
+                cuda::RowQuant plain;  // the previous engine's kernel: one element at a time, no codes
+                plain.plain = true;
+                cuda::add_rmsnorm_quant(dh2.p, dadd.p, dw.p, n, (int)d, eps, dy2.p, plain, nullptr);
+                const auto h = dh.get(), y = dy.get(), y2 = dy2.get(), h2 = dh2.get();
+                int bad_h = 0, bad_y = 0;
+                double worst = 0;
+                for (int t = 0; t < n; ++t) {
+                    double ss = 0;
+                    for (int64_t i = 0; i < d; ++i) {
+                        const size_t k = (size_t)t * d + i;
+                        const float hv = h0[k] + add[k];
+                        bad_h += fbits(h[k]) != fbits(hv) || fbits(h2[k]) != fbits(hv);
+                        ss += (double)hv * hv;
+                    }
+                    const double r = 1.0 / std::sqrt(ss / (double)d + eps);
+                    for (int64_t i = 0; i < d; ++i) {
+                        const size_t k = (size_t)t * d + i;
+                        const double ref = (double)w[i] * ((double)h0[k] + add[k]) * r;
+                        worst = std::max(worst, std::fabs(y[k] - ref) / (std::fabs(ref) + 1e-3));
+                        bad_y += fbits(y[k]) != fbits(y2[k]);
+                    }
+                }
+                EXPECT_EQ(bad_h, 0) << "residual add";
+                EXPECT_EQ(bad_y, 0) << "y differs from the plain add_rmsnorm kernel";
+                EXPECT_LE(worst, 1e-5) << "y against a double RMSNorm";  // ~d float roundings of ss, relative
+                expect_codes(y, n, d, bits, clip, q8, sc, zp, yb, "add_rmsnorm_quant");
+            }
+        }
+    }
+}
+
+TEST(CudaFused, SiluMulQuantEqualsReference) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 102);
+    for (int ff : {5, 96, 1536, 3001, 14336, 20000}) {  // 20000: the plain loop
+        for (int n : {1, 2, 33}) {
+            SCOPED_TRACE(str("ff=", ff, " n=", n));
+            const int64_t ld = 2 * (int64_t)ff;  // [gate | up] rows
+            const std::vector<float> gu = gaussian((size_t)n * ld, rng, 2.0f);
+            std::vector<float> g((size_t)n * ff), u((size_t)n * ff);
+            for (int t = 0; t < n; ++t)
+                for (int i = 0; i < ff; ++i) g[(size_t)t * ff + i] = gu[t * ld + i], u[(size_t)t * ff + i] = gu[t * ld + ff + i];
+            DevBuf<float> dgu(gu), dact((size_t)n * ff), dg(g), du(u), sc(n);
+            DevBuf<int32_t> zp(n);
+            DevBuf<uint8_t> q8((size_t)n * ff);
+            DevBuf<uint16_t> ab((size_t)n * ff);
+            cuda::RowQuant rq;
+            rq.bits = 4, rq.clip = 0.9f, rq.q8 = q8.p, rq.scale = sc.p, rq.zero = zp.p, rq.bf16 = ab.p;
+            cuda::silu_mul_rows(dgu.p, dgu.p + ff, ld, n, ff, dact.p, rq, nullptr);
+            DevBuf<float> dact2((size_t)n * ff);  // the plain loop, no codes
+            cuda::RowQuant plain;
+            plain.plain = true;
+            cuda::silu_mul_rows(dgu.p, dgu.p + ff, ld, n, ff, dact2.p, plain, nullptr);
+            const auto act2 = dact2.get();
+            cuda::silu_mul(dg.p, du.p, (int64_t)n * ff, nullptr);  // the unfused kernel, in place in g
+            const auto act = dact.get(), unf = dg.get();
+            int bad = 0;
+            double worst = 0;
+            for (size_t i = 0; i < act.size(); ++i) {
+                bad += fbits(act[i]) != fbits(unf[i]) || fbits(act2[i]) != fbits(act[i]);
+                const double x = g[i], ref = x / (1.0 + std::exp(-x)) * u[i];
+                worst = std::max(worst, std::fabs(act[i] - ref) / (std::fabs(ref) + 1e-6));
+            }
+            EXPECT_EQ(bad, 0) << "act differs from silu_mul";
+            EXPECT_LE(worst, 1e-6) << "act against a double SiLU";  // three float roundings + expf's ulp
+            expect_codes(act, n, ff, 4, 0.9f, q8, sc, zp, ab, "silu_mul_rows");
+        }
+    }
+}
+
+TEST(CudaFused, RopeKvStoreEqualsUnfused) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 103);
+    struct Shape { int heads, kv, hd; };
+    for (Shape sh : {Shape{4, 2, 16}, Shape{9, 3, 64}, Shape{32, 8, 128}, Shape{3, 3, 7}, Shape{2, 1, 100}}) {
+        for (int variant : {4, 16, -4}) {  // -4: 4-bit keys around a shift (--k-center)
+            const int bits = variant < 0 ? -variant : variant;
+            const bool shifted = variant < 0;
+            for (int mode = 0; mode < 3; ++mode) {  // 0: one sequence at pos_dev, 1: varlen, 2: batched decode rows
+                SCOPED_TRACE(str("heads ", sh.heads, "/", sh.kv, " hd ", sh.hd, " bits ", bits, " shifted ", shifted,
+                                 " mode ", mode));
+                const int n = mode == 2 ? 5 : 6, qd = sh.heads * sh.hd, kvd = sh.kv * sh.hd, ld = qd + 2 * kvd;
+                const int cache_rows = 64, pos_start = 9;
+                std::vector<float> inv(sh.hd / 2);
+                for (int i = 0; i < sh.hd / 2; ++i) inv[i] = std::pow(10000.0f, -2.0f * (float)i / (float)sh.hd);
+                const std::vector<float> qkv = gaussian((size_t)n * ld, rng, 2.0f);
+                std::vector<float> q((size_t)n * qd), k((size_t)n * kvd), v((size_t)n * kvd);
+                for (int t = 0; t < n; ++t) {
+                    std::memcpy(&q[(size_t)t * qd], &qkv[(size_t)t * ld], qd * 4);
+                    std::memcpy(&k[(size_t)t * kvd], &qkv[(size_t)t * ld + qd], kvd * 4);
+                    std::memcpy(&v[(size_t)t * kvd], &qkv[(size_t)t * ld + qd + kvd], kvd * 4);
+                }
+                std::vector<int> pos(n), rows(n);
+                for (int t = 0; t < n; ++t) {
+                    pos[t] = mode == 1 ? (t < 2 ? t : t - 2) : 3 * t + 1;  // varlen: sequences of 2 and 4
+                    rows[t] = 11 * t + pos[t] % 7;                       // decode: scattered regions
+                }
+                DevBuf<float> dqkv(qkv), dinv(inv), qo((size_t)n * qd), kc((size_t)cache_rows * kvd),
+                    vc((size_t)cache_rows * kvd);
+                DevBuf<float> dq(q), dk(k), dv(v), kc2((size_t)cache_rows * kvd), vc2((size_t)cache_rows * kvd);
+                DevBuf<int> dpos(pos), drows(rows), dp0(std::vector<int>{pos_start});
+                const std::vector<float> shift = gaussian((size_t)kvd, rng, 1.5f);
+                DevBuf<float> dshift(shift);
+                const float* ks = shifted ? dshift.p : nullptr;
+                kc.poison(), vc.poison(), kc2.poison(), vc2.poison(), qo.poison();
+                const int* pd = mode == 0 ? dp0.p : nullptr;
+                const int* pp = mode == 0 ? nullptr : dpos.p;
+                const int* pr = mode == 2 ? drows.p : nullptr;
+                cuda::rope_kv_store(dqkv.p, ld, dqkv.p + qd, ld, dqkv.p + qd + kvd, ld, n, sh.heads, sh.kv, sh.hd, 0, pd,
+                                    pp, pr, dinv.p, bits, 0.95f, qo.p, kc.p, vc.p, nullptr, ks);
+                if (mode == 0) {
+                    cuda::rope(dq.p, n, sh.heads, sh.hd, 0, dp0.p, dinv.p, nullptr);
+                    cuda::rope(dk.p, n, sh.kv, sh.hd, 0, dp0.p, dinv.p, nullptr);
+                    cuda::kv_store(dk.p, dv.p, n, sh.kv, sh.hd, bits, 0.95f, kc2.p, vc2.p, dp0.p, nullptr, ks);
+                } else {
+                    cuda::rope_varlen(dq.p, n, sh.heads, sh.hd, dpos.p, dinv.p, nullptr);
+                    cuda::rope_varlen(dk.p, n, sh.kv, sh.hd, dpos.p, dinv.p, nullptr);
+                    if (mode == 1) cuda::kv_store(dk.p, dv.p, n, sh.kv, sh.hd, bits, 0.95f, kc2.p, vc2.p, nullptr, nullptr, ks);
+                    else cuda::kv_store_rows(dk.p, dv.p, n, sh.kv, sh.hd, bits, 0.95f, kc2.p, vc2.p, drows.p, nullptr, ks);
+                }
+                const auto a = qo.get(), b = dq.get(), kr = dk.get();
+                int bad = 0;
+                for (size_t i = 0; i < a.size(); ++i) bad += fbits(a[i]) != fbits(b[i]);
+                EXPECT_EQ(bad, 0) << "rotated q differs from rope()";
+                const auto k1 = kc.get(), k2 = kc2.get(), v1 = vc.get(), v2 = vc2.get();
+                int bad_k = 0, bad_v = 0;
+                for (size_t i = 0; i < k1.size(); ++i) bad_k += fbits(k1[i]) != fbits(k2[i]), bad_v += fbits(v1[i]) != fbits(v2[i]);
+                EXPECT_EQ(bad_k, 0) << "key cache differs from rope + kv_store";
+                EXPECT_EQ(bad_v, 0) << "value cache differs from kv_store";
+                // The scalar reference of the store: fake_quant_asym_ref of the rotated k and of v, at each token's row.
+                int bad_ref = 0;
+                for (int t = 0; t < n; ++t) {
+                    const int row = mode == 0 ? pos_start + t : (mode == 1 ? t : rows[t]);
+                    for (int j = 0; j < sh.kv; ++j) {
+                        std::vector<float> kk(&kr[((size_t)t * sh.kv + j) * sh.hd], &kr[((size_t)t * sh.kv + j + 1) * sh.hd]);
+                        std::vector<float> vv(&v[((size_t)t * sh.kv + j) * sh.hd], &v[((size_t)t * sh.kv + j + 1) * sh.hd]);
+                        if (bits < 16) {
+                            kv_fake_quant_ref(kk.data(), sh.hd, bits, 0.95f, shifted ? &shift[(size_t)j * sh.hd] : nullptr);
+                            fake_quant_asym_ref(vv.data(), sh.hd, bits, 0.95f);
+                        }
+                        for (int i = 0; i < sh.hd; ++i) {
+                            const size_t c = ((size_t)row * sh.kv + j) * sh.hd + i;
+                            bad_ref += fbits(k1[c]) != fbits(kk[i]) || fbits(v1[c]) != fbits(vv[i]);
+                        }
+                    }
+                }
+                EXPECT_EQ(bad_ref, 0) << "cache against fake_quant_asym_ref";
+                // Untouched rows keep the poison (0xFF bytes).
+                std::vector<bool> owned(cache_rows, false);
+                for (int t = 0; t < n; ++t) owned[mode == 0 ? pos_start + t : (mode == 1 ? t : rows[t])] = true;
+                int stray = 0;
+                for (int r = 0; r < cache_rows; ++r)
+                    if (!owned[r])
+                        for (int i = 0; i < kvd; ++i) stray += fbits(k1[(size_t)r * kvd + i]) != 0xFFFFFFFFu;
+                EXPECT_EQ(stray, 0) << "writes outside the tokens' cache rows";
+            }
+        }
+    }
+}
+
+TEST(CudaFused, BadArgumentsAreSqErrors) {
+    SKIP_WITHOUT_GPU();
+    DevBuf<float> x(64);
+    cuda::RowQuant rq;
+    rq.q8 = reinterpret_cast<uint8_t*>(x.p);  // codes without scale / zero
+    EXPECT_THROW(cuda::add_rmsnorm_quant(x.p, nullptr, x.p, 1, 8, 1e-5f, x.p, rq, nullptr), Error);
+    EXPECT_THROW(cuda::silu_mul_rows(x.p, x.p, 4, 1, 8, x.p, cuda::RowQuant{}, nullptr), Error);  // ld < ff
+    EXPECT_THROW(cuda::rope_kv_store(x.p, 4, x.p, 8, x.p, 8, 1, 1, 1, 8, 0, nullptr, nullptr, nullptr, x.p, 16, 1.0f,
+                                     x.p, x.p, x.p, nullptr),
+                 Error);  // ldq < heads·hd
+    int* rows = reinterpret_cast<int*>(x.p);
+    EXPECT_THROW(cuda::rope_kv_store(x.p, 8, x.p, 8, x.p, 8, 1, 1, 1, 8, 0, nullptr, nullptr, rows, x.p, 16, 1.0f, x.p,
+                                     x.p, x.p, nullptr),
+                 Error);  // rows without positions
+}
+
+#endif  // SPECQUANT_HAS_CUDA
