@@ -15,7 +15,7 @@ static const char PACKED_MAGIC[8] = {'S', 'Q', 'P', 'A', 'C', 'K', 0, 1};
 
 size_t packed_dtype_size(const std::string& d) {
     if (d == "u8" || d == "i8") return 1;
-    if (d == "f16") return 2;
+    if (d == "f16" || d == "u16") return 2;
     if (d == "i32" || d == "f32") return 4;
     fail("packed file: unknown dtype '", d, "'");
 }
@@ -88,6 +88,9 @@ PackedFile packed_open(const std::string& path) {
     uint64_t hlen;
     std::memcpy(&version, p + 8, 4);
     std::memcpy(&hlen, p + 16, 8);
+    SQ_CHECK(version != 1, path,
+             ": packed format version 1 is no longer read (its spectral coefficients are stored dense; version 2 "
+             "stores only the kept ones, docs/format.md): quantize the model again with `specquant quantize`");
     SQ_CHECK(version == PACKED_VERSION, path, ": packed format version ", version, " not supported (this build reads ",
              PACKED_VERSION, ")");
     SQ_CHECK(hlen <= size - 24, path, ": header length ", hlen, " runs past the end of the file (", size, " bytes)");

@@ -18,12 +18,13 @@ SQ_CLONES static void rmsnorm_row(const float* x, const float* w, int64_t d, flo
 }
 
 void rmsnorm_f32(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y) {
-    parallel_for(n, [&](int64_t t) { rmsnorm_row(x + t * d, w, d, eps, y + t * d); });
+    if (n == 1) rmsnorm_row(x, w, d, eps, y);  // decode: a fork/join costs more than the row
+    else parallel_for(n, [&](int64_t t) { rmsnorm_row(x + t * d, w, d, eps, y + t * d); });
 }
 
 void rope_f32(float* x, int64_t n, int n_heads, int head_dim, int pos0, const float* inv_freq) {
     const int half = head_dim / 2;
-    parallel_for(n, [&](int64_t t) {
+    auto one = [&](int64_t t) {
         // angles as Hugging Face computes them: float32 position × float32 inv_freq
         float c[512], s[512];
         for (int i = 0; i < half; ++i) {
@@ -39,7 +40,9 @@ void rope_f32(float* x, int64_t n, int n_heads, int head_dim, int pos0, const fl
                 v[i + half] = b * c[i] + a * s[i];
             }
         }
-    });
+    };
+    if (n == 1) one(0);  // decode: no fork/join for a few hundred values
+    else parallel_for(n, one);
 }
 
 SQ_CLONES static void silu_mul_block(float* g, const float* u, int64_t n) {
@@ -48,6 +51,7 @@ SQ_CLONES static void silu_mul_block(float* g, const float* u, int64_t n) {
 
 void silu_mul_f32(float* g, const float* u, int64_t count) {
     const int64_t block = 4096;
+    if (count <= block) return silu_mul_block(g, u, count);  // decode: one block, no fork/join
     parallel_for((count + block - 1) / block, [&](int64_t b) {
         const int64_t lo = b * block, hi = std::min(count, lo + block);
         silu_mul_block(g + lo, u + lo, hi - lo);
