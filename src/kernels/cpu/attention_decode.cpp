@@ -19,7 +19,7 @@ namespace sq {
 
 namespace {
 
-constexpr int kKeys = 32;    // keys per score unit
+constexpr int kKeys = 32;    // cache rows per score unit (all KV heads: 24 KB at SmolLM2)
 constexpr int kMaxGroup = 8;  // query heads per KV head with a kernel (LLaMA-3: 4, SmolLM2: 3)
 
 // ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))
@@ -38,6 +38,9 @@ SQ_AVX2 void scores(const float* qt, const float* kg, int64_t kv_stride, int hd,
                     float* srow, int64_t lmax) {
     int64_t j = j0;
     for (; j + NK <= j1; j += NK) {
+        // the rows NK·4 keys ahead, for the last KV head of the row (the
+        // others read the same lines a moment later)
+        _mm_prefetch((const char*)(kg + (j + 4 * NK) * kv_stride), _MM_HINT_T0);
         __m256 acc[NK][G];
 #pragma GCC unroll 8
         for (int kk = 0; kk < NK; ++kk)
@@ -81,6 +84,7 @@ SQ_AVX2 void outputs(const float* a, int64_t lmax, const float* vg, int64_t kv_s
 #pragma GCC unroll 8
         for (int hh = 0; hh < G; ++hh) acc[c][hh] = _mm256_setzero_ps();
     for (int64_t j = 0; j < len; ++j) {
+        _mm_prefetch((const char*)(vg + (j + 16) * kv_stride), _MM_HINT_T0);  // strided rows: help the prefetcher
 #pragma GCC unroll 8
         for (int c = 0; c < C; ++c) {
             const __m256 vj = _mm256_loadu_ps(vg + j * kv_stride + 8 * c);
@@ -104,15 +108,15 @@ SQ_AVX2 void run(const float* q, const float* k, const float* v, int64_t kv_stri
     const int64_t chunks = (lmax + kKeys - 1) / kKeys;
     const float scale = 1.0f / std::sqrt((float)hd);
     const int64_t dchunks = hd % (8 * C) == 0 ? hd / (8 * C) : 0;  // else one ymm at a time
-    const int64_t u1 = n * KV * chunks, u2 = n * H, u3 = n * KV * (dchunks ? dchunks : hd / 8);
+    const int64_t u1 = n * chunks, u2 = n * H, u3 = n * KV * (dchunks ? dchunks : hd / 8);
     const int nt = std::max(1, threads_count());
 #pragma omp parallel num_threads(nt)
     {
 #pragma omp for schedule(static)
-        for (int64_t u = 0; u < u1; ++u) {  // 1. scores
-            const int64_t t = u / (KV * chunks), g = (u / chunks) % KV, c = u % chunks;
+        for (int64_t u = 0; u < u1; ++u) {  // 1. scores: a run of whole cache rows, every KV head
+            const int64_t t = u / chunks, c = u % chunks;
             const int64_t len = pos0 + t + 1, j0 = c * kKeys, j1 = std::min(len, j0 + kKeys);
-            if (j0 < j1)
+            for (int g = 0; g < KV && j0 < j1; ++g)
                 scores<G, NK>(q + (t * H + g * G) * hd, k + g * hd, kv_stride, hd, j0, j1, scale,
                               S + (t * H + g * G) * lmax, lmax);
         }

@@ -3,9 +3,10 @@
 // attention_ref.h, which fixes the order of every float operation).
 //
 // One parallel region, three phases split evenly over the threads (decode
-// at SmolLM2 shapes and 640 positions: 60 / 9 / 12 units per layer):
-//   1. scores: units (token, KV head, 32 keys); each K row is read once and
-//      dotted with the query of every head of its group (GQA: 3 at SmolLM2);
+// at SmolLM2 shapes and 640 positions: 20 / 9 / 12 units per layer):
+//   1. scores: units (token, 32 cache rows), whole rows in address order;
+//      each KV head's part is read once and dotted with the query of every
+//      head of its group (GQA: 3 at SmolLM2);
 //   2. softmax per (token, head), in place: weights a_j;
 //   3. outputs: units (token, KV head, 16 dims); each V row segment is read
 //      once for all heads of the group, accumulators in registers.
