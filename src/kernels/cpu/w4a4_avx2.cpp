@@ -456,6 +456,18 @@ void run_jobs(const Job* jobs, int count, int64_t m, const std::function<void(in
         first[i + 1] = first[i] + (m <= w4a4_gemv_max_m ? groups : mb * nbs[i]);
     }
     const int64_t total = first[count];
+    // GEMV: cost[u] = bytes read by units before u (codes + spectral C)
+    std::vector<int64_t> cost;
+    if (m <= w4a4_gemv_max_m) {
+        cost.resize(total + 1, 0);
+        for (int i = 0; i < count; ++i) {
+            const W4A4Weights& w = *jobs[i].w;
+            for (int64_t g = 0; g < w.groups; ++g) {
+                const int64_t u = first[i] + g;
+                cost[u + 1] = cost[u] + jobs[i].gstride + (jobs[i].zb && w.rank > 0 ? kGroup * 2 * w.coef_len[g] : 0);
+            }
+        }
+    }
     const int nt_max = std::max(1, threads_count());
 #pragma omp parallel num_threads(nt_max)
     {
@@ -465,10 +477,14 @@ void run_jobs(const Job* jobs, int count, int64_t m, const std::function<void(in
 #pragma omp barrier
         }
         if (m <= w4a4_gemv_max_m) {
-            const int64_t per = (total + nt - 1) / nt;
-            const int64_t u0 = std::min(total, t * per), u1 = std::min(total, (t + 1) * per);
+            // Contiguous ranges of equal bytes, not of equal groups: the
+            // spectral rows are sorted longest first, so the first groups of
+            // a layer read up to twice the bytes of the last (SmolLM2 q at
+            // k̄ 32: 1152 code bytes + up to 1024 of C per group).
+            const int64_t u0 = std::lower_bound(cost.begin(), cost.end(), cost.back() * t / nt) - cost.begin(),
+                          u1 = std::lower_bound(cost.begin(), cost.end(), cost.back() * (t + 1) / nt) - cost.begin();
             int i = 0;
-            for (int64_t u = u0; u < u1; ++u) {
+            for (int64_t u = u0; u < std::min(u1, total); ++u) {
                 while (u >= first[i + 1]) ++i;
                 run_rows<true>(jobs[i], 0, m, u - first[i]);
             }
