@@ -1,5 +1,6 @@
 #include "io/packed_file.h"
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -133,6 +134,16 @@ const PackedView& PackedFile::get(const std::string& name, const std::string& dt
              dtype);
     SQ_CHECK(it->second.shape == shape, map->path(), ": tensor ", name, " has the wrong shape");
     return it->second;
+}
+
+void PackedFile::release(const std::string& name) const {
+    auto it = tensors.find(name);
+    if (it == tensors.end() || it->second.nbytes == 0) return;
+    const uintptr_t page = (uintptr_t)::sysconf(_SC_PAGESIZE), base = (uintptr_t)map->data();
+    const uintptr_t lo = (uintptr_t)it->second.data / page * page,
+                    hi = ((uintptr_t)it->second.data + it->second.nbytes + page - 1) / page * page;
+    const uintptr_t end = (base + map->size() + page - 1) / page * page;
+    if (lo >= base && hi <= end) ::madvise((void*)lo, hi - lo, MADV_DONTNEED);  // advisory: errors ignored
 }
 
 }  // namespace sq

@@ -52,6 +52,11 @@ struct PackedFile {
     // dtype/shape differ from what the caller expects.
     const PackedView& get(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape) const;
     bool has(const std::string& name) const { return tensors.count(name) != 0; }
+    // Drops the mapped pages of tensors already copied out from this
+    // process's resident set (they stay in the page cache; a later read
+    // faults them back in): loading then peaks at the weights plus one
+    // layer, not the weights plus the whole file.
+    void release(const std::string& name) const;
 };
 
 bool packed_is(const std::string& path);  // true when the file starts with our magic

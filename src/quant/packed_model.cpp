@@ -337,6 +337,7 @@ PackedModel packed_model_load(const std::string& path) {
                 d.basis_f16 = read_vec<uint16_t>(pf, name + ".basis", "f16", {in, d.rank});
             if (has_bias) d.bias = read_vec<float>(pf, name + ".bias", "f32", {out});
             d.validate(path + ": " + name);
+            for (const char* t : {".codes", ".scale", ".coef_len", ".coef_val", ".basis", ".bias"}) pf.release(name + t);
             return make_linear_w4a4(std::move(d));  // AVX2 when the CPU has it, else the reference (loud)
         } catch (const json::exception& e) {
             fail(path, ": linear ", name, ": ", e.what());
@@ -349,6 +350,9 @@ PackedModel packed_model_load(const std::string& path) {
     else if (embed_type == "q4_0") w.embed_q4 = read_q4(pf, path, "embed.q4", c.vocab, d);
     else if (embed_type == "f16") w.embed = read_f16(pf, "embed", {c.vocab, d});
     else fail(path, ": unknown embed_type '", embed_type, "'");
+    pf.release("embed.q8");
+    pf.release("embed.q4");
+    pf.release("embed");
     w.final_norm = read_vec<float>(pf, "final_norm", "f32", {d});
     w.layers.resize(c.n_layers);
     for (int i = 0; i < c.n_layers; ++i) {
