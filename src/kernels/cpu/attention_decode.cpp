@@ -19,7 +19,7 @@ namespace sq {
 
 namespace {
 
-constexpr int kKeys = 32;    // cache rows per score unit (all KV heads: 24 KB at SmolLM2)
+constexpr int kKeys = kAttentionChunk;  // cache rows per unit (all KV heads: 24 KB at SmolLM2)
 constexpr int kMaxGroup = 8;  // query heads per KV head with a kernel (LLaMA-3: 4, SmolLM2: 3)
 
 // ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))
@@ -27,6 +27,15 @@ SQ_AVX2 inline float tree8(__m256 a) {
     const __m128 p = _mm_hadd_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     const __m128 r = _mm_hadd_ps(p, p);
     return _mm_cvtss_f32(r) + _mm_cvtss_f32(_mm_shuffle_ps(r, r, 1));
+}
+
+// All cache lines of rows [j0, j1) (row_floats each, kv_stride apart): the
+// phases read a run of rows in several passes (one per KV head and dim
+// block), and without this each pass waits for its own line of every row
+// (measured: the V loads of phase 3 took half of its time).
+SQ_AVX2 inline void prefetch_rows(const float* base, int64_t kv_stride, int64_t row_floats, int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j)
+        for (int64_t f = 0; f < row_floats; f += 16) _mm_prefetch((const char*)(base + j * kv_stride + f), _MM_HINT_T0);
 }
 
 // Phase 1 for keys [j0, j1) of KV head g, token t: NK keys at a time, each
@@ -38,9 +47,6 @@ SQ_AVX2 void scores(const float* qt, const float* kg, int64_t kv_stride, int hd,
                     float* srow, int64_t lmax) {
     int64_t j = j0;
     for (; j + NK <= j1; j += NK) {
-        // the rows NK·4 keys ahead, for the last KV head of the row (the
-        // others read the same lines a moment later)
-        _mm_prefetch((const char*)(kg + (j + 4 * NK) * kv_stride), _MM_HINT_T0);
         __m256 acc[NK][G];
 #pragma GCC unroll 8
         for (int kk = 0; kk < NK; ++kk)
@@ -74,41 +80,43 @@ SQ_AVX2 void scores(const float* qt, const float* kg, int64_t kv_stride, int hd,
     }
 }
 
-// Phase 3 for dims [d0, d0 + 8·C) of KV head g, token t: C·G accumulators in
-// registers, one fma per (key, head, 8 dims) in ascending key order.
+// Phase 3 for one chunk of keys [j0, j1) and KV head g: partial outputs
+// P[h][i] of the G query heads, 8·C dims at a time in registers (the rows of
+// the chunk stay in L1 across the dim blocks: 32 × 768 B at SmolLM2).
 template <int G, int C>
-SQ_AVX2 void outputs(const float* a, int64_t lmax, const float* vg, int64_t kv_stride, int64_t len, float* ot, int hd) {
-    __m256 acc[C][G];
+SQ_AVX2 void partials(const float* a, int64_t lmax, const float* vg, int64_t kv_stride, int64_t j0, int64_t j1,
+                      float* P, int hd) {
+    for (int d0 = 0; d0 < hd; d0 += 8 * C) {
+        __m256 acc[C][G];
 #pragma GCC unroll 8
-    for (int c = 0; c < C; ++c)
+        for (int c = 0; c < C; ++c)
 #pragma GCC unroll 8
-        for (int hh = 0; hh < G; ++hh) acc[c][hh] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < len; ++j) {
-        _mm_prefetch((const char*)(vg + (j + 16) * kv_stride), _MM_HINT_T0);  // strided rows: help the prefetcher
+            for (int hh = 0; hh < G; ++hh) acc[c][hh] = _mm256_setzero_ps();
+        for (int64_t j = j0; j < j1; ++j) {
 #pragma GCC unroll 8
-        for (int c = 0; c < C; ++c) {
-            const __m256 vj = _mm256_loadu_ps(vg + j * kv_stride + 8 * c);
+            for (int c = 0; c < C; ++c) {
+                const __m256 vj = _mm256_loadu_ps(vg + j * kv_stride + d0 + 8 * c);
 #pragma GCC unroll 8
-            for (int hh = 0; hh < G; ++hh)
-                acc[c][hh] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + hh * lmax + j), vj, acc[c][hh]);
+                for (int hh = 0; hh < G; ++hh)
+                    acc[c][hh] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + hh * lmax + j), vj, acc[c][hh]);
+            }
         }
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c)
+#pragma GCC unroll 8
+            for (int hh = 0; hh < G; ++hh) _mm256_storeu_ps(P + hh * hd + d0 + 8 * c, acc[c][hh]);
     }
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c)
-#pragma GCC unroll 8
-        for (int hh = 0; hh < G; ++hh) _mm256_storeu_ps(ot + hh * hd + 8 * c, acc[c][hh]);
 }
 
 template <int G>
 SQ_AVX2 void run(const float* q, const float* k, const float* v, int64_t kv_stride, int64_t n, int pos0, int H,
-                 int KV, int hd, float* out, float* S) {
+                 int KV, int hd, float* out, float* S, float* Pb) {
     constexpr int NK = G >= 7 ? 1 : G >= 4 ? 2 : G == 3 ? 4 : 6 / G;  // NK·G ≤ 12 accumulators
     constexpr int C = G <= 6 ? 2 : 1;                    // C·G ≤ 12
     const int64_t lmax = pos0 + n;
     const int64_t chunks = (lmax + kKeys - 1) / kKeys;
     const float scale = 1.0f / std::sqrt((float)hd);
-    const int64_t dchunks = hd % (8 * C) == 0 ? hd / (8 * C) : 0;  // else one ymm at a time
-    const int64_t u1 = n * chunks, u2 = n * H, u3 = n * KV * (dchunks ? dchunks : hd / 8);
+    const int64_t u1 = n * chunks, u2 = n * H;
     const int nt = std::max(1, threads_count());
 #pragma omp parallel num_threads(nt)
     {
@@ -116,6 +124,7 @@ SQ_AVX2 void run(const float* q, const float* k, const float* v, int64_t kv_stri
         for (int64_t u = 0; u < u1; ++u) {  // 1. scores: a run of whole cache rows, every KV head
             const int64_t t = u / chunks, c = u % chunks;
             const int64_t len = pos0 + t + 1, j0 = c * kKeys, j1 = std::min(len, j0 + kKeys);
+            prefetch_rows(k, kv_stride, (int64_t)KV * hd, j0, j1);
             for (int g = 0; g < KV && j0 < j1; ++g)
                 scores<G, NK>(q + (t * H + g * G) * hd, k + g * hd, kv_stride, hd, j0, j1, scale,
                               S + (t * H + g * G) * lmax, lmax);
@@ -135,14 +144,30 @@ SQ_AVX2 void run(const float* q, const float* k, const float* v, int64_t kv_stri
             for (int64_t j = 0; j < len; ++j) s[j] = s[j] * inv;
         }
 #pragma omp for schedule(static)
-        for (int64_t u = 0; u < u3; ++u) {  // 3. outputs of one KV head's query heads, 8·C (or 8) dims
-            const int64_t per = dchunks ? dchunks : hd / 8, w = dchunks ? 8 * C : 8;
-            const int64_t t = u / (KV * per), g = (u / per) % KV, d0 = (u % per) * w;
-            const float* a = S + (t * H + g * G) * lmax;
-            const float* vg = v + g * hd + d0;
-            float* ot = out + (t * H + g * G) * hd + d0;
-            if (dchunks) outputs<G, C>(a, lmax, vg, kv_stride, pos0 + t + 1, ot, hd);
-            else outputs<G, 1>(a, lmax, vg, kv_stride, pos0 + t + 1, ot, hd);
+        for (int64_t u = 0; u < u1; ++u) {  // 3. partial outputs per run of 32 whole cache rows
+            const int64_t t = u / chunks, c = u % chunks;
+            const int64_t len = pos0 + t + 1, j0 = c * kKeys, j1 = std::min(len, j0 + kKeys);
+            prefetch_rows(v, kv_stride, (int64_t)KV * hd, j0, j1);
+            for (int g = 0; g < KV && j0 < j1; ++g) {
+                const float* a = S + (t * H + g * G) * lmax;
+                float* P = Pb + ((t * chunks + c) * H + g * G) * hd;
+                if (hd % (8 * C) == 0) partials<G, C>(a, lmax, v + g * hd, kv_stride, j0, j1, P, hd);
+                else partials<G, 1>(a, lmax, v + g * hd, kv_stride, j0, j1, P, hd);
+            }
+        }
+#pragma omp for schedule(static)
+        for (int64_t u = 0; u < u2; ++u) {  // 4. o = P_0 + P_1 + … in chunk order
+            const int64_t t = u / H, h = u % H, len = pos0 + t + 1, nc = (len + kKeys - 1) / kKeys;
+            float* o = out + u * hd;
+            for (int64_t c = 0; c < nc; ++c) {
+                const float* P = Pb + ((t * chunks + c) * H + h) * hd;
+                if (c == 0) {
+                    for (int i = 0; i < hd; i += 8) _mm256_storeu_ps(o + i, _mm256_loadu_ps(P + i));
+                } else {
+                    for (int i = 0; i < hd; i += 8)
+                        _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_loadu_ps(o + i), _mm256_loadu_ps(P + i)));
+                }
+            }
         }
     }
 }
@@ -158,12 +183,14 @@ void attention_decode(const float* q, const float* k, const float* v, int64_t kv
         attention_decode_ref(q, k, v, kv_stride, n, pos0, n_heads, n_kv_heads, hd, out);
         return;
     }
-    thread_local std::vector<float> S;  // [n, n_heads, pos0 + n] scores, then weights
+    thread_local std::vector<float> S, P;  // [n, n_heads, pos0 + n] scores, then weights; partial outputs
     S.resize((size_t)n * n_heads * (pos0 + n));
+    P.resize((size_t)n * ((pos0 + n + kKeys - 1) / kKeys) * n_heads * hd);
     float* sp = S.data();
+    float* pp = P.data();
     switch (G) {
 #define SQ_ATT_CASE(g) \
-    case g: return run<g>(q, k, v, kv_stride, n, pos0, n_heads, n_kv_heads, hd, out, sp);
+    case g: return run<g>(q, k, v, kv_stride, n, pos0, n_heads, n_kv_heads, hd, out, sp, pp);
         SQ_ATT_CASE(1) SQ_ATT_CASE(2) SQ_ATT_CASE(3) SQ_ATT_CASE(4) SQ_ATT_CASE(5) SQ_ATT_CASE(6) SQ_ATT_CASE(7)
         SQ_ATT_CASE(8)
 #undef SQ_ATT_CASE

@@ -1,5 +1,6 @@
 #include "kernels/ref/attention_ref.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -31,11 +32,15 @@ void attention_decode_ref(const float* q, const float* k, const float* v, int64_
             }
             const float inv = 1.0f / sum;
             float* o = out + (t * n_heads + h) * hd;
-            for (int i = 0; i < hd; ++i) o[i] = 0.0f;
-            for (int j = 0; j < len; ++j) {
-                const float a = s[j] * inv;
-                const float* vj = v + j * kv_stride + g * hd;
-                for (int i = 0; i < hd; ++i) o[i] = std::fma(a, vj[i], o[i]);
+            std::vector<float> part(hd);
+            for (int j0 = 0; j0 < len; j0 += kAttentionChunk) {
+                std::fill(part.begin(), part.end(), 0.0f);
+                for (int j = j0; j < std::min(len, j0 + kAttentionChunk); ++j) {
+                    const float a = s[j] * inv;
+                    const float* vj = v + j * kv_stride + g * hd;
+                    for (int i = 0; i < hd; ++i) part[i] = std::fma(a, vj[i], part[i]);
+                }
+                for (int i = 0; i < hd; ++i) o[i] = j0 == 0 ? part[i] : o[i] + part[i];
             }
         }
 }
