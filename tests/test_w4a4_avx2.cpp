@@ -313,6 +313,15 @@ TEST(W4A4Avx2, FactoryAndDataRoundTrip) {
         EXPECT_EQ(back.coef, d.coef);
         EXPECT_EQ(back.bias, d.bias);
         EXPECT_EQ(back.rank, d.rank);
+        // An explicit basis: only Bᵀ is kept, the fp16 basis comes back exactly.
+        QLinearData e = random_qlinear(100, 10, 4, 5, false, rng);
+        e.basis = "explicit";
+        std::normal_distribution<float> nd(0.0f, 0.2f);
+        for (int64_t i = 0; i < 100 * 5; ++i) e.basis_f16.push_back(fp32_to_fp16(nd(rng)));
+        QLinearData eback;
+        ASSERT_TRUE(linear_w4a4_data(*make_linear_w4a4(e, W4A4Backend::kAvx2), &eback));
+        EXPECT_EQ(eback.basis_f16, e.basis_f16);
+        EXPECT_EQ(eback.coef, e.coef);
         cpu_force_scalar(true);  // the loud fallback
         EXPECT_EQ(make_linear_w4a4(d, W4A4Backend::kAuto)->kind(), "w4a4-ref");
         EXPECT_THROW(make_linear_w4a4(d, W4A4Backend::kAvx2), Error);

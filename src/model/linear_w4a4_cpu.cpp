@@ -73,9 +73,16 @@ LinearW4A4Cpu::LinearW4A4Cpu(QLinearData d) {
     std::vector<int32_t>().swap(meta_.rowsum);
     std::vector<uint16_t>().swap(meta_.coef);
     std::vector<float>().swap(meta_.bias);
+    // An explicit basis lives on as Bᵀ (fp32 of the fp16 values, exact): the
+    // fp16 copy is rebuilt by data() (SVD at k̄ 64: 38 MB less on SmolLM2).
+    std::vector<uint16_t>().swap(meta_.basis_f16);
 }
 
-size_t LinearW4A4Cpu::weight_bytes() const { return w_.bytes() + meta_.basis_f16.size() * 2; }
+// An explicit basis (SVD) is held once, as the fp32 Bᵀ the x·B GEMV reads
+// (a Fourier Bᵀ is shared by all layers of a shape and not counted).
+size_t LinearW4A4Cpu::weight_bytes() const {
+    return w_.bytes() + (meta_.basis != "fourier" && basis_t_ ? basis_t_->size() * sizeof(float) : 0);
+}
 
 QLinearData LinearW4A4Cpu::data() const {
     QLinearData d = meta_;
@@ -95,6 +102,12 @@ QLinearData LinearW4A4Cpu::data() const {
         const int64_t cl = w_.coef_len[s / W4A4Weights::kRows];
         const uint16_t* src = w_.coef_of_slot(s);
         for (int64_t c = 0; c < std::min<int64_t>(cl, d.rank); ++c) d.coef[j * d.rank + order_[c]] = src[c];
+    }
+    if (d.basis != "fourier" && d.rank > 0) {  // B [in, rank] stored order from Bᵀ [rp, in] run-time order
+        d.basis_f16.assign(in * d.rank, 0);
+        for (int c = 0; c < d.rank; ++c)
+            for (int64_t k = 0; k < in; ++k)
+                d.basis_f16[k * d.rank + order_[c]] = fp32_to_fp16((*basis_t_)[(size_t)c * in + k]);
     }
     return d;
 }
