@@ -108,22 +108,32 @@ TEST(CudaKernels, KvFakeQuantEqualsReferenceBitForBit) {
     std::mt19937 rng(test_seed() + 1);
     for (int hd : {16, 64, 100, 128}) {
         for (int bits : {2, 4, 8}) {
-            const int n = 5, kv = 3;
-            const std::vector<float> k = quant_inputs(n * kv, hd, rng), v = gaussian((size_t)n * kv * hd, rng, 3.0f);
-            std::vector<float> k_ref = k, v_ref = v;
-            for (int i = 0; i < n * kv; ++i) {
-                fake_quant_asym_ref(&k_ref[(size_t)i * hd], hd, bits, 1.0f);
-                fake_quant_asym_ref(&v_ref[(size_t)i * hd], hd, bits, 1.0f);
+            for (bool shifted : {false, true}) {  // keys around a per-(head, dim) shift (--k-center)
+                const int n = 5, kv = 3;
+                const std::vector<float> k = quant_inputs(n * kv, hd, rng),
+                                         v = gaussian((size_t)n * kv * hd, rng, 3.0f),
+                                         shift = gaussian((size_t)kv * hd, rng, 2.0f);
+                std::vector<float> k_ref = k, v_ref = v;
+                for (int i = 0; i < n * kv; ++i) {
+                    kv_fake_quant_ref(&k_ref[(size_t)i * hd], hd, bits, 0.95f,
+                                      shifted ? &shift[(size_t)(i % kv) * hd] : nullptr);
+                    fake_quant_asym_ref(&v_ref[(size_t)i * hd], hd, bits, 0.95f);
+                }
+                DevBuf<float> dk(k.size()), dv(v.size()), kc(k.size()), vc(v.size()), ds(shift.size());
+                dk.put(k);
+                dv.put(v);
+                ds.put(shift);
+                cuda::kv_store(dk.p, dv.p, n, kv, hd, bits, 0.95f, kc.p, vc.p, nullptr, nullptr,
+                               shifted ? ds.p : nullptr);
+                const auto kg = kc.get(), vg = vc.get();
+                int bad = 0, moved = 0;
+                for (size_t i = 0; i < k.size(); ++i) {
+                    bad += bits_of(kg[i]) != bits_of(k_ref[i]) || bits_of(vg[i]) != bits_of(v_ref[i]);
+                    moved += kg[i] != k[i];
+                }
+                EXPECT_EQ(bad, 0) << "hd=" << hd << " bits=" << bits << " shifted=" << shifted;
+                EXPECT_GT(moved, 0) << "nothing was quantized";
             }
-            DevBuf<float> dk(k.size()), dv(v.size()), kc(k.size()), vc(v.size());
-            dk.put(k);
-            dv.put(v);
-            cuda::kv_store(dk.p, dv.p, n, kv, hd, bits, 1.0f, kc.p, vc.p, nullptr, nullptr);
-            const auto kg = kc.get(), vg = vc.get();
-            int bad = 0;
-            for (size_t i = 0; i < k.size(); ++i)
-                bad += bits_of(kg[i]) != bits_of(k_ref[i]) || bits_of(vg[i]) != bits_of(v_ref[i]);
-            EXPECT_EQ(bad, 0) << "hd=" << hd << " bits=" << bits;
         }
     }
 }

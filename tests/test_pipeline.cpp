@@ -146,10 +146,12 @@ TEST(Pipeline, MethodsRunDeterministicallyAndRoundTrip) {
             qc.kv_bits = a_bits == 4 ? 4 : 16;
             nlohmann::json quant = quant_config_to_json(qc);
             std::string files[2];
+            std::vector<float> in_memory;
             for (int rep = 0; rep < 2; ++rep) {
                 ModelWeights w = quantize_model(model_load_f32(ck, false), tok, qc);
                 files[rep] = dir + "/sq_pipe_" + method + std::to_string(rep) + ".sqm";
                 packed_model_save(files[rep], w, ck.tokenizer, quant);
+                if (rep == 0) in_memory = logits_of(Model(std::move(w)), toks);
             }
             EXPECT_EQ(read_bytes(files[0]), read_bytes(files[1])) << method << " not deterministic";
             // Load → save again: byte-identical.
@@ -159,7 +161,11 @@ TEST(Pipeline, MethodsRunDeterministicallyAndRoundTrip) {
             const std::string again = dir + "/sq_pipe_again.sqm";
             packed_model_save(again, pm.weights, pm.tokenizer, pm.quant);
             EXPECT_EQ(read_bytes(again), read_bytes(files[0])) << method << " round trip";
+            EXPECT_EQ(pm.weights.qk_rotate, std::string(method) == "quarot") << method;
             const auto got = logits_of(Model(std::move(pm.weights)), toks);
+            // The loaded file computes exactly what the quantizer made (it
+            // once lost the q/k rotation on the way: KV4 keys without it).
+            EXPECT_EQ(got, in_memory) << method << " a" << a_bits << ": loaded model differs from the quantized one";
             // Relative Frobenius error of the logits. Unrelated logits of the
             // same scale give ≈ √2; a 4-bit per-channel step on 64-wide rows
             // (≈ 9% weight noise per linear, 14 linears) lands well below 1.
@@ -264,6 +270,78 @@ TEST(Pipeline, StreamingEqualsWholeModel) {
     // Without weights and without a loader: a clear error, not a crash.
     EXPECT_THROW(quantize_model(model_load_f32(ck, false, false), tok, tiny_config("rtn", 1, 32)), Error);
     EXPECT_THROW(layer_load_f32(ck, ck.config.n_layers), Error);
+}
+
+// key_mean averages exactly the keys the cache receives (k_proj, RoPE, q/k
+// rotation): checked against the cache that attention_block fills.
+TEST(Pipeline, KeyMeanIsTheMeanOfTheCachedKeys) {
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    const ModelConfig& c = ck.config;
+    ModelWeights w = model_load_f32(ck, false);
+    model_rotate(w, 5);
+    const int len = 23, n_seq = 2, l = 1;
+    const int64_t d = c.d_model, kvd = (int64_t)c.n_kv_heads * c.head_dim, qd = (int64_t)c.n_heads * c.head_dim;
+    std::mt19937 rng(4);
+    std::normal_distribution<float> nd;
+    std::vector<float> x((size_t)n_seq * len * d);
+    for (auto& v : x) v = nd(rng);
+    const std::vector<float> inv = rope_inv_freq(c);
+    const std::vector<float> mu = key_mean(w, l, inv.data(), x.data(), n_seq, len);
+    ASSERT_EQ((int64_t)mu.size(), kvd);
+    std::vector<double> want(kvd, 0.0);
+    std::vector<float> kc((size_t)len * kvd), vc((size_t)len * kvd), att((size_t)len * qd);
+    for (int s = 0; s < n_seq; ++s) {
+        attention_block(w, l, inv.data(), &x[(size_t)s * len * d], len, 0, kc.data(), vc.data(), att.data());
+        for (int t = 0; t < len; ++t)
+            for (int64_t j = 0; j < kvd; ++j) want[j] += kc[(size_t)t * kvd + j];
+    }
+    double worst = 0, scale = 0;
+    for (int64_t j = 0; j < kvd; ++j) {
+        want[j] /= n_seq * len;
+        worst = std::max(worst, std::fabs(mu[j] - want[j]));
+        scale = std::max(scale, std::fabs(want[j]));
+    }
+    EXPECT_GT(scale, 0.0);
+    EXPECT_LE(worst, 1e-6 * scale);
+}
+
+// --k-center: every layer stores μ (finite, nonzero), the file carries it,
+// the loaded model computes exactly what the quantizer made; without the
+// option there is no k_shift, and it needs a quantized KV cache.
+TEST(Pipeline, KeyCenteringIsStoredAndRoundTrips) {
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    Tokenizer tok(ck.tokenizer);
+    const int64_t kvd = (int64_t)ck.config.n_kv_heads * ck.config.head_dim;
+    auto toks = some_tokens(ck.config.vocab, 20, 8);
+    const std::string f = fs::temp_directory_path().string() + "/sq_kcenter.sqm";
+    for (bool center : {false, true}) {
+        QuantConfig qc = tiny_config("quarot", 2, 64);
+        qc.k_center = center;
+        ModelWeights w = quantize_model(model_load_f32(ck, false), tok, qc);
+        for (const LayerWeights& L : w.layers) {
+            if (!center) {
+                EXPECT_TRUE(L.k_shift.empty());
+                continue;
+            }
+            ASSERT_EQ((int64_t)L.k_shift.size(), kvd);
+            float mx = 0;
+            for (float v : L.k_shift) {
+                EXPECT_TRUE(std::isfinite(v));
+                mx = std::max(mx, std::fabs(v));
+            }
+            EXPECT_GT(mx, 0.0f);
+        }
+        packed_model_save(f, w, ck.tokenizer, quant_config_to_json(qc));
+        const auto in_memory = logits_of(Model(std::move(w)), toks);
+        PackedModel pm = packed_model_load(f);
+        for (const LayerWeights& L : pm.weights.layers) EXPECT_EQ(L.k_shift.empty(), !center);
+        EXPECT_EQ(logits_of(Model(std::move(pm.weights)), toks), in_memory) << "center " << center;
+        fs::remove(f);
+    }
+    QuantConfig qc = tiny_config("quarot", 2, 64);
+    qc.k_center = true;
+    qc.kv_bits = 16;
+    EXPECT_THROW(quant_config_validate(qc), Error);
 }
 
 TEST(Pipeline, BadConfigurationsAreErrors) {

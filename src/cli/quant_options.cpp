@@ -23,6 +23,10 @@ void quant_cli_add(CLI::App& app, QuantCliOptions& o, bool with_method, bool wit
                    "on | off (default off): GPTQ against the 4-bit activations the kernel multiplies (the 4-bit "
                    "part refit by ridge least squares, Hessian of the quantized inputs); needs GPTQ; ignored for "
                    "weight-only settings");
+    app.add_option("--k-center", o.k_center,
+                   "on | off (default off): store the 4-bit keys around their calibration mean (after RoPE and "
+                   "the q/k rotation); softmax cancels the shift, the 4-bit range no longer holds the keys' "
+                   "offset; ignored without a quantized KV cache");
     app.add_option("--k-bar", o.k_bar, "spectral budget: mean bins kept per output channel (16, 32, 64)")
         ->capture_default_str();
     app.add_option("--embed-bits", o.embed_bits, "embedding table and lm_head: 8 (Q8_0), 16 (fp16), or 4 (Q4_0 table; quantize only: a tied lm_head shares it, an untied one is Q8_0)")
@@ -72,6 +76,7 @@ QuantConfig quant_cli_config(const QuantCliOptions& o, const std::string& method
     qc.rotate = qc.rotate || o.rotate;
     qc.gptq_qinput = on_off(o.gptq_qinput, false, "gptq-qinput") && a_bits < 16;
     qc.a_clip_search = on_off(o.a_clip_search, false, "a-clip-search") && a_bits < 16;
+    qc.k_center = on_off(o.k_center, false, "k-center") && kv_bits < 16;
     qc.calib_path = o.calib.empty() ? default_data_dir() + "/calib/wiki.utf8" : o.calib;
     qc.calib_n = o.calib_n;
     qc.calib_len = o.calib_len;

@@ -20,6 +20,7 @@ struct QuantCliOptions {
     std::string spectral;          // "", "on", "off"
     std::string a_clip_search;     // "", "on", "off"
     std::string gptq_qinput;       // "", "on", "off"
+    std::string k_center;          // "", "on", "off"
     bool rotate = false;
     std::string calib;
     int calib_n = 32, calib_len = 512;

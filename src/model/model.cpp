@@ -102,6 +102,32 @@ ModelWeights model_load_f32(const Checkpoint& ck, bool progress, bool layers) {
     return w;
 }
 
+namespace {
+
+// RoPE of x [n, heads, hd] at positions pos0.., then the q/k rotation.
+void rope_and_rotate(const ModelWeights& w, float* x, int n, int heads, int pos0, const float* inv_freq) {
+    rope_f32(x, n, heads, w.cfg.head_dim, pos0, inv_freq);
+    if (w.qk_rotate) hadamard_transform(x, (int64_t)n * heads, w.cfg.head_dim);
+}
+
+}  // namespace
+
+std::vector<float> key_mean(const ModelWeights& w, int l, const float* inv_freq, const float* x, int n_seq, int len) {
+    const ModelConfig& c = w.cfg;
+    const int64_t d = c.d_model, kvd = (int64_t)c.n_kv_heads * c.head_dim;
+    std::vector<double> sum(kvd, 0.0);
+    std::vector<float> k((size_t)len * kvd);
+    for (int s = 0; s < n_seq; ++s) {
+        w.layers[l].k->forward(x + (size_t)s * len * d, len, k.data());
+        rope_and_rotate(w, k.data(), len, c.n_kv_heads, 0, inv_freq);
+        for (int t = 0; t < len; ++t)
+            for (int64_t j = 0; j < kvd; ++j) sum[j] += k[(size_t)t * kvd + j];
+    }
+    std::vector<float> mu(kvd);
+    for (int64_t j = 0; j < kvd; ++j) mu[j] = (float)(sum[j] / ((double)n_seq * len));
+    return mu;
+}
+
 void attention_block(const ModelWeights& w, int l, const float* inv_freq, const float* x, int n, int pos0, float* kc,
                      float* vc, float* att) {
     const ModelConfig& c = w.cfg;
@@ -113,15 +139,12 @@ void attention_block(const ModelWeights& w, int l, const float* inv_freq, const 
         float* ys[3] = {q.data(), k.data(), v.data()};
         linear_forward_same_input(ls, 3, x, n, ys);
     }
-    rope_f32(q.data(), n, (int)H, (int)hd, pos0, inv_freq);
-    rope_f32(k.data(), n, (int)KV, (int)hd, pos0, inv_freq);
-    if (w.qk_rotate) {
-        hadamard_transform(q.data(), n * H, (int)hd);
-        hadamard_transform(k.data(), n * KV, (int)hd);
-    }
+    rope_and_rotate(w, q.data(), n, (int)H, pos0, inv_freq);
+    rope_and_rotate(w, k.data(), n, (int)KV, pos0, inv_freq);
     if (w.kv_bits < 16) {
+        const float* shift = L.k_shift.empty() ? nullptr : L.k_shift.data();
         auto quant = [&](int64_t i) {
-            fake_quant_asym_ref(&k[i * hd], hd, w.kv_bits, w.kv_clip);
+            kv_fake_quant_ref(&k[i * hd], hd, w.kv_bits, w.kv_clip, shift ? shift + (i % KV) * hd : nullptr);
             fake_quant_asym_ref(&v[i * hd], hd, w.kv_bits, w.kv_clip);
         };
         if (n == 1) {  // decode: KV heads × head_dim values, less work than a fork/join

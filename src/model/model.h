@@ -24,6 +24,13 @@ struct LayerWeights {
     std::vector<float> ffn_norm;   // [d]
     std::unique_ptr<Linear> q, k, v, o;     // [H*hd, d], [KV*hd, d], [KV*hd, d], [d, H*hd]
     std::unique_ptr<Linear> gate, up, down;  // [ff, d], [ff, d], [d, ff]
+    // Key centering (beyond the paper, `--k-center`): [KV·hd] or empty. With a
+    // quantized KV cache the keys are stored as μ + Q(k − μ), μ the calibration
+    // mean of the keys after RoPE (and the q/k rotation). Scores change only by
+    // q·μ, the same for every key of a query, which softmax cancels; what is
+    // gained is that Q no longer spends its 4-bit range on the keys' constant
+    // offset.
+    std::vector<float> k_shift;
 };
 
 struct ModelWeights {
@@ -64,6 +71,12 @@ std::vector<float> rope_inv_freq(const ModelConfig& c);
 //   as the model says); att [n, H·hd] receives the attention output.
 void attention_block(const ModelWeights& w, int l, const float* inv_freq, const float* x, int n, int pos0, float* kc,
                      float* vc, float* att);
+
+// The keys of layer l as the cache receives them before quantization (k_proj,
+// RoPE at positions 0..len-1 of each sequence, the q/k rotation when the
+// model has it), averaged over every token of the n_seq sequences of x
+// [n_seq·len, d] (normed inputs): the μ of LayerWeights::k_shift.
+std::vector<float> key_mean(const ModelWeights& w, int l, const float* inv_freq, const float* x, int n_seq, int len);
 
 // The MLP half up to the down_proj input: act [n, ff] = silu(x·Wgᵀ) ⊙ (x·Wuᵀ).
 void mlp_block(const LayerWeights& L, int64_t ff, const float* x, int64_t n, float* act);

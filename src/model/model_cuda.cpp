@@ -165,6 +165,7 @@ std::vector<uint16_t> to_bf16(const std::vector<float>& f) {
 
 struct DLayer {
     DevBuf<float> attn_norm, ffn_norm;
+    DevBuf<float> k_shift;  // [KV·hd] or empty (LayerWeights::k_shift)
     DLinear q, k, v, o, gate, up, down;
 };
 
@@ -631,17 +632,20 @@ struct ModelCuda::Impl {
                 gemm_xm(k.get(), (int64_t)gm * KV, Hh, hd, kr.get());
                 qa = qr.get(), ka = kr.get();
             }
+            const float* k_shift = L.k_shift.size() ? L.k_shift.get() : nullptr;
             float* kc_l = kc.get() + (size_t)l * cap * kvd;
             float* vc_l = vc.get() + (size_t)l * cap * kvd;
             {
                 const ProfScope ps = prof("kv store");
                 if (mode == Mode::varlen) {
-                    cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, nullptr, stream);
+                    cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, nullptr, stream, k_shift);
                 } else if (mode == Mode::batch) {
-                    cuda::kv_store_rows(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, dec_rows.get(), stream);
+                    cuda::kv_store_rows(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, dec_rows.get(), stream,
+                                        k_shift);
                 } else {
                     kc_l += (size_t)kv_row0 * kvd, vc_l += (size_t)kv_row0 * kvd;
-                    cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, pos_dev.get(), stream);
+                    cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, pos_dev.get(), stream,
+                                   k_shift);
                 }
             }
             {
@@ -854,6 +858,7 @@ ModelCuda::ModelCuda(const ModelWeights& w, int capacity, const ModelCudaOptions
         const std::string p = str("layer ", l, " ");
         L.attn_norm.upload(s.attn_norm.data(), s.attn_norm.size(), p + "attn_norm", &m.bytes);
         L.ffn_norm.upload(s.ffn_norm.data(), s.ffn_norm.size(), p + "ffn_norm", &m.bytes);
+        if (!s.k_shift.empty()) L.k_shift.upload(s.k_shift.data(), s.k_shift.size(), p + "k_shift", &m.bytes);
         L.q = m.make_linear(*s.q, p + "q");
         L.k = m.make_linear(*s.k, p + "k");
         L.v = m.make_linear(*s.v, p + "v");

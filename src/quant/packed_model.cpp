@@ -1,5 +1,6 @@
 #include "quant/packed_model.h"
 
+#include <cmath>
 #include <cstring>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -257,6 +258,7 @@ void packed_model_save(const std::string& path, const ModelWeights& w, const Tok
         const LayerWeights& L = w.layers[i];
         ts.push_back(tensor_of(p + "attn_norm", "f32", {c.d_model}, L.attn_norm));
         ts.push_back(tensor_of(p + "ffn_norm", "f32", {c.d_model}, L.ffn_norm));
+        if (!L.k_shift.empty()) ts.push_back(tensor_of(p + "k_shift", "f32", {(int64_t)L.k_shift.size()}, L.k_shift));
         add_linear(p + "q", *L.q);
         add_linear(p + "k", *L.k);
         add_linear(p + "v", *L.v);
@@ -275,7 +277,8 @@ void packed_model_save(const std::string& path, const ModelWeights& w, const Tok
     SQ_CHECK(!(lm4 && !tied), "packed_model_save: a 4-bit lm_head is only stored as the tied embedding table");
     if (!tied) add_linear("lm_head", *w.lm_head);
     json meta = {{"format", "specquant-packed"}, {"config", config_to_json(c)}, {"tokenizer", tokenizer_to_json(tok)},
-                 {"quant", quant}, {"kv_bits", w.kv_bits}, {"kv_clip", w.kv_clip}, {"linears", linears},
+                 {"quant", quant}, {"kv_bits", w.kv_bits}, {"kv_clip", w.kv_clip}, {"qk_rotate", w.qk_rotate},
+                 {"linears", linears},
                  {"lm_head_tied", tied}, {"embed_type", w.embed_q8 ? "q8_0" : w.embed_q4 ? "q4_0" : "f16"}};
     packed_write(path, meta, ts);
 }
@@ -291,6 +294,10 @@ PackedModel packed_model_load(const std::string& path) {
         pm.quant = pf.meta.at("quant");
         w.kv_bits = pf.meta.at("kv_bits");
         w.kv_clip = pf.meta.at("kv_clip");
+        // Files written before "qk_rotate" was recorded: the pipeline rotates
+        // q and k exactly when it rotates the model.
+        w.qk_rotate = pf.meta.contains("qk_rotate") ? pf.meta.at("qk_rotate").get<bool>()
+                                                     : pm.quant.value("rotate", false);
     } catch (const json::exception& e) {
         fail(path, ": corrupt metadata: ", e.what());
     }
@@ -360,6 +367,11 @@ PackedModel packed_model_load(const std::string& path) {
         LayerWeights& L = w.layers[i];
         L.attn_norm = read_vec<float>(pf, p + "attn_norm", "f32", {d});
         L.ffn_norm = read_vec<float>(pf, p + "ffn_norm", "f32", {d});
+        if (pf.has(p + "k_shift")) {
+            SQ_CHECK(w.kv_bits < 16, path, ": ", p, "k_shift given but the KV cache is not quantized");
+            L.k_shift = read_vec<float>(pf, p + "k_shift", "f32", {kvd});
+            for (float v : L.k_shift) SQ_CHECK(std::isfinite(v), path, ": ", p, "k_shift is not finite");
+        }
         L.q = linear(p + "q", qd, d);
         L.k = linear(p + "k", kvd, d);
         L.v = linear(p + "v", kvd, d);

@@ -91,6 +91,7 @@ void quant_config_validate(const QuantConfig& qc) {
     SQ_CHECK(!qc.gptq_qinput || (qc.gptq && qc.a_bits < 16),
              "--gptq-qinput needs GPTQ and quantized activations (--a-bits < 16)");
     SQ_CHECK(!qc.a_clip_search || qc.a_bits < 16, "--a-clip-search needs quantized activations (--a-bits < 16)");
+    SQ_CHECK(!qc.k_center || qc.kv_bits < 16, "--k-center needs a quantized KV cache (--kv-bits < 16)");
 }
 
 json quant_config_to_json(const QuantConfig& qc) {
@@ -108,6 +109,7 @@ json quant_config_to_json(const QuantConfig& qc) {
         j.update({{"gptq_damp", qc.gptq_damp}, {"gptq_block", qc.gptq_block}, {"act_order", qc.act_order}});
     if (qc.rotate) j["rotate_seed"] = qc.rotate_seed;
     if (qc.gptq_qinput) j["gptq_qinput"] = true;
+    if (qc.k_center) j["k_center"] = true;
     if (qc.a_clip_search) j["a_clip_grid"] = qc.a_clip_grid, j["search_tokens"] = qc.search_tokens;
     return j;
 }
@@ -721,6 +723,9 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
             fold_smooth_o(L, c, s_o);
         }
         quantize_group({{&L.q, "q"}, {&L.k, "k"}, {&L.v, "v"}}, X, N, d, qc, lj, "qkv_clip");
+        // The keys' mean as the quantized k_proj makes them, before the cache
+        // sees them (so the attention below, and o_proj's calibration, do too).
+        if (qc.k_center) L.k_shift = key_mean(w, l, inv_freq.data(), X.data(), n_seq, len);
         // ---------------- o ----------------
         calib_attention(w, l, inv_freq.data(), X, n_seq, len, A);
         quantize_single(L.o, A, N, qc.rotate ? (int)qd : 0, had_seed_o, qc, lj["o"]);

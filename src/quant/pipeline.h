@@ -52,6 +52,9 @@ struct QuantConfig {
     // (pipeline.cpp qinput_fit): the 4-bit part refit by ridge least squares
     // so Q(X)·Rᵀ predicts X·Rᵀ, then GPTQ with H = Q(X)ᵀQ(X).
     bool gptq_qinput = false;
+    // Beyond the paper: quantize the keys around their calibration mean
+    // (LayerWeights::k_shift); needs kv_bits < 16.
+    bool k_center = false;
     // Calibration.
     std::string calib_path;
     int calib_n = 32;

@@ -40,14 +40,15 @@ void rope_varlen(float* x, int n, int heads, int hd, const int* positions, const
 
 // Writes n tokens of k, v [n, kv_heads, hd] to the cache kc, vc [pos, kv_heads, hd]
 // from position (pos_dev ? *pos_dev : 0) on; bits < 16 fake-quantizes every
-// (token, head) vector first: fake_quant_asym_ref semantics, bit-exact.
+// (token, head) vector first: fake_quant_asym_ref semantics, bit-exact; the
+// keys around k_shift [kv_heads, hd] (device) when given: kv_fake_quant_ref.
 void kv_store(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
-              float* vc, const int* pos_dev, cudaStream_t s);
+              float* vc, const int* pos_dev, cudaStream_t s, const float* k_shift = nullptr);
 
 // kv_store with token t written at cache row rows[t] (device; batched decode,
 // each sequence in its own cache region).
 void kv_store_rows(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
-                   float* vc, const int* rows, cudaStream_t s);
+                   float* vc, const int* rows, cudaStream_t s, const float* k_shift = nullptr);
 
 // Causal GQA attention of n queries at positions p.. (p = pos0 + *pos_dev)
 // over cache rows 0..p+n-1: q [n, heads, hd], kc/vc [pos, kv_heads, hd],

@@ -109,11 +109,12 @@ __global__ void epilogue_kernel(const float* __restrict__ acc_f, const int32_t* 
 }
 
 // One warp per (token, KV head) vector of hd elements: fake_quant_asym_ref on
-// k and v (bits < 16) or a copy, written to the cache from position *pos_dev on.
+// k and v (bits < 16; k around k_shift when given: kv_fake_quant_ref) or a
+// copy, written to the cache from position *pos_dev on.
 __global__ void kv_store_kernel(const float* __restrict__ k, const float* __restrict__ v, int64_t vectors,
                                 int kv_heads, int hd, int bits, float clip, float* __restrict__ kc,
                                 float* __restrict__ vc, const int* __restrict__ pos_dev,
-                                const int* __restrict__ rows) {
+                                const int* __restrict__ rows, const float* __restrict__ k_shift) {
     const int64_t vec = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (vec >= vectors) return;
     const int lane = threadIdx.x & 31, qmax = (1 << (bits < 16 ? bits : 1)) - 1;
@@ -127,10 +128,12 @@ __global__ void kv_store_kernel(const float* __restrict__ k, const float* __rest
             for (int i = lane; i < hd; i += 32) dst[i] = src[i];
             continue;
         }
+        const float* sh = which == 0 && k_shift ? k_shift + (vec % kv_heads) * hd : nullptr;
+        auto at = [&](int i) { return sh ? __fsub_rn(src[i], sh[i]) : src[i]; };
         float mx = 0.0f, mn = 0.0f;
         for (int i = lane; i < hd; i += 32) {
-            mx = ref_max(mx, src[i]);
-            mn = ref_min(mn, src[i]);
+            mx = ref_max(mx, at(i));
+            mn = ref_min(mn, at(i));
         }
         for (int o = 16; o > 0; o >>= 1) {
             mx = ref_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
@@ -139,7 +142,10 @@ __global__ void kv_store_kernel(const float* __restrict__ k, const float* __rest
         float s;
         int z;
         asym_params(mx, mn, bits, clip, &s, &z);
-        for (int i = lane; i < hd; i += 32) dst[i] = __fmul_rn((float)(quant_one(src[i], s, z, qmax) - z), s);
+        for (int i = lane; i < hd; i += 32) {
+            const float r = __fmul_rn((float)(quant_one(at(i), s, z, qmax) - z), s);
+            dst[i] = sh ? __fadd_rn(r, sh[i]) : r;
+        }
     }
 }
 
@@ -175,21 +181,21 @@ void w4a4_epilogue(const float* acc_f, const int32_t* acc_i, int n, int m, const
 }
 
 void kv_store(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
-              float* vc, const int* pos_dev, cudaStream_t s) {
+              float* vc, const int* pos_dev, cudaStream_t s, const float* k_shift) {
     const int64_t vectors = (int64_t)n * kv_heads;
     if (vectors <= 0) return;
     kv_store_kernel<<<blocks_for(vectors, 8), 256, 0, s>>>(k, v, vectors, kv_heads, hd, bits, clip, kc, vc, pos_dev,
-                                                           nullptr);
+                                                           nullptr, k_shift);
     SQ_CUDA_LAUNCH("kv_store");
 }
 
 void kv_store_rows(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
-                   float* vc, const int* rows, cudaStream_t s) {
+                   float* vc, const int* rows, cudaStream_t s, const float* k_shift) {
     SQ_CHECK(rows, "CUDA kv_store_rows: no rows");
     const int64_t vectors = (int64_t)n * kv_heads;
     if (vectors <= 0) return;
     kv_store_kernel<<<blocks_for(vectors, 8), 256, 0, s>>>(k, v, vectors, kv_heads, hd, bits, clip, kc, vc, nullptr,
-                                                           rows);
+                                                           rows, k_shift);
     SQ_CUDA_LAUNCH("kv_store_rows");
 }
 

@@ -71,4 +71,11 @@ void fake_quant_asym_ref(float* x, int64_t k, int bits, float clip) {
     for (int64_t i = 0; i < k; ++i) x[i] = (float)((int32_t)q[i] - z) * s;
 }
 
+void kv_fake_quant_ref(float* x, int64_t k, int bits, float clip, const float* shift) {
+    if (!shift) return fake_quant_asym_ref(x, k, bits, clip);
+    for (int64_t i = 0; i < k; ++i) x[i] -= shift[i];
+    fake_quant_asym_ref(x, k, bits, clip);
+    for (int64_t i = 0; i < k; ++i) x[i] += shift[i];
+}
+
 }  // namespace sq

@@ -47,4 +47,9 @@ float spectral_dot_ref(const float* zb, const float* c, int64_t len);
 // x ← s · (q − z) with the same rounding as act_quant_ref.
 void fake_quant_asym_ref(float* x, int64_t k, int bits, float clip);
 
+// A KV cache entry: fake_quant_asym_ref, around shift when one is given:
+// x ← shift + s·(q − z) of (x − shift), each step rounded to float
+// (the subtraction, then the fake quantization, then the addition).
+void kv_fake_quant_ref(float* x, int64_t k, int bits, float clip, const float* shift);
+
 }  // namespace sq
