@@ -313,6 +313,15 @@ TEST(W4A4Avx2, FactoryAndDataRoundTrip) {
         EXPECT_EQ(back.coef, d.coef);
         EXPECT_EQ(back.bias, d.bias);
         EXPECT_EQ(back.rank, d.rank);
+        // An explicit basis: only Bᵀ is kept, the fp16 basis comes back exactly.
+        QLinearData e = random_qlinear(100, 10, 4, 5, false, rng);
+        e.basis = "explicit";
+        std::normal_distribution<float> nd(0.0f, 0.2f);
+        for (int64_t i = 0; i < 100 * 5; ++i) e.basis_f16.push_back(fp32_to_fp16(nd(rng)));
+        QLinearData eback;
+        ASSERT_TRUE(linear_w4a4_data(*make_linear_w4a4(e, W4A4Backend::kAvx2), &eback));
+        EXPECT_EQ(eback.basis_f16, e.basis_f16);
+        EXPECT_EQ(eback.coef, e.coef);
         cpu_force_scalar(true);  // the loud fallback
         EXPECT_EQ(make_linear_w4a4(d, W4A4Backend::kAuto)->kind(), "w4a4-ref");
         EXPECT_THROW(make_linear_w4a4(d, W4A4Backend::kAvx2), Error);
@@ -323,4 +332,75 @@ TEST(W4A4Avx2, FactoryAndDataRoundTrip) {
     LinearF32 f(2, 2, {1, 2, 3, 4});
     QLinearData none;
     EXPECT_FALSE(linear_w4a4_data(f, &none));
+}
+
+// q/k/v and gate/up in one call (shared activation quantization, x·B per
+// distinct basis inside one parallel region): every output bitwise the
+// layer's own forward, which is bitwise the reference (LayerMatchesReference).
+// Awkward shapes: m = 1, 2, 3, 7, 17, 64, 129; K not a multiple of 64;
+// mixed ranks (0, Fourier, an explicit basis) and out not a multiple of 4.
+TEST(W4A4Avx2, SameInputGroupMatchesSeparateCalls) {
+    SKIP_WITHOUT_AVX2();
+    std::mt19937 rng(test_seed() + 7);
+    struct Group {
+        int64_t in;
+        std::vector<int64_t> outs;
+        std::vector<int> ranks;  // −r: explicit basis of rank r
+        bool bias;
+    };
+    const std::vector<Group> groups = {
+        {576, {576, 192, 192}, {127, 127, 127}, false},  // SmolLM2 q/k/v at k̄ 32
+        {576, {1536, 1536}, {63, 63}, false},             // gate/up
+        {100, {33, 10, 7}, {5, 0, -3}, true},             // K % 64 != 0, mixed bases
+        {576, {70, 50}, {-31, -31}, false},               // SVD-style: one basis each
+        {96, {13}, {7}, true},                            // a single layer through the group path
+    };
+    const int saved = threads_count();
+    for (const Group& g : groups) {
+        std::vector<std::unique_ptr<LinearW4A4Cpu>> ls;
+        for (size_t i = 0; i < g.outs.size(); ++i) {
+            const int r = std::abs(g.ranks[i]);
+            QLinearData d = random_qlinear(g.in, g.outs[i], 4, r, g.bias, rng);
+            if (g.ranks[i] < 0) {
+                d.basis = "explicit";
+                std::normal_distribution<float> nd(0.0f, 0.2f);
+                for (int64_t e = 0; e < g.in * r; ++e) d.basis_f16.push_back(fp32_to_fp16(nd(rng)));
+            }
+            ls.push_back(std::make_unique<LinearW4A4Cpu>(d));
+        }
+        std::vector<const Linear*> lp;
+        for (auto& l : ls) lp.push_back(l.get());
+        for (int threads : {1, 2}) {
+            threads_set(threads);
+            for (int64_t n : {1, 2, 3, 7, 17, 64, 129}) {
+                const auto x = random_x(n, g.in, rng);
+                std::vector<std::vector<float>> ya, yb;
+                std::vector<float*> yp;
+                for (auto o : g.outs) {
+                    ya.emplace_back(n * o, NAN);
+                    yb.emplace_back(n * o, NAN);
+                }
+                for (auto& v : yb) yp.push_back(v.data());
+                for (size_t i = 0; i < ls.size(); ++i) ls[i]->forward(x.data(), n, ya[i].data());
+                linear_forward_same_input(lp.data(), (int)lp.size(), x.data(), n, yp.data());
+                for (size_t i = 0; i < ls.size(); ++i)
+                    ASSERT_EQ(0, std::memcmp(ya[i].data(), yb[i].data(), ya[i].size() * 4))
+                        << "in " << g.in << " layer " << i << " n " << n << " threads " << threads;
+            }
+        }
+    }
+    threads_set(saved);
+    // Incompatible layers (different activation bits) fall back to one forward each.
+    QLinearData a = random_qlinear(64, 8, 4, 0, false, rng), b = random_qlinear(64, 8, 8, 0, false, rng);
+    LinearW4A4Cpu la(a), lb(b);
+    const Linear* lp[2] = {&la, &lb};
+    const auto x = random_x(3, 64, rng);
+    std::vector<float> y0(24, NAN), y1(24, NAN), r0(24), r1(24);
+    float* yp[2] = {y0.data(), y1.data()};
+    EXPECT_FALSE(la.forward_same_input(lp, 2, x.data(), 3, yp));
+    linear_forward_same_input(lp, 2, x.data(), 3, yp);
+    la.forward(x.data(), 3, r0.data());
+    lb.forward(x.data(), 3, r1.data());
+    EXPECT_EQ(0, std::memcmp(y0.data(), r0.data(), 96));
+    EXPECT_EQ(0, std::memcmp(y1.data(), r1.data(), 96));
 }

@@ -93,7 +93,8 @@ uint64_t path_bytes(const std::string& p) {
 // Bytes of everything the forward pass reads that is a weight.
 uint64_t model_weight_bytes(const Model& m, std::string* kinds) {
     const ModelWeights& w = m.weights();
-    uint64_t b = (w.embed.size() + w.final_norm.size()) * sizeof(float) + (w.embed_q8 ? w.embed_q8->bytes() : 0);
+    uint64_t b = (w.embed.size() + w.final_norm.size()) * sizeof(float) + (w.embed_q8 ? w.embed_q8->bytes() : 0) +
+                 (w.embed_q4 ? w.embed_q4->bytes() : 0);
     std::string k;
     auto add = [&](const Linear& L) {
         b += L.weight_bytes();
@@ -105,7 +106,9 @@ uint64_t model_weight_bytes(const Model& m, std::string* kinds) {
             add(*p);
     }
     auto* lm8 = dynamic_cast<const LinearQ8*>(w.lm_head.get());
+    auto* lm4 = dynamic_cast<const LinearQ4*>(w.lm_head.get());
     if (lm8 && lm8->matrix() == w.embed_q8) k += ",q8 (tied)";  // the table, counted once above
+    else if (lm4 && lm4->matrix() == w.embed_q4) k += ",q4 (tied)";
     else add(*w.lm_head);
     *kinds = k;
     return b;

@@ -1,5 +1,6 @@
 #include "io/packed_file.h"
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -15,7 +16,7 @@ static const char PACKED_MAGIC[8] = {'S', 'Q', 'P', 'A', 'C', 'K', 0, 1};
 
 size_t packed_dtype_size(const std::string& d) {
     if (d == "u8" || d == "i8") return 1;
-    if (d == "f16") return 2;
+    if (d == "f16" || d == "u16") return 2;
     if (d == "i32" || d == "f32") return 4;
     fail("packed file: unknown dtype '", d, "'");
 }
@@ -88,6 +89,9 @@ PackedFile packed_open(const std::string& path) {
     uint64_t hlen;
     std::memcpy(&version, p + 8, 4);
     std::memcpy(&hlen, p + 16, 8);
+    SQ_CHECK(version != 1, path,
+             ": packed format version 1 is no longer read (its spectral coefficients are stored dense; version 2 "
+             "stores only the kept ones, docs/format.md): quantize the model again with `specquant quantize`");
     SQ_CHECK(version == PACKED_VERSION, path, ": packed format version ", version, " not supported (this build reads ",
              PACKED_VERSION, ")");
     SQ_CHECK(hlen <= size - 24, path, ": header length ", hlen, " runs past the end of the file (", size, " bytes)");
@@ -130,6 +134,16 @@ const PackedView& PackedFile::get(const std::string& name, const std::string& dt
              dtype);
     SQ_CHECK(it->second.shape == shape, map->path(), ": tensor ", name, " has the wrong shape");
     return it->second;
+}
+
+void PackedFile::release(const std::string& name) const {
+    auto it = tensors.find(name);
+    if (it == tensors.end() || it->second.nbytes == 0) return;
+    const uintptr_t page = (uintptr_t)::sysconf(_SC_PAGESIZE), base = (uintptr_t)map->data();
+    const uintptr_t lo = (uintptr_t)it->second.data / page * page,
+                    hi = ((uintptr_t)it->second.data + it->second.nbytes + page - 1) / page * page;
+    const uintptr_t end = (base + map->size() + page - 1) / page * page;
+    if (lo >= base && hi <= end) ::madvise((void*)lo, hi - lo, MADV_DONTNEED);  // advisory: errors ignored
 }
 
 }  // namespace sq

@@ -3,7 +3,8 @@
 // by mmap.
 //
 //   bytes 0..7    magic "SQPACK\0\1"
-//   bytes 8..11   u32 format version (1)
+//   bytes 8..11   u32 format version (2; version 1 files are refused with a
+//                 message: their spectral coefficients were stored dense)
 //   bytes 12..15  u32 reserved (0)
 //   bytes 16..23  u64 header length H
 //   bytes 24..    H bytes of JSON: {"meta": {...}, "tensors": [{"name", "dtype",
@@ -21,9 +22,9 @@
 
 namespace sq {
 
-constexpr uint32_t PACKED_VERSION = 1;
+constexpr uint32_t PACKED_VERSION = 2;
 
-// dtypes: "u8", "i8", "i32", "f16", "f32"
+// dtypes: "u8", "i8", "u16", "i32", "f16", "f32"
 struct PackedTensor {
     std::string name, dtype;
     std::vector<int64_t> shape;
@@ -51,6 +52,11 @@ struct PackedFile {
     // dtype/shape differ from what the caller expects.
     const PackedView& get(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape) const;
     bool has(const std::string& name) const { return tensors.count(name) != 0; }
+    // Drops the mapped pages of tensors already copied out from this
+    // process's resident set (they stay in the page cache; a later read
+    // faults them back in): loading then peaks at the weights plus one
+    // layer, not the weights plus the whole file.
+    void release(const std::string& name) const;
 };
 
 bool packed_is(const std::string& path);  // true when the file starts with our magic

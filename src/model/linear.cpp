@@ -41,4 +41,10 @@ void LinearF32::forward(const float* x, int64_t n, float* y) const {
     });
 }
 
+void linear_forward_same_input(const Linear* const* layers, int count, const float* x, int64_t n, float* const* y) {
+    if (count <= 0) return;
+    if (layers[0]->forward_same_input(layers, count, x, n, y)) return;
+    for (int i = 0; i < count; ++i) layers[i]->forward(x, n, y[i]);
+}
+
 }  // namespace sq

@@ -16,7 +16,20 @@ struct Linear {
     virtual void forward(const float* x, int64_t n, float* y) const = 0;
     virtual std::string kind() const = 0;  // "f32", "w4a4-ref", ...
     virtual size_t weight_bytes() const = 0;
+    // y[i] [n, layers[i]->out] = x · W_iᵀ for `count` layers that read the
+    // same input x [n, in] (q/k/v, gate/up), with this == layers[0]. A
+    // backend may share work between them (one activation quantization, one
+    // parallel region) and return true; every output must equal the layer's
+    // own forward bitwise. Default: false, the caller runs forward on each.
+    virtual bool forward_same_input(const Linear* const* layers, int count, const float* x, int64_t n,
+                                    float* const* y) const {
+        (void)layers, (void)count, (void)x, (void)n, (void)y;
+        return false;
+    }
 };
+
+// layers[0]->forward_same_input when it takes them, else one forward each.
+void linear_forward_same_input(const Linear* const* layers, int count, const float* x, int64_t n, float* const* y);
 
 // Plain float32 weights W [out, in] and an optional bias [out].
 struct LinearF32 : Linear {

@@ -8,6 +8,7 @@
 #include "kernels/cpu/gemm_f32.h"
 #include "kernels/cpu/q8_avx2.h"
 #include "kernels/ref/q8_ref.h"
+#include "model/linear_q4.h"
 
 namespace sq {
 
@@ -71,6 +72,11 @@ bool linear_dense_f32(const Linear& L, std::vector<float>* w, std::vector<float>
         return true;
     }
     if (auto* q = dynamic_cast<const LinearQ8*>(&L)) {
+        *w = q->matrix()->dequant();
+        bias->clear();
+        return true;
+    }
+    if (auto* q = dynamic_cast<const LinearQ4*>(&L)) {
         *w = q->matrix()->dequant();
         bias->clear();
         return true;

@@ -43,7 +43,7 @@ private:
     std::shared_ptr<const Q8Matrix> w_;
 };
 
-// W [out, in] float32 of a float32 or Q8 layer (dequantized), e.g. for a
+// W [out, in] float32 of a float32, Q8 or Q4 layer (dequantized), e.g. for a
 // device upload; false for other kinds.
 bool linear_dense_f32(const Linear& L, std::vector<float>* w, std::vector<float>* bias);
 

@@ -63,16 +63,26 @@ LinearW4A4Cpu::LinearW4A4Cpu(QLinearData d) {
     if (d.had_in) had_signs_ = hadamard_signs(d.had_in, d.had_seed);
     if (d.rank > 0) basis_t_ = basis_t_shared(d);
     // The kernel layout holds codes, scales, rowsums, coefficients and bias;
-    // keep only the rest (one copy of the weights in memory).
+    // keep only the rest (one copy of the weights in memory). Swap with
+    // empty vectors: `v = {}` is assign(initializer_list), which keeps the
+    // capacity — it kept the canonical codes and dense C of every layer
+    // allocated (93 MB of SmolLM2's RSS at k̄ 32, found with heaptrack).
     meta_ = std::move(d);
-    meta_.codes = {};
-    meta_.scale = {};
-    meta_.rowsum = {};
-    meta_.coef = {};
-    meta_.bias = {};
+    std::vector<uint8_t>().swap(meta_.codes);
+    std::vector<float>().swap(meta_.scale);
+    std::vector<int32_t>().swap(meta_.rowsum);
+    std::vector<uint16_t>().swap(meta_.coef);
+    std::vector<float>().swap(meta_.bias);
+    // An explicit basis lives on as Bᵀ (fp32 of the fp16 values, exact): the
+    // fp16 copy is rebuilt by data() (SVD at k̄ 64: 38 MB less on SmolLM2).
+    std::vector<uint16_t>().swap(meta_.basis_f16);
 }
 
-size_t LinearW4A4Cpu::weight_bytes() const { return w_.bytes() + meta_.basis_f16.size() * 2; }
+// An explicit basis (SVD) is held once, as the fp32 Bᵀ the x·B GEMV reads
+// (a Fourier Bᵀ is shared by all layers of a shape and not counted).
+size_t LinearW4A4Cpu::weight_bytes() const {
+    return w_.bytes() + (meta_.basis != "fourier" && basis_t_ ? basis_t_->size() * sizeof(float) : 0);
+}
 
 QLinearData LinearW4A4Cpu::data() const {
     QLinearData d = meta_;
@@ -93,54 +103,146 @@ QLinearData LinearW4A4Cpu::data() const {
         const uint16_t* src = w_.coef_of_slot(s);
         for (int64_t c = 0; c < std::min<int64_t>(cl, d.rank); ++c) d.coef[j * d.rank + order_[c]] = src[c];
     }
+    if (d.basis != "fourier" && d.rank > 0) {  // B [in, rank] stored order from Bᵀ [rp, in] run-time order
+        d.basis_f16.assign(in * d.rank, 0);
+        for (int c = 0; c < d.rank; ++c)
+            for (int64_t k = 0; k < in; ++k)
+                d.basis_f16[k * d.rank + order_[c]] = fp32_to_fp16((*basis_t_)[(size_t)c * in + k]);
+    }
     return d;
 }
 
 void LinearW4A4Cpu::forward(const float* x_in, int64_t n, float* y) const {
     if (n == 0) return;
-    // Per-thread scratch: decode calls this ~200 times per token.
+    if (meta_.a_bits < 16) {
+        const LinearW4A4Cpu* self = this;
+        forward_w4a4(&self, 1, x_in, n, &y);
+        return;
+    }
+    // W4A16 (weight-only): float activations against the codes.
     thread_local std::vector<float> rotated, xp;
-    thread_local W4A4Act act;
     const float* x = x_in;
     if (meta_.had_in) {  // online Hadamard, exactly the reference's call
         rotated.assign(x_in, x_in + n * in);
         hadamard_transform(rotated.data(), n, (int)in, had_signs_.data());
         x = rotated.data();
     }
-    const int rank = meta_.rank, rp = w_.rp;
-    const float* zb = nullptr;
-    if (rank > 0) {
-        // zb = x·B, the reference's GEMM on the same operands (bitwise). q/k/v
-        // and gate/up read the same input through the same shared Fourier
-        // basis: the last result is reused when basis and input are identical
-        // (memcmp of x costs ~1/rank of the GEMM; exact by construction).
-        thread_local struct {
-            std::shared_ptr<const std::vector<float>> basis;
-            int64_t n = 0;
-            std::vector<float> x, zb;
-        } last;
-        if (!(last.basis == basis_t_ && last.n == n && last.x.size() == (size_t)(n * in) &&
-              std::memcmp(last.x.data(), x, n * in * sizeof(float)) == 0)) {
-            last.basis = basis_t_;
-            last.n = n;
-            last.x.assign(x, x + n * in);
-            last.zb.resize((size_t)n * rp);
-            gemm_any(x, n, gemm_f32_view(basis_t_->data(), rp, in), last.zb.data());
-        }
-        zb = last.zb.data();
+    thread_local std::vector<float> zb;
+    if (meta_.rank > 0) {
+        zb.resize((size_t)n * w_.rp);
+        gemm_any(x, n, gemm_f32_view(basis_t_->data(), w_.rp, in), zb.data());
     }
-    if (meta_.a_bits >= 16) {
-        const float* xk = x;
-        if (w_.kp != in) {  // the kernel reads whole 64-wide blocks: zero-padded copy
-            xp.assign((size_t)n * w_.kp, 0.0f);
-            for (int64_t t = 0; t < n; ++t) std::memcpy(&xp[t * w_.kp], x + t * in, in * sizeof(float));
-            xk = xp.data();
+    const float* xk = x;
+    if (w_.kp != in) {  // the kernel reads whole 64-wide blocks: zero-padded copy
+        xp.assign((size_t)n * w_.kp, 0.0f);
+        for (int64_t t = 0; t < n; ++t) std::memcpy(&xp[t * w_.kp], x + t * in, in * sizeof(float));
+        xk = xp.data();
+    }
+    w4a16_gemm(xk, n, w_, meta_.rank > 0 ? zb.data() : nullptr, y);
+}
+
+bool LinearW4A4Cpu::forward_same_input(const Linear* const* layers, int count, const float* x, int64_t n,
+                                       float* const* y) const {
+    if (meta_.a_bits >= 16 || count > 16) return false;
+    const LinearW4A4Cpu* ls[16];
+    for (int i = 0; i < count; ++i) {
+        const auto* c = dynamic_cast<const LinearW4A4Cpu*>(layers[i]);
+        if (!c || c->in != in || c->meta_.a_bits != meta_.a_bits || c->meta_.a_clip != meta_.a_clip ||
+            c->meta_.had_in != meta_.had_in || c->meta_.had_seed != meta_.had_seed)
+            return false;
+        ls[i] = c;
+    }
+    if (n > 0) forward_w4a4(ls, count, x, n, y);
+    return true;
+}
+
+void LinearW4A4Cpu::forward_w4a4(const LinearW4A4Cpu* const* ls, int count, const float* x_in, int64_t n,
+                                 float* const* y) {
+    const LinearW4A4Cpu& L0 = *ls[0];
+    const int64_t in = L0.in;
+    // Per-thread scratch: decode calls this ~150 times per token.
+    thread_local std::vector<float> rotated;
+    thread_local W4A4Act act;
+    const float* x = x_in;
+    if (L0.meta_.had_in) {  // online Hadamard, exactly the reference's call
+        rotated.assign(x_in, x_in + n * in);
+        hadamard_transform(rotated.data(), n, (int)in, L0.had_signs_.data());
+        x = rotated.data();
+    }
+    // zb = x·B per distinct basis (q/k/v and gate/up share the Fourier basis
+    // of their width): the reference's GEMM on the same operands (bitwise).
+    // A single layer reuses the last result when basis and input are
+    // identical (memcmp of x costs ~1/rank of the GEMM; exact by construction).
+    thread_local struct {
+        std::shared_ptr<const std::vector<float>> basis;
+        int64_t n = 0;
+        std::vector<float> x, zb;
+    } last;
+    thread_local std::vector<std::vector<float>> zbuf;
+    struct Todo {
+        const std::vector<float>* bt;
+        int rp;
+        float* out;
+    };
+    Todo todo[16];
+    int ntodo = 0;
+    const std::vector<float>* bases[16];
+    const float* zbs[16];
+    int nbases = 0;
+    W4A4Out outs[16];
+    for (int i = 0; i < count; ++i) {
+        const LinearW4A4Cpu& L = *ls[i];
+        outs[i] = {&L.w_, nullptr, y[i]};
+        if (L.meta_.rank == 0) continue;
+        int u = 0;
+        while (u < nbases && bases[u] != L.basis_t_.get()) ++u;
+        if (u == nbases) {
+            bases[nbases] = L.basis_t_.get();
+            float* out = nullptr;
+            if (count == 1) {
+                if (last.basis == L.basis_t_ && last.n == n && last.x.size() == (size_t)(n * in) &&
+                    std::memcmp(last.x.data(), x, n * in * sizeof(float)) == 0) {
+                    zbs[nbases++] = last.zb.data();
+                    outs[i].zb = zbs[u];
+                    continue;
+                }
+                last.basis = L.basis_t_;
+                last.n = n;
+                last.x.assign(x, x + n * in);
+                last.zb.resize((size_t)n * L.w_.rp);
+                out = last.zb.data();
+            } else {
+                if ((int)zbuf.size() <= nbases) zbuf.resize(nbases + 1);
+                zbuf[nbases].resize((size_t)n * L.w_.rp);
+                out = zbuf[nbases].data();
+            }
+            todo[ntodo++] = {L.basis_t_.get(), L.w_.rp, out};
+            zbs[nbases++] = out;
         }
-        w4a16_gemm(xk, n, w_, zb, y);
+        outs[i].zb = zbs[u];
+    }
+    std::function<void(int, int)> pre;
+    if (ntodo > 0 && n <= w4a4_gemv_max_m) {
+        // Decode: every thread computes its share of the rows of all x·B
+        // (4-row units) inside the GEMM's region, then a barrier.
+        int64_t units = 0;
+        for (int u = 0; u < ntodo; ++u) units += todo[u].rp / 4;
+        pre = [&, units](int t, int nt) {
+            const int64_t per = (units + nt - 1) / nt, a = std::min(units, t * per), b = std::min(units, a + per);
+            int64_t base = 0;
+            for (int u = 0; u < ntodo; ++u) {
+                const int64_t nu = todo[u].rp / 4, lo = std::max(a, base), hi = std::min(b, base + nu);
+                if (lo < hi)
+                    gemv_f32_rows(x, n, gemm_f32_view(todo[u].bt->data(), todo[u].rp, in), todo[u].out,
+                                  (lo - base) * 4, (hi - base) * 4);
+                base += nu;
+            }
+        };
     } else {
-        w4a4_act_prepare(x, n, in, meta_.a_bits, meta_.a_clip, w_.kp, act);
-        w4a4_gemm(act, w_, zb, y);
+        for (int u = 0; u < ntodo; ++u) gemm_any(x, n, gemm_f32_view(todo[u].bt->data(), todo[u].rp, in), todo[u].out);
     }
+    w4a4_act_prepare(x, n, in, L0.meta_.a_bits, L0.meta_.a_clip, L0.w_.kp, act);
+    w4a4_gemm_multi(act, outs, count, pre);
 }
 
 std::unique_ptr<Linear> make_linear_w4a4(QLinearData d, W4A4Backend backend) {

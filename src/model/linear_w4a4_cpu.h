@@ -28,6 +28,12 @@ class LinearW4A4Cpu : public Linear {
 public:
     explicit LinearW4A4Cpu(QLinearData d);
     void forward(const float* x, int64_t n, float* y) const override;
+    // Other LinearW4A4Cpu layers with the same input width, activation bits
+    // and clip, and online Hadamard: one activation quantization, one x·B per
+    // distinct basis and one parallel region for all (bitwise their own
+    // forward). False (caller loops) for W4A16 or a mismatch.
+    bool forward_same_input(const Linear* const* layers, int count, const float* x, int64_t n,
+                            float* const* y) const override;
     std::string kind() const override { return meta_.a_bits >= 16 ? "w4a16-avx2" : "w4a4-avx2"; }
     size_t weight_bytes() const override;
     // The canonical data back (codes rebuilt from the kernel layout): saving, tests.
@@ -35,6 +41,8 @@ public:
     const W4A4Weights& weights() const { return w_; }
 
 private:
+    // The W4A4 path of forward / forward_same_input (ls: compatible layers).
+    static void forward_w4a4(const LinearW4A4Cpu* const* ls, int count, const float* x, int64_t n, float* const* y);
     QLinearData meta_;  // everything but codes/scale/rowsum/coef/bias (those live in w_)
     W4A4Weights w_;
     std::shared_ptr<const std::vector<float>> basis_t_;  // Bᵀ [rp, in] (spectral_basis_t; shared for Fourier)

@@ -134,17 +134,24 @@ void attention_block(const ModelWeights& w, int l, const float* inv_freq, const 
     const LayerWeights& L = w.layers[l];
     const int64_t hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, qd = H * hd, kvd = KV * hd;
     std::vector<float> q(n * qd), k(n * kvd), v(n * kvd);
-    L.q->forward(x, n, q.data());
-    L.k->forward(x, n, k.data());
-    L.v->forward(x, n, v.data());
+    {  // one call: a backend may share the activation quantization and the parallel region
+        const Linear* ls[3] = {L.q.get(), L.k.get(), L.v.get()};
+        float* ys[3] = {q.data(), k.data(), v.data()};
+        linear_forward_same_input(ls, 3, x, n, ys);
+    }
     rope_and_rotate(w, q.data(), n, (int)H, pos0, inv_freq);
     rope_and_rotate(w, k.data(), n, (int)KV, pos0, inv_freq);
     if (w.kv_bits < 16) {
         const float* shift = L.k_shift.empty() ? nullptr : L.k_shift.data();
-        parallel_for((int64_t)n * KV, [&](int64_t i) {
+        auto quant = [&](int64_t i) {
             kv_fake_quant_ref(&k[i * hd], hd, w.kv_bits, w.kv_clip, shift ? shift + (i % KV) * hd : nullptr);
             fake_quant_asym_ref(&v[i * hd], hd, w.kv_bits, w.kv_clip);
-        });
+        };
+        if (n == 1) {  // decode: KV heads × head_dim values, less work than a fork/join
+            for (int64_t i = 0; i < KV; ++i) quant(i);
+        } else {
+            parallel_for((int64_t)n * KV, quant);
+        }
     }
     std::memcpy(kc + (size_t)pos0 * kvd, k.data(), (size_t)n * kvd * sizeof(float));
     std::memcpy(vc + (size_t)pos0 * kvd, v.data(), (size_t)n * kvd * sizeof(float));
@@ -153,9 +160,26 @@ void attention_block(const ModelWeights& w, int l, const float* inv_freq, const 
 
 void mlp_block(const LayerWeights& L, int64_t ff, const float* x, int64_t n, float* act) {
     std::vector<float> up(n * ff);
-    L.gate->forward(x, n, act);
-    L.up->forward(x, n, up.data());
+    const Linear* ls[2] = {L.gate.get(), L.up.get()};
+    float* ys[2] = {act, up.data()};
+    linear_forward_same_input(ls, 2, x, n, ys);
     silu_mul_f32(act, up.data(), n * ff);
+}
+
+void model_embed_q4(ModelWeights& w) {
+    const ModelConfig& c = w.cfg;
+    SQ_CHECK(!w.embed_q8 && !w.embed_q4 && !w.embed.empty(), "--embed-bits 4: the embedding is not a float table");
+    SQ_CHECK(q4_fits(c.d_model), "--embed-bits 4: d_model ", c.d_model, " is not a multiple of ", Q4_BLOCK,
+             " (use --embed-bits 16)");
+    auto* lm = dynamic_cast<const LinearF32*>(w.lm_head.get());
+    SQ_CHECK(lm && lm->bias.empty(), "--embed-bits 4: lm_head must be a bias-free float32 layer, got ",
+             w.lm_head->kind());
+    const bool tied = lm->w == w.embed;
+    w.embed_q4 = std::make_shared<const Q4Matrix>(Q4Matrix::quantize(w.embed.data(), c.vocab, c.d_model));
+    if (tied) w.lm_head = std::make_unique<LinearQ4>(w.embed_q4);
+    else w.lm_head = std::make_unique<LinearQ8>(
+             std::make_shared<const Q8Matrix>(Q8Matrix::quantize(lm->w.data(), lm->out, lm->in)));
+    std::vector<float>().swap(w.embed);
 }
 
 Model::Model(ModelWeights w) : w_(std::move(w)) {
@@ -169,11 +193,16 @@ void embed_tokens(const ModelWeights& w, const int* tokens, int n, float* h) {
     const int64_t d = w.cfg.d_model;
     for (int t = 0; t < n; ++t) {
         if (w.embed_q8) w.embed_q8->dequant_row(tokens[t], h + t * d);
+        else if (w.embed_q4) w.embed_q4->dequant_row(tokens[t], h + t * d);
         else std::memcpy(h + t * d, &w.embed[(size_t)tokens[t] * d], d * sizeof(float));
     }
 }
 
-std::vector<float> embed_f32(const ModelWeights& w) { return w.embed_q8 ? w.embed_q8->dequant() : w.embed; }
+std::vector<float> embed_f32(const ModelWeights& w) {
+    if (w.embed_q8) return w.embed_q8->dequant();
+    if (w.embed_q4) return w.embed_q4->dequant();
+    return w.embed;
+}
 
 void Model::forward(const int* tokens, int n, KVCache& cache, float* logits, bool all_logits) const {
     const ModelConfig& c = w_.cfg;

@@ -14,6 +14,7 @@
 #include "io/checkpoint.h"
 #include "model/config.h"
 #include "model/linear.h"
+#include "model/linear_q4.h"
 #include "model/linear_q8.h"
 
 namespace sq {
@@ -36,6 +37,7 @@ struct ModelWeights {
     ModelConfig cfg;
     std::vector<float> embed;       // [vocab, d] float32, or empty when embed_q8 holds the table
     std::shared_ptr<const Q8Matrix> embed_q8;  // [vocab, d] 8-bit (packed models); lm_head shares it when tied
+    std::shared_ptr<const Q4Matrix> embed_q4;  // [vocab, d] 4-bit (packed, --embed-bits 4); likewise
     std::vector<float> final_norm;  // [d]
     std::unique_ptr<Linear> lm_head;  // [vocab, d]; a copy of embed when tied
     std::vector<LayerWeights> layers;
@@ -50,8 +52,14 @@ struct ModelWeights {
 
 // h [n, d] = the embedding rows of tokens (ids must be valid).
 void embed_tokens(const ModelWeights& w, const int* tokens, int n, float* h);
-// The whole table [vocab, d] as float32 (dequantized when 8-bit).
+// The whole table [vocab, d] as float32 (dequantized when 8- or 4-bit).
 std::vector<float> embed_f32(const ModelWeights& w);
+
+// Embedding table → Q4_0 (w.embed_q4, w.embed emptied and freed): a tied
+// lm_head becomes LinearQ4 on the same table, an untied float lm_head Q8_0
+// (the output layer keeps 8 bits). `quantize --embed-bits 4`; needs a float
+// table (the pipeline's --embed-bits 16) and d_model % 32 == 0.
+void model_embed_q4(ModelWeights& w);
 
 // RoPE inverse frequencies [head_dim/2] with the config's scaling applied.
 std::vector<float> rope_inv_freq(const ModelConfig& c);

@@ -233,6 +233,23 @@ void gemm_f32(const float* x, int64_t m, const PackedF32& w, float* y, const Gem
     });
 }
 
+void gemv_f32_rows(const float* x, int64_t m, const PackedF32& w, float* y, int64_t j0, int64_t j1) {
+    check_args("gemv_f32_rows", x, m, w, y);
+    SQ_CHECK(0 <= j0 && j0 <= j1 && j1 <= w.n && j0 % kNR == 0, "gemv_f32_rows: rows [", j0, ", ", j1, ") of ", w.n);
+    if (m == 0 || j0 == j1) return;
+    if (w.k == 0) {
+        for (int64_t t = 0; t < m; ++t) std::fill(y + t * w.n + j0, y + t * w.n + j1, 0.0f);
+        return;
+    }
+    if (!cpu_use_avx2()) {
+        cpu_warn_fallback("gemv_f32");
+        for (int64_t t = 0; t < m; ++t)
+            for (int64_t j = j0; j < j1; ++j) gemm_f32_ref(x + t * w.k, 1, w.data() + j * w.k, 1, w.k, y + t * w.n + j);
+        return;
+    }
+    gemv_rows(x, m, w.data(), y, w.n, w.k, j0, j1);
+}
+
 void gemv_f32(const float* x, int64_t m, const PackedF32& w, float* y) {
     check_args("gemv_f32", x, m, w, y);
     const int64_t n = w.n, k = w.k;

@@ -59,4 +59,10 @@ void gemm_f32(const float* x, int64_t m, const PackedF32& w, float* y, const Gem
 void gemv_f32(const float* x, int64_t m, const PackedF32& w, float* y);
 inline constexpr int64_t gemv_f32_max_m = 16;
 
+// Rows [j0, j1) of gemv_f32's output (j0 a multiple of 4), on the calling
+// thread only, y [m, w.n] row-major: bitwise the same elements as gemv_f32
+// (every output is one whole-k dot tile whatever the row range). For work
+// split by hand inside a parallel region (x·B of a decode W4A4 layer).
+void gemv_f32_rows(const float* x, int64_t m, const PackedF32& w, float* y, int64_t j0, int64_t j1);
+
 }  // namespace sq

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/threads.h"
+#include "kernels/cpu/attention_decode.h"
 #include "kernels/cpu/gemm_f32.h"
 
 #define SQ_CLONES __attribute__((target_clones("avx2,fma", "default")))
@@ -18,12 +19,13 @@ SQ_CLONES static void rmsnorm_row(const float* x, const float* w, int64_t d, flo
 }
 
 void rmsnorm_f32(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y) {
-    parallel_for(n, [&](int64_t t) { rmsnorm_row(x + t * d, w, d, eps, y + t * d); });
+    if (n == 1) rmsnorm_row(x, w, d, eps, y);  // decode: a fork/join costs more than the row
+    else parallel_for(n, [&](int64_t t) { rmsnorm_row(x + t * d, w, d, eps, y + t * d); });
 }
 
 void rope_f32(float* x, int64_t n, int n_heads, int head_dim, int pos0, const float* inv_freq) {
     const int half = head_dim / 2;
-    parallel_for(n, [&](int64_t t) {
+    auto one = [&](int64_t t) {
         // angles as Hugging Face computes them: float32 position × float32 inv_freq
         float c[512], s[512];
         for (int i = 0; i < half; ++i) {
@@ -39,7 +41,9 @@ void rope_f32(float* x, int64_t n, int n_heads, int head_dim, int pos0, const fl
                 v[i + half] = b * c[i] + a * s[i];
             }
         }
-    });
+    };
+    if (n == 1) one(0);  // decode: no fork/join for a few hundred values
+    else parallel_for(n, one);
 }
 
 SQ_CLONES static void silu_mul_block(float* g, const float* u, int64_t n) {
@@ -48,40 +52,11 @@ SQ_CLONES static void silu_mul_block(float* g, const float* u, int64_t n) {
 
 void silu_mul_f32(float* g, const float* u, int64_t count) {
     const int64_t block = 4096;
+    if (count <= block) return silu_mul_block(g, u, count);  // decode: one block, no fork/join
     parallel_for((count + block - 1) / block, [&](int64_t b) {
         const int64_t lo = b * block, hi = std::min(count, lo + block);
         silu_mul_block(g + lo, u + lo, hi - lo);
     });
-}
-
-// One query row against keys/values 0..len−1 (rows kv_stride apart):
-// softmax(q·Kᵀ·scale)·V into o [hd]; p [len] scratch. One function per
-// (token, head) so that the dot and axpy loops inline into the clone for the
-// CPU (a call per key and head cost ~1.5 ms per SmolLM2 decode token).
-SQ_CLONES static void attend_one(const float* qv, const float* k, const float* v, int64_t kv_stride, int len, int hd,
-                                 float scale, float* p, float* o) {
-    float mx = -INFINITY;
-    for (int j = 0; j < len; ++j) {
-        const float* kj = k + j * kv_stride;
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (int i = 0; i < hd; ++i) s += qv[i] * kj[i];
-        p[j] = s * scale;
-        mx = p[j] > mx ? p[j] : mx;
-    }
-    float sum = 0.0f;
-    for (int j = 0; j < len; ++j) {
-        p[j] = std::exp(p[j] - mx);
-        sum += p[j];
-    }
-    const float inv = 1.0f / sum;
-    for (int i = 0; i < hd; ++i) o[i] = 0.0f;
-    for (int j = 0; j < len; ++j) {
-        const float a = p[j] * inv;
-        const float* vj = v + j * kv_stride;
-#pragma omp simd
-        for (int i = 0; i < hd; ++i) o[i] += a * vj[i];
-    }
 }
 
 // Prefill path: per head, S = Q Kᵀ and O = P V through the float GEMM
@@ -127,19 +102,7 @@ static void attention_gemm(const float* q, const float* k, const float* v, int64
 void attention_f32(const float* q, const float* k, const float* v, int64_t kv_stride, int64_t n, int pos0,
                    int n_heads, int n_kv_heads, int hd, float* out) {
     if (n >= 16) return attention_gemm(q, k, v, kv_stride, n, pos0, n_heads, n_kv_heads, hd, out);
-    const int group = n_heads / n_kv_heads;
-    const float scale = 1.0f / std::sqrt((float)hd);
-    const int64_t jobs = n * n_heads;
-    parallel_for_dynamic(jobs, [&](int64_t job) {
-        const int64_t t = job / n_heads;
-        const int h = (int)(job % n_heads);
-        const int g = h / group;
-        const int len = pos0 + (int)t + 1;  // causal: keys 0..pos0+t
-        thread_local std::vector<float> p;
-        if ((int)p.size() < len) p.resize(len);
-        attend_one(q + (t * n_heads + h) * hd, k + g * hd, v + g * hd, kv_stride, len, hd, scale, p.data(),
-                   out + (t * n_heads + h) * hd);
-    });
+    attention_decode(q, k, v, kv_stride, n, pos0, n_heads, n_kv_heads, hd, out);
 }
 
 }  // namespace sq

@@ -26,6 +26,7 @@
 #include "kernels/cpu/w4a4_avx2.h"
 
 #include <immintrin.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -433,6 +434,73 @@ void run_job(const Job& jb, int64_t m) {
     });
 }
 
+// Several jobs (weight matrices of one input) in ONE parallel region: the
+// fork/join of a 6–20 µs SmolLM2 decode GEMV is a large part of it. pre(t, T)
+// runs on every thread first (decode: its share of zb = x·B), then a barrier.
+// m ≤ gemv max: the groups of all jobs, concatenated, are split into one
+// contiguous range per thread (each matrix still streams front to back);
+// above: the (activation block × group block) tasks of all jobs in one
+// dynamic pool. Each output element is computed exactly as by its own job.
+void run_jobs(const Job* jobs, int count, int64_t m, const std::function<void(int, int)>& pre) {
+    std::vector<int64_t> first(count + 1, 0);  // first[i]: index of job i's first unit (group or task)
+    const int64_t kp = jobs[0].w->kp;
+    const int64_t mc_max = std::clamp<int64_t>((512 << 10) / kp / kMR * kMR, kMR, 144);
+    const int64_t gc_max = 16;
+    const int64_t mb = (m + mc_max - 1) / mc_max;
+    const int64_t mc = ((m + mb - 1) / mb + kMR - 1) / kMR * kMR;
+    std::vector<int64_t> nbs(count), gcs(count);
+    for (int i = 0; i < count; ++i) {
+        const int64_t groups = jobs[i].w->groups;
+        nbs[i] = (groups + gc_max - 1) / gc_max;
+        gcs[i] = (groups + nbs[i] - 1) / nbs[i];
+        first[i + 1] = first[i] + (m <= w4a4_gemv_max_m ? groups : mb * nbs[i]);
+    }
+    const int64_t total = first[count];
+    // GEMV: cost[u] = bytes read by units before u (codes + spectral C)
+    std::vector<int64_t> cost;
+    if (m <= w4a4_gemv_max_m) {
+        cost.resize(total + 1, 0);
+        for (int i = 0; i < count; ++i) {
+            const W4A4Weights& w = *jobs[i].w;
+            for (int64_t g = 0; g < w.groups; ++g) {
+                const int64_t u = first[i] + g;
+                cost[u + 1] = cost[u] + jobs[i].gstride + (jobs[i].zb && w.rank > 0 ? kGroup * 2 * w.coef_len[g] : 0);
+            }
+        }
+    }
+    const int nt_max = std::max(1, threads_count());
+#pragma omp parallel num_threads(nt_max)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        if (pre) {
+            pre(t, nt);
+#pragma omp barrier
+        }
+        if (m <= w4a4_gemv_max_m) {
+            // Contiguous ranges of equal bytes, not of equal groups: the
+            // spectral rows are sorted longest first, so the first groups of
+            // a layer read up to twice the bytes of the last (SmolLM2 q at
+            // k̄ 32: 1152 code bytes + up to 1024 of C per group).
+            const int64_t u0 = std::lower_bound(cost.begin(), cost.end(), cost.back() * t / nt) - cost.begin(),
+                          u1 = std::lower_bound(cost.begin(), cost.end(), cost.back() * (t + 1) / nt) - cost.begin();
+            int i = 0;
+            for (int64_t u = u0; u < std::min(u1, total); ++u) {
+                while (u >= first[i + 1]) ++i;
+                run_rows<true>(jobs[i], 0, m, u - first[i]);
+            }
+        } else {
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t u = 0; u < total; ++u) {
+                const int i = (int)(std::upper_bound(first.begin(), first.end(), u) - first.begin()) - 1;
+                const int64_t v = u - first[i], ib = v / nbs[i], gb = v % nbs[i], groups = jobs[i].w->groups;
+                const int64_t i0 = std::min(m, ib * mc), i1 = std::min(m, i0 + mc);
+                const int64_t g0 = std::min(groups, gb * gcs[i]), g1 = std::min(groups, g0 + gcs[i]);
+                for (int64_t g = g0; g < g1; ++g) run_rows<false>(jobs[i], i0, i1, g);
+            }
+        }
+    }
+}
+
 int64_t flush_blocks(const W4A4Act& act) {
     const int64_t amax = act.offset ? 128 : (1 << act.bits) - 1;
     return std::max<int64_t>(1, 32767 / (4 * 15 * std::max<int64_t>(1, amax)));
@@ -596,6 +664,26 @@ void w4a4_gemm(const W4A4Act& act, const W4A4Weights& w, const float* zb, float*
     jb.zb = zb;
     jb.bias = add_bias;
     run_job(jb, act.m);
+}
+
+void w4a4_gemm_multi(const W4A4Act& act, const W4A4Out* outs, int count, const std::function<void(int, int)>& pre) {
+    require_avx2("w4a4_gemm_multi");
+    SQ_CHECK(count > 0, "w4a4_gemm_multi: no layers");
+    std::vector<Job> jobs(count);
+    for (int i = 0; i < count; ++i) {
+        const W4A4Weights& w = *outs[i].w;
+        SQ_CHECK(act.kp == w.kp, "w4a4_gemm_multi: activations padded to ", act.kp, ", weights ", i, " to ", w.kp);
+        Job& jb = jobs[i];
+        jb.w = &w;
+        jb.nkb = w.kp / kBlock;
+        jb.gstride = jb.nkb * kGroupBlock;
+        jb.act = &act;
+        jb.flush = flush_blocks(act);
+        jb.y = outs[i].y;
+        jb.zb = outs[i].zb;
+    }
+    if (act.m == 0) return;
+    run_jobs(jobs.data(), count, act.m, pre);
 }
 
 void w4a16_gemm(const float* xp, int64_t m, const W4A4Weights& w, const float* zb, float* y, bool add_bias) {

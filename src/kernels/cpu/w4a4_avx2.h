@@ -27,6 +27,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace sq {
@@ -110,6 +111,20 @@ void w4a4_gemm_acc(const W4A4Act& act, const W4A4Weights& w, int32_t* acc);
 // once; above: cache-blocked tasks (act block in L2 × group block).
 void w4a4_gemm(const W4A4Act& act, const W4A4Weights& w, const float* zb, float* y, bool add_bias = true);
 inline constexpr int64_t w4a4_gemv_max_m = 16;
+
+// Several layers on the same activations (q/k/v, gate/up of one block, or a
+// single layer whose x·B is computed inside the region), in ONE parallel
+// region: outs[i].y = w4a4_gemm(act, *outs[i].w, outs[i].zb, outs[i].y),
+// bitwise. pre (optional) runs as pre(thread, threads) on every thread of the
+// region before the GEMM, then all threads meet at a barrier (decode: each
+// thread's share of zb = x·B, so a layer costs one fork/join instead of two).
+struct W4A4Out {
+    const W4A4Weights* w;
+    const float* zb;  // [m, w->rp] or null
+    float* y;         // [m, w->n]
+};
+void w4a4_gemm_multi(const W4A4Act& act, const W4A4Out* outs, int count,
+                     const std::function<void(int, int)>& pre = {});
 
 // W4A16: y [m, n] = scale_j · Σ_k xp_k · code_jk  + zb·Cᵀ + bias (as w4a4_gemm),
 // xp fp32 [m, kp] zero padded; the codes are converted to float on the fly.
