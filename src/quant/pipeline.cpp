@@ -665,7 +665,7 @@ void model_embed_q8(ModelWeights& w) {
     if (tied) w.lm_head = std::make_unique<LinearQ8>(w.embed_q8);
     else w.lm_head = std::make_unique<LinearQ8>(
              std::make_shared<const Q8Matrix>(Q8Matrix::quantize(lm->w.data(), lm->out, lm->in)));
-    w.embed = {};
+    std::vector<float>().swap(w.embed);  // = {} would keep the capacity (113 MB for SmolLM2)
 }
 
 ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantConfig& qc, json* report,
