@@ -43,22 +43,9 @@ void LinearQ4::forward(const float* x, int64_t n, float* y) const {
         q4_gemv(x, n, w_->blocks.data(), out, in, y);
         return;
     }
-    // Prefill / evaluation: slabs of 512 dequantized rows through the float
-    // GEMM (as LinearQ8; thread_local buffers reached through raw pointers).
-    const int64_t slab = 512;
-    thread_local std::vector<float> wbuf, ybuf;
-    wbuf.resize((size_t)std::min(slab, out) * in);
-    ybuf.resize((size_t)n * std::min(slab, out));
-    float* wf = wbuf.data();
-    float* yt = ybuf.data();
+    // Prefill / evaluation: dequantized slabs through the float GEMM.
     const Q4Matrix& m = *w_;
-    const int64_t o = out, k = in;
-    for (int64_t j0 = 0; j0 < o; j0 += slab) {
-        const int64_t nj = std::min(slab, o - j0);
-        parallel_for(nj, [&](int64_t r) { m.dequant_row(j0 + r, wf + r * k); });
-        gemm_f32(x, n, gemm_f32_view(wf, nj, k), yt);
-        parallel_for(n, [&](int64_t t) { std::memcpy(y + t * o + j0, yt + t * nj, nj * sizeof(float)); });
-    }
+    gemm_f32_rows(x, n, out, in, [&m](int64_t r, float* dst) { m.dequant_row(r, dst); }, y);
 }
 
 }  // namespace sq

@@ -44,25 +44,9 @@ void LinearQ8::forward(const float* x, int64_t n, float* y) const {
         q8_gemv(x, n, w_->blocks.data(), out, in, y);
         return;
     }
-    // Prefill / evaluation: dequantize a slab of rows (512 × in floats, 1.2 MB
-    // at in = 576) and multiply it through the float GEMM; the dequantization
-    // is ~1/n of the slab's GEMM work.
-    const int64_t slab = 512;
-    // (thread_local buffers: the lambdas below run on other threads, so they
-    // get raw pointers, never the names.)
-    thread_local std::vector<float> wbuf, ybuf;
-    wbuf.resize((size_t)std::min(slab, out) * in);
-    ybuf.resize((size_t)n * std::min(slab, out));
-    float* wf = wbuf.data();
-    float* yt = ybuf.data();
+    // Prefill / evaluation: dequantized slabs through the float GEMM.
     const Q8Matrix& m = *w_;
-    const int64_t o = out, k = in;
-    for (int64_t j0 = 0; j0 < o; j0 += slab) {
-        const int64_t nj = std::min(slab, o - j0);
-        parallel_for(nj, [&](int64_t r) { m.dequant_row(j0 + r, wf + r * k); });
-        gemm_f32(x, n, gemm_f32_view(wf, nj, k), yt);
-        parallel_for(n, [&](int64_t t) { std::memcpy(y + t * o + j0, yt + t * nj, nj * sizeof(float)); });
-    }
+    gemm_f32_rows(x, n, out, in, [&m](int64_t r, float* dst) { m.dequant_row(r, dst); }, y);
 }
 
 bool linear_dense_f32(const Linear& L, std::vector<float>* w, std::vector<float>* bias) {

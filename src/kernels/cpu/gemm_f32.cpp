@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "core/error.h"
 #include "core/threads.h"
@@ -272,6 +273,26 @@ void gemv_f32(const float* x, int64_t m, const PackedF32& w, float* y) {
         const int64_t j0 = std::min(n, t * per), j1 = std::min(n, (t + 1) * per);
         if (j0 < j1) gemv_rows(x, m, wd, y, n, k, j0, j1);
     });
+}
+
+void gemm_f32_rows(const float* x, int64_t m, int64_t n, int64_t k,
+                   const std::function<void(int64_t r, float* dst)>& row, float* y) {
+    if (m <= 0 || n <= 0) return;
+    // The slab (512 × k floats, 1.2 MB at k = 576) costs ~1/m of its GEMM to
+    // make. thread_local buffers: the lambdas below run on other threads, so
+    // they get raw pointers, never the names.
+    const int64_t slab = 512;
+    thread_local std::vector<float> wbuf, ybuf;
+    wbuf.resize((size_t)std::min(slab, n) * k);
+    ybuf.resize((size_t)m * std::min(slab, n));
+    float* wf = wbuf.data();
+    float* yt = ybuf.data();
+    for (int64_t j0 = 0; j0 < n; j0 += slab) {
+        const int64_t nj = std::min(slab, n - j0);
+        parallel_for(nj, [&](int64_t r) { row(j0 + r, wf + r * k); });
+        gemm_f32(x, m, gemm_f32_view(wf, nj, k), yt);
+        parallel_for(m, [&](int64_t t) { std::memcpy(y + t * n + j0, yt + t * nj, nj * sizeof(float)); });
+    }
 }
 
 }  // namespace sq

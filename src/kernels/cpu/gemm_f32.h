@@ -19,6 +19,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace sq {
@@ -49,6 +50,13 @@ struct GemmF32Blocking {
 // row-major, y overwritten. Threads: tasks of (mc rows of x) × (nc rows of W).
 void gemm_f32(const float* x, int64_t m, const PackedF32& w, float* y);
 void gemm_f32(const float* x, int64_t m, const PackedF32& w, float* y, const GemmF32Blocking& b);
+
+// y [m, n] = x [m, k] · Wᵀ for a W [n, k] that exists only as rows made on
+// demand (a block-quantized matrix): slabs of 512 rows are made by row(r, dst)
+// (in parallel) and multiplied through gemm_f32, so the result is bitwise
+// gemm_f32 on the whole dequantized W. Buffers are per calling thread.
+void gemm_f32_rows(const float* x, int64_t m, int64_t n, int64_t k,
+                   const std::function<void(int64_t r, float* dst)>& row, float* y);
 
 // Streaming GEMV for decode and small batches: each thread streams a
 // contiguous range of W rows from DRAM exactly once (whole rows, next rows
