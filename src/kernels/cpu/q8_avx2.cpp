@@ -107,13 +107,9 @@ void q8_gemv(const float* x, int64_t m, const BlockQ8* w, int64_t n, int64_t k, 
         gemv_scalar(x, m, w, n, k, y);
         return;
     }
-    const int64_t nb = k / Q8_BLOCK, groups = (n + 3) / 4;
-    const int64_t nt = std::max(1, threads_count());
-    const int64_t per = (groups + nt - 1) / nt;
-    parallel_for(nt, [&](int64_t t) {
-        const int64_t g0 = std::min(groups, t * per), g1 = std::min(groups, (t + 1) * per);
-        for (int64_t g = g0; g < g1; ++g) group(x, m, w, nb, n, g * 4, std::min(n, g * 4 + 4), y);
-    });
+    const int64_t nb = k / Q8_BLOCK;
+    // Groups of 4 rows, a contiguous range per thread (rows are independent).
+    parallel_for((n + 3) / 4, [&](int64_t g) { group(x, m, w, nb, n, g * 4, std::min(n, g * 4 + 4), y); });
 }
 
 }  // namespace sq
