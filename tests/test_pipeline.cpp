@@ -356,7 +356,9 @@ TEST(Pipeline, BadConfigurationsAreErrors) {
     qc.importance = "vibes";
     EXPECT_THROW(quant_config_validate(qc), Error);
     qc = quant_config_for("specquant");
-    qc.embed_bits = 4;
+    qc.embed_bits = 4;  // Q4_0 table: supported
+    EXPECT_NO_THROW(quant_config_validate(qc));
+    qc.embed_bits = 6;
     EXPECT_THROW(quant_config_validate(qc), Error);
     qc = quant_config_for("specquant");
     qc.basis = "wavelet";

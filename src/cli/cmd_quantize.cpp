@@ -41,12 +41,7 @@ static CommandAction quantize_setup(CLI::App& app) {
     return [o]() {
         threads_set(o->threads);
         const auto t0 = std::chrono::steady_clock::now();
-        // --embed-bits 4 (Q4_0 table, docs/format.md): the pipeline keeps the
-        // float table (its --embed-bits 16), model_embed_q4 converts it after.
-        const bool embed4 = o->q.embed_bits == 4;
-        QuantCliOptions qo = o->q;
-        if (embed4) qo.embed_bits = 16;
-        QuantConfig qc = quant_cli_config(qo, qo.method, qo.w_bits, qo.a_bits, qo.kv_bits);
+        QuantConfig qc = quant_cli_config(o->q, o->q.method, o->q.w_bits, o->q.a_bits, o->q.kv_bits);
         SQ_CHECK(qc.method != "fp", "quantize: method fp writes nothing; evaluate the checkpoint directly");
         SQ_CHECK(!packed_is(o->model), o->model, ": already quantized; quantize a checkpoint (GGUF or HF directory)");
         // Streaming: the embedding and lm_head now, each decoder layer when the
@@ -59,9 +54,7 @@ static CommandAction quantize_setup(CLI::App& app) {
                      qc.calib_len);
         nlohmann::json rep;
         ModelWeights w = quantize_model(std::move(w0), tok, qc, &rep, [&ck](int l) { return layer_load_f32(ck, l); });
-        if (embed4) model_embed_q4(w);
         nlohmann::json quant = quant_config_to_json(qc);
-        if (embed4) quant["embed_bits"] = 4;
         quant["source"] = o->model;
         quant["source_sha256"] = ck.format == "gguf" ? sha256_file(o->model) : std::string("directory");
         quant["calib_sha256"] = rep["calib_sha256"];

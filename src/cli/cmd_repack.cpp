@@ -41,16 +41,15 @@ static CommandAction repack_setup(CLI::App& app) {
         w.embed = embed_f32(w);  // exact: 8/4-bit values are float32 values
         w.embed_q8.reset();
         w.embed_q4.reset();
-        if (o->embed_bits == 4 && tied) {
+        if (tied) {  // table and lm_head: the new table
             w.lm_head = std::make_unique<LinearF32>(c.d_model, c.vocab, w.embed);
-            model_embed_q4(w);  // table Q4_0, lm_head the same table
-        } else if (o->embed_bits == 4) {  // an untied lm_head stays as it is
+            model_embed_quant(w, o->embed_bits);
+        } else if (o->embed_bits == 4) {  // an untied lm_head stays as it is; only the table changes
             SQ_CHECK(q4_fits(c.d_model), "repack: d_model ", c.d_model, " is not a multiple of ", Q4_BLOCK);
             w.embed_q4 = std::make_shared<const Q4Matrix>(Q4Matrix::quantize(w.embed.data(), c.vocab, c.d_model));
         } else {
             SQ_CHECK(q8_fits(c.d_model), "repack: d_model ", c.d_model, " is not a multiple of ", Q8_BLOCK);
             w.embed_q8 = std::make_shared<const Q8Matrix>(Q8Matrix::quantize(w.embed.data(), c.vocab, c.d_model));
-            if (tied) w.lm_head = std::make_unique<LinearQ8>(w.embed_q8);
         }
         std::vector<float>().swap(w.embed);
         pm.quant["embed_bits"] = o->embed_bits;

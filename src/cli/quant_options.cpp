@@ -29,7 +29,7 @@ void quant_cli_add(CLI::App& app, QuantCliOptions& o, bool with_method, bool wit
                    "offset; ignored without a quantized KV cache");
     app.add_option("--k-bar", o.k_bar, "spectral budget: mean bins kept per output channel (16, 32, 64)")
         ->capture_default_str();
-    app.add_option("--embed-bits", o.embed_bits, "embedding table and lm_head: 8 (Q8_0), 16 (fp16), or 4 (Q4_0 table; quantize only: a tied lm_head shares it, an untied one is Q8_0)")
+    app.add_option("--embed-bits", o.embed_bits, "embedding table and lm_head: 8 (Q8_0), 16 (fp16), or 4 (Q4_0 table: a tied lm_head shares it, an untied one is Q8_0)")
         ->capture_default_str();
     app.add_option("--importance", o.importance, "bin allocation score: entropy | abs_mean | abs_max | l2")
         ->capture_default_str();

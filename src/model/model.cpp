@@ -166,20 +166,27 @@ void mlp_block(const LayerWeights& L, int64_t ff, const float* x, int64_t n, flo
     silu_mul_f32(act, up.data(), n * ff);
 }
 
-void model_embed_q4(ModelWeights& w) {
+void model_embed_quant(ModelWeights& w, int bits) {
     const ModelConfig& c = w.cfg;
-    SQ_CHECK(!w.embed_q8 && !w.embed_q4 && !w.embed.empty(), "--embed-bits 4: the embedding is not a float table");
-    SQ_CHECK(q4_fits(c.d_model), "--embed-bits 4: d_model ", c.d_model, " is not a multiple of ", Q4_BLOCK,
-             " (use --embed-bits 16)");
+    SQ_CHECK(bits == 8 || bits == 4, "--embed-bits ", bits, ": the table is quantized to 8 or 4 bits");
+    SQ_CHECK(!w.embed_q8 && !w.embed_q4 && !w.embed.empty(), "--embed-bits ", bits, ": the embedding is not a float table");
+    SQ_CHECK(bits == 8 ? q8_fits(c.d_model) : q4_fits(c.d_model), "--embed-bits ", bits, ": d_model ", c.d_model,
+             " is not a multiple of ", bits == 8 ? Q8_BLOCK : Q4_BLOCK, " (use --embed-bits 16)");
     auto* lm = dynamic_cast<const LinearF32*>(w.lm_head.get());
-    SQ_CHECK(lm && lm->bias.empty(), "--embed-bits 4: lm_head must be a bias-free float32 layer, got ",
+    SQ_CHECK(lm && lm->bias.empty(), "--embed-bits ", bits, ": lm_head must be a bias-free float32 layer, got ",
              w.lm_head->kind());
     const bool tied = lm->w == w.embed;
-    w.embed_q4 = std::make_shared<const Q4Matrix>(Q4Matrix::quantize(w.embed.data(), c.vocab, c.d_model));
-    if (tied) w.lm_head = std::make_unique<LinearQ4>(w.embed_q4);
-    else w.lm_head = std::make_unique<LinearQ8>(
-             std::make_shared<const Q8Matrix>(Q8Matrix::quantize(lm->w.data(), lm->out, lm->in)));
-    std::vector<float>().swap(w.embed);
+    if (bits == 8) {
+        w.embed_q8 = std::make_shared<const Q8Matrix>(Q8Matrix::quantize(w.embed.data(), c.vocab, c.d_model));
+        if (tied) w.lm_head = std::make_unique<LinearQ8>(w.embed_q8);
+    } else {
+        w.embed_q4 = std::make_shared<const Q4Matrix>(Q4Matrix::quantize(w.embed.data(), c.vocab, c.d_model));
+        if (tied) w.lm_head = std::make_unique<LinearQ4>(w.embed_q4);
+    }
+    if (!tied)  // the output layer keeps 8 bits
+        w.lm_head = std::make_unique<LinearQ8>(
+            std::make_shared<const Q8Matrix>(Q8Matrix::quantize(lm->w.data(), lm->out, lm->in)));
+    std::vector<float>().swap(w.embed);  // = {} would keep the capacity (113 MB for SmolLM2)
 }
 
 Model::Model(ModelWeights w) : w_(std::move(w)) {

@@ -55,11 +55,12 @@ void embed_tokens(const ModelWeights& w, const int* tokens, int n, float* h);
 // The whole table [vocab, d] as float32 (dequantized when 8- or 4-bit).
 std::vector<float> embed_f32(const ModelWeights& w);
 
-// Embedding table → Q4_0 (w.embed_q4, w.embed emptied and freed): a tied
-// lm_head becomes LinearQ4 on the same table, an untied float lm_head Q8_0
-// (the output layer keeps 8 bits). `quantize --embed-bits 4`; needs a float
-// table (the pipeline's --embed-bits 16) and d_model % 32 == 0.
-void model_embed_q4(ModelWeights& w);
+// Embedding table → Q8_0 (bits 8, w.embed_q8) or Q4_0 (bits 4, w.embed_q4);
+// w.embed emptied and freed. A tied lm_head becomes the layer of the same
+// table (LinearQ8 / LinearQ4), an untied one its own Q8_0 matrix (the output
+// layer keeps 8 bits). Needs a float table, a bias-free float32 lm_head and
+// d_model % 32 == 0 (throws otherwise). `--embed-bits 8|4`.
+void model_embed_quant(ModelWeights& w, int bits);
 
 // RoPE inverse frequencies [head_dim/2] with the config's scaling applied.
 std::vector<float> rope_inv_freq(const ModelConfig& c);

@@ -78,7 +78,8 @@ void quant_config_validate(const QuantConfig& qc) {
     SQ_CHECK(qc.kv_clip > 0.0f && qc.kv_clip <= 1.0f, "--kv-clip ", qc.kv_clip, " out of range (0, 1]");
     SQ_CHECK(!qc.spectral || (qc.k_bar >= 1 && qc.k_bar <= 4096), "--k-bar ", qc.k_bar, " out of range");
     SQ_CHECK(qc.temperature > 0.0f, "--temperature must be > 0");
-    SQ_CHECK(qc.embed_bits == 8 || qc.embed_bits == 16, "--embed-bits ", qc.embed_bits, " not supported (8 or 16)");
+    SQ_CHECK(qc.embed_bits == 4 || qc.embed_bits == 8 || qc.embed_bits == 16, "--embed-bits ", qc.embed_bits,
+             " not supported (4, 8 or 16)");
     SQ_CHECK(qc.basis == "fourier" || qc.basis == "svd", "--basis ", qc.basis, " unknown (fourier | svd)");
     importance_from_name(qc.importance);
     SQ_CHECK(!qc.smooth || !qc.alpha_grid.empty(), "smoothing needs at least one alpha");
@@ -652,22 +653,6 @@ void add_linear_out(const Linear& L, const std::vector<float>& x, int64_t n, std
 
 }  // namespace
 
-void model_embed_q8(ModelWeights& w) {
-    const ModelConfig& c = w.cfg;
-    SQ_CHECK(!w.embed_q8, "embed_q8: the embedding is already 8-bit");
-    SQ_CHECK(q8_fits(c.d_model), "--embed-bits 8: d_model ", c.d_model, " is not a multiple of ", Q8_BLOCK,
-             " (use --embed-bits 16)");
-    auto* lm = dynamic_cast<const LinearF32*>(w.lm_head.get());
-    SQ_CHECK(lm && lm->bias.empty(), "--embed-bits 8: lm_head must be a bias-free float32 layer, got ",
-             w.lm_head->kind());
-    const bool tied = lm->w == w.embed;
-    w.embed_q8 = std::make_shared<const Q8Matrix>(Q8Matrix::quantize(w.embed.data(), c.vocab, c.d_model));
-    if (tied) w.lm_head = std::make_unique<LinearQ8>(w.embed_q8);
-    else w.lm_head = std::make_unique<LinearQ8>(
-             std::make_shared<const Q8Matrix>(Q8Matrix::quantize(lm->w.data(), lm->out, lm->in)));
-    std::vector<float>().swap(w.embed);  // = {} would keep the capacity (113 MB for SmolLM2)
-}
-
 ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantConfig& qc, json* report,
                             const LayerLoader& load) {
     quant_config_validate(qc);
@@ -758,7 +743,7 @@ ModelWeights quantize_model(ModelWeights w, const Tokenizer& tok, const QuantCon
     bar.finish();
     rep["layers"] = layers;
     rep["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    if (qc.embed_bits == 8) model_embed_q8(w);
+    if (qc.embed_bits < 16) model_embed_quant(w, qc.embed_bits);
     if (report) *report = rep;
     return w;
 }

@@ -86,11 +86,6 @@ void fold_smooth_down(LayerWeights& L, const std::vector<float>& s);
 // (undone in W_o), q/k rotated per head at run time (w.qk_rotate).
 void model_rotate(ModelWeights& w, uint64_t seed);
 
-// Embedding table → Q8_0 (w.embed_q8, w.embed emptied); lm_head → LinearQ8
-// sharing the table when tied, its own Q8 matrix otherwise. Needs d_model % 32
-// == 0 (throws otherwise) and a bias-free float32 lm_head.
-void model_embed_q8(ModelWeights& w);
-
 // Returns layer l's float32 weights (streaming quantization: layer_load_f32).
 using LayerLoader = std::function<LayerWeights(int)>;
 
