@@ -336,11 +336,9 @@ __global__ void __launch_bounds__(kMergeThreads) attention_decode_merge_rows(
         if (ob) ob[(size_t)b * width + i] = __float2bfloat16_rn(ov[j]);
     }
     if (!q8) return;
-    block_range(mx, mn, red);
     float s;
     int z;
-    asym_params(mx, mn, bits, clip, &s, &z);
-    if (tid == 0) q_scale[b] = s, q_zero[b] = z;
+    block_row_params(mx, mn, red, bits, clip, &q_scale[b], &q_zero[b], &s, &z);
     const int qmax = (1 << bits) - 1;
 #pragma unroll
     for (int j = 0; j < kMergeV; ++j) {

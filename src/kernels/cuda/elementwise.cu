@@ -89,11 +89,9 @@ __global__ void __launch_bounds__(kRowThreads) rmsnorm_kernel(float* __restrict_
             if (yb) yb[base + i] = __float2bfloat16_rn(yv);
         }
         if (!q8) return;
-        block_range(mx, mn, red);
         float s;
         int z;
-        asym_params(mx, mn, bits, clip, &s, &z);
-        if (tid == 0) q_scale[blockIdx.x] = s, q_zero[blockIdx.x] = z;
+        block_row_params(mx, mn, red, bits, clip, &q_scale[blockIdx.x], &q_zero[blockIdx.x], &s, &z);
         const int qmax = (1 << bits) - 1;
 #pragma unroll
         for (int j = 0; j < V; ++j) {
@@ -119,11 +117,9 @@ __global__ void __launch_bounds__(kRowThreads) rmsnorm_kernel(float* __restrict_
             if (yb) yb[base + i] = __float2bfloat16_rn(yv);
         }
         if (!q8) return;
-        block_range(mx, mn, red);
         float s;
         int z;
-        asym_params(mx, mn, bits, clip, &s, &z);
-        if (tid == 0) q_scale[blockIdx.x] = s, q_zero[blockIdx.x] = z;
+        block_row_params(mx, mn, red, bits, clip, &q_scale[blockIdx.x], &q_zero[blockIdx.x], &s, &z);
         const int qmax = (1 << bits) - 1;
         for (int i = tid; i < d; i += blockDim.x) q8[base + i] = (uint8_t)quant_one(y[base + i], s, z, qmax);
     }
@@ -193,11 +189,9 @@ __global__ void __launch_bounds__(1024) silu_mul_rows_kernel(const float* __rest
             if (ab) ab[t * ff + i] = __float2bfloat16_rn(v);
         }
         if (!q8) return;
-        block_range(mx, mn, red);
         float s;
         int z;
-        asym_params(mx, mn, bits, clip, &s, &z);
-        if (tid == 0) q_scale[t] = s, q_zero[t] = z;
+        block_row_params(mx, mn, red, bits, clip, &q_scale[t], &q_zero[t], &s, &z);
         const int qmax = (1 << bits) - 1;
 #pragma unroll
         for (int j = 0; j < V; ++j) {
@@ -213,11 +207,9 @@ __global__ void __launch_bounds__(1024) silu_mul_rows_kernel(const float* __rest
             if (ab) ab[t * ff + i] = __float2bfloat16_rn(v);
         }
         if (!q8) return;
-        block_range(mx, mn, red);
         float s;
         int z;
-        asym_params(mx, mn, bits, clip, &s, &z);
-        if (tid == 0) q_scale[t] = s, q_zero[t] = z;
+        block_row_params(mx, mn, red, bits, clip, &q_scale[t], &q_zero[t], &s, &z);
         const int qmax = (1 << bits) - 1;
         for (int i = tid; i < ff; i += nt) q8[t * ff + i] = (uint8_t)quant_one(ar[i], s, z, qmax);
     }

@@ -39,11 +39,9 @@ __global__ void __launch_bounds__(1024) act_quant_kernel(const float* __restrict
 #pragma unroll
         for (int j = 0; j < V; ++j)
             if (tid + j * nt < k) mx = ref_max(mx, xv[j]), mn = ref_min(mn, xv[j]);
-        block_range(mx, mn, red);
         float s;
         int z;
-        asym_params(mx, mn, bits, clip, &s, &z);
-        if (tid == 0) scale[t] = s, zero[t] = z;
+        block_row_params(mx, mn, red, bits, clip, &scale[t], &zero[t], &s, &z);
         const int qmax = (1 << bits) - 1;
 #pragma unroll
         for (int j = 0; j < V; ++j) {

@@ -47,6 +47,15 @@ __device__ __forceinline__ void block_range(float& mx, float& mn, float* red) {
     mx = a, mn = b;
 }
 
+// A row's quantizer from each thread's running (mx, mn): block_range, then
+// asym_params; every thread gets (s, z), thread 0 also stores them at *scale, *zero.
+__device__ __forceinline__ void block_row_params(float mx, float mn, float* red, int bits, float clip, float* scale,
+                                                 int* zero, float* s, int* z) {
+    block_range(mx, mn, red);
+    asym_params(mx, mn, bits, clip, s, z);
+    if (threadIdx.x == 0) *scale = *s, *zero = *z;
+}
+
 // The RoPE rotation of one pair (rope_kernel in elementwise.cu and rope_kv_kernel in
 // quant.cu run this one function, so their bits agree).
 __device__ __forceinline__ void rope_pair(float a, float b, int p, float inv_freq, float* ra, float* rb) {
