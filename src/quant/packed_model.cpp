@@ -130,35 +130,33 @@ std::vector<float> read_f16(const PackedFile& pf, const std::string& name, const
     return f;
 }
 
-// A Q8_0 matrix [rows, cols] stored as u8 [rows, cols/32 · 34]; every block
-// scale must be a finite fp16 (a corrupt file is refused, not multiplied).
-std::shared_ptr<const Q8Matrix> read_q8(const PackedFile& pf, const std::string& path, const std::string& name,
-                                        int64_t rows, int64_t cols) {
-    SQ_CHECK(q8_fits(cols), path, ": ", name, ": q8_0 needs a multiple of 32 columns, got ", cols);
-    const PackedView& v = pf.get(name, "u8", {rows, cols / Q8_BLOCK * (int64_t)sizeof(BlockQ8)});
-    auto m = std::make_shared<Q8Matrix>();
+// A block-quantized matrix (Q8_0 or Q4_0) [rows, cols] stored as u8
+// [rows, cols/32 · sizeof(block)]; finite fp16 scales only.
+template <class M>
+std::shared_ptr<const M> read_blocks(const PackedFile& pf, const std::string& path, const std::string& name,
+                                     int64_t rows, int64_t cols) {
+    using Block = typename decltype(M::blocks)::value_type;
+    static_assert(Q8_BLOCK == 32 && Q4_BLOCK == 32, "one block width for both formats");
+    SQ_CHECK(cols > 0 && cols % 32 == 0, path, ": ", name, ": needs a multiple of 32 columns, got ", cols);
+    const PackedView& v = pf.get(name, "u8", {rows, cols / 32 * (int64_t)sizeof(Block)});
+    auto m = std::make_shared<M>();
     m->rows = rows;
     m->cols = cols;
-    m->blocks.resize((size_t)rows * (cols / Q8_BLOCK));
+    m->blocks.resize((size_t)rows * (cols / 32));
     std::memcpy(m->blocks.data(), v.data, v.nbytes);
     for (size_t i = 0; i < m->blocks.size(); ++i)
         SQ_CHECK((m->blocks[i].d & 0x7C00) != 0x7C00, path, ": ", name, ": block ", i, " has a non-finite scale (corrupt file)");
     return m;
 }
 
-// A Q4_0 matrix [rows, cols] stored as u8 [rows, cols/32 · 18]; finite fp16 scales only.
-std::shared_ptr<const Q4Matrix> read_q4(const PackedFile& pf, const std::string& path, const std::string& name,
-                                        int64_t rows, int64_t cols) {
-    SQ_CHECK(q4_fits(cols), path, ": ", name, ": q4_0 needs a multiple of 32 columns, got ", cols);
-    const PackedView& v = pf.get(name, "u8", {rows, cols / Q4_BLOCK * (int64_t)sizeof(BlockQ4)});
-    auto m = std::make_shared<Q4Matrix>();
-    m->rows = rows;
-    m->cols = cols;
-    m->blocks.resize((size_t)rows * (cols / Q4_BLOCK));
-    std::memcpy(m->blocks.data(), v.data, v.nbytes);
-    for (size_t i = 0; i < m->blocks.size(); ++i)
-        SQ_CHECK((m->blocks[i].d & 0x7C00) != 0x7C00, path, ": ", name, ": block ", i, " has a non-finite scale (corrupt file)");
-    return m;
+// The inverse: the matrix's blocks as one u8 tensor.
+template <class M>
+PackedTensor blocks_tensor(const std::string& name, const M& m) {
+    using Block = typename decltype(M::blocks)::value_type;
+    PackedTensor t{name, "u8", {m.rows, m.cols / 32 * (int64_t)sizeof(Block)}, {}};
+    t.bytes.resize(m.bytes());
+    std::memcpy(t.bytes.data(), m.blocks.data(), m.bytes());
+    return t;
 }
 
 // Spectral coefficients in the file (version 2): per row only the kept
@@ -209,20 +207,8 @@ void packed_model_save(const std::string& path, const ModelWeights& w, const Tok
     const ModelConfig& c = w.cfg;
     std::vector<PackedTensor> ts;
     json linears = json::object();
-    auto q8_tensor = [](const std::string& name, const Q8Matrix& m) {
-        PackedTensor t{name, "u8", {m.rows, m.cols / Q8_BLOCK * (int64_t)sizeof(BlockQ8)}, {}};
-        t.bytes.resize(m.bytes());
-        std::memcpy(t.bytes.data(), m.blocks.data(), m.bytes());
-        return t;
-    };
-    auto q4_tensor = [](const std::string& name, const Q4Matrix& m) {
-        PackedTensor t{name, "u8", {m.rows, m.cols / Q4_BLOCK * (int64_t)sizeof(BlockQ4)}, {}};
-        t.bytes.resize(m.bytes());
-        std::memcpy(t.bytes.data(), m.blocks.data(), m.bytes());
-        return t;
-    };
-    if (w.embed_q8) ts.push_back(q8_tensor("embed.q8", *w.embed_q8));
-    else if (w.embed_q4) ts.push_back(q4_tensor("embed.q4", *w.embed_q4));
+    if (w.embed_q8) ts.push_back(blocks_tensor("embed.q8", *w.embed_q8));
+    else if (w.embed_q4) ts.push_back(blocks_tensor("embed.q4", *w.embed_q4));
     else ts.push_back(f16_of("embed", {c.vocab, c.d_model}, w.embed));
     ts.push_back(tensor_of("final_norm", "f32", {c.d_model}, w.final_norm));
     auto add_linear = [&](const std::string& name, const Linear& L) {
@@ -244,7 +230,7 @@ void packed_model_save(const std::string& path, const ModelWeights& w, const Tok
             if (!d.bias.empty()) ts.push_back(tensor_of(name + ".bias", "f32", {d.out}, d.bias));
         } else if (auto* q = dynamic_cast<const LinearQ8*>(&L)) {
             linears[name] = {{"type", "q8_0"}, {"in", q->in}, {"out", q->out}, {"bias", false}};
-            ts.push_back(q8_tensor(name + ".q8", *q->matrix()));
+            ts.push_back(blocks_tensor(name + ".q8", *q->matrix()));
         } else if (auto* f = dynamic_cast<const LinearF32*>(&L)) {
             linears[name] = {{"type", "f16"}, {"in", f->in}, {"out", f->out}, {"bias", !f->bias.empty()}};
             ts.push_back(f16_of(name + ".w", {f->out, f->in}, f->w));
@@ -312,7 +298,7 @@ PackedModel packed_model_load(const std::string& path) {
             const bool has_bias = m.at("bias");
             if (m.at("type") == "q8_0") {
                 SQ_CHECK(!has_bias, path, ": linear ", name, ": q8_0 layers have no bias");
-                return std::make_unique<LinearQ8>(read_q8(pf, path, name + ".q8", out, in));
+                return std::make_unique<LinearQ8>(read_blocks<Q8Matrix>(pf, path, name + ".q8", out, in));
             }
             if (m.at("type") == "f16") {
                 return std::make_unique<LinearF32>(in, out, read_f16(pf, name + ".w", {out, in}),
@@ -353,8 +339,8 @@ PackedModel packed_model_load(const std::string& path) {
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff;
     const std::string embed_type = pf.meta.value("embed_type", "f16");
-    if (embed_type == "q8_0") w.embed_q8 = read_q8(pf, path, "embed.q8", c.vocab, d);
-    else if (embed_type == "q4_0") w.embed_q4 = read_q4(pf, path, "embed.q4", c.vocab, d);
+    if (embed_type == "q8_0") w.embed_q8 = read_blocks<Q8Matrix>(pf, path, "embed.q8", c.vocab, d);
+    else if (embed_type == "q4_0") w.embed_q4 = read_blocks<Q4Matrix>(pf, path, "embed.q4", c.vocab, d);
     else if (embed_type == "f16") w.embed = read_f16(pf, "embed", {c.vocab, d});
     else fail(path, ": unknown embed_type '", embed_type, "'");
     pf.release("embed.q8");
