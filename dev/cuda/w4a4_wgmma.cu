@@ -1,0 +1,885 @@
+// dev/cuda/w4a4_wgmma.cu — sandbox for the wgmma W4A4 prefill GEMM (issue 6, acceptance 2).
+//
+// Self-contained (no project libraries): CPU / naive-GPU reference, random data,
+// an exactness check of every configuration over awkward shapes (int32
+// accumulators exact, float epilogue bit-identical to the library's
+// epi_value), and timing with L2 flushed against cuBLAS BF16 and FP8 (cublasLt,
+// same process) at the LLaMA-3-8B shapes, M = 2048, with the roofline TOP/s.
+//
+// Build and run ON the device (the project's -dev packages are not needed):
+//   nvcc -O3 -std=c++20 -gencode=arch=compute_90a,code=sm_90a -Xptxas -v \
+//        dev/cuda/w4a4_wgmma.cu -o wg -lcublasLt && ./wg [--reps 30] [--no-time]
+// Notes (versions, predictions, outcomes): docs/kernels-cuda-notes.md, "wgmma prefill GEMM".
+//
+// Math: Yᵀ = W·Xᵀ. Weights are wgmma's register A operand (64 channels per
+// m64 tile, s8 = 16·code widened from the CUDA layout with two LOP3s, as the
+// mma.sync kernel), activation codes the shared-memory B operand (tokens × k,
+// K-major, 128-byte swizzle, written by TMA). wgmma accumulates 16·acc;
+// acc = (16·acc) >> 4 exactly (|16·acc| ≤ 65536·255·128 < 2^31).
+#include <cublasLt.h>
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#define CK(x)                                                                                      \
+    do {                                                                                           \
+        cudaError_t e_ = (x);                                                                      \
+        if (e_ != cudaSuccess) {                                                                   \
+            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+            std::exit(1);                                                                          \
+        }                                                                                          \
+    } while (0)
+#define CKB(x)                                                                                     \
+    do {                                                                                           \
+        cublasStatus_t e_ = (x);                                                                   \
+        if (e_ != CUBLAS_STATUS_SUCCESS) {                                                         \
+            std::fprintf(stderr, "%s:%d %s: cublas status %d\n", __FILE__, __LINE__, #x, (int)e_); \
+            std::exit(1);                                                                          \
+        }                                                                                          \
+    } while (0)
+
+// ---- the CUDA layout (docs/format.md, w4a4_gemm.h) -------------------------
+constexpr int W4G_KB = 128, W4G_NB = 8;
+inline int64_t w4g_k_pad(int64_t k) { return (k + W4G_KB - 1) / W4G_KB * W4G_KB; }
+inline int64_t w4g_n_pad(int64_t n) { return (n + W4G_NB - 1) / W4G_NB * W4G_NB; }
+inline int64_t w4g_bytes(int64_t n, int64_t k) { return w4g_n_pad(n) * w4g_k_pad(k) / 2; }
+inline int64_t w4g_offset(int64_t k, int64_t j, int64_t i, int* nibble) {
+    const int64_t nb = j / W4G_NB, g = j % W4G_NB, kb = i / W4G_KB, r = i % W4G_KB;
+    const int64_t s = r / 32, q = r % 32, hi = q / 16, t = (q % 16) / 4, b = q % 4;
+    *nibble = (int)hi;
+    return (nb * (w4g_k_pad(k) / W4G_KB) + kb) * 512 + (g * 4 + t) * 16 + s * 4 + b;
+}
+// codes wc [n, k] (int8 in −8..7) → CUDA layout
+void repack(const int8_t* wc, int64_t n, int64_t k, uint8_t* dst) {
+    std::memset(dst, 0, (size_t)w4g_bytes(n, k));
+    for (int64_t j = 0; j < n; ++j)
+        for (int64_t i = 0; i < k; ++i) {
+            int nib = 0;
+            const int64_t off = w4g_offset(k, j, i, &nib);
+            dst[off] |= (uint8_t)((wc[j * k + i] & 0xF) << (4 * nib));
+        }
+}
+
+// Same fields as sq::cuda::W4GemmArgs (w4a4_gemm.h).
+struct W4GemmArgs {
+    const uint8_t* q = nullptr;
+    int m = 0, k = 0, n = 0;
+    const uint8_t* w = nullptr;
+    const float* act_scale = nullptr;
+    const int32_t* act_zero = nullptr;
+    const float* w_scale = nullptr;
+    const int32_t* w_rowsum = nullptr;
+    const float* spec = nullptr;
+    const float* bias = nullptr;
+    const float* spec_z = nullptr;
+    const float* spec_c = nullptr;
+    int spec_rank = 0;
+    int32_t* acc = nullptr;
+    float* y = nullptr;
+};
+
+// ---- epilogue: w4a4_gemm.cu's spec_dot / epi_value, same float ops, same order ----
+__device__ __forceinline__ float spec_dot(const float* __restrict__ z, const float* __restrict__ c, int len) {
+    float l0 = 0.0f, l1 = 0.0f, l2 = 0.0f, l3 = 0.0f, l4 = 0.0f, l5 = 0.0f, l6 = 0.0f, l7 = 0.0f;
+    int r = 0;
+    for (; r + 8 <= len; r += 8) {
+        l0 = __fmaf_rn(z[r], c[r], l0), l1 = __fmaf_rn(z[r + 1], c[r + 1], l1);
+        l2 = __fmaf_rn(z[r + 2], c[r + 2], l2), l3 = __fmaf_rn(z[r + 3], c[r + 3], l3);
+        l4 = __fmaf_rn(z[r + 4], c[r + 4], l4), l5 = __fmaf_rn(z[r + 5], c[r + 5], l5);
+        l6 = __fmaf_rn(z[r + 6], c[r + 6], l6), l7 = __fmaf_rn(z[r + 7], c[r + 7], l7);
+    }
+    if (r < len) l0 = __fmaf_rn(z[r], c[r], l0);
+    if (r + 1 < len) l1 = __fmaf_rn(z[r + 1], c[r + 1], l1);
+    if (r + 2 < len) l2 = __fmaf_rn(z[r + 2], c[r + 2], l2);
+    if (r + 3 < len) l3 = __fmaf_rn(z[r + 3], c[r + 3], l3);
+    if (r + 4 < len) l4 = __fmaf_rn(z[r + 4], c[r + 4], l4);
+    if (r + 5 < len) l5 = __fmaf_rn(z[r + 5], c[r + 5], l5);
+    if (r + 6 < len) l6 = __fmaf_rn(z[r + 6], c[r + 6], l6);
+    return __fadd_rn(__fadd_rn(__fadd_rn(l0, l1), __fadd_rn(l2, l3)), __fadd_rn(__fadd_rn(l4, l5), __fadd_rn(l6, l7)));
+}
+__device__ __forceinline__ float epi_value(const W4GemmArgs& a, int row, int col, int acc, float st, int zt) {
+    float v = __fmul_rn(__fmul_rn(st, a.w_scale[col]), (float)(acc - zt * a.w_rowsum[col]));
+    if (a.spec) v = __fadd_rn(v, a.spec[(int64_t)row * a.n + col]);
+    else if (a.spec_rank > 0)
+        v = __fadd_rn(v, spec_dot(a.spec_z + (int64_t)row * a.spec_rank, a.spec_c + (int64_t)col * a.spec_rank,
+                                  a.spec_rank));
+    if (a.bias) v = __fadd_rn(v, a.bias[col]);
+    return v;
+}
+
+// ================= the kernel (moves to src/kernels/cuda/w4a4_wgmma.cu) =================
+namespace wg {
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(b)), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* b, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(b)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
+    uint32_t done = 0;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\n"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(smem_u32(b)), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+// TMA: box of the tensor map at coordinates → shared memory, completing on mbarrier b.
+__device__ __forceinline__ void tma_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* b) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+            smem_u32(dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(smem_u32(b))
+        : "memory");
+}
+__device__ __forceinline__ void tma_3d(void* dst, const CUtensorMap* map, int c0, int c1, int c2, uint64_t* b) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+            smem_u32(dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(b))
+        : "memory");
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+template <int R>
+__device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
+template <int R>
+__device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
+
+// Shared-memory matrix descriptor: K-major tile of 128-byte rows (one token's 128 k codes),
+// 128-byte swizzle; 8-row atoms of 1024 B one after another (stride byte offset 1024);
+// the leading byte offset is unused for swizzled K-major layouts (set to 1 as encoded 16 B).
+// A k32 step inside the 128-byte row is start + 32 B (= +2 in the encoded address).
+__device__ __forceinline__ uint64_t desc_sw128(const void* p) {
+    const uint32_t a = smem_u32(p);
+    return (uint64_t)((a & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
+}
+
+// D[64 x 128] (s32) (+)= A[64 x 32] (s8, registers) · B[32 x 128] (u8, shared memory, K-major);
+// acc_in = 0: D = A·B (the first k step), else D += A·B.
+__device__ __forceinline__ void wgmma_n128(int (&d)[64], const uint32_t (&a)[4], uint64_t bdesc, int acc_in) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.u8 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(bdesc), "r"(acc_in));
+}
+
+// D[64 x 256] (s32) (+)= A[64 x 32] (s8, registers) · B[32 x 256] (u8, shared memory, K-major);
+// acc_in = 0: D = A·B (the first k step), else D += A·B.
+__device__ __forceinline__ void wgmma_n256(int (&d)[128], const uint32_t (&a)[4], uint64_t bdesc, int acc_in) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.u8 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, {%128, %129, %130, %131}, %132, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]),
+          "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]),
+          "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]),
+          "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]),
+          "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]),
+          "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]),
+          "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]),
+          "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]),
+          "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(bdesc), "r"(acc_in));
+}
+
+template <int BN>
+__device__ __forceinline__ void mma(int (&d)[BN / 2], const uint32_t (&a)[4], uint64_t bdesc, int acc_in) {
+    if constexpr (BN == 128) wgmma_n128(d, a, bdesc, acc_in);
+    else wgmma_n256(d, a, bdesc, acc_in);
+}
+
+// Widen one layout word: bytes of 16·code (s8) for k = 4t..4t+3 (lo) and 16+4t.. (hi).
+__device__ __forceinline__ uint32_t w4_lo16(uint32_t w) { return (w << 4) & 0xF0F0F0F0u; }
+__device__ __forceinline__ uint32_t w4_hi16(uint32_t w) { return w & 0xF0F0F0F0u; }
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int s) {
+    return s == 0 ? v.x : (s == 1 ? v.y : (s == 2 ? v.z : v.w));
+}
+
+// CTA: 3 warpgroups. WG 0 = producer (one thread issues the TMA copies), WG 1, 2 =
+// consumers, each MT m64 channel tiles × BN tokens (accumulators MT·BN/2 registers
+// per thread). CTA tile BM = 128·MT channels × BN tokens, k 128 per stage.
+// Stage: X tile BN × 128 B (TMA, 128-byte swizzle) + W tile BM/8 layout blocks × 512 B
+// (TMA, verbatim layout: a warp's 16-byte reads are 512 contiguous bytes, conflict-free).
+// DEEP: keep one stage of wgmmas in flight (wait_group 1, A registers double-buffered),
+// else wait_group 0 after each stage (the other consumer warpgroup keeps the tensor
+// cores busy meanwhile).
+template <int BN_, int MT_, int STAGES_, bool DEEP_, int EPI_ = 0>
+struct Cfg {
+    static constexpr int BN = BN_, MT = MT_, STAGES = STAGES_;
+    static constexpr bool DEEP = DEEP_;
+    static constexpr int EPI = EPI_;  // 0: from registers (v1), 1: through shared memory (v5), 2: + token scales staged, rows unrolled (v7)
+    static constexpr int BM = 128 * MT;
+    static constexpr int XBytes = BN * 128, WBytes = BM / 8 * 512, Stage = XBytes + WBytes;
+    static constexpr int Smem = STAGES * Stage + 1024 + 2 * STAGES * 8;
+    static_assert(Stage % 1024 == 0, "stages keep the 1024-byte swizzle-atom alignment");
+    static_assert(Smem <= 227 * 1024, "shared memory");
+    static_assert(EPI == 0 || BN * (BM + 4) * 4 + BN * 8 <= STAGES * Stage, "epilogue tile fits in the stages");
+};
+constexpr int THREADS = 384;
+
+// Epilogue through shared memory (v5): both consumer warpgroups first write their exact
+// accumulators into an int32 tile [BN tokens][BM + 4 channels] over the (now idle) pipeline
+// buffers (+4 words per row: a warp's 4 token rows 2 apart land 8 banks apart, no conflict),
+// then each thread owns 4 consecutive channels (their scale, rowsum and bias read once) and
+// walks the token rows: 16-byte stores, a row's BM channels contiguous (v1 wrote 32-byte
+// pieces of 4 rows per store). Same float operations in the same order as epi_value.
+template <class C>
+__device__ __forceinline__ void epilogue_smem(const W4GemmArgs& a, int (&acc)[C::MT][C::BN / 2], uint8_t* smem, int m0,
+                                              int c0, int cw, int warp, int lane, int ct) {
+    constexpr int MT = C::MT, BN = C::BN, BM = C::BM, LD = BM + 4;
+    int* tile = reinterpret_cast<int*>(smem);
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");  // the other warpgroup's wgmmas are done with the stages
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int i = 0; i < BN / 8; ++i)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int r = 8 * i + 2 * t + e, c = (cw * MT + mt) * 64 + warp * 16 + h * 8 + g;
+                    tile[r * LD + c] = acc[mt][4 * i + 2 * h + e] >> 4;
+                }
+    // v7: the BN tokens' act_scale / act_zero into shared memory, one load per thread (v5 read
+    // them inside the row loop: one dependent L2 round trip per row, 32 rows per thread).
+    float* tsc = reinterpret_cast<float*>(tile + BN * LD);
+    int* tze = reinterpret_cast<int*>(tsc + BN);
+    if constexpr (C::EPI == 2) {
+        if (a.y && ct < BN && m0 + ct < a.m) tsc[ct] = a.act_scale[m0 + ct], tze[ct] = a.act_zero[m0 + ct];
+    }
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    constexpr int GROUPS = BM / 4, ROWS = 256 / GROUPS;
+    const int cg = ct % GROUPS, r0 = ct / GROUPS, ch0 = c0 + 4 * cg;
+    float ws[4] = {0, 0, 0, 0}, bs[4] = {0, 0, 0, 0};
+    int rs[4] = {0, 0, 0, 0};
+    if (a.y) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            if (ch0 + j < a.n) {
+                ws[j] = a.w_scale[ch0 + j], rs[j] = a.w_rowsum[ch0 + j];
+                if (a.bias) bs[j] = a.bias[ch0 + j];
+            }
+    }
+    const bool vec = ch0 + 3 < a.n && a.n % 4 == 0;
+#pragma unroll(C::EPI == 2 ? 4 : 1)
+    for (int r = r0; r < BN; r += ROWS) {
+        const int tok = m0 + r;
+        if (tok >= a.m) break;
+        const int4 v = *reinterpret_cast<const int4*>(tile + r * LD + 4 * cg);
+        const int vv[4] = {v.x, v.y, v.z, v.w};
+        const int64_t idx = (int64_t)tok * a.n + ch0;
+        if (a.acc) {
+            if (vec) *reinterpret_cast<int4*>(a.acc + idx) = v;
+            else
+                for (int j = 0; j < 4 && ch0 + j < a.n; ++j) a.acc[idx + j] = vv[j];
+        }
+        if (a.y) {
+            const float st = C::EPI == 2 ? tsc[r] : a.act_scale[tok];
+            const int zt = C::EPI == 2 ? tze[r] : a.act_zero[tok];
+            float y[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                float f = __fmul_rn(__fmul_rn(st, ws[j]), (float)(vv[j] - zt * rs[j]));
+                if (a.spec) f = __fadd_rn(f, ch0 + j < a.n ? a.spec[idx + j] : 0.0f);
+                else if (a.spec_rank > 0 && ch0 + j < a.n)
+                    f = __fadd_rn(f, spec_dot(a.spec_z + (int64_t)tok * a.spec_rank,
+                                              a.spec_c + (int64_t)(ch0 + j) * a.spec_rank, a.spec_rank));
+                if (a.bias) f = __fadd_rn(f, bs[j]);
+                y[j] = f;
+            }
+            if (vec) *reinterpret_cast<float4*>(a.y + idx) = make_float4(y[0], y[1], y[2], y[3]);
+            else
+                for (int j = 0; j < 4 && ch0 + j < a.n; ++j) a.y[idx + j] = y[j];
+        }
+    }
+}
+
+template <class C>
+__global__ void __launch_bounds__(THREADS, 1)
+    gemm_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tw, const W4GemmArgs a) {
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+    uint64_t* full = reinterpret_cast<uint64_t*>(smem + C::STAGES * C::Stage);
+    uint64_t* empty = full + C::STAGES;
+    const int wgi = threadIdx.x / 128, tid = threadIdx.x % 128;
+    const int m0 = blockIdx.x * C::BN, c0 = blockIdx.y * C::BM;
+    const int KB = (a.k + 127) / 128;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < C::STAGES; ++s) {
+            mbar_init(&full[s], 1);
+            mbar_init(&empty[s], 8);  // one arrive per consumer warp
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wgi == 0) {  // producer
+        setmaxnreg_dec<40>();
+        if (tid == 0) {
+            for (int kb = 0; kb < KB; ++kb) {
+                const int s = kb % C::STAGES;
+                if (kb >= C::STAGES) mbar_wait(&empty[s], ((kb / C::STAGES) - 1) & 1);
+                uint8_t* st = smem + s * C::Stage;
+                mbar_expect_tx(&full[s], C::Stage);
+                tma_2d(st, &tx, kb * 128, m0, &full[s]);
+                tma_3d(st + C::XBytes, &tw, 0, kb, c0 / 8, &full[s]);
+            }
+        }
+        return;
+    }
+    setmaxnreg_inc<232>();
+    constexpr int MT = C::MT, BN = C::BN;
+    const int cw = wgi - 1, warp = tid / 32, lane = tid % 32;
+    int acc[MT][BN / 2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) acc[mt][i] = 0;
+
+    // This warp's 16 channels of tile mt are layout blocks (cw·MT + mt)·8 + 2·warp (rows 0..7)
+    // and + 1 (rows 8..15) of the stage's W tile: A registers 0, 2 and 1, 3 (the m16n8k32
+    // fragment order, which wgmma's register A follows per warp).
+    uint4 raw[MT][2];
+    auto load_raw = [&](int s) {
+        const uint8_t* wt = smem + s * C::Stage + C::XBytes;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                raw[mt][h] = *reinterpret_cast<const uint4*>(wt + ((cw * MT + mt) * 8 + warp * 2 + h) * 512 + lane * 16);
+    };
+    auto issue = [&](int kb, uint32_t (&af)[MT][4][4]) {
+        const int s = kb % C::STAGES;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks) {
+                const uint32_t w0 = word_of(raw[mt][0], ks), w1 = word_of(raw[mt][1], ks);
+                af[mt][ks][0] = w4_lo16(w0);
+                af[mt][ks][1] = w4_lo16(w1);
+                af[mt][ks][2] = w4_hi16(w0);
+                af[mt][ks][3] = w4_hi16(w1);
+            }
+        // Every input register of the stage's wgmmas is written before the fence (the empty asm
+        // statements pin them there): ptxas then needs no warpgroup.arrive between the wgmmas.
+        uint64_t dk[4];
+        const uint64_t d0 = desc_sw128(smem + s * C::Stage);
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+            dk[ks] = d0 + 2 * ks;
+            asm volatile("" : "+l"(dk[ks]));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+                asm volatile("" : "+r"(af[mt][ks][0]), "+r"(af[mt][ks][1]), "+r"(af[mt][ks][2]), "+r"(af[mt][ks][3]));
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) mma<BN>(acc[mt], af[mt][ks], dk[ks], 1);
+        wgmma_commit();
+        if (kb + 1 < KB) {  // next stage's weights while this stage's wgmmas run
+            const int s1 = (kb + 1) % C::STAGES;
+            mbar_wait(&full[s1], ((kb + 1) / C::STAGES) & 1);
+            load_raw(s1);
+        }
+    };
+    auto release = [&](int kb) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[kb % C::STAGES]);
+    };
+    mbar_wait(&full[0], 0);
+    load_raw(0);
+    if constexpr (C::DEEP) {
+        uint32_t af0[MT][4][4], af1[MT][4][4];
+        for (int kb = 0; kb < KB; kb += 2) {
+            issue(kb, af0);
+            wgmma_wait<1>();
+            if (kb > 0) release(kb - 1);
+            if (kb + 1 < KB) {
+                issue(kb + 1, af1);
+                wgmma_wait<1>();
+                release(kb);
+            }
+        }
+        wgmma_wait<0>();
+    } else {
+        uint32_t af[MT][4][4];
+        for (int kb = 0; kb < KB; ++kb) {
+            issue(kb, af);
+            wgmma_wait<0>();
+            release(kb);
+        }
+    }
+
+    if constexpr (C::EPI > 0) {
+        epilogue_smem<C>(a, acc, smem, m0, c0, cw, warp, lane, tid + 128 * cw);
+        return;
+    }
+    // Epilogue straight from the accumulators: thread (warp, g = lane/4, t = lane%4) holds
+    // channels 16·warp + g (+8) of each m64 tile, tokens 8i + 2t (+1): per store a warp writes
+    // 4 tokens × 8 consecutive channels = four full 32-byte sectors.
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int i = 0; i < BN / 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int tok = m0 + 8 * i + 2 * t + e;
+            if (tok >= a.m) continue;
+            const float st = a.y ? a.act_scale[tok] : 0.0f;
+            const int zt = a.y ? a.act_zero[tok] : 0;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int ch = c0 + (cw * MT + mt) * 64 + warp * 16 + h * 8 + g;
+                    if (ch >= a.n) continue;
+                    const int v = acc[mt][4 * i + 2 * h + e] >> 4;
+                    const int64_t idx = (int64_t)tok * a.n + ch;
+                    if (a.acc) a.acc[idx] = v;
+                    if (a.y) a.y[idx] = epi_value(a, tok, ch, v, st, zt);
+                }
+        }
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+    static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+        void* p = nullptr;
+        cudaDriverEntryPointQueryResult q;
+        CK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q));
+        if (q != cudaDriverEntryPointSuccess || !p) {
+            std::fprintf(stderr, "cuTensorMapEncodeTiled not found\n");
+            std::exit(1);
+        }
+        return (PFN_cuTensorMapEncodeTiled_v12000)p;
+    }();
+    return fn;
+}
+
+// Needs k % 16 == 0 and q 16-byte aligned (TMA: row stride a multiple of 16 B).
+template <class C>
+void launch(const W4GemmArgs& a, cudaStream_t st) {
+    CUtensorMap tx, tw;
+    const int KB = (a.k + 127) / 128;
+    {
+        const cuuint64_t dims[2] = {(cuuint64_t)a.k, (cuuint64_t)a.m}, strides[1] = {(cuuint64_t)a.k};
+        const cuuint32_t box[2] = {128, (cuuint32_t)C::BN}, es[2] = {1, 1};
+        CUresult r = encode_fn()(&tx, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void*)a.q, dims, strides, box, es,
+                                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+        if (r != CUDA_SUCCESS) { std::fprintf(stderr, "tensor map X: %d\n", (int)r); std::exit(1); }
+    }
+    {
+        const cuuint64_t dims[3] = {128, (cuuint64_t)KB, (cuuint64_t)(w4g_n_pad(a.n) / 8)};
+        const cuuint64_t strides[2] = {512, (cuuint64_t)KB * 512};
+        const cuuint32_t box[3] = {128, 1, (cuuint32_t)(C::BM / 8)}, es[3] = {1, 1, 1};
+        CUresult r = encode_fn()(&tw, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, (void*)a.w, dims, strides, box, es,
+                                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+        if (r != CUDA_SUCCESS) { std::fprintf(stderr, "tensor map W: %d\n", (int)r); std::exit(1); }
+    }
+    CK(cudaFuncSetAttribute(gemm_kernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::Smem));
+    const dim3 grid((unsigned)((a.m + C::BN - 1) / C::BN), (unsigned)((a.n + C::BM - 1) / C::BM));
+    gemm_kernel<C><<<grid, THREADS, C::Smem, st>>>(tx, tw, a);
+    CK(cudaGetLastError());
+}
+
+}  // namespace wg
+// ================= end of the kernel =================
+
+// ---- references --------------------------------------------------------------
+// Naive exact GPU reference: acc[t, j] = Σ q[t, i]·w[j, i] over canonical int8 weights
+// (dp4a, 4 codes per step); validated against the CPU loop on the small shapes.
+__global__ void ref_acc_kernel(const uint8_t* q, const int8_t* w, int m, int n, int k, int32_t* acc) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (j >= n || t >= m) return;
+    const uint8_t* qr = q + (int64_t)t * k;
+    const int8_t* wr = w + (int64_t)j * k;
+    int s = 0, i = 0;
+    if (k % 4 == 0)
+        for (; i < k; i += 4) {
+            const uint32_t qa = *reinterpret_cast<const uint32_t*>(qr + i), wb = *reinterpret_cast<const uint32_t*>(wr + i);
+            asm("dp4a.u32.s32 %0, %1, %2, %0;\n" : "+r"(s) : "r"(qa), "r"(wb));  // u8 · s8
+        }
+    for (; i < k; ++i) s += (int)qr[i] * (int)wr[i];
+    acc[(int64_t)t * n + j] = s;
+}
+__global__ void ref_epi_kernel(const W4GemmArgs a, const int32_t* acc, float* y) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (j >= a.n || t >= a.m) return;
+    const int64_t i = (int64_t)t * a.n + j;
+    y[i] = epi_value(a, t, j, acc[i], a.act_scale[t], a.act_zero[t]);
+}
+
+struct Rng {
+    uint64_t s;
+    explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+    uint32_t next() {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        return (uint32_t)(s >> 16);
+    }
+    float uni(float lo, float hi) { return lo + (hi - lo) * (float)(next() & 0xFFFFFF) / 16777216.0f; }
+};
+
+template <class T>
+T* dev_copy(const std::vector<T>& h) {
+    T* d = nullptr;
+    CK(cudaMalloc(&d, std::max<size_t>(1, h.size() * sizeof(T))));
+    if (!h.empty()) CK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+    return d;
+}
+
+// One problem on the device: codes, layout, epilogue inputs, reference outputs.
+struct Problem {
+    int m, n, k, rank;
+    W4GemmArgs a;  // without outputs
+    int8_t* wc = nullptr;
+    std::vector<void*> bufs;
+    int32_t* acc_ref = nullptr;
+    float* y_ref = nullptr;
+    Problem(int m_, int n_, int k_, uint64_t seed, int mode, int rank_ = 0) : m(m_), n(n_), k(k_), rank(rank_) {
+        // mode 0: random codes, 1: extreme (q = 255, w = −8), 2: random, with spec [m, n]
+        Rng r(seed);
+        std::vector<uint8_t> q((size_t)m * k);
+        std::vector<int8_t> w((size_t)n * k);
+        for (auto& v : q) v = mode == 1 ? 255 : (uint8_t)r.next();
+        for (auto& v : w) v = mode == 1 ? -8 : (int8_t)((int)(r.next() & 15) - 8);
+        std::vector<uint8_t> lay((size_t)w4g_bytes(n, k));
+        repack(w.data(), n, k, lay.data());
+        std::vector<float> as(m), ws(n), bias(n), spec, sz, sc;
+        std::vector<int32_t> az(m), rs(n);
+        for (auto& v : as) v = r.uni(1e-3f, 2e-2f);
+        for (auto& v : az) v = (int)(r.next() % 256);
+        for (auto& v : ws) v = r.uni(1e-3f, 3e-2f);
+        for (auto& v : bias) v = r.uni(-1.0f, 1.0f);
+        for (int j = 0; j < n; ++j) {
+            int s = 0;
+            for (int i = 0; i < k; ++i) s += w[(size_t)j * k + i];
+            rs[j] = s;
+        }
+        uint8_t* dq = dev_copy(q);
+        wc = dev_copy(w);
+        uint8_t* dl = dev_copy(lay);
+        a.q = dq, a.m = m, a.k = k, a.n = n, a.w = dl;
+        a.act_scale = dev_copy(as), a.act_zero = dev_copy(az), a.w_scale = dev_copy(ws), a.w_rowsum = dev_copy(rs);
+        a.bias = dev_copy(bias);
+        if (mode == 2) {
+            spec.resize((size_t)m * n);
+            for (auto& v : spec) v = r.uni(-2.0f, 2.0f);
+            a.spec = dev_copy(spec);
+        }
+        if (rank > 0) {
+            sz.resize((size_t)m * rank), sc.resize((size_t)n * rank);
+            for (auto& v : sz) v = r.uni(-1.0f, 1.0f);
+            for (auto& v : sc) v = r.uni(-1.0f, 1.0f);
+            a.spec_z = dev_copy(sz), a.spec_c = dev_copy(sc), a.spec_rank = rank;
+        }
+        bufs = {dq, wc, dl, (void*)a.act_scale, (void*)a.act_zero, (void*)a.w_scale, (void*)a.w_rowsum,
+                (void*)a.bias, (void*)a.spec, (void*)a.spec_z, (void*)a.spec_c};
+        CK(cudaMalloc(&acc_ref, (size_t)m * n * 4));
+        CK(cudaMalloc(&y_ref, (size_t)m * n * 4));
+        const dim3 grid((unsigned)((n + 127) / 128), (unsigned)m);
+        ref_acc_kernel<<<grid, 128>>>(a.q, wc, m, n, k, acc_ref);
+        CK(cudaGetLastError());
+        ref_epi_kernel<<<grid, 128>>>(a, acc_ref, y_ref);
+        CK(cudaGetLastError());
+        CK(cudaDeviceSynchronize());
+        if ((double)m * n * k <= 2e8) {  // the naive GPU reference against the CPU loop
+            std::vector<int32_t> g((size_t)m * n);
+            CK(cudaMemcpy(g.data(), acc_ref, g.size() * 4, cudaMemcpyDeviceToHost));
+            for (int t = 0; t < m; ++t)
+                for (int j = 0; j < n; ++j) {
+                    int64_t s = 0;
+                    for (int i = 0; i < k; ++i) s += (int)q[(size_t)t * k + i] * w[(size_t)j * k + i];
+                    if (s != g[(size_t)t * n + j]) {
+                        std::printf("REFERENCE MISMATCH m=%d n=%d k=%d at (%d,%d)\n", m, n, k, t, j);
+                        std::exit(1);
+                    }
+                }
+        }
+    }
+    ~Problem() {
+        for (void* p : bufs) cudaFree(p);
+        cudaFree(acc_ref);
+        cudaFree(y_ref);
+    }
+};
+
+using LaunchFn = void (*)(const W4GemmArgs&, cudaStream_t);
+struct Version {
+    const char* name;
+    LaunchFn fn;
+};
+using V1 = wg::Cfg<128, 2, 6, false>;  // 256 ch × 128 tok, 6 stages, wait_group 0
+using V3 = wg::Cfg<256, 1, 5, false>;  // 128 ch × 256 tok, 5 stages
+using V5 = wg::Cfg<128, 2, 6, false, 1>;  // v1 + epilogue through shared memory
+using V6 = wg::Cfg<256, 1, 5, false, 1>;  // v3 + epilogue through shared memory
+using V7 = wg::Cfg<128, 2, 6, false, 2>;  // v5 + token scales staged, row loop unrolled
+using V8 = wg::Cfg<128, 2, 5, false, 2>;  // v7 with 5 stages
+const Version kVersions[] = {
+    {"v1 256x128 s6 w0", wg::launch<V1>},
+    {"v3 128x256 s5 w0", wg::launch<V3>},
+    {"v5 256x128 smepi", wg::launch<V5>},
+    {"v6 128x256 smepi", wg::launch<V6>},
+    {"v7 256x128 epi2", wg::launch<V7>},
+    {"v8 256x128 s5 epi2", wg::launch<V8>},
+};
+
+// Runs v on p with poisoned outputs; returns the number of mismatching accumulators + outputs.
+int64_t check(const Problem& p, const Version& v) {
+    W4GemmArgs a = p.a;
+    const size_t cnt = (size_t)p.m * p.n;
+    CK(cudaMalloc(&a.acc, cnt * 4));
+    CK(cudaMalloc(&a.y, cnt * 4));
+    CK(cudaMemset(a.acc, 0xA5, cnt * 4));  // poison
+    CK(cudaMemset(a.y, 0xFF, cnt * 4));    // NaN
+    v.fn(a, 0);
+    CK(cudaDeviceSynchronize());
+    std::vector<int32_t> acc(cnt), accr(cnt);
+    std::vector<uint32_t> y(cnt), yr(cnt);
+    CK(cudaMemcpy(acc.data(), a.acc, cnt * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(accr.data(), p.acc_ref, cnt * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(y.data(), a.y, cnt * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(yr.data(), p.y_ref, cnt * 4, cudaMemcpyDeviceToHost));
+    int64_t bad = 0;
+    for (size_t i = 0; i < cnt; ++i) {
+        if (acc[i] != accr[i] || y[i] != yr[i]) {
+            if (bad < 3)
+                std::printf("    mismatch (%zu, %zu): acc %d vs %d, y %08x vs %08x\n", i / p.n, i % p.n, acc[i], accr[i],
+                            y[i], yr[i]);
+            ++bad;
+        }
+    }
+    cudaFree(a.acc);
+    cudaFree(a.y);
+    return bad;
+}
+
+// ---- timing ------------------------------------------------------------------------
+__global__ void flush_kernel(const uint4* p, int64_t count, uint32_t* sink) {
+    uint32_t acc = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x) {
+        const uint4 v = p[i];
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x12345678u) *sink = acc;
+}
+__global__ void fill_kernel(void* p, int64_t count, int kind, uint32_t seed) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x) {
+        uint32_t x = (uint32_t)i * 0x9E3779B1u ^ seed;
+        x ^= x >> 16, x *= 0x85EBCA6Bu, x ^= x >> 13, x *= 0xC2B2AE35u, x ^= x >> 16;
+        if (kind == 0) ((uint8_t*)p)[i] = (uint8_t)x;
+        else if (kind == 2) ((__nv_bfloat16*)p)[i] = __float2bfloat16((float)(int)(x % 2001) / 1000.0f - 1.0f);
+        else ((__nv_fp8_e4m3*)p)[i] = __nv_fp8_e4m3((float)((int)(x & 15) - 8));
+    }
+}
+struct Timer {
+    cudaEvent_t a, b;
+    uint4* buf;
+    int64_t cnt;
+    uint32_t* sink;
+    int reps;
+    explicit Timer(int r) : reps(r) {
+        CK(cudaEventCreate(&a));
+        CK(cudaEventCreate(&b));
+        int l2 = 0;
+        CK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
+        cnt = 2 * (int64_t)l2 / 16;
+        CK(cudaMalloc(&buf, cnt * 16));
+        CK(cudaMalloc(&sink, 4));
+        fill_kernel<<<1024, 256>>>(buf, cnt * 16, 0, 99);
+    }
+    double median_us(const std::function<void()>& fn) {
+        for (int i = 0; i < 3; ++i) fn();
+        CK(cudaDeviceSynchronize());
+        std::vector<double> t;
+        for (int r = 0; r < reps; ++r) {
+            flush_kernel<<<264, 512>>>(buf, cnt, sink);
+            CK(cudaEventRecord(a));
+            fn();
+            CK(cudaEventRecord(b));
+            CK(cudaEventSynchronize(b));
+            float ms = 0;
+            CK(cudaEventElapsedTime(&ms, a, b));
+            t.push_back(ms * 1e3);
+        }
+        std::sort(t.begin(), t.end());
+        return t[t.size() / 2];
+    }
+};
+// cublasLt "TN": D [N, M] col-major = W [N, K]·x [M, K]ᵀ (FP8 requires TN), heuristic algorithm 0.
+struct Lt {
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+    Lt(cublasLtHandle_t h, cudaDataType_t ab, int m, int n, int k, size_t ws, bool fp8) {
+        CKB(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+        CKB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+        CKB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+        if (fp8) {
+            const int8_t one = 1;
+            CKB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &one, sizeof one));
+        }
+        CKB(cublasLtMatrixLayoutCreate(&la, ab, k, n, k));
+        CKB(cublasLtMatrixLayoutCreate(&lb, ab, k, m, k));
+        CKB(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, n, m, n));
+        cublasLtMatmulPreference_t pref;
+        CKB(cublasLtMatmulPreferenceCreate(&pref));
+        CKB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+        cublasLtMatmulHeuristicResult_t res{};
+        int found = 0;
+        CKB(cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, lc, lc, pref, 1, &res, &found));
+        if (!found) { std::fprintf(stderr, "no cublasLt algorithm\n"); std::exit(1); }
+        algo = res.algo;
+        cublasLtMatmulPreferenceDestroy(pref);
+    }
+    void run(cublasLtHandle_t h, const void* A, const void* B, void* D, void* ws, size_t wsb) const {
+        const float f1 = 1.0f, f0 = 0.0f;
+        CKB(cublasLtMatmul(h, op, &f1, A, la, B, lb, &f0, D, lc, D, lc, &algo, ws, wsb, nullptr));
+    }
+};
+
+int main(int argc, char** argv) {
+    int reps = 30;
+    bool do_time = true;
+    for (int i = 1; i < argc; ++i) {
+        if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
+        else if (!std::strcmp(argv[i], "--no-time")) do_time = false;
+    }
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+
+    // Correctness: awkward shapes (m = 1, 3, 17, 129, 200, 2050; n, k off every tile; k % 16 == 0
+    // as TMA needs), extreme codes, spec [m, n], fused spectral (rank 37: 8 lanes + a tail).
+    struct Case { int m, n, k, mode, rank; };
+    const std::vector<Case> cases = {
+        {1, 8, 16, 0, 0},        {3, 40, 144, 0, 0},      {17, 264, 400, 0, 0},   {129, 520, 1040, 0, 0},
+        {200, 1000, 2064, 2, 0}, {2050, 776, 1168, 0, 0}, {130, 300, 4096, 1, 0}, {64, 256, 128, 0, 0},
+        {300, 600, 272, 0, 37},  {257, 4096, 4096, 0, 0}, {2048, 4096, 4096, 0, 0},
+    };
+    int64_t total_bad = 0;
+    for (const Case& c : cases) {
+        Problem p(c.m, c.n, c.k, 1000 + c.m * 7 + c.n, c.mode, c.rank);
+        for (const Version& v : kVersions) {
+            if (v.name[1] == '1' || v.name[1] == '3') continue;  // v1, v3: 2.5x slower (log of run 2)
+            const int64_t bad = check(p, v);
+            total_bad += bad;
+            std::printf("check m=%5d n=%5d k=%5d mode=%d rank=%2d  %-18s %s (%lld bad)\n", c.m, c.n, c.k, c.mode, c.rank,
+                        v.name, bad ? "FAIL" : "ok", (long long)bad);
+        }
+    }
+    std::printf("correctness: %s\n", total_bad ? "FAILED" : "all exact");
+    if (!do_time) return total_bad ? 1 : 0;
+
+    // Timing at M = 2048, the LLaMA-3-8B shapes; W4A4 y fp32 with scales, zero points, bias.
+    cublasLtHandle_t lt;
+    CKB(cublasLtCreate(&lt));
+    const size_t wsb = 64u << 20;
+    void* ws = nullptr;
+    CK(cudaMalloc(&ws, wsb));
+    Timer timer(reps);
+    struct Shape { const char* name; int n, k; };
+    const Shape shapes[] = {{"qkv", 6144, 4096}, {"o", 4096, 4096}, {"gu", 28672, 4096}, {"down", 4096, 14336}};
+    const int m = 2048;
+    std::printf("| shape | kernel | us | TOP/s | %%of 1979 | x BF16 | x FP8 |\n|---|---|---:|---:|---:|---:|---:|\n");
+    for (const Shape& sh : shapes) {
+        const int n = sh.n, k = sh.k;
+        Problem p(m, n, k, 7 + n, 0);
+        uint8_t *xb, *wb, *xf, *wf, *yb;
+        CK(cudaMalloc(&xb, (size_t)m * k * 2));
+        CK(cudaMalloc(&wb, (size_t)n * k * 2));
+        CK(cudaMalloc(&xf, (size_t)m * k));
+        CK(cudaMalloc(&wf, (size_t)n * k));
+        CK(cudaMalloc(&yb, (size_t)m * n * 2));
+        fill_kernel<<<1024, 256>>>(xb, (int64_t)m * k, 2, 1);
+        fill_kernel<<<1024, 256>>>(wb, (int64_t)n * k, 2, 2);
+        fill_kernel<<<1024, 256>>>(xf, (int64_t)m * k, 3, 3);
+        fill_kernel<<<1024, 256>>>(wf, (int64_t)n * k, 3, 4);
+        W4GemmArgs a = p.a;
+        CK(cudaMalloc(&a.y, (size_t)m * n * 4));
+        const double ops = 2.0 * m * n * k;
+        Lt bf(lt, CUDA_R_16BF, m, n, k, wsb, false), f8(lt, CUDA_R_8F_E4M3, m, n, k, wsb, true);
+        const double tb = timer.median_us([&] { bf.run(lt, wb, xb, yb, ws, wsb); });
+        const double tf = timer.median_us([&] { f8.run(lt, wf, xf, yb, ws, wsb); });
+        auto row = [&](const char* name, double us) {
+            const double tops = ops / us * 1e-6;
+            std::printf("| %s %dx%d | %s | %.1f | %.0f | %.1f%% | %.2f | %.2f |\n", sh.name, n, k, name, us, tops,
+                        100.0 * tops / 1979.0, tb / us, tf / us);
+        };
+        row("cuBLAS BF16", tb);
+        row("cuBLAS FP8", tf);
+        for (const Version& v : kVersions) {
+            if (v.name[1] == '1' || v.name[1] == '3') continue;  // v1, v3: 2.5x slower (log of run 2)
+            const int64_t bad = check(p, v);
+            total_bad += bad;
+            row(v.name, timer.median_us([&] { v.fn(a, 0); }));
+            W4GemmArgs none = a;  // no outputs: the main loop alone (the epilogue's share)
+            none.y = nullptr;
+            row((std::string(v.name) + " no-out").c_str(), timer.median_us([&] { v.fn(none, 0); }));
+            if (bad) std::printf("  ^ %s: %lld outputs differ from the reference\n", v.name, (long long)bad);
+        }
+        cudaFree(xb), cudaFree(wb), cudaFree(xf), cudaFree(wf), cudaFree(yb), cudaFree(a.y);
+    }
+    std::printf("correctness incl. timing shapes: %s\n", total_bad ? "FAILED" : "all exact");
+    return total_bad ? 1 : 0;
+}
