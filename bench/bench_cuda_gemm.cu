@@ -12,6 +12,10 @@
 // and 3000 GB/s (HBM copy). Outputs: W4A4 fp32 with the fused epilogue
 // (scales, zero points, bias); BF16/FP8 → bf16; INT8 → int32.
 //
+// M = 2048 (and --sweep) rows add "W4A4 wgmma" (w4a4_gemm_wgmma, w4a4_wgmma.h) next to
+// the mma.sync tiled configurations. --sweep: M = 80, 128, 256, 512, 1024 with cuBLAS
+// BF16, the tiled default and wgmma only (where w4a4_gemm switches: W4G_WGMMA_MIN_M).
+//
 // --stream (decode, v4): instead, R launches back to back, launch i on weight copy
 // i mod C with C copies totalling ≥ 2× L2 (every weight byte still from HBM), time
 // = (events around all R) / R, median of --reps: the steady state of a decode step,
@@ -19,7 +23,7 @@
 // BF16 and the W4A4 GEMV (default configuration) only, M = 64, 32, 16, 8, 4, 1.
 //
 // Build: cmake -S . -B build-gpu-gemm -DSPECQUANT_CUDA=ON && cmake --build build-gpu-gemm --target bench_cuda_gemm
-// Run:   build-gpu-gemm/bench_cuda_gemm [--reps 30] [--quick] [--stream]
+// Run:   build-gpu-gemm/bench_cuda_gemm [--reps 30] [--quick] [--stream] [--sweep]
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
@@ -36,6 +40,7 @@
 #include "kernels/cuda/cublas_check.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/w4a4_gemm.h"
+#include "kernels/cuda/w4a4_wgmma.h"
 
 using namespace sq;
 
@@ -234,13 +239,14 @@ void print_row(const Row& r, double bf16_us, double fp8_us) {
 
 int main(int argc, char** argv) {
     int reps = 30;
-    bool quick = false, stream = false;
+    bool quick = false, stream = false, sweep = false;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--quick")) quick = true;
         else if (!std::strcmp(argv[i], "--stream")) stream = true;
+        else if (!std::strcmp(argv[i], "--sweep")) sweep = true;
         else {
-            std::fprintf(stderr, "usage: %s [--reps N] [--quick] [--stream]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--reps N] [--quick] [--stream] [--sweep]\n", argv[0]);
             return 2;
         }
     }
@@ -273,6 +279,7 @@ int main(int argc, char** argv) {
         std::vector<int> ms = {2048, 16, 8, 4, 1};
         if (quick) ms = {2048, 1};
         if (stream) ms = {64, 32, 16, 8, 4, 1};
+        if (sweep) ms = {80, 128, 256, 512, 1024};
         std::printf("| shape (N x K) | M     | kernel           | time (us) | TOP/s   | %%mma   | wGB/s   | %%HBM   | vsBF16 | vsFP8  |\n");
         std::printf("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         for (const Shape& sh : shapes) {
@@ -358,14 +365,14 @@ int main(int argc, char** argv) {
                         rows.push_back({sh.name, "cuBLAS BF16", m, bf16_us, ops, 2.0 * n * k});
                     } else std::printf("| %s | %d | cuBLAS BF16 | n/a (%s) |\n", sh.name, m, g.why.c_str());
                 }
-                {
+                if (!sweep) {
                     LtGemm g(lt, CUDA_R_8F_E4M3, CUDA_R_16BF, CUBLAS_COMPUTE_32F, CUDA_R_32F, m, n, k, wsb, true);
                     if (g.ok) {
                         fp8_us = timer.median_us([&] { g.run(lt, wf8, xf8, ybf, ws, wsb); });
                         rows.push_back({sh.name, "cuBLAS FP8 e4m3", m, fp8_us, ops, 1.0 * n * k});
                     } else std::printf("| %s | %d | cuBLAS FP8 | n/a (%s) |\n", sh.name, m, g.why.c_str());
                 }
-                {
+                if (!sweep) {
                     LtGemm g(lt, CUDA_R_8I, CUDA_R_32I, CUBLAS_COMPUTE_32I, CUDA_R_32I, m, n, k, wsb, false);
                     if (g.ok) {
                         const double us = timer.median_us([&] { g.run(lt, w8, x8, yi, ws, wsb); });
@@ -381,9 +388,11 @@ int main(int argc, char** argv) {
                         rows.push_back({sh.name, "W4A4 tiled c0", m,
                                         timer.median_us([&] { cuda::w4a4_gemm_tiled(a, nullptr); }), ops, wb});
                 } else {
-                    for (int c = 0; c < cuda::W4G_TILE_CFGS; ++c)
+                    for (int c = 0; c < (sweep ? 1 : cuda::W4G_TILE_CFGS); ++c)
                         rows.push_back({sh.name, str("W4A4 tiled c", c), m,
                                         timer.median_us([&] { cuda::w4a4_gemm_tiled_cfg(a, nullptr, c); }), ops, wb});
+                    rows.push_back({sh.name, "W4A4 wgmma", m, timer.median_us([&] { cuda::w4a4_gemm_wgmma(a, nullptr); }),
+                                    ops, wb});
                 }
                 for (const Row& r : rows) print_row(r, r.kernel.rfind("W4A4", 0) == 0 ? bf16_us : 0,
                                                     r.kernel.rfind("W4A4", 0) == 0 ? fp8_us : 0);

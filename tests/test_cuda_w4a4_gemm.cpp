@@ -1,4 +1,4 @@
-// The W4A4 tensor-core GEMM / GEMV (src/kernels/cuda/w4a4_gemm.*) against the
+// The W4A4 tensor-core GEMM / GEMV (src/kernels/cuda/w4a4_gemm.*, w4a4_wgmma.*) against the
 // scalar reference: int32 accumulators exactly, the fused epilogue within
 // float rounding (it uses the reference's operations in its order, so it is
 // in fact bit-identical; the bar is 2^-22 relative). Awkward shapes on
@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "kernels/cuda/w4a4_gemm.h"
+#include "kernels/cuda/w4a4_wgmma.h"
 #include "kernels/ref/w4a4_ref.h"
 #include "kernels/w4a4_format.h"
 #include "test_cuda_util.h"
@@ -126,6 +127,7 @@ void check(const Problem& p, const Launch& launch, const char* what, bool with_s
 const Launch kTiled = [](const cuda::W4GemmArgs& a, cudaStream_t s) { cuda::w4a4_gemm_tiled(a, s); };
 const Launch kGemv = [](const cuda::W4GemmArgs& a, cudaStream_t s) { cuda::w4a4_gemv(a, s); };
 const Launch kAuto = [](const cuda::W4GemmArgs& a, cudaStream_t s) { cuda::w4a4_gemm(a, s); };
+const Launch kWgmma = [](const cuda::W4GemmArgs& a, cudaStream_t s) { cuda::w4a4_gemm_wgmma(a, s); };
 
 }  // namespace
 
@@ -214,6 +216,90 @@ TEST(CudaW4A4Gemm, ModelShapesBothPaths) {
     }
 }
 
+// The wgmma prefill kernel (w4a4_wgmma.h): m around and off its 128-token tile (1, 3, 17,
+// 129, 200, 2050), n off 8 and off its 256-channel tile, k multiples of 16 (TMA) off the
+// 128-k stage, 4- and 8-bit activation codes; with and without spec / bias.
+TEST(CudaW4A4Gemm, WgmmaExactAwkwardShapes) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 8);
+    const int shapes[][3] = {{1, 8, 16},       {3, 40, 144},  {17, 264, 400}, {129, 520, 1040}, {200, 1000, 2064},
+                             {2050, 264, 528}, {129, 33, 4096}, {7, 300, 128}, {64, 517, 256},  {256, 256, 128},
+                             {130, 257, 48}};
+    for (auto& s : shapes) check(Problem(s[0], s[1], s[2], rng), kWgmma, "wgmma");
+    for (auto& s : shapes)
+        if (s[0] * (int64_t)s[1] * s[2] < 100000000) check(Problem(s[0], s[1], s[2], rng, false, 8), kWgmma, "wgmma 8-bit", false);
+}
+
+// w4a4_gemm's choice for m ≥ W4G_WGMMA_MIN_M: wgmma when k % 16 == 0 and the rows are
+// 16-byte aligned, else the tiled kernel; both exact. LLaMA-3-8B o shape at m = 72.
+TEST(CudaW4A4Gemm, WgmmaDispatchExact) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 9);
+    for (auto [m, n, k] : {std::tuple{cuda::W4G_WGMMA_MIN_M, 264, 512}, {100, 264, 520}, {150, 100, 1001},
+                           {72, 4096, 4096}})
+        check(Problem(m, n, k, rng), kAuto, "auto (wgmma range)");
+}
+
+// Output and spec pointers off 16 bytes (one float in): the epilogue's 16-byte accesses
+// must fall back to single ones; the result equals the aligned run bit for bit (which the
+// tests above hold to the reference).
+TEST(CudaW4A4Gemm, WgmmaUnalignedOutputs) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 10);
+    const Problem p(130, 264, 256, rng);
+    std::vector<uint8_t> packed((size_t)cuda::w4g_bytes(p.n, p.k));
+    cuda::w4g_repack(p.codes.data(), p.n, p.k, packed.data());
+    const size_t cnt = (size_t)p.m * p.n;
+    DevBuf<uint8_t> dq(p.q), dw(packed);
+    DevBuf<float> ds(p.act_scale), dws(p.w_scale), dbias(p.bias), dy(cnt + 1), dspec(cnt + 1);
+    DevBuf<int32_t> dz(p.act_zero), drs(p.rowsum), dacc(cnt + 1);
+    ASSERT_EQ(cudaMemcpy(dspec.p + 1, p.spec.data(), cnt * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    std::vector<float> y[2];
+    std::vector<int32_t> acc[2];
+    for (int off = 0; off < 2; ++off) {
+        if (off == 0) ASSERT_EQ(cudaMemcpy(dspec.p, p.spec.data(), cnt * 4, cudaMemcpyHostToDevice), cudaSuccess);
+        else ASSERT_EQ(cudaMemcpy(dspec.p + 1, p.spec.data(), cnt * 4, cudaMemcpyHostToDevice), cudaSuccess);
+        dy.poison();
+        dacc.poison();
+        cuda::W4GemmArgs a;
+        a.q = dq.p, a.m = p.m, a.k = p.k, a.n = p.n, a.w = dw.p;
+        a.act_scale = ds.p, a.act_zero = dz.p, a.w_scale = dws.p, a.w_rowsum = drs.p;
+        a.spec = dspec.p + off, a.bias = dbias.p, a.y = dy.p + off, a.acc = dacc.p + off;
+        cuda::w4a4_gemm_wgmma(a, nullptr);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const std::vector<float> yy = dy.get();
+        const std::vector<int32_t> aa = dacc.get();
+        y[off].assign(yy.begin() + off, yy.begin() + off + (long)cnt);
+        acc[off].assign(aa.begin() + off, aa.begin() + off + (long)cnt);
+    }
+    std::vector<int32_t> acc_ref(cnt);
+    gemm_w4a4_acc_ref(p.q.data(), p.m, p.k, p.codes.data(), p.n, acc_ref.data());
+    EXPECT_EQ(acc[0], acc_ref);
+    EXPECT_EQ(acc[1], acc_ref);
+    size_t finite = 0;  // the poison is NaN: every output written
+    for (float v : y[0]) finite += std::isfinite(v);
+    EXPECT_EQ(finite, cnt);
+    EXPECT_EQ(std::memcmp(y[0].data(), y[1].data(), cnt * 4), 0);
+}
+
+TEST(CudaW4A4Gemm, WgmmaRejectsBadArguments) {
+    SKIP_WITHOUT_GPU();
+    uint8_t* d = nullptr;
+    float* y = nullptr;
+    ASSERT_EQ(cudaMalloc(&d, 4096), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&y, 4096), cudaSuccess);
+    cuda::W4GemmArgs a;
+    a.m = 128, a.n = 8, a.k = 24, a.q = d, a.w = d, a.acc = reinterpret_cast<int32_t*>(y);
+    EXPECT_THROW(cuda::w4a4_gemm_wgmma(a, nullptr), Error);  // k % 16 != 0
+    a.k = 16, a.q = d + 8;
+    EXPECT_THROW(cuda::w4a4_gemm_wgmma(a, nullptr), Error);  // rows not 16-byte aligned
+    EXPECT_FALSE(cuda::w4a4_wgmma_fits(a.m, a.k, a.q));
+    a.q = d, a.k = 65552;
+    EXPECT_THROW(cuda::w4a4_gemm_wgmma(a, nullptr), Error);  // k > 65536 (16·acc would overflow)
+    cudaFree(d);
+    cudaFree(y);
+}
+
 // Largest |acc|: all weights −8, all codes at their maximum (4 and 8 bits): the
 // 16·acc the MMA keeps must not overflow.
 TEST(CudaW4A4Gemm, ExtremeValues) {
@@ -224,12 +310,15 @@ TEST(CudaW4A4Gemm, ExtremeValues) {
         Problem p(3, 24, k, rng, true, bits);
         check(p, kTiled, "tiled extreme");
         check(p, kGemv, "gemv extreme");
+        check(p, kWgmma, "wgmma extreme");
+        Problem p2(130, 24, k, rng, true, bits);  // a full 128-token tile and a second one
+        check(p2, kWgmma, "wgmma extreme m=130");
     }
 }
 
 // The fused spectral branch: spec[t, j] = spectral_dot_ref(z_t, C_j, rank)
 // in the epilogue, bit for bit (the reference's fma lanes and pairwise sum),
-// ranks off the 8-lane blocks, both kernels, with bias.
+// ranks off the 8-lane blocks, all three kernels (wgmma where k % 16 == 0), with bias.
 TEST(CudaW4A4Gemm, FusedSpectralEqualsReference) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 6);
@@ -256,9 +345,10 @@ TEST(CudaW4A4Gemm, FusedSpectralEqualsReference) {
         DevBuf<uint8_t> dq(p.q), dw(packed);
         DevBuf<float> ds(p.act_scale), dws(p.w_scale), dbias(p.bias), dzb(z), dc(c), dy((size_t)m * n);
         DevBuf<int32_t> dz(p.act_zero), drs(p.rowsum);
-        for (int which = 0; which < 2; ++which) {
+        for (int which = 0; which < 3; ++which) {
             if (which == 1 && !cuda::w4a4_gemv_fits(m, k, dq.p)) continue;
-            const Launch& l = which ? kGemv : kTiled;
+            if (which == 2 && !cuda::w4a4_wgmma_fits(m, k, dq.p)) continue;
+            const Launch& l = which == 2 ? kWgmma : which ? kGemv : kTiled;
             dy.poison();
             cuda::W4GemmArgs a;
             a.q = dq.p, a.m = m, a.k = k, a.n = n, a.w = dw.p;
@@ -268,7 +358,7 @@ TEST(CudaW4A4Gemm, FusedSpectralEqualsReference) {
             const std::vector<float> y = dy.get();
             int bad = 0;
             for (size_t i = 0; i < y.size(); ++i) bad += std::memcmp(&y[i], &y_ref[i], 4) != 0;
-            EXPECT_EQ(bad, 0) << (which ? "gemv" : "tiled");
+            EXPECT_EQ(bad, 0) << (which == 2 ? "wgmma" : which ? "gemv" : "tiled");
         }
     }
 }

@@ -11,6 +11,8 @@
 #include "core/error.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/w4a4_spec_dot.cuh"
+#include "kernels/cuda/w4a4_wgmma.h"
 #include "kernels/w4a4_format.h"
 
 namespace sq::cuda {
@@ -73,26 +75,6 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int s) {
 }
 
 // ---- epilogue -------------------------------------------------------------
-
-// spectral_dot_ref (kernels/ref/w4a4_ref.cpp) bit for bit: 8 fma lanes by r mod 8, pairwise sum.
-__device__ __forceinline__ float spec_dot(const float* __restrict__ z, const float* __restrict__ c, int len) {
-    float l0 = 0.0f, l1 = 0.0f, l2 = 0.0f, l3 = 0.0f, l4 = 0.0f, l5 = 0.0f, l6 = 0.0f, l7 = 0.0f;
-    int r = 0;
-    for (; r + 8 <= len; r += 8) {
-        l0 = __fmaf_rn(z[r], c[r], l0), l1 = __fmaf_rn(z[r + 1], c[r + 1], l1);
-        l2 = __fmaf_rn(z[r + 2], c[r + 2], l2), l3 = __fmaf_rn(z[r + 3], c[r + 3], l3);
-        l4 = __fmaf_rn(z[r + 4], c[r + 4], l4), l5 = __fmaf_rn(z[r + 5], c[r + 5], l5);
-        l6 = __fmaf_rn(z[r + 6], c[r + 6], l6), l7 = __fmaf_rn(z[r + 7], c[r + 7], l7);
-    }
-    if (r < len) l0 = __fmaf_rn(z[r], c[r], l0);
-    if (r + 1 < len) l1 = __fmaf_rn(z[r + 1], c[r + 1], l1);
-    if (r + 2 < len) l2 = __fmaf_rn(z[r + 2], c[r + 2], l2);
-    if (r + 3 < len) l3 = __fmaf_rn(z[r + 3], c[r + 3], l3);
-    if (r + 4 < len) l4 = __fmaf_rn(z[r + 4], c[r + 4], l4);
-    if (r + 5 < len) l5 = __fmaf_rn(z[r + 5], c[r + 5], l5);
-    if (r + 6 < len) l6 = __fmaf_rn(z[r + 6], c[r + 6], l6);
-    return __fadd_rn(__fadd_rn(__fadd_rn(l0, l1), __fadd_rn(l2, l3)), __fadd_rn(__fadd_rn(l4, l5), __fadd_rn(l6, l7)));
-}
 
 // y = ((s_t · scale_j) · (float)(acc − z_t · rowsum_j) + spec) + bias, as cuda::w4a4_epilogue;
 // spec = a.spec[t, j], or fused: spec_dot(spec_z[t, :], spec_c[j, :], spec_rank).
@@ -489,6 +471,8 @@ void launch_gemv(const W4GemmArgs& a, cudaStream_t s) {
 
 }  // namespace
 
+void w4g_check_args(const W4GemmArgs& a, const char* who) { check_args(a, who); }
+
 void w4a4_gemm_tiled(const W4GemmArgs& a, cudaStream_t s) { w4a4_gemm_tiled_cfg(a, s, 0); }
 
 void w4a4_gemm_tiled_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
@@ -562,6 +546,7 @@ void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
 
 void w4a4_gemm(const W4GemmArgs& a, cudaStream_t s) {
     if (w4a4_gemv_fits(a.m, a.k, a.q)) w4a4_gemv(a, s);
+    else if (a.m >= W4G_WGMMA_MIN_M && w4a4_wgmma_fits(a.m, a.k, a.q)) w4a4_gemm_wgmma(a, s);
     else w4a4_gemm_tiled(a, s);
 }
 

@@ -82,8 +82,12 @@ struct W4GemmArgs {
 };
 
 // Picks the kernel: w4a4_gemv when w4a4_gemv_fits (m ≤ 16; m ≤ 64 with k % 4 == 0 and
-// 4-byte aligned activation rows), else w4a4_gemm_tiled.
+// 4-byte aligned activation rows), else w4a4_gemm_wgmma (w4a4_wgmma.h) when m ≥
+// W4G_WGMMA_MIN_M and w4a4_wgmma_fits (k % 16 == 0, 16-byte aligned rows), else w4a4_gemm_tiled.
 void w4a4_gemm(const W4GemmArgs& a, cudaStream_t s);
+
+// The argument checks every W4A4 kernel entry runs (shape, pointers, alignment): sq::Error naming `who`.
+void w4g_check_args(const W4GemmArgs& a, const char* who);
 
 // Prefill: 128×128 CTA tiles, 8 warps of 64×32, k 128 per stage, 3-stage cp.async pipeline,
 // two CTAs per SM.

@@ -1,0 +1,27 @@
+// The fused spectral branch's dot product, shared by the W4A4 CUDA kernels' epilogues
+// (w4a4_gemm.cu, w4a4_wgmma.cu): spectral_dot_ref (kernels/ref/w4a4_ref.cpp) bit for bit.
+#pragma once
+
+namespace sq::cuda {
+
+// spectral_dot_ref (kernels/ref/w4a4_ref.cpp) bit for bit: 8 fma lanes by r mod 8, pairwise sum.
+__device__ __forceinline__ float spec_dot(const float* __restrict__ z, const float* __restrict__ c, int len) {
+    float l0 = 0.0f, l1 = 0.0f, l2 = 0.0f, l3 = 0.0f, l4 = 0.0f, l5 = 0.0f, l6 = 0.0f, l7 = 0.0f;
+    int r = 0;
+    for (; r + 8 <= len; r += 8) {
+        l0 = __fmaf_rn(z[r], c[r], l0), l1 = __fmaf_rn(z[r + 1], c[r + 1], l1);
+        l2 = __fmaf_rn(z[r + 2], c[r + 2], l2), l3 = __fmaf_rn(z[r + 3], c[r + 3], l3);
+        l4 = __fmaf_rn(z[r + 4], c[r + 4], l4), l5 = __fmaf_rn(z[r + 5], c[r + 5], l5);
+        l6 = __fmaf_rn(z[r + 6], c[r + 6], l6), l7 = __fmaf_rn(z[r + 7], c[r + 7], l7);
+    }
+    if (r < len) l0 = __fmaf_rn(z[r], c[r], l0);
+    if (r + 1 < len) l1 = __fmaf_rn(z[r + 1], c[r + 1], l1);
+    if (r + 2 < len) l2 = __fmaf_rn(z[r + 2], c[r + 2], l2);
+    if (r + 3 < len) l3 = __fmaf_rn(z[r + 3], c[r + 3], l3);
+    if (r + 4 < len) l4 = __fmaf_rn(z[r + 4], c[r + 4], l4);
+    if (r + 5 < len) l5 = __fmaf_rn(z[r + 5], c[r + 5], l5);
+    if (r + 6 < len) l6 = __fmaf_rn(z[r + 6], c[r + 6], l6);
+    return __fadd_rn(__fadd_rn(__fadd_rn(l0, l1), __fadd_rn(l2, l3)), __fadd_rn(__fadd_rn(l4, l5), __fadd_rn(l6, l7)));
+}
+
+}  // namespace sq::cuda

@@ -1,0 +1,377 @@
+// wgmma W4A4 prefill GEMM (sm_90a). Operands, layout and epilogue: w4a4_gemm.h;
+// design and the measured versions: w4a4_wgmma.h, docs/kernels-cuda-notes.md
+// "wgmma prefill GEMM"; sandbox with the numbered versions: dev/cuda/w4a4_wgmma.cu.
+// Build: cmake -DSPECQUANT_CUDA=ON; tests: tests/test_cuda_w4a4_gemm.cpp
+// (CudaW4A4Gemm.Wgmma*); benchmark: bench/bench_cuda_gemm.cu.
+#include "kernels/cuda/w4a4_wgmma.h"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/error.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/w4a4_spec_dot.cuh"
+
+namespace sq::cuda {
+
+namespace {
+
+// ---- PTX wrappers -------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(b)), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* b, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(b)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
+    uint32_t done = 0;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\n"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(smem_u32(b)), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+// TMA: box of the tensor map at coordinates → shared memory, completing on mbarrier b.
+__device__ __forceinline__ void tma_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* b) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+            smem_u32(dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(smem_u32(b))
+        : "memory");
+}
+__device__ __forceinline__ void tma_3d(void* dst, const CUtensorMap* map, int c0, int c1, int c2, uint64_t* b) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+            smem_u32(dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(b))
+        : "memory");
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+template <int R>
+__device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
+template <int R>
+__device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
+
+// Shared-memory matrix descriptor: K-major tile of 128-byte rows (one token's 128 k codes),
+// 128-byte swizzle; 8-row atoms of 1024 B one after another (stride byte offset 1024);
+// the leading byte offset is unused for swizzled K-major layouts (set to 1 as encoded 16 B).
+// A k32 step inside the 128-byte row is start + 32 B (= +2 in the encoded address).
+__device__ __forceinline__ uint64_t desc_sw128(const void* p) {
+    const uint32_t a = smem_u32(p);
+    return (uint64_t)((a & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
+}
+
+// D[64 x 128] (s32) (+)= A[64 x 32] (s8, registers) · B[32 x 128] (u8, shared memory, K-major);
+// acc_in = 0: D = A·B (the first k step), else D += A·B.
+__device__ __forceinline__ void wgmma_n128(int (&d)[64], const uint32_t (&a)[4], uint64_t bdesc, int acc_in) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.u8 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(bdesc), "r"(acc_in));
+}
+
+
+// Widen one layout word: bytes of 16·code (s8) for k = 4t..4t+3 (lo) and 16+4t.. (hi),
+// exactly as the mma.sync kernel (w4a4_gemm.h).
+__device__ __forceinline__ uint32_t w4_lo16(uint32_t w) { return (w << 4) & 0xF0F0F0F0u; }
+__device__ __forceinline__ uint32_t w4_hi16(uint32_t w) { return w & 0xF0F0F0F0u; }
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int s) {
+    return s == 0 ? v.x : (s == 1 ? v.y : (s == 2 ? v.z : v.w));
+}
+
+// ---- the kernel (sandbox v7) ---------------------------------------------------
+//
+// CTA: 3 warpgroups. WG 0 = producer: one thread issues, per k step of 128, a TMA copy
+// of the X tile (BN = 128 tokens × 128 B, 128-byte swizzle: the layout the B descriptor
+// names) and one of the W tile (BM/8 = 32 layout blocks × 512 B, verbatim) into stage
+// kb mod 6, completing on full[stage]; it waits on empty[stage] before reusing it.
+// WG 1, 2 = consumers: 2 m64 tiles (128 channels) × 128 tokens each, accumulators
+// 2 × 64 registers per thread. Per stage a warp reads its 16 channels' layout words
+// (4 LDS.128, 512 contiguous bytes per warp: conflict-free), widens them (the A
+// fragment of m64nNk32 per warp is m16n8k32's: registers 0, 2 from rows 0..7 and
+// 1, 3 from rows 8..15), issues 8 wgmma.m64n128k32 (4 k32 steps × 2 tiles), loads the
+// next stage's words while they run, waits for them (wait_group 0: the other consumer
+// warpgroup keeps the tensor cores busy meanwhile) and releases the stage.
+// Shared memory: 6 stages × 32 KB + barriers = 193 KB: one CTA per SM, 384 threads;
+// setmaxnreg gives the consumers 232 registers, the producer 40.
+// Why this tile (sandbox, M = 2048): 256 × 128 and 128 × 256 run the main loop alike
+// (1375 vs 1345 TOP/s at o), 256 × 128 has the cheaper epilogue (62.8 vs 76.1 us at o).
+constexpr int kBN = 128, kMT = 2, kBM = 128 * kMT, kStages = 6, kThreads = 384;
+constexpr int kXBytes = kBN * 128, kWBytes = kBM / 8 * 512, kStage = kXBytes + kWBytes;
+constexpr int kLD = kBM + 4;  // epilogue tile row (int32 words)
+constexpr int kSmem = kStages * kStage + 1024 + 2 * kStages * 8;
+static_assert(kStage % 1024 == 0, "stages keep the 1024-byte swizzle-atom alignment");
+static_assert(kSmem <= 227 * 1024, "shared memory");
+static_assert(kBN * kLD * 4 + kBN * 8 <= kStages * kStage, "epilogue tile fits in the stages");
+
+// Epilogue through shared memory (v5, v7): both consumer warpgroups write their exact
+// accumulators into an int32 tile [128 tokens][BM + 4] over the idle stages (+4 words per
+// row: a warp's 4 token rows 2 apart land 8 banks apart, no conflict) and the tokens'
+// act_scale / act_zero beside it; then each thread owns 4 consecutive channels (scale,
+// rowsum, bias read once) and walks the rows with 16-byte stores. Same float operations
+// in the same order as the tiled kernel's epi_value (w4a4_gemm.h). Writing from the
+// accumulator fragments directly (v1: 4 rows × 32 B per store, token scales per row
+// from L2) cost 2.5× the whole kernel at o (176.6 vs 68.2 us).
+__device__ __forceinline__ void epilogue(const W4GemmArgs& a, int (&acc)[kMT][kBN / 2], uint8_t* smem, int m0, int c0,
+                                         int cw, int warp, int lane, int ct) {
+    int* tile = reinterpret_cast<int*>(smem);
+    float* tsc = reinterpret_cast<float*>(tile + kBN * kLD);
+    int* tze = reinterpret_cast<int*>(tsc + kBN);
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");  // the other warpgroup's wgmmas are done with the stages
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int i = 0; i < kBN / 8; ++i)
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int r = 8 * i + 2 * t + e, c = (cw * kMT + mt) * 64 + warp * 16 + h * 8 + g;
+                    tile[r * kLD + c] = acc[mt][4 * i + 2 * h + e] >> 4;  // 16·acc → acc, exact
+                }
+    if (a.y && ct < kBN && m0 + ct < a.m) tsc[ct] = a.act_scale[m0 + ct], tze[ct] = a.act_zero[m0 + ct];
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    constexpr int kGroups = kBM / 4, kRows = 256 / kGroups;
+    const int cg = ct % kGroups, r0 = ct / kGroups, ch0 = c0 + 4 * cg;
+    float ws[4] = {0, 0, 0, 0}, bs[4] = {0, 0, 0, 0};
+    int rs[4] = {0, 0, 0, 0};
+    if (a.y) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            if (ch0 + j < a.n) {
+                ws[j] = a.w_scale[ch0 + j], rs[j] = a.w_rowsum[ch0 + j];
+                if (a.bias) bs[j] = a.bias[ch0 + j];
+            }
+    }
+    // 16-byte accesses for 4 whole outputs in range on 16-byte aligned rows (n % 4 == 0, aligned bases)
+    const bool vec = ch0 + 3 < a.n && a.n % 4 == 0;
+    const bool vacc = vec && ((uintptr_t)a.acc & 15) == 0, vy = vec && ((uintptr_t)a.y & 15) == 0;
+    const bool vspec = vec && ((uintptr_t)a.spec & 15) == 0;
+#pragma unroll 4
+    for (int r = r0; r < kBN; r += kRows) {
+        const int tok = m0 + r;
+        if (tok >= a.m) break;
+        const int4 v = *reinterpret_cast<const int4*>(tile + r * kLD + 4 * cg);
+        const int vv[4] = {v.x, v.y, v.z, v.w};
+        const int64_t idx = (int64_t)tok * a.n + ch0;
+        if (a.acc) {
+            if (vacc) *reinterpret_cast<int4*>(a.acc + idx) = v;
+            else
+                for (int j = 0; j < 4 && ch0 + j < a.n; ++j) a.acc[idx + j] = vv[j];
+        }
+        if (a.y) {
+            const float st = tsc[r];
+            const int zt = tze[r];
+            float sp[4] = {0, 0, 0, 0};  // the engine's prefill passes spec [m, n]: one 16-byte load per 4 outputs
+            if (a.spec) {
+                if (vspec) {
+                    const float4 v4 = *reinterpret_cast<const float4*>(a.spec + idx);
+                    sp[0] = v4.x, sp[1] = v4.y, sp[2] = v4.z, sp[3] = v4.w;
+                } else
+                    for (int j = 0; j < 4 && ch0 + j < a.n; ++j) sp[j] = a.spec[idx + j];
+            }
+            float y[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                float f = __fmul_rn(__fmul_rn(st, ws[j]), (float)(vv[j] - zt * rs[j]));
+                if (a.spec) f = __fadd_rn(f, sp[j]);
+                else if (a.spec_rank > 0 && ch0 + j < a.n)
+                    f = __fadd_rn(f, spec_dot(a.spec_z + (int64_t)tok * a.spec_rank,
+                                              a.spec_c + (int64_t)(ch0 + j) * a.spec_rank, a.spec_rank));
+                if (a.bias) f = __fadd_rn(f, bs[j]);
+                y[j] = f;
+            }
+            if (vy) *reinterpret_cast<float4*>(a.y + idx) = make_float4(y[0], y[1], y[2], y[3]);
+            else
+                for (int j = 0; j < 4 && ch0 + j < a.n; ++j) a.y[idx + j] = y[j];
+        }
+    }
+}
+
+__global__ void __launch_bounds__(kThreads, 1)
+    wgmma_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tw, const W4GemmArgs a) {
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // swizzle atoms: 1024-aligned
+    uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStage);
+    uint64_t* empty = full + kStages;
+    const int wgi = threadIdx.x / 128, tid = threadIdx.x % 128;
+    const int m0 = blockIdx.x * kBN, c0 = blockIdx.y * kBM;  // tokens fastest: a wave shares X in L2
+    const int KB = (a.k + 127) / 128;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < kStages; ++s) {
+            mbar_init(&full[s], 1);
+            mbar_init(&empty[s], 8);  // one arrive per consumer warp
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wgi == 0) {  // producer
+        setmaxnreg_dec<40>();
+        if (tid == 0) {
+            for (int kb = 0; kb < KB; ++kb) {
+                const int s = kb % kStages;
+                if (kb >= kStages) mbar_wait(&empty[s], ((kb / kStages) - 1) & 1);
+                uint8_t* st = smem + s * kStage;
+                mbar_expect_tx(&full[s], kStage);  // OOB parts of a box are zero-filled and counted
+                tma_2d(st, &tx, kb * 128, m0, &full[s]);
+                tma_3d(st + kXBytes, &tw, 0, kb, c0 / 8, &full[s]);
+            }
+        }
+        return;
+    }
+    setmaxnreg_inc<232>();
+    const int cw = wgi - 1, warp = tid / 32, lane = tid % 32;
+    int acc[kMT][kBN / 2];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int i = 0; i < kBN / 2; ++i) acc[mt][i] = 0;
+
+    uint4 raw[kMT][2];  // this warp's layout words: blocks (cw·MT + mt)·8 + 2·warp + h of the W tile
+    auto load_raw = [&](int s) {
+        const uint8_t* wt = smem + s * kStage + kXBytes;
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                raw[mt][h] = *reinterpret_cast<const uint4*>(wt + ((cw * kMT + mt) * 8 + warp * 2 + h) * 512 + lane * 16);
+    };
+    mbar_wait(&full[0], 0);
+    load_raw(0);
+    uint32_t af[kMT][4][4];
+    for (int kb = 0; kb < KB; ++kb) {
+        const int s = kb % kStages;
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks) {
+                const uint32_t w0 = word_of(raw[mt][0], ks), w1 = word_of(raw[mt][1], ks);
+                af[mt][ks][0] = w4_lo16(w0);
+                af[mt][ks][1] = w4_lo16(w1);
+                af[mt][ks][2] = w4_hi16(w0);
+                af[mt][ks][3] = w4_hi16(w1);
+            }
+        // Every input register of the stage's wgmmas is written before the fence (the empty asm
+        // statements pin them there): otherwise ptxas inserted a warpgroup.arrive before each wgmma.
+        uint64_t dk[4];
+        const uint64_t d0 = desc_sw128(smem + s * kStage);
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+            dk[ks] = d0 + 2 * ks;  // k32 step: +32 B inside the 128-byte swizzled row
+            asm volatile("" : "+l"(dk[ks]));
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt)
+                asm volatile("" : "+r"(af[mt][ks][0]), "+r"(af[mt][ks][1]), "+r"(af[mt][ks][2]), "+r"(af[mt][ks][3]));
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt) wgmma_n128(acc[mt], af[mt][ks], dk[ks], 1);
+        wgmma_commit();
+        if (kb + 1 < KB) {  // the next stage's weights while this stage's wgmmas run
+            const int s1 = (kb + 1) % kStages;
+            mbar_wait(&full[s1], ((kb + 1) / kStages) & 1);
+            load_raw(s1);
+        }
+        wgmma_wait<0>();
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[s]);
+    }
+    epilogue(a, acc, smem, m0, c0, cw, warp, lane, tid + 128 * cw);
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+        void* p = nullptr;
+        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
+        SQ_CUDA(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q));
+#else
+        SQ_CUDA(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &p, cudaEnableDefault, &q));
+#endif
+        SQ_CHECK(q == cudaDriverEntryPointSuccess && p,
+                 "w4a4_gemm_wgmma: the driver has no cuTensorMapEncodeTiled (TMA needs CUDA 12 and sm_90)");
+        return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+    }();
+    return fn;
+}
+
+}  // namespace
+
+bool w4a4_wgmma_fits(int m, int k, const uint8_t* q) {
+    (void)m;
+    return k % 16 == 0 && ((uintptr_t)q & 15) == 0;
+}
+
+void w4a4_gemm_wgmma(const W4GemmArgs& a, cudaStream_t s) {
+    w4g_check_args(a, "w4a4_gemm_wgmma");
+    SQ_CHECK(w4a4_wgmma_fits(a.m, a.k, a.q), "w4a4_gemm_wgmma: k = ", a.k,
+             " must be a multiple of 16 and the activations 16-byte aligned (TMA row stride); use w4a4_gemm");
+    if (a.m == 0 || a.n == 0 || (!a.acc && !a.y)) return;
+    const int KB = (a.k + 127) / 128;
+    // X: codes [m, k] bytes, boxes of 128 k × 128 tokens, 128-byte swizzle; rows ≥ m and
+    // columns ≥ k read as zeros (the k tail: zero codes meet the layout's zero pad).
+    CUtensorMap tx, tw;
+    {
+        const cuuint64_t dims[2] = {(cuuint64_t)a.k, (cuuint64_t)a.m}, strides[1] = {(cuuint64_t)a.k};
+        const cuuint32_t box[2] = {128, (cuuint32_t)kBN}, es[2] = {1, 1};
+        const CUresult r = encode_fn()(&tx, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(a.q), dims, strides,
+                                       box, es, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                       CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+        SQ_CHECK(r == CUDA_SUCCESS, "w4a4_gemm_wgmma: activation tensor map (m=", a.m, " k=", a.k, "): error ", (int)r);
+    }
+    // W: the CUDA layout as words [n_pad/8 blocks][KB][128 words]; a box = one k step of
+    // BM/8 consecutive layout blocks (16 KB); blocks past n_pad read as zeros.
+    {
+        const cuuint64_t dims[3] = {128, (cuuint64_t)KB, (cuuint64_t)(w4g_n_pad(a.n) / W4G_NB)};
+        const cuuint64_t strides[2] = {512, (cuuint64_t)KB * 512};
+        const cuuint32_t box[3] = {128, 1, (cuuint32_t)(kBM / W4G_NB)}, es[3] = {1, 1, 1};
+        const CUresult r = encode_fn()(&tw, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, const_cast<uint8_t*>(a.w), dims, strides,
+                                       box, es, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                                       CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+        SQ_CHECK(r == CUDA_SUCCESS, "w4a4_gemm_wgmma: weight tensor map (n=", a.n, " k=", a.k, "): error ", (int)r);
+    }
+    // Set on every call (cheap): the attribute is per device, and a second device must work too.
+    SQ_CUDA(cudaFuncSetAttribute(wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    const dim3 grid((unsigned)((a.m + kBN - 1) / kBN), (unsigned)((a.n + kBM - 1) / kBM));
+    wgmma_kernel<<<grid, kThreads, kSmem, s>>>(tx, tw, a);
+    SQ_CUDA_LAUNCH("w4a4_gemm_wgmma");
+}
+
+}  // namespace sq::cuda
