@@ -271,11 +271,18 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int s) {
 // DEEP: keep one stage of wgmmas in flight (wait_group 1, A registers double-buffered),
 // else wait_group 0 after each stage (the other consumer warpgroup keeps the tensor
 // cores busy meanwhile).
-template <int BN_, int MT_, int STAGES_, bool DEEP_, int EPI_ = 0>
+template <int BN_, int MT_, int STAGES_, bool DEEP_, int EPI_ = 0, int MINB_ = 1>
 struct Cfg {
     static constexpr int BN = BN_, MT = MT_, STAGES = STAGES_;
     static constexpr bool DEEP = DEEP_;
-    static constexpr int EPI = EPI_;  // 0: from registers (v1), 1: through shared memory (v5), 2: + token scales staged, rows unrolled (v7)
+    // 0: from registers (v1), 1: through shared memory (v5), 2: + token scales staged, rows unrolled (v7),
+    // 3: TMA store from the fragments (v9), 4: TMA store through a 64-token buffer (v10)
+    static constexpr int EPI = EPI_;
+    // CTAs per SM. 1: 384 threads, setmaxnreg 40 / 232. 2 (v11, one CTA's epilogue under the other's
+    // main loop): 288 threads = 2 consumer warpgroups + 1 producer warp, no setmaxnreg, 112 registers
+    // by __maxnreg__ (ptxas allocates to the launch bound, which setmaxnreg does not raise: 384 × 2
+    // gave 80 registers, too few for m64n128's 64 accumulators; __launch_bounds__(288, 2) gave 94 + spills).
+    static constexpr int MINB = MINB_, THREADS = MINB_ == 1 ? 384 : 288;
     static constexpr int BM = 128 * MT;
     static constexpr int XBytes = BN * 128, WBytes = BM / 8 * 512, Stage = XBytes + WBytes;
     static constexpr int Smem = STAGES * Stage + 1024 + 2 * STAGES * 8;
@@ -284,7 +291,6 @@ struct Cfg {
     static_assert(EPI == 0 || BN * (BM + 4) * 4 + BN * 8 <= STAGES * Stage, "epilogue tile fits in the stages");
     static_assert(EPI != 3 || (BN * BM * 4 + BN * 8 <= STAGES * Stage && BM % 32 == 0), "TMA-store tile fits");
 };
-constexpr int THREADS = 384;
 
 // Epilogue through shared memory (v5): both consumer warpgroups first write their exact
 // accumulators into an int32 tile [BN tokens][BM + 4 channels] over the (now idle) pipeline
@@ -519,9 +525,24 @@ __device__ __forceinline__ void epilogue_tma2(const W4GemmArgs& a, int (&acc)[C:
 }
 
 template <class C>
-__global__ void __launch_bounds__(THREADS, 1)
+__device__ __forceinline__ void gemm_body(const CUtensorMap& tx, const CUtensorMap& tw, const CUtensorMap& ty,
+                                          const W4GemmArgs& a, int tma_y);
+template <class C>
+__global__ void __launch_bounds__(384, 1)
     gemm_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tw,
                 const __grid_constant__ CUtensorMap ty, const W4GemmArgs a, int tma_y) {
+    gemm_body<C>(tx, tw, ty, a, tma_y);
+}
+// v11: two CTAs of 288 threads per SM: 65536 / 576 → 112 registers (__launch_bounds__(288, 2) gave 94 and spills).
+template <class C>
+__global__ void __maxnreg__(112)
+    gemm_kernel2(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tw,
+                 const __grid_constant__ CUtensorMap ty, const W4GemmArgs a, int tma_y) {
+    gemm_body<C>(tx, tw, ty, a, tma_y);
+}
+template <class C>
+__device__ __forceinline__ void gemm_body(const CUtensorMap& tx, const CUtensorMap& tw, const CUtensorMap& ty,
+                                          const W4GemmArgs& a, int tma_y) {
     __shared__ float tok_scale[C::BN];
     __shared__ int tok_zero[C::BN];
     extern __shared__ uint8_t smem_raw[];
@@ -540,8 +561,9 @@ __global__ void __launch_bounds__(THREADS, 1)
     }
     __syncthreads();
 
-    if (wgi == 0) {  // producer
-        setmaxnreg_dec<40>();
+    const int prod_wg = C::MINB == 1 ? 0 : 2;
+    if (wgi == prod_wg) {  // producer
+        if constexpr (C::MINB == 1) setmaxnreg_dec<40>();
         if (tid == 0) {
             for (int kb = 0; kb < KB; ++kb) {
                 const int s = kb % C::STAGES;
@@ -554,9 +576,9 @@ __global__ void __launch_bounds__(THREADS, 1)
         }
         return;
     }
-    setmaxnreg_inc<232>();
+    if constexpr (C::MINB == 1) setmaxnreg_inc<232>();
     constexpr int MT = C::MT, BN = C::BN;
-    const int cw = wgi - 1, warp = tid / 32, lane = tid % 32;
+    const int cw = C::MINB == 1 ? wgi - 1 : wgi, warp = tid / 32, lane = tid % 32;
     int acc[MT][BN / 2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -726,9 +748,12 @@ void launch(const W4GemmArgs& a, cudaStream_t st) {
                                  CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
         if (r != CUDA_SUCCESS) { std::fprintf(stderr, "tensor map Y: %d\n", (int)r); std::exit(1); }
     }
-    CK(cudaFuncSetAttribute(gemm_kernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::Smem));
+    void (*kern)(const CUtensorMap, const CUtensorMap, const CUtensorMap, const W4GemmArgs, int);
+    if constexpr (C::MINB == 1) kern = gemm_kernel<C>;
+    else kern = gemm_kernel2<C>;
+    CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::Smem));
     const dim3 grid((unsigned)((a.m + C::BN - 1) / C::BN), (unsigned)((a.n + C::BM - 1) / C::BM));
-    gemm_kernel<C><<<grid, THREADS, C::Smem, st>>>(tx, tw, ty, a, tma_y);
+    kern<<<grid, C::THREADS, C::Smem, st>>>(tx, tw, ty, a, tma_y);
     CK(cudaGetLastError());
 }
 
@@ -866,6 +891,7 @@ using V7 = wg::Cfg<128, 2, 6, false, 2>;  // v5 + token scales staged, row loop 
 using V8 = wg::Cfg<128, 2, 5, false, 2>;  // v7 with 5 stages
 using V9 = wg::Cfg<128, 2, 6, false, 3>;  // v7's tile, epilogue by TMA store (n % 4 == 0)
 using V10 = wg::Cfg<128, 2, 6, false, 4>;  // v7 + TMA-store epilogue through a 64-token buffer
+using V11 = wg::Cfg<128, 1, 4, false, 2, 2>;  // 128 ch x 128 tok, 4 stages (97 KB), 2 CTAs per SM
 const Version kVersions[] = {
     {"v1 256x128 s6 w0", wg::launch<V1>},
     {"v3 128x256 s5 w0", wg::launch<V3>},
@@ -875,6 +901,7 @@ const Version kVersions[] = {
     {"v8 256x128 s5 epi2", wg::launch<V8>},
     {"v9 256x128 tma-st", wg::launch<V9>},
     {"v10 256x128 tma2", wg::launch<V10>},
+    {"v11 128x128 2cta", wg::launch<V11>},
 };
 
 // Runs v on p with poisoned outputs; returns the number of mismatching accumulators + outputs.
@@ -1072,7 +1099,7 @@ int main(int argc, char** argv) {
         row("cuBLAS BF16", tb);
         row("cuBLAS FP8", tf);
         for (const Version& v : kVersions) {
-            if (std::strncmp(v.name, "v7 ", 3) && std::strncmp(v.name, "v10", 3)) continue;  // others: logs of runs 1-4
+            if (std::strncmp(v.name, "v7 ", 3) && std::strncmp(v.name, "v11", 3)) continue;  // others: logs of runs 1-5
             const int64_t bad = check(p, v);
             total_bad += bad;
             row(v.name, timer.median_us([&] { v.fn(a, 0); }));
