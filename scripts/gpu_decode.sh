@@ -79,10 +79,10 @@ memcheck)
     ;;
 memcheck5)  # decode v5: the new tests under memcheck and racecheck (shared-memory kernels)
     env_setup
-    step memcheck_v5 200 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T \
+    step memcheck_v5 120 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T \
         --gtest_filter='CudaKv4.*:CudaModel.PackedKvDecodeIsBitIdentical:CudaFused.RopeKvStoreEqualsUnfused'
     tail -n 4 "$OUT/memcheck_v5.log"
-    step racecheck_v5 200 compute-sanitizer --tool racecheck --error-exitcode 9 $T \
+    step racecheck_v5 90 compute-sanitizer --tool racecheck --error-exitcode 9 $T \
         --gtest_filter='CudaKv4.DecodeAttentionV5IsBitIdentical'
     tail -n 3 "$OUT/racecheck_v5.log"
     ;;
