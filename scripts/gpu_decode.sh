@@ -97,6 +97,12 @@ profile)  # per-kernel time of the graph-replayed decode step (B = 1), nsys if p
         echo "no nsys on the device"
     fi
     ;;
+ncu)  # isolated duration of every kernel of a few decode steps (ncu serializes: no PDL overlap)
+    env_setup
+    step ncu 240 ncu --metrics gpu__time_duration.sum --launch-skip ${SKIP:-900} --launch-count ${COUNT:-600} --csv \
+        $SQ bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 1 --reps 1 --batches 1 \
+        --decode 4 ${BENCH_FLAGS:-}
+    ;;
 bench)  # end to end, LLaMA-3-8B shape; ${3:-} = extra bench flags
     env_setup
     TAG=${TAG:-v4}

@@ -9,7 +9,7 @@
 // tile for each of its warp's rows (K rows padded to hd+1 floats: lanes read
 // different rows without bank conflicts), then every lane accumulates its
 // hd/32 output dims over the 32 keys (V rows read across lanes: conflict-free).
-// Shared memory: (16·hd + 32·(hd+1) + 32·hd)·4 B = 20.6 KB at hd = 64, 82 KB at 256.
+// Shared memory: (16·hd + 2·32·(hd+1))·4 B = 20.7 KB at hd = 64, 82 KB at 256.
 // Work at n = 2048, hd = 64, 9 heads: ~2.4 G FMA per layer (causal half).
 //
 // Varlen (attention_varlen): many sequences packed back to back, token t at
@@ -49,7 +49,41 @@ __device__ __forceinline__ float kv_unpack(const uint8_t* __restrict__ codes, fl
     return sh ? __fadd_rn(r, sh[d]) : r;
 }
 
-size_t attention_smem(int hd) { return (size_t)(kRows * hd + kKeys * (hd + 1) + kKeys * hd) * sizeof(float); }
+// Keys [k0, k0 + 32) ∩ [.., kend) of KV head g from the packed cache into sk, sv (rows of ld
+// floats; keys past kend as 0), hd % 8 == 0: one 32-bit word = 8 codes per load. Word w is
+// (key w % 32, word w / 32): a lane per key, so with ld = hd + 1 the 8 stores of a word hit 32
+// different banks across the warp (a lane per word of one key would be 8-way conflicted).
+__device__ __forceinline__ void kv_tile_packed8(const KvPacked& pk, int k0, int kend, int kv_heads, int g, int hd,
+                                                int ld, float* __restrict__ sk, float* __restrict__ sv, int tid,
+                                                int nthreads) {
+    const int wpv = hd >> 3, pb = kv_packed_bytes(hd);
+    const float* sh = pk.k_shift ? pk.k_shift + (size_t)g * hd : nullptr;
+    for (int w = tid; w < 32 * wpv; w += nthreads) {
+        const int j = w & 31, dw = w >> 5, key = k0 + j;
+        float* kd = sk + j * ld + dw * 8;
+        float* vd = sv + j * ld + dw * 8;
+        if (key >= kend) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) kd[e] = 0.0f, vd[e] = 0.0f;
+            continue;
+        }
+        const int64_t vec = (int64_t)key * kv_heads + g;
+        const uint32_t kw = reinterpret_cast<const uint32_t*>(pk.k + vec * pb)[dw];
+        const uint32_t vw = reinterpret_cast<const uint32_t*>(pk.v + vec * pb)[dw];
+        const float2 kp = pk.kp[vec], vp = pk.vp[vec];
+        const int kz = (int)kp.y, vz = (int)vp.y;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {  // kv_unpack's operations, element dw·8 + e
+            const float r = __fmul_rn((float)((int)((kw >> (4 * e)) & 15u) - kz), kp.x);
+            kd[e] = sh ? __fadd_rn(r, sh[dw * 8 + e]) : r;
+            vd[e] = __fmul_rn((float)((int)((vw >> (4 * e)) & 15u) - vz), vp.x);
+        }
+    }
+}
+
+// sk and sv rows padded to hd + 1 floats (conflict-free stores of the packed loader; the
+// reads go across lanes along d either way).
+size_t attention_smem(int hd) { return (size_t)(kRows * hd + 2 * kKeys * (hd + 1)) * sizeof(float); }
 
 template <int DPL>  // output dims per lane: ceil(hd / 32)
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __restrict__ q, const float* __restrict__ kc,
@@ -63,7 +97,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
     extern __shared__ float sm[];
     float* sq = sm;                        // [kRows][hd]
     float* sk = sq + kRows * hd;           // [kKeys][hd + 1]
-    float* sv = sk + kKeys * (hd + 1);     // [kKeys][hd]
+    float* sv = sk + kKeys * (hd + 1);     // [kKeys][hd + 1]
     const int group = heads / kv_heads;
     const int g = blockIdx.y;
     // This block's rows [row0, total_rows): a table entry, or kRows of all n·group rows.
@@ -106,22 +140,26 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
 
     for (int k0 = kstart; k0 < kend; k0 += kKeys) {
         __syncthreads();  // previous tile fully consumed (and sq written on the first pass)
-        for (int i = threadIdx.x; i < kKeys * hd; i += blockDim.x) {
-            const int j = i / hd, d = i - j * hd, key = k0 + j;
-            float kv = 0.0f, vv = 0.0f;
-            if (key < kend) {
-                if (pk.k) {  // packed cache (decode v5): the same floats, from 4-bit codes
-                    const int64_t vec = (int64_t)key * kv_heads + g;
-                    kv = kv_unpack(pk.k, pk.kp[vec], vec, d, hd, pk.k_shift ? pk.k_shift + g * hd : nullptr);
-                    vv = kv_unpack(pk.v, pk.vp[vec], vec, d, hd, nullptr);
-                } else {
-                    const size_t off = (size_t)key * kvd + (size_t)g * hd + d;
-                    kv = kc[off];
-                    vv = vc[off];
+        if (pk.k && (hd & 7) == 0) {  // packed cache (decode v5): the same floats, 8 codes per load
+            kv_tile_packed8(pk, k0, kend, kv_heads, g, hd, hd + 1, sk, sv, threadIdx.x, blockDim.x);
+        } else {
+            for (int i = threadIdx.x; i < kKeys * hd; i += blockDim.x) {
+                const int j = i / hd, d = i - j * hd, key = k0 + j;
+                float kv = 0.0f, vv = 0.0f;
+                if (key < kend) {
+                    if (pk.k) {  // packed, hd % 8 ≠ 0: element by element
+                        const int64_t vec = (int64_t)key * kv_heads + g;
+                        kv = kv_unpack(pk.k, pk.kp[vec], vec, d, hd, pk.k_shift ? pk.k_shift + g * hd : nullptr);
+                        vv = kv_unpack(pk.v, pk.vp[vec], vec, d, hd, nullptr);
+                    } else {
+                        const size_t off = (size_t)key * kvd + (size_t)g * hd + d;
+                        kv = kc[off];
+                        vv = vc[off];
+                    }
                 }
+                sk[j * (hd + 1) + d] = kv;
+                sv[j * (hd + 1) + d] = vv;
             }
-            sk[j * (hd + 1) + d] = kv;
-            sv[j * hd + d] = vv;
         }
         __syncthreads();
         const int key = k0 + lane;
@@ -150,7 +188,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
 #pragma unroll
                 for (int dd = 0; dd < DPL; ++dd) {
                     const int d = lane + 32 * dd;
-                    if (d < hd) o[r][dd] += pj * sv[j * hd + d];
+                    if (d < hd) o[r][dd] += pj * sv[j * (hd + 1) + d];
                 }
             }
             m[r] = mnew;
@@ -381,7 +419,7 @@ __global__ void __launch_bounds__(kMergeThreads) attention_decode_merge_rows(
 // Splits past a sequence's length exit at once: v4's empty partials (m = −FLT_MAX, l = 0,
 // o = 0) add exact zeros to every merge sum (fma(0, 0, x) = x), so leaving them out keeps
 // the bits. Counters go back to zero in the block that consumed them (graph replays).
-constexpr int kD5Threads = 256, kD5WCache = 4096;  // weights e^{m_c−M} cached in smem up to this many
+constexpr int kD5Threads = 256, kD5WCache = 4096;  // (m_c, l_c) cached in smem up to this many floats
 
 template <int DPL, bool kPacked>
 __global__ void __launch_bounds__(kD5Threads) attention_decode_v5(
@@ -401,69 +439,67 @@ __global__ void __launch_bounds__(kD5Threads) attention_decode_v5(
     const int lo = kv_rows[b] - positions[b], hi = kv_rows[b] + 1;
     const int nsplit = (hi - lo + kDecKeys - 1) / kDecKeys;
     if (c >= nsplit) return;
-    const int k0 = lo + c * kDecKeys, nk = min(kDecKeys, hi - k0);
-    float* sq = sm;                      // [group][hd]
-    float* sk = sq + group * hd;         // [kDecKeys][hd]
-    float* sv = sk + kDecKeys * hd;      // [kDecKeys][hd]
-    float* ss = sv + kDecKeys * hd;      // [group][kDecKeys]: scores, then probabilities
-    float* sml = ss + group * kDecKeys;  // [group][2]: chunk max, sum; then (M, 1/L) of the merge
-    float* sw = sml + 2 * group;         // [group][splits]: e^{m_c − M} (wcache)
+    const int k0 = lo + c * kDecKeys, nk = min(kDecKeys, hi - k0), ld = hd + 1;
+    float* sq = sm;                         // [group][hd]
+    float* sk = sq + group * hd;            // [kDecKeys][ld]
+    float* sv = sk + kDecKeys * ld;         // [kDecKeys][ld]
+    float* ss = sv + kDecKeys * ld;         // [group][kDecKeys]: scores, then probabilities
+    float* sml = ss + group * kDecKeys;     // [group][2]: chunk max, sum; then (M, 1/L) of the merge
+    float* sw = sml + 2 * group;            // [group][splits]: m_c, then e^{m_c − M} (wcache)
+    float* sl = sw + group * splits;        // [group][splits]: l_c (wcache)
     const size_t stride = (size_t)hd + 2;
 
     for (int i = tid; i < group * hd; i += kD5Threads) sq[i] = q[((size_t)b * heads + (size_t)g * group) * hd + i];
-    if constexpr (kPacked) {
-        const int pb = kv_packed_bytes(hd);
+    if (kPacked && (hd & 7) == 0) {
+        kv_tile_packed8(pk, k0, hi, kv_heads, g, hd, ld, sk, sv, tid, kD5Threads);
+    } else if (kPacked) {
         const float* sh = pk.k_shift ? pk.k_shift + (size_t)g * hd : nullptr;
-        if ((hd & 7) == 0) {  // 8 codes per 32-bit word (vectors start 4-byte aligned: pb % 4 == 0)
-            const int wpv = hd >> 3;
-            for (int w = tid; w < nk * wpv; w += kD5Threads) {
-                const int j = w / wpv, dw = w - j * wpv;
-                const int64_t vec = (int64_t)(k0 + j) * kv_heads + g;
-                const uint32_t kw = reinterpret_cast<const uint32_t*>(pk.k + vec * pb)[dw];
-                const uint32_t vw = reinterpret_cast<const uint32_t*>(pk.v + vec * pb)[dw];
-                const float2 kp = pk.kp[vec], vp = pk.vp[vec];
-                const int kz = (int)kp.y, vz = (int)vp.y;
-#pragma unroll
-                for (int e = 0; e < 8; ++e) {
-                    const int d = dw * 8 + e;
-                    const float r = __fmul_rn((float)((int)((kw >> (4 * e)) & 15u) - kz), kp.x);
-                    sk[j * hd + d] = sh ? __fadd_rn(r, sh[d]) : r;
-                    sv[j * hd + d] = __fmul_rn((float)((int)((vw >> (4 * e)) & 15u) - vz), vp.x);
-                }
-            }
-        } else {
-            for (int i = tid; i < nk * hd; i += kD5Threads) {
-                const int j = i / hd, d = i - j * hd;
-                const int64_t vec = (int64_t)(k0 + j) * kv_heads + g;
-                sk[i] = kv_unpack(pk.k, pk.kp[vec], vec, d, hd, sh);
-                sv[i] = kv_unpack(pk.v, pk.vp[vec], vec, d, hd, nullptr);
-            }
+        for (int i = tid; i < nk * hd; i += kD5Threads) {
+            const int j = i / hd, d = i - j * hd;
+            const int64_t vec = (int64_t)(k0 + j) * kv_heads + g;
+            sk[j * ld + d] = kv_unpack(pk.k, pk.kp[vec], vec, d, hd, sh);
+            sv[j * ld + d] = kv_unpack(pk.v, pk.vp[vec], vec, d, hd, nullptr);
         }
     } else {
         for (int i = tid; i < nk * hd; i += kD5Threads) {
             const int j = i / hd, d = i - j * hd;
             const size_t off = (size_t)(k0 + j) * kvd + (size_t)g * hd + d;
-            sk[i] = kc[off];
-            sv[i] = vc[off];
+            sk[j * ld + d] = kc[off];
+            sv[j * ld + d] = vc[off];
         }
     }
     __syncthreads();
+    // Scores: per key, v4's lane-strided FMA chain and warp_sum for each head, 4 heads at a
+    // time so that their shuffle chains overlap (each sum keeps its own order: same bits).
     for (int j = warp; j < nk; j += nwarps) {
         float kr[DPL];
 #pragma unroll
         for (int dd = 0; dd < DPL; ++dd) {
             const int d = lane + 32 * dd;
-            kr[dd] = d < hd ? sk[j * hd + d] : 0.0f;
+            kr[dd] = d < hd ? sk[j * ld + d] : 0.0f;
         }
-        for (int h = 0; h < group; ++h) {
-            float acc = 0.0f;  // v4's `for (d = lane; d < hd; d += 32) acc += q·k`: the same chain
+        for (int h0 = 0; h0 < group; h0 += 4) {
+            float acc[4];
 #pragma unroll
-            for (int dd = 0; dd < DPL; ++dd) {
-                const int d = lane + 32 * dd;
-                if (d < hd) acc += sq[h * hd + d] * kr[dd];
+            for (int hh = 0; hh < 4; ++hh) {
+                const int h = min(h0 + hh, group - 1);  // past the group: a duplicate, not stored
+                acc[hh] = 0.0f;
+#pragma unroll
+                for (int dd = 0; dd < DPL; ++dd) {
+                    const int d = lane + 32 * dd;
+                    if (d < hd) acc[hh] += sq[h * hd + d] * kr[dd];
+                }
             }
-            acc = warp_sum(acc);
-            if (lane == 0) ss[h * kDecKeys + j] = acc * scale;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+                for (int hh = 0; hh < 4; ++hh) acc[hh] += __shfl_xor_sync(0xffffffffu, acc[hh], o);
+            }
+            if (lane == 0) {
+#pragma unroll
+                for (int hh = 0; hh < 4; ++hh)
+                    if (h0 + hh < group) ss[(h0 + hh) * kDecKeys + j] = acc[hh] * scale;
+            }
         }
     }
     __syncthreads();
@@ -481,7 +517,7 @@ __global__ void __launch_bounds__(kD5Threads) attention_decode_v5(
         const int h = i / hd, d = i - h * hd;
         float o = 0.0f;
 #pragma unroll 8
-        for (int j = 0; j < nk; ++j) o += ss[h * kDecKeys + j] * sv[j * hd + d];
+        for (int j = 0; j < nk; ++j) o += ss[h * kDecKeys + j] * sv[j * ld + d];
         out0[h * splits * stride + d] = o;
         if (d == 0) {
             out0[h * splits * stride + hd] = sml[2 * h];
@@ -500,32 +536,50 @@ __global__ void __launch_bounds__(kD5Threads) attention_decode_v5(
     if (tid == 0) *cnt = 0;
     __threadfence();
     const float* pg = part + ((size_t)b * heads + (size_t)g * group) * splits * stride;
-    for (int h = warp; h < group; h += nwarps) {  // merge_stats, per head once
+    if (wcache) {  // every (m_c, l_c) of the group in one round of loads
+        for (int i = tid; i < group * nsplit; i += kD5Threads) {
+            const int h = i / nsplit, cc = i - h * nsplit;
+            const float* p = pg + (size_t)h * splits * stride + (size_t)cc * stride;
+            sw[h * splits + cc] = __ldcg(p + hd);
+            sl[h * splits + cc] = __ldcg(p + hd + 1);
+        }
+        __syncthreads();
+    }
+    for (int h = warp; h < group; h += nwarps) {  // merge_stats, once per head
         const float* p = pg + (size_t)h * splits * stride;
+        auto m_of = [&](int cc) { return wcache ? sw[h * splits + cc] : __ldcg(p + cc * stride + hd); };
         float M = -FLT_MAX;
-        for (int cc = lane; cc < nsplit; cc += 32) M = fmaxf(M, __ldcg(p + cc * stride + hd));
+        for (int cc = lane; cc < nsplit; cc += 32) M = fmaxf(M, m_of(cc));
         M = warp_max(M);  // fmaxf: order-free
+        __syncwarp();
         if (wcache)
-            for (int cc = lane; cc < nsplit; cc += 32) sw[h * splits + cc] = expf(__ldcg(p + cc * stride + hd) - M);
+            for (int cc = lane; cc < nsplit; cc += 32) sw[h * splits + cc] = expf(sw[h * splits + cc] - M);
         __syncwarp();
         if (lane == 0) {
             float L = 0.0f;
-#pragma unroll 4
             for (int cc = 0; cc < nsplit; ++cc)
-                L += __ldcg(p + cc * stride + hd + 1) *
+                L += (wcache ? sl[h * splits + cc] : __ldcg(p + cc * stride + hd + 1)) *
                      (wcache ? sw[h * splits + cc] : expf(__ldcg(p + cc * stride + hd) - M));
             sml[2 * h] = M, sml[2 * h + 1] = 1.0f / L;
         }
     }
     __syncthreads();
-    for (int i = tid; i < group * hd; i += kD5Threads) {  // merge_one
+    for (int i = tid; i < group * hd; i += kD5Threads) {  // merge_one: loads 16 splits at a time
         const int h = i / hd, d = i - h * hd;
         const float* p = pg + (size_t)h * splits * stride;
         const float M = sml[2 * h];
         float o = 0.0f;
-#pragma unroll 4
-        for (int cc = 0; cc < nsplit; ++cc)
-            o += __ldcg(p + cc * stride + d) * (wcache ? sw[h * splits + cc] : expf(__ldcg(p + cc * stride + hd) - M));
+        for (int c0 = 0; c0 < nsplit; c0 += 16) {
+            float pv[16];
+#pragma unroll
+            for (int e = 0; e < 16; ++e) pv[e] = c0 + e < nsplit ? __ldcg(p + (size_t)(c0 + e) * stride + d) : 0.0f;
+#pragma unroll
+            for (int e = 0; e < 16; ++e) {
+                const int cc = c0 + e;
+                if (cc < nsplit)
+                    o += pv[e] * (wcache ? sw[h * splits + cc] : expf(__ldcg(p + (size_t)cc * stride + hd) - M));
+            }
+        }
         const float val = o * sml[2 * h + 1];
         const size_t oi = ((size_t)b * heads + (size_t)g * group) * hd + i;
         out[oi] = val;
@@ -543,16 +597,32 @@ __global__ void __launch_bounds__(kD5Threads) attention_decode_v5(
     __threadfence();
     const int width = heads * hd;
     const float* orow = out + (size_t)b * width;
-    float mx = 0.0f, mn = 0.0f;
+    const int qmax = (1 << bits) - 1;
+    float mx = 0.0f, mn = 0.0f, sc;
+    int z;
+    constexpr int kV = 16;
+    if (width <= kV * kD5Threads) {  // the row in registers: one round of loads
+        float xv[kV];
+#pragma unroll
+        for (int j = 0; j < kV; ++j) {
+            const int i = tid + j * kD5Threads;
+            xv[j] = i < width ? __ldcg(orow + i) : 0.0f;
+            if (i < width) mx = ref_max(mx, xv[j]), mn = ref_min(mn, xv[j]);
+        }
+        block_row_params(mx, mn, red, bits, clip, &q_scale[b], &q_zero[b], &sc, &z);
+#pragma unroll
+        for (int j = 0; j < kV; ++j) {
+            const int i = tid + j * kD5Threads;
+            if (i < width) q8[(size_t)b * width + i] = (uint8_t)quant_one(xv[j], sc, z, qmax);
+        }
+        return;
+    }
     for (int i = tid; i < width; i += kD5Threads) {
         const float v = __ldcg(orow + i);
         mx = ref_max(mx, v);
         mn = ref_min(mn, v);
     }
-    float sc;
-    int z;
     block_row_params(mx, mn, red, bits, clip, &q_scale[b], &q_zero[b], &sc, &z);
-    const int qmax = (1 << bits) - 1;
     for (int i = tid; i < width; i += kD5Threads) q8[(size_t)b * width + i] = (uint8_t)quant_one(__ldcg(orow + i), sc, z, qmax);
 }
 
@@ -561,9 +631,9 @@ void launch_v5(const float* q, const float* kc, const float* vc, const KvPacked&
                const int* positions, int heads, int kv_heads, int hd, int splits, float* part, int* counters,
                float* out, const RowQuant& o, cudaStream_t s) {
     const int group = heads / kv_heads;
-    const bool wcache = (size_t)group * splits <= (size_t)kD5WCache;
-    const size_t smem = (size_t)(group * hd + 2 * kDecKeys * hd + group * kDecKeys + 2 * group +
-                                 (wcache ? group * splits : 0)) * sizeof(float);
+    const bool wcache = 2 * (size_t)group * splits <= (size_t)kD5WCache;
+    const size_t smem = (size_t)(group * hd + 2 * kDecKeys * (hd + 1) + group * kDecKeys + 2 * group +
+                                 (wcache ? 2 * group * splits : 0)) * sizeof(float);
     if (smem > 48 * 1024)  // above the default 48 KB a kernel must opt in (large hd or group)
         SQ_CUDA(cudaFuncSetAttribute(attention_decode_v5<DPL, kPacked>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      (int)smem));
