@@ -80,10 +80,10 @@ memcheck)
 memcheck5)  # decode v5: the new tests under memcheck and racecheck (shared-memory kernels)
     env_setup
     step memcheck_v5 120 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T \
-        --gtest_filter='CudaKv4.*:CudaModel.PackedKvDecodeIsBitIdentical:CudaFused.RopeKvStoreEqualsUnfused'
+        --gtest_filter='CudaKv4.*:CudaModel.PackedKvDecodeIsBitIdentical:CudaFused.RopeKvStoreEqualsUnfused:CudaFused.SiluMulQuantEqualsReference'
     tail -n 4 "$OUT/memcheck_v5.log"
     step racecheck_v5 90 compute-sanitizer --tool racecheck --error-exitcode 9 $T \
-        --gtest_filter='CudaKv4.DecodeAttentionV5IsBitIdentical'
+        --gtest_filter='CudaKv4.DecodeAttentionV5IsBitIdentical:CudaFused.SiluMulQuantEqualsReference'
     tail -n 3 "$OUT/racecheck_v5.log"
     ;;
 profile)  # per-kernel time of the graph-replayed decode step (B = 1), nsys if present
@@ -97,11 +97,15 @@ profile)  # per-kernel time of the graph-replayed decode step (B = 1), nsys if p
         echo "no nsys on the device"
     fi
     ;;
-ncu)  # isolated duration of every kernel of a few decode steps (ncu serializes: no PDL overlap)
+ncu)  # isolated duration (no cache flush, clocks as they are; no PDL overlap) of every kernel of one
+      # 1-token forward (the row kernels and GEMVs of a B = 1 decode step) and of the decode attention
     env_setup
-    step ncu 240 ncu --metrics gpu__time_duration.sum --launch-skip ${SKIP:-900} --launch-count ${COUNT:-600} --csv \
-        $SQ bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 1 --reps 1 --batches 1 \
-        --decode 4 ${BENCH_FLAGS:-}
+    B1="bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 1 --reps 1 --batches 1 --decode 4"
+    NCU="ncu --metrics gpu__time_duration.sum --cache-control none --clock-control none --csv"
+    step ncu_fwd1 200 $NCU --launch-count ${COUNT:-340} $SQ $B1 ${BENCH_FLAGS:-}
+    step ncu_att_v5 100 $NCU --kernel-name regex:attention_decode --launch-count 64 $SQ $B1
+    step ncu_att_v4 100 env SQ_CUDA_DECODE_ATT=v4 SQ_CUDA_KV=f32 $NCU --kernel-name regex:attention_decode \
+        --launch-count 64 $SQ $B1
     ;;
 bench)  # end to end, LLaMA-3-8B shape; ${3:-} = extra bench flags
     env_setup

@@ -250,6 +250,8 @@ struct ModelCuda::Impl {
     DevBuf<int> dec_rows;              // [cap]: each token's cache row
     DevBuf<float> dec_part;            // attention_decode partials (not in `bytes`: remade per setup)
     DevBuf<int> dec_cnt;               // attention_decode v5 counters (zeroed per setup; calls leave them 0)
+    DevBuf<float2> split_part;         // split row kernels (cuda::RowSync): partials
+    DevBuf<int> split_cnt;             // and counters (zeroed once; calls leave them 0)
     std::map<int, cudaGraphExec_t> dec_graphs;  // by batch size
     size_t bytes_kv = 0;
     // Profiling (set_profile): an event pair around every op, summed per op class.
@@ -768,7 +770,8 @@ struct ModelCuda::Impl {
                 {
                     const ProfScope ps = prof("silu_mul");
                     const cuda::RowQuant rq = row_quant_for(&L.down);
-                    cuda::silu_mul_rows(upb.get(), upb.get() + ff, 2 * ff, n, (int)ff, act.get(), rq, stream);
+                    cuda::silu_mul_rows(upb.get(), upb.get() + ff, 2 * ff, n, (int)ff, act.get(), rq, stream,
+                                        row_sync());
                     quant_done(rq, &L.down, act.get(), n);
                 }
                 linear(L.down, act.get(), n, proj.get(), true);
@@ -787,6 +790,12 @@ struct ModelCuda::Impl {
             else
                 norm_for(proj.get(), final_norm.get(), n, nullptr);
         }
+    }
+
+    // Scratch of the split row kernels (decode v5; opts.decode_v5 off: the one-block kernels).
+    cuda::RowSync row_sync() const {
+        if (!opts.decode_v5) return {};
+        return {split_part.get(), split_cnt.get()};
     }
 
     // The packed cache from row `row` on (null when the cache is fp32); readers see k_shift.
@@ -940,6 +949,10 @@ struct ModelCuda::Impl {
         dec_rows.alloc(C, "decode cache rows", &bytes);
         gather_rows.alloc(C, "scored rows", &bytes);
         xs.alloc(lm_rows * d, "scored hidden states", &bytes);
+        split_part.alloc(cuda::row_split_part(cuda::kRowSplitMaxRows, (int)std::max<int64_t>(d, ff)),
+                         "split row kernel partials", &bytes);
+        split_cnt.alloc(cuda::row_split_cnt(cuda::kRowSplitMaxRows), "split row kernel counters", &bytes);
+        SQ_CUDA(cudaMemsetAsync(split_cnt.get(), 0, split_cnt.size() * sizeof(int), stream));
         const size_t group = (size_t)(c.n_heads / c.n_kv_heads);
         att_blocks.alloc(2 * (C * group / 16 + C + 1), "attention block table", &bytes);
         SQ_CUDA(cudaStreamSynchronize(stream));

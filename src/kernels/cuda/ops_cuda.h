@@ -75,10 +75,23 @@ void kv_packed_fill_random(const KvPacked& p, int64_t vectors, int hd, uint64_t 
 void add_rmsnorm_quant(float* h, const float* add, const float* w, int n, int d, float eps, float* y,
                        const RowQuant& o, cudaStream_t s);
 
+// Scratch of the row kernels split over several blocks per row (decode v5): part
+// (row_split_part floats2), cnt (row_split_cnt ints, zero before the first call; each call
+// leaves them zero).
+struct RowSync {
+    float2* part = nullptr;
+    int* cnt = nullptr;
+};
+constexpr int kRowSplitMaxRows = 8;  // rows of a call that may take the split kernel
+size_t row_split_part(int n, int width);
+size_t row_split_cnt(int n);
+
 // act[t, :] = silu(g[t, :]) ⊙ u[t, :] for g, u with row stride ld (the fused [gate | up]
 // output: u = g + ff, ld = 2·ff), act [n, ff] (same bits as silu_mul), plus o's codes / bf16 of act.
+// sync (decode v5): at most kRowSplitMaxRows rows of ff ≥ 2048 run over ceil(ff / 2048) blocks per
+// row, which meet on the row's max/min through sync (same act, codes and bits; see the kernel).
 void silu_mul_rows(const float* g, const float* u, int64_t ld, int n, int ff, float* act, const RowQuant& o,
-                   cudaStream_t s);
+                   cudaStream_t s, const RowSync& sync = RowSync{});
 
 // RoPE + KV store in one launch (decode fusion): q, k, v [n, *, hd] with row strides
 // ldq, ldk, ldv (the fused q|k|v output); q_out [n, heads, hd] = rope(q) (same bits as rope());
