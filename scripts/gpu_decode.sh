@@ -107,6 +107,17 @@ ncu)  # isolated duration (no cache flush, clocks as they are; no PDL overlap) o
     step ncu_att_v4 100 env SQ_CUDA_DECODE_ATT=v4 SQ_CUDA_KV=f32 $NCU --kernel-name regex:attention_decode \
         --launch-count 64 $SQ $B1
     ;;
+ncudiag)  # where the decode attention's time goes: full ncu sections of one v5 launch (B = 1), and every
+          # decode-path kernel of a 1-token forward at base clocks (isolated, no PDL overlap)
+    env_setup
+    B1="bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 1 --reps 1 --batches 1 --decode 4"
+    step ncu_att_full 150 ncu --set full --import-source yes --kernel-name regex:attention_decode_v5 --launch-skip 40 \
+        --launch-count 1 -o /tmp/att -f $SQ $B1
+    ncu -i /tmp/att.ncu-rep --page details >$OUT/att_details.txt 2>&1
+    ncu -i /tmp/att.ncu-rep --page source --csv --print-source cuda >$OUT/att_source.csv 2>&1 || true
+    step ncu_fwd1 150 ncu --metrics gpu__time_duration.sum --cache-control none --clock-control base --csv \
+        --kernel-name regex:'rmsnorm|gemv|rope_kv|silu|attention|act_quant|embed|nvjet|bf16' --launch-count 700 $SQ $B1
+    ;;
 bench)  # end to end, LLaMA-3-8B shape; ${3:-} = extra bench flags
     env_setup
     TAG=${TAG:-v4}
