@@ -238,6 +238,7 @@ struct ModelCuda::Impl {
     DevBuf<uint8_t> blas_ws;           // cuBLAS workspace
     std::map<int, cudaGraphExec_t> graphs;  // by token count (one-document calls; varlen calls run eagerly)
     bool use_graphs = true;
+    bool att_codes = true;             // v5 decode attention makes o's codes (SQ_CUDA_ATT_CODES=0: act_quant)
     DevBuf<int> q_rows, q_targets;     // [queries]: grown on demand
     DevBuf<double> q_lp;
     DevBuf<uint8_t> q_greedy;
@@ -746,7 +747,8 @@ struct ModelCuda::Impl {
                                            att_blocks.get(), att_nblocks, pk_l);
                 } else if (mode == Mode::batch && opts.decode_v5) {
                     // v5: one kernel; its last block per sequence also makes o's codes (or bf16 input).
-                    const cuda::RowQuant rq = row_quant_for(&L.o);
+                    cuda::RowQuant rq = row_quant_for(&L.o);
+                    if (!att_codes && rq.q8) rq = {};  // A/B: o's codes from act_quant instead
                     cuda::attention_decode(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, dec_cap,
                                            dec_part.get(), att.get(), stream, rq, dec_cnt.get(), pk_l);
                     quant_done(rq, &L.o, att.get(), n);
@@ -982,6 +984,8 @@ struct ModelCuda::Impl {
         SQ_CUBLAS(cublasSetWorkspace(blas, blas_ws.get(), kCublasWorkspace));
         const char* g = std::getenv("SQ_CUDA_GRAPHS");
         use_graphs = !(g && std::string(g) == "0");
+        const char* ac = std::getenv("SQ_CUDA_ATT_CODES");  // 0: v5 decode attention leaves o's codes to act_quant
+        att_codes = !(ac && std::string(ac) == "0");
     }
 
     // A synthetic linear [out, in] (CudaSynthetic): weights random on the device.
