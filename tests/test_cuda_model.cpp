@@ -910,18 +910,20 @@ TEST(CudaModel, PackedKvDecodeIsBitIdentical) {
         CudaSynthetic u = s;
         u.kv_packed = false, u.decode_v5 = false;
         ModelCuda on(c, s, 240), off(c, u, 240);
-        if (kvb <= 4) EXPECT_LT(on.memory().kv_cache * 5, off.memory().kv_cache) << "packed cache not smaller";
+        if (kvb <= 4) {
+            EXPECT_LT(on.memory().kv_cache * 5, off.memory().kv_cache) << "packed cache not smaller";
+        }
         compare(on, off, str(bf16 ? "synthetic BF16" : "synthetic W4A4", " rank ", rank, " KV", kvb));
     }
-    {  // v5 with o's codes left to act_quant (SQ_CUDA_ATT_CODES=0, read at construction)
-        setenv("SQ_CUDA_ATT_CODES", "0", 1);
+    {  // v5 with o's codes made by the attention kernel's last block (SQ_CUDA_ATT_CODES=1, read at construction)
+        setenv("SQ_CUDA_ATT_CODES", "1", 1);
         CudaSynthetic s;
         s.kv_bits = 4, s.seed = 9;
         CudaSynthetic u = s;
         u.kv_packed = false, u.decode_v5 = false;
         ModelCuda on(c, s, 240), off(c, u, 240);
         unsetenv("SQ_CUDA_ATT_CODES");
-        compare(on, off, "synthetic W4A4 KV4, o's codes by act_quant");
+        compare(on, off, "synthetic W4A4 KV4, o's codes by the attention kernel");
     }
     Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
     ModelWeights w = model_load_f32(ck, false);

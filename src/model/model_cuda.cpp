@@ -238,7 +238,7 @@ struct ModelCuda::Impl {
     DevBuf<uint8_t> blas_ws;           // cuBLAS workspace
     std::map<int, cudaGraphExec_t> graphs;  // by token count (one-document calls; varlen calls run eagerly)
     bool use_graphs = true;
-    bool att_codes = true;             // v5 decode attention makes o's codes (SQ_CUDA_ATT_CODES=0: act_quant)
+    bool att_codes = false;            // v5 decode attention makes o's codes (SQ_CUDA_ATT_CODES=1; else act_quant)
     DevBuf<int> q_rows, q_targets;     // [queries]: grown on demand
     DevBuf<double> q_lp;
     DevBuf<uint8_t> q_greedy;
@@ -984,8 +984,10 @@ struct ModelCuda::Impl {
         SQ_CUBLAS(cublasSetWorkspace(blas, blas_ws.get(), kCublasWorkspace));
         const char* g = std::getenv("SQ_CUDA_GRAPHS");
         use_graphs = !(g && std::string(g) == "0");
-        const char* ac = std::getenv("SQ_CUDA_ATT_CODES");  // 0: v5 decode attention leaves o's codes to act_quant
-        att_codes = !(ac && std::string(ac) == "0");
+        // 1: the v5 decode attention's last block makes o's codes; default off: act_quant (PDL) was
+        // faster end to end (B=1 293.1 vs 281.2 tok/s, same call, docs/perf.md "Decode v5").
+        const char* ac = std::getenv("SQ_CUDA_ATT_CODES");
+        att_codes = ac && std::string(ac) == "1";
     }
 
     // A synthetic linear [out, in] (CudaSynthetic): weights random on the device.
