@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Issue 6, decode half, on the lent H100: CUDA tests, compute-sanitizer, bench_cuda_gemm
-# (--stream) and `specquant bench --device cuda` (docs/perf.md "Decode v4").
+# (--stream), `specquant bench --device cuda` and an nsys kernel profile of the decode step
+# (docs/perf.md "Decode v4", "Decode v5").
 #
-# Built here (the device lacks our -dev packages), in the worktree /work/wt-gpu:
+# Built here (the device lacks our -dev packages), in a worktree WT (default /work/wt-gdec;
+# the binaries carry its absolute path, recreated on the device as a link to the checkout):
 #   cmake -S . -B build-gpu -DSPECQUANT_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DSPECQUANT_BENCH=ON
 #   cmake --build build-gpu -j2 --target specquant specquant_tests bench_cuda_gemm
 #   scripts/gpu_decode.sh pack DIR       # DIR inside the repository the device tool sends, ignored by git
@@ -17,9 +19,10 @@ S=/tmp/sqd
 env_setup() {
     export LD_LIBRARY_PATH=$S/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
     export PATH=/usr/local/cuda/bin:$PATH
-    # The binaries carry the build tree's absolute paths: SQ_TEST_DATA = /work/wt-gpu/tests/data,
+    # The binaries carry the build tree's absolute paths: SQ_TEST_DATA = $WT/tests/data,
     # SQ_SOURCE_DIR/../shared = /work/shared (the calibration text of the pipeline tests).
-    if [ ! -e /work/wt-gpu/tests ]; then mkdir -p /work && ln -sfn "$PWD" /work/wt-gpu; fi
+    WT=$(cat $S/worktree 2>/dev/null || echo /work/wt-gdec)
+    if [ ! -e "$WT/tests" ]; then mkdir -p "$(dirname "$WT")" && ln -sfn "$PWD" "$WT"; fi
     if [ ! -e /work/shared/data/calib/c4.utf8 ]; then
         mkdir -p /work/shared/data/calib && cp $S/c4.utf8 /work/shared/data/calib/
     fi
@@ -49,6 +52,7 @@ pack)
     for lib in $(ldd $BUILD/specquant $BUILD/specquant_tests | awk '/=>/ {print $3}' |
                  grep -E 'fftw3f|pcre2|gomp' | sort -u); do cp -L "$lib" $P/lib/; done
     cp /work/shared/data/calib/c4.utf8 $P/
+    pwd >$P/worktree
     tar -C $P -I 'xz -T2' -cf "$D/bundle.tar.xz" .
     cp scripts/gpu_decode.sh "$D/"
     du -sh "$D"
@@ -59,7 +63,7 @@ tests)  # every CUDA test, then memcheck of the new kernels' tests and the ones 
     env_setup
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
     step tests_cuda 200 $T --gtest_filter='Cuda*:-CudaDiag.*'
-    grep -E '^\[cuda\] (fused|batched)|FAILED|PASSED|Failure|Expected|Which is|differ' "$OUT/tests_cuda.log" | head -60
+    grep -E '^\[cuda\] (fused|batched|packed|decode v5)|FAILED|PASSED|Failure|Expected|Which is|differ' "$OUT/tests_cuda.log" | head -80
     ;;
 memcheck)
     env_setup
@@ -73,10 +77,51 @@ memcheck)
         --gtest_filter='CudaLoglik.*:CudaBatch.*:CudaModel.PipelineQuantizedMatchesCpu'
     tail -n 4 "$OUT/memcheck_rest.log"
     ;;
+memcheck5)  # decode v5: the new tests under memcheck and racecheck (shared-memory kernels)
+    env_setup
+    step memcheck_v5 120 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T \
+        --gtest_filter='CudaKv4.*:CudaModel.PackedKvDecodeIsBitIdentical:CudaFused.RopeKvStoreEqualsUnfused:CudaFused.SiluMulQuantEqualsReference'
+    tail -n 4 "$OUT/memcheck_v5.log"
+    step racecheck_v5 90 compute-sanitizer --tool racecheck --error-exitcode 9 $T \
+        --gtest_filter='CudaKv4.DecodeAttentionV5IsBitIdentical:CudaFused.SiluMulQuantEqualsReference'
+    tail -n 3 "$OUT/racecheck_v5.log"
+    ;;
+profile)  # per-kernel time of the graph-replayed decode step (B = 1), nsys if present
+    env_setup
+    if command -v nsys >/dev/null; then
+        step nsys_run 150 nsys profile --cuda-graph-trace=node -t cuda -o /tmp/dec -f true $SQ bench --device cuda \
+            --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 16 --batches 1 --decode 64 ${BENCH_FLAGS:-}
+        step nsys_stats 120 nsys stats -r cuda_gpu_kern_sum -f csv -o $OUT/kern /tmp/dec.nsys-rep
+        ls $OUT
+    else
+        echo "no nsys on the device"
+    fi
+    ;;
+ncu)  # isolated duration (no cache flush, clocks as they are; no PDL overlap) of every kernel of one
+      # 1-token forward (the row kernels and GEMVs of a B = 1 decode step) and of the decode attention
+    env_setup
+    B1="bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 1 --reps 1 --batches 1 --decode 4"
+    NCU="ncu --metrics gpu__time_duration.sum --cache-control none --clock-control none --csv"
+    step ncu_fwd1 200 $NCU --launch-count ${COUNT:-340} $SQ $B1 ${BENCH_FLAGS:-}
+    step ncu_att_v5 100 $NCU --kernel-name regex:attention_decode --launch-count 64 $SQ $B1
+    step ncu_att_v4 100 env SQ_CUDA_DECODE_ATT=v4 SQ_CUDA_KV=f32 $NCU --kernel-name regex:attention_decode \
+        --launch-count 64 $SQ $B1
+    ;;
+ncudiag)  # where the decode attention's time goes: full ncu sections of one v5 launch (B = 1), and every
+          # decode-path kernel of a 1-token forward at base clocks (isolated, no PDL overlap)
+    env_setup
+    B1="bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 1 --reps 1 --batches 1 --decode 4"
+    step ncu_att_full 150 ncu --set full --import-source yes --kernel-name regex:attention_decode_v5 --launch-skip 40 \
+        --launch-count 1 -o /tmp/att -f $SQ $B1
+    ncu -i /tmp/att.ncu-rep --page details >$OUT/att_details.txt 2>&1
+    ncu -i /tmp/att.ncu-rep --page source --csv --print-source cuda >$OUT/att_source.csv 2>&1 || true
+    step ncu_fwd1 150 ncu --metrics gpu__time_duration.sum --cache-control none --clock-control base --csv \
+        --kernel-name regex:'rmsnorm|gemv|rope_kv|silu|attention|act_quant|embed|nvjet|bf16' --launch-count 700 $SQ $B1
+    ;;
 bench)  # end to end, LLaMA-3-8B shape; ${3:-} = extra bench flags
     env_setup
     TAG=${TAG:-v4}
-    step bench_$TAG 300 $SQ bench --device cuda --shape llama3-8b --rank 31 --kv-bits 4 ${BENCH_FLAGS:-} \
+    step bench_$TAG 300 $SQ bench --device cuda --shape llama3-8b --rank ${RANK:-31} --kv-bits 4 ${BENCH_FLAGS:-} \
         --json "$OUT/bench_$TAG.json"
     grep -v '^bench:' "$OUT/bench_$TAG.log"
     ;;
@@ -89,7 +134,7 @@ gemm1)  # one launch after an L2 flush (the method of docs/perf.md "CUDA W4A4 GE
     step gemm_single${GTAG:-} 240 $G --reps 30
     ;;
 *)
-    echo "usage: $0 pack DIR | tests DIR | memcheck | bench | gemm" >&2
+    echo "usage: $0 pack DIR | tests DIR | memcheck | memcheck5 | profile | bench | gemm | gemm1" >&2
     exit 2
     ;;
 esac

@@ -156,6 +156,27 @@ TEST(CudaFused, SiluMulQuantEqualsReference) {
             EXPECT_EQ(bad, 0) << "act differs from silu_mul";
             EXPECT_LE(worst, 1e-6) << "act against a double SiLU";  // three float roundings + expf's ulp
             expect_codes(act, n, ff, 4, 0.9f, q8, sc, zp, ab, "silu_mul_rows");
+            // Decode v5: the row over several blocks meeting through RowSync (n ≤ 8, ff ≥ 2048;
+            // else the one-block kernel): same act, codes, scale, zero and bf16; twice (the
+            // counters must come back to zero).
+            DevBuf<float2> part(cuda::row_split_part(n, ff));
+            DevBuf<int> cnt(std::vector<int>(cuda::row_split_cnt(n), 0));
+            for (int rep = 0; rep < 2; ++rep) {
+                DevBuf<float> dact3((size_t)n * ff), sc3(n);
+                DevBuf<int32_t> zp3(n);
+                DevBuf<uint8_t> q83((size_t)n * ff);
+                DevBuf<uint16_t> ab3((size_t)n * ff);
+                cuda::RowQuant rq3 = rq;
+                rq3.q8 = q83.p, rq3.scale = sc3.p, rq3.zero = zp3.p, rq3.bf16 = ab3.p;
+                cuda::silu_mul_rows(dgu.p, dgu.p + ff, ld, n, ff, dact3.p, rq3, nullptr, cuda::RowSync{part.p, cnt.p});
+                const auto act3 = dact3.get();
+                int bad3 = 0;
+                for (size_t i = 0; i < act.size(); ++i) bad3 += fbits(act3[i]) != fbits(act[i]);
+                EXPECT_EQ(bad3, 0) << "split act differs, rep " << rep;
+                expect_codes(act3, n, ff, 4, 0.9f, q83, sc3, zp3, ab3, "silu_mul_rows split");
+                const auto cz = cnt.get();
+                EXPECT_EQ(std::count(cz.begin(), cz.end(), 0), (long)cz.size()) << "split counters not reset";
+            }
         }
     }
 }

@@ -853,6 +853,92 @@ TEST(CudaModel, FusedDecodeIsBitIdentical) {
     compare(on, off, "tiny LLaMA W4A4KV4", 0);
 }
 
+// Decode v5: the packed KV4 cache (codes + per-vector scale/zero) and the one-kernel decode
+// attention against the fake-quantized fp32 cache and v4's part + merge (+ act_quant) kernels:
+// every logit and score bit for bit, on prefill (GEMV and tiled), batched decode steps
+// (graphs; B = 3 at different lengths) and varlen scoring; a tiny LLaMA with keys around a
+// random shift (k_shift, --k-center) too.
+TEST(CudaModel, PackedKvDecodeIsBitIdentical) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 37);
+    auto run_all = [&](ModelCuda& m, const std::vector<int>& toks, std::vector<float>& out,
+                       std::vector<RowScore>& scores) {
+        const int V = m.config().vocab;
+        out.clear();
+        for (int n : {9, 20}) {
+            std::vector<float> l((size_t)n * V, NAN);
+            m.truncate(0);
+            m.forward_logits(toks.data(), n, l.data(), true);
+            out.insert(out.end(), l.begin(), l.end());
+        }
+        m.decode_setup(3, 80);  // lengths 5..~60: 1, 2 and 3 key chunks of 32
+        for (int b = 0; b < 3; ++b) m.decode_prefill(b, toks.data() + b, 5 + 26 * b, nullptr);
+        std::vector<float> step((size_t)3 * V, NAN);
+        for (int i = 0; i < 8; ++i) {
+            m.decode_step(toks.data() + 7 + 3 * i, step.data());
+            out.insert(out.end(), step.begin(), step.end());
+        }
+        const std::vector<int> lens = {5, 9, 3};
+        std::vector<RowTarget> tg;
+        for (int r = 0; r < 17; r += 2) tg.push_back({r, toks[r + 1]});
+        scores = m.forward_score_varlen(toks.data(), lens, tg);
+    };
+    auto compare = [&](ModelCuda& on, ModelCuda& off, const std::string& what) {
+        const std::vector<int> toks = some_tokens(on.config().vocab, 80, (uint32_t)rng());
+        std::vector<float> a, b;
+        std::vector<RowScore> sa, sb;
+        run_all(on, toks, a, sa);
+        run_all(off, toks, b, sb);
+        ASSERT_EQ(a.size(), b.size());
+        size_t bits = 0, nans = 0;
+        for (size_t i = 0; i < a.size(); ++i) bits += std::memcmp(&a[i], &b[i], 4) != 0, nans += a[i] != a[i];
+        int score_bits = 0;
+        for (size_t i = 0; i < sa.size(); ++i)
+            score_bits += std::memcmp(&sa[i].logprob, &sb[i].logprob, 8) != 0 || sa[i].greedy != sb[i].greedy;
+        EXPECT_EQ(bits, 0u) << what << ": logits differ";
+        EXPECT_EQ(nans, 0u) << what << ": NaN logits";
+        EXPECT_EQ(score_bits, 0) << what << ": varlen scores differ";
+        std::printf("[cuda] packed KV + v5 vs fp32 KV + v4, %s: %zu of %zu logits differ, %d of %zu scores\n",
+                    what.c_str(), bits, a.size(), score_bits, sa.size());
+    };
+    ModelConfig c;
+    c.n_layers = 2, c.d_model = 256, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64, c.d_ff = 512, c.vocab = 1000;
+    for (auto [bf16, rank, kvb] : {std::tuple{false, 0, 4}, {false, 7, 4}, {true, 0, 4}, {false, 0, 3},
+                                   {false, 0, 16}, {true, 0, 16}}) {
+        CudaSynthetic s;
+        s.bf16 = bf16, s.rank = rank, s.kv_bits = kvb, s.seed = 7;
+        CudaSynthetic u = s;
+        u.kv_packed = false, u.decode_v5 = false;
+        ModelCuda on(c, s, 240), off(c, u, 240);
+        if (kvb <= 4) {
+            EXPECT_LT(on.memory().kv_cache * 5, off.memory().kv_cache) << "packed cache not smaller";
+        }
+        compare(on, off, str(bf16 ? "synthetic BF16" : "synthetic W4A4", " rank ", rank, " KV", kvb));
+    }
+    {  // v5 with o's codes made by the attention kernel's last block (SQ_CUDA_ATT_CODES=1, read at construction)
+        setenv("SQ_CUDA_ATT_CODES", "1", 1);
+        CudaSynthetic s;
+        s.kv_bits = 4, s.seed = 9;
+        CudaSynthetic u = s;
+        u.kv_packed = false, u.decode_v5 = false;
+        ModelCuda on(c, s, 240), off(c, u, 240);
+        unsetenv("SQ_CUDA_ATT_CODES");
+        compare(on, off, "synthetic W4A4 KV4, o's codes by the attention kernel");
+    }
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    ModelWeights w = model_load_f32(ck, false);
+    for (LayerWeights& L : w.layers) {
+        for (std::unique_ptr<Linear>* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+            *p = quantize_by_hand(**p, 4, 0.9f, 0, false, false, rng);
+        L.k_shift = gaussian((size_t)w.cfg.n_kv_heads * w.cfg.head_dim, rng, 0.5f);
+    }
+    w.kv_bits = 4, w.kv_clip = 0.95f;
+    ModelCudaOptions o_on, o_off;
+    o_off.kv_packed = false, o_off.decode_v5 = false;
+    ModelCuda on(w, 240, o_on), off(w, 240, o_off);
+    compare(on, off, "tiny LLaMA W4A4KV4, keys around a shift");
+}
+
 TEST(CudaModel, DecodeErrorsAreSqErrors) {
     SKIP_WITHOUT_GPU();
     Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");

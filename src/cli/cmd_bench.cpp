@@ -12,7 +12,7 @@
 //
 // specquant bench --device cuda (--shape llama3-8b|llama2-7b|smollm2 | -m MODEL) [--prefill-lens 256,2048,8192]
 //                 [--batches 1,8,32] [--ctx 512] [--decode 32] [--rank 31] [--kv-bits 16] [--reps 3]
-//                 [--spectral auto|fused|cublas] [--fuse 1|0] [--json FILE]
+//                 [--spectral auto|fused|cublas] [--fuse 1|0] [--bf16-kv-bits N] [--json FILE]
 // (built with -DSPECQUANT_CUDA=ON): the GPU engine (model/model_cuda.h) in the
 // same process for W4A4 on the INT8 tensor cores (spectral branch off and,
 // with --rank R > 0, on at rank R), and every linear layer in BF16 through
@@ -25,8 +25,10 @@
 // filled with --ctx random positions, then --decode steps of one token per
 // sequence (logits for all B rows, no sampling) replayed as a CUDA graph.
 // A per-op breakdown (CUDA events around every op, run eagerly) follows each.
-// Attention, norms, RoPE and the KV cache (fp32 storage; --kv-bits < 16 fake-
-// quantizes the values) are the same code in every variant.
+// Attention, norms, RoPE and the KV cache are the same code in every variant: fp32
+// storage at --kv-bits 16 (or 5..8: fake-quantized values), packed 4-bit codes at
+// --kv-bits ≤ 4 (decode v5; SQ_CUDA_KV=f32 for the fake-quantized fp32 cache).
+// --bf16-kv-bits N gives the BF16 baseline its own KV bits (default: --kv-bits).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -172,6 +174,7 @@ struct CudaBenchOpts {
     std::string shape, model, json;
     std::vector<int> prefill = {256, 2048, 8192}, batches = {1, 8, 32};
     int ctx = 512, decode = 32, rank = 31, kv_bits = 16, reps = 3;
+    int bf16_kv_bits = -1;  // −1: kv_bits
     std::string spectral = "auto";
     int fuse = 1;
 };
@@ -295,6 +298,13 @@ int cuda_bench(const CudaBenchOpts& o) {
     SQ_CUDA(cudaGetDeviceProperties(&prop, 0));
     std::fprintf(stderr, "bench: %s, capacity %d rows\n", prop.name, cap);
 
+    const int base_kv = o.bf16_kv_bits < 0 ? o.kv_bits : o.bf16_kv_bits;
+    const ModelCudaOptions env = ModelCudaOptions::from_env();  // SQ_CUDA_KV, SQ_CUDA_DECODE_ATT (A/B runs)
+    auto kv_name = [&](int bits) {
+        return bits >= 16 ? std::string("KV16 (fp32)")
+                          : "KV" + std::to_string(bits) +
+                                (bits <= 4 && env.kv_packed ? " (packed 4-bit codes)" : " (fake-quantized fp32)");
+    };
     std::vector<VariantResult> res;
     std::string what;
     if (!o.shape.empty()) {
@@ -302,7 +312,8 @@ int cuda_bench(const CudaBenchOpts& o) {
         what = "synthetic " + o.shape;
         auto run = [&](const std::string& name, bool bf16, int rank) {
             CudaSynthetic s;
-            s.bf16 = bf16, s.rank = rank, s.kv_bits = o.kv_bits;
+            s.bf16 = bf16, s.rank = rank, s.kv_bits = bf16 ? base_kv : o.kv_bits;
+            s.kv_packed = env.kv_packed, s.decode_v5 = env.decode_v5;
             s.spectral_fuse_max_rows = fuse_rows;
             s.fuse = o.fuse != 0;
             res.push_back(cuda_variant(name, o, std::make_unique<ModelCuda>(c, s, cap)));
@@ -323,10 +334,11 @@ int cuda_bench(const CudaBenchOpts& o) {
     const VariantResult& base = res.back();  // bf16
     const VariantResult& w4 = res.front();
 
-    std::printf("\n%s on %s, KV cache %s (fp32 storage), decode at context %d..%d, %d steps, decode fusion %s, "
+    const std::string kv_line = o.shape.empty() ? std::string("as in the model file")
+                                                : "W4A4 " + kv_name(o.kv_bits) + ", BF16 " + kv_name(base_kv);
+    std::printf("\n%s on %s, KV cache %s, decode attention %s, decode at context %d..%d, %d steps, decode fusion %s, "
                 "spectral branch %s\n",
-                what.c_str(), prop.name,
-                o.kv_bits < 16 ? ("KV" + std::to_string(o.kv_bits) + " fake-quantized").c_str() : "KV16", o.ctx,
+                what.c_str(), prop.name, kv_line.c_str(), env.decode_v5 ? "v5 (one kernel)" : "v4 (part + merge)", o.ctx,
                 o.ctx + o.decode, o.decode, o.fuse ? "on" : "off", o.spectral == "fused" ? "fused into the GEMM epilogue"
                 : o.spectral == "cublas" ? "2 cuBLAS FP32 GEMMs"
                                          : "fused into the GEMV epilogue in decode, 2 cuBLAS FP32 GEMMs in prefill");
@@ -361,7 +373,7 @@ int cuda_bench(const CudaBenchOpts& o) {
         "%.3f");
     row("all weights GB (fp32 embedding)",
         [&](const VariantResult& v) { return gb(v.mem.linears + v.mem.lm_head + v.mem.embed); }, false, "%.3f");
-    row("KV cache GB (fp32)", [&](const VariantResult& v) { return gb(v.mem.kv_cache); }, false, "%.3f");
+    row("KV cache GB", [&](const VariantResult& v) { return gb(v.mem.kv_cache); }, false, "%.3f");
     row("device total GB", [&](const VariantResult& v) { return gb(v.mem.total); }, false, "%.3f");
     std::printf("\nPer-op breakdown (CUDA events around every op, eager launches, ms):\n");
     for (const auto& v : res) {
@@ -374,6 +386,7 @@ int cuda_bench(const CudaBenchOpts& o) {
     (void)w4;
     if (!o.json.empty()) {
         nlohmann::json j = {{"device", prop.name},   {"what", what},         {"kv_bits", o.kv_bits},
+                            {"bf16_kv_bits", base_kv},
                             {"spectral", o.spectral}, {"fuse", o.fuse},
                             {"ctx", o.ctx},          {"decode_steps", o.decode}, {"reps", o.reps},
                             {"prefill_tokens", o.prefill}, {"batches", o.batches},
@@ -421,8 +434,10 @@ static CommandAction bench_setup(CLI::App& app) {
     app.add_option("--ctx", co->ctx, "cuda: cached positions per sequence before decoding")->capture_default_str();
     app.add_option("--rank", co->rank, "cuda --shape: spectral rank of the second W4A4 run (0 = skip; k̄=16 → 31)")
         ->capture_default_str();
-    app.add_option("--kv-bits", co->kv_bits, "cuda --shape: KV cache fake-quantization bits (16 = off)")
+    app.add_option("--kv-bits", co->kv_bits,
+                   "cuda --shape: KV cache bits (16 = fp32; ≤ 4: packed codes; 5..8: fake-quantized fp32)")
         ->capture_default_str();
+    app.add_option("--bf16-kv-bits", co->bf16_kv_bits, "cuda --shape: the BF16 baseline's KV bits (default: --kv-bits)");
     app.add_option("--spectral", co->spectral,
                    "cuda: W4A4 spectral branch ·Cᵀ fused into the GEMM epilogue (fused), two cuBLAS GEMMs (cublas), "
                    "or fused in the GEMV calls of ≤ 64 rows only, i.e. decode (auto)")

@@ -205,7 +205,12 @@ struct ModelCuda::Impl {
     std::map<int, DevBuf<float>> had;  // H_n by order
     std::map<std::pair<int64_t, int>, DevBuf<float>> bases;  // Bᵀ [rank, in] by (in, rank): Fourier, synthetic
 
-    DevBuf<float> kc, vc;  // [layer][cap][kv][hd]
+    DevBuf<float> kc, vc;  // [layer][cap][kv][hd] (not allocated when the cache is packed)
+    // Packed cache (opts.kv_packed and kv_bits ≤ 4; cuda::KvPacked): codes [layer][cap][kv][(hd+1)/2],
+    // (scale, zero) [layer][cap][kv], keys and values.
+    DevBuf<uint8_t> kq, vq;
+    DevBuf<float2> kpar, vpar;
+    bool kv_pack = false;
     // Scratch, [cap, width] unless noted.
     DevBuf<float> h, x, q, k, v, qr, kr, att, proj, act, upb;
     DevBuf<float> qkvb;                // [cap, qd + 2·kvd]: the fused q|k|v output (layers with qkv)
@@ -233,6 +238,7 @@ struct ModelCuda::Impl {
     DevBuf<uint8_t> blas_ws;           // cuBLAS workspace
     std::map<int, cudaGraphExec_t> graphs;  // by token count (one-document calls; varlen calls run eagerly)
     bool use_graphs = true;
+    bool att_codes = false;            // v5 decode attention makes o's codes (SQ_CUDA_ATT_CODES=1; else act_quant)
     DevBuf<int> q_rows, q_targets;     // [queries]: grown on demand
     DevBuf<double> q_lp;
     DevBuf<uint8_t> q_greedy;
@@ -244,6 +250,9 @@ struct ModelCuda::Impl {
     std::vector<int> dec_lens;
     DevBuf<int> dec_rows;              // [cap]: each token's cache row
     DevBuf<float> dec_part;            // attention_decode partials (not in `bytes`: remade per setup)
+    DevBuf<int> dec_cnt;               // attention_decode v5 counters (zeroed per setup; calls leave them 0)
+    DevBuf<float2> split_part;         // split row kernels (cuda::RowSync): partials
+    DevBuf<int> split_cnt;             // and counters (zeroed once; calls leave them 0)
     std::map<int, cudaGraphExec_t> dec_graphs;  // by batch size
     size_t bytes_kv = 0;
     // Profiling (set_profile): an event pair around every op, summed per op class.
@@ -682,9 +691,10 @@ struct ModelCuda::Impl {
         for (int l = 0; l < c.n_layers; ++l) {
             DLayer& L = layers[l];
             const float* k_shift = L.k_shift.size() ? L.k_shift.get() : nullptr;
-            float* kc_l = kc.get() + (size_t)l * cap * kvd;
-            float* vc_l = vc.get() + (size_t)l * cap * kvd;
-            if (mode == Mode::single) kc_l += (size_t)kv_row0 * kvd, vc_l += (size_t)kv_row0 * kvd;
+            const int64_t row0 = (int64_t)l * cap + (mode == Mode::single ? kv_row0 : 0);
+            float* kc_l = kv_pack ? nullptr : kc.get() + (size_t)row0 * kvd;
+            float* vc_l = kv_pack ? nullptr : vc.get() + (size_t)row0 * kvd;
+            const cuda::KvPacked pk_l = kv_packed_layer(row0, k_shift);
             if (first_linear(l, n) == &L.qkv) {
                 linear(L.qkv, x.get(), n, qkvb.get(), true);
                 const ProfScope ps = prof("rope + kv store");
@@ -694,7 +704,7 @@ struct ModelCuda::Impl {
                                     mode == Mode::single ? pos_dev.get() : nullptr,
                                     mode == Mode::single ? nullptr : positions.get(),
                                     mode == Mode::batch ? dec_rows.get() : nullptr, inv_freq.get(), kv_bits, kv_clip,
-                                    q.get(), kc_l, vc_l, stream, k_shift);
+                                    q.get(), kc_l, vc_l, stream, k_shift, pk_l);
             } else {
                 linear(L.q, x.get(), n, q.get(), true);
                 linear(L.k, x.get(), n, k.get(), true);
@@ -719,29 +729,39 @@ struct ModelCuda::Impl {
                 }
                 const ProfScope ps = prof("kv store");
                 if (mode == Mode::varlen)
-                    cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, nullptr, stream, k_shift);
+                    cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, nullptr, stream, k_shift,
+                                   pk_l);
                 else if (mode == Mode::batch)
                     cuda::kv_store_rows(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, dec_rows.get(), stream,
-                                        k_shift);
+                                        k_shift, pk_l);
                 else
                     cuda::kv_store(ka, v.get(), n, KV, hd, kv_bits, kv_clip, kc_l, vc_l, pos_dev.get(), stream,
-                                   k_shift);
+                                   k_shift, pk_l);
             }
             const float* qa = qk_rotate ? qr.get() : q.get();
+            bool o_ready = false;  // o's input codes / bf16 made by the attention kernel
             {
                 const ProfScope ps = prof("attention");
-                if (mode == Mode::varlen)
+                if (mode == Mode::varlen) {
                     cuda::attention_varlen(qa, kc_l, vc_l, n, positions.get(), H, KV, hd, att.get(), stream,
-                                           att_blocks.get(), att_nblocks);
-                else if (mode == Mode::batch)  // one token per sequence: keys split over blocks
+                                           att_blocks.get(), att_nblocks, pk_l);
+                } else if (mode == Mode::batch && opts.decode_v5) {
+                    // v5: one kernel; its last block per sequence also makes o's codes (or bf16 input).
+                    cuda::RowQuant rq = row_quant_for(&L.o);
+                    if (!att_codes && rq.q8) rq = {};  // A/B: o's codes from act_quant instead
+                    cuda::attention_decode(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, dec_cap,
+                                           dec_part.get(), att.get(), stream, rq, dec_cnt.get(), pk_l);
+                    quant_done(rq, &L.o, att.get(), n);
+                    o_ready = rq.q8 || rq.bf16;
+                } else if (mode == Mode::batch) {  // v4: one token per sequence, keys split over blocks
+                    // o's codes come from act_quant: v4's one-block-per-sequence merge was slower (v4c, notes).
                     cuda::attention_decode(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, dec_cap,
                                            dec_part.get(), att.get(), stream);
-                else
-                    cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream);
+                } else {
+                    cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream, pk_l);
+                }
             }
-            // o's codes come from act_quant: attention_decode can make them in its merge (RowQuant),
-            // but one block per sequence was slower than the 32-block merge + act_quant (v4c, notes).
-            linear(L.o, att.get(), n, proj.get());
+            linear(L.o, att.get(), n, proj.get(), o_ready);
             const bool fg = fused_runs(L.gu, n);
             {
                 const ProfScope ps = prof("norm");
@@ -752,7 +772,8 @@ struct ModelCuda::Impl {
                 {
                     const ProfScope ps = prof("silu_mul");
                     const cuda::RowQuant rq = row_quant_for(&L.down);
-                    cuda::silu_mul_rows(upb.get(), upb.get() + ff, 2 * ff, n, (int)ff, act.get(), rq, stream);
+                    cuda::silu_mul_rows(upb.get(), upb.get() + ff, 2 * ff, n, (int)ff, act.get(), rq, stream,
+                                        row_sync());
                     quant_done(rq, &L.down, act.get(), n);
                 }
                 linear(L.down, act.get(), n, proj.get(), true);
@@ -771,6 +792,22 @@ struct ModelCuda::Impl {
             else
                 norm_for(proj.get(), final_norm.get(), n, nullptr);
         }
+    }
+
+    // Scratch of the split row kernels (decode v5; opts.decode_v5 off: the one-block kernels).
+    cuda::RowSync row_sync() const {
+        if (!opts.decode_v5) return {};
+        return {split_part.get(), split_cnt.get()};
+    }
+
+    // The packed cache from row `row` on (null when the cache is fp32); readers see k_shift.
+    cuda::KvPacked kv_packed_layer(int64_t row, const float* k_shift) const {
+        if (!kv_pack) return {};
+        cuda::KvPacked p;
+        p.k = kq.get(), p.v = vq.get(), p.kp = kpar.get(), p.vp = vpar.get();
+        p = cuda::kv_packed_at(p, row, cfg.n_kv_heads, cfg.head_dim);
+        p.k_shift = k_shift;
+        return p;
     }
 
     // [parts...] as one layer F (rows concatenated in order) when they compute the same
@@ -849,8 +886,17 @@ struct ModelCuda::Impl {
                       kvd = (int64_t)c.n_kv_heads * hd, ff = c.d_ff;
         const size_t C = (size_t)cap;
         const size_t b0 = bytes;
-        kc.alloc((size_t)c.n_layers * C * kvd, "KV cache (keys)", &bytes);
-        vc.alloc((size_t)c.n_layers * C * kvd, "KV cache (values)", &bytes);
+        kv_pack = opts.kv_packed && kv_bits <= 4;
+        if (kv_pack) {
+            const size_t vecs = (size_t)c.n_layers * C * c.n_kv_heads, pb = (size_t)cuda::kv_packed_bytes((int)hd);
+            kq.alloc(vecs * pb, "KV cache (key codes)", &bytes);
+            vq.alloc(vecs * pb, "KV cache (value codes)", &bytes);
+            kpar.alloc(vecs, "KV cache (key scales, zeros)", &bytes);
+            vpar.alloc(vecs, "KV cache (value scales, zeros)", &bytes);
+        } else {
+            kc.alloc((size_t)c.n_layers * C * kvd, "KV cache (keys)", &bytes);
+            vc.alloc((size_t)c.n_layers * C * kvd, "KV cache (values)", &bytes);
+        }
         bytes_kv = bytes - b0;
         h.alloc(C * d, "hidden states", &bytes);
         x.alloc(C * d, "normed states", &bytes);
@@ -905,6 +951,10 @@ struct ModelCuda::Impl {
         dec_rows.alloc(C, "decode cache rows", &bytes);
         gather_rows.alloc(C, "scored rows", &bytes);
         xs.alloc(lm_rows * d, "scored hidden states", &bytes);
+        split_part.alloc(cuda::row_split_part(cuda::kRowSplitMaxRows, (int)std::max<int64_t>(d, ff)),
+                         "split row kernel partials", &bytes);
+        split_cnt.alloc(cuda::row_split_cnt(cuda::kRowSplitMaxRows), "split row kernel counters", &bytes);
+        SQ_CUDA(cudaMemsetAsync(split_cnt.get(), 0, split_cnt.size() * sizeof(int), stream));
         const size_t group = (size_t)(c.n_heads / c.n_kv_heads);
         att_blocks.alloc(2 * (C * group / 16 + C + 1), "attention block table", &bytes);
         SQ_CUDA(cudaStreamSynchronize(stream));
@@ -934,6 +984,10 @@ struct ModelCuda::Impl {
         SQ_CUBLAS(cublasSetWorkspace(blas, blas_ws.get(), kCublasWorkspace));
         const char* g = std::getenv("SQ_CUDA_GRAPHS");
         use_graphs = !(g && std::string(g) == "0");
+        // 1: the v5 decode attention's last block makes o's codes; default off: act_quant (PDL) was
+        // faster end to end (B=1 293.1 vs 281.2 tok/s, same call, docs/perf.md "Decode v5").
+        const char* ac = std::getenv("SQ_CUDA_ATT_CODES");
+        att_codes = ac && std::string(ac) == "1";
     }
 
     // A synthetic linear [out, in] (CudaSynthetic): weights random on the device.
@@ -986,6 +1040,18 @@ ModelCudaOptions ModelCudaOptions::from_env() {
     const char* b = std::getenv("SQ_CUDA_LINEARS");
     const char* f = std::getenv("SQ_CUDA_SPECTRAL");
     const char* u = std::getenv("SQ_CUDA_FUSE");
+    const char* kv = std::getenv("SQ_CUDA_KV");
+    const char* da = std::getenv("SQ_CUDA_DECODE_ATT");
+    if (kv && *kv) {
+        SQ_CHECK(std::string(kv) == "packed" || std::string(kv) == "f32", "SQ_CUDA_KV must be packed or f32, got '",
+                 kv, "'");
+        o.kv_packed = std::string(kv) == "packed";
+    }
+    if (da && *da) {
+        SQ_CHECK(std::string(da) == "v5" || std::string(da) == "v4", "SQ_CUDA_DECODE_ATT must be v5 or v4, got '",
+                 da, "'");
+        o.decode_v5 = std::string(da) == "v5";
+    }
     if (u && *u) {
         SQ_CHECK(std::string(u) == "0" || std::string(u) == "1", "SQ_CUDA_FUSE must be 0 or 1, got '", u, "'");
         o.fuse = std::string(u) == "1";
@@ -1063,6 +1129,8 @@ ModelCuda::ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity)
     m.opts.bf16 = s.bf16;
     m.opts.spectral_fuse_max_rows = s.spectral_fuse_max_rows;
     m.opts.fuse = s.fuse;
+    m.opts.kv_packed = s.kv_packed;
+    m.opts.decode_v5 = s.decode_v5;
     m.init_device(c, capacity, s.kv_bits, 1.0f, false);
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff, V = c.vocab;
@@ -1154,6 +1222,9 @@ void ModelCuda::decode_setup(int batch, int seq_cap) {
     m.dec_part = {};
     m.dec_part.alloc(cuda::attention_decode_scratch(batch, m.cfg.n_heads, m.cfg.head_dim, seq_cap),
                      "decode attention partials", nullptr);
+    m.dec_cnt = {};
+    m.dec_cnt.alloc(cuda::attention_decode_counters(batch, m.cfg.n_kv_heads), "decode attention counters", nullptr);
+    SQ_CUDA(cudaMemsetAsync(m.dec_cnt.get(), 0, m.dec_cnt.size() * sizeof(int), m.stream));
 }
 
 int ModelCuda::decode_len(int b) const {
@@ -1187,8 +1258,13 @@ void ModelCuda::decode_fill_random(int len, uint64_t seed) {
     Impl& m = *p_;
     SQ_CHECK(m.dec_batch > 0 && len >= 0 && len < m.dec_cap, "decode_fill_random: length ", len,
              " needs decode_setup with more than that many rows");
-    cuda::fill_uniform_f32(m.kc.get(), (int64_t)m.kc.size(), 0.0f, 1.0f, seed, m.stream);
-    cuda::fill_uniform_f32(m.vc.get(), (int64_t)m.vc.size(), 0.0f, 1.0f, seed + 1, m.stream);
+    if (m.kv_pack) {
+        cuda::kv_packed_fill_random(m.kv_packed_layer(0, nullptr), (int64_t)m.kpar.size(), m.cfg.head_dim, seed,
+                                    m.stream);
+    } else {
+        cuda::fill_uniform_f32(m.kc.get(), (int64_t)m.kc.size(), 0.0f, 1.0f, seed, m.stream);
+        cuda::fill_uniform_f32(m.vc.get(), (int64_t)m.vc.size(), 0.0f, 1.0f, seed + 1, m.stream);
+    }
     m.dec_lens.assign(m.dec_batch, len);
 }
 

@@ -46,6 +46,13 @@ struct ModelCudaOptions {
     // kernels writing the next layer's activation codes (BF16: its bf16 input), RoPE and
     // the KV store in one kernel. Same bits as unfused (tests). Env: SQ_CUDA_FUSE=0|1.
     bool fuse = true;
+    // Decode v5 (docs/kernels-cuda-notes.md): kv_bits ≤ 4 keeps the cache packed (4-bit codes +
+    // per-vector scale/zero, cuda::KvPacked) instead of fake-quantized fp32, read by every
+    // attention kernel as the same floats (Env: SQ_CUDA_KV=packed|f32); decode attention as
+    // one kernel (merge by the last block) instead of v4's part + merge (+ act_quant) kernels
+    // (Env: SQ_CUDA_DECODE_ATT=v5|v4). Same bits either way (CudaModel.PackedKvDecodeIsBitIdentical).
+    bool kv_packed = true;
+    bool decode_v5 = true;
     static ModelCudaOptions from_env();
 };
 
@@ -60,8 +67,10 @@ struct CudaSynthetic {
     bool bf16 = false;    // every linear BF16 (the baseline); else W4A4 (A4, clip 0.9) + BF16 lm_head
     int rank = 0;         // W4A4: spectral rank 2K−1 of every linear (0 = none; k̄ = 16 → 31)
     int spectral_fuse_max_rows = 64;  // see ModelCudaOptions (64: fused in the GEMV, i.e. decode, only)
-    int kv_bits = 16;     // KV cache fake quantization (stored as fp32 either way)
+    int kv_bits = 16;     // KV cache quantization (packed when ≤ 4 and kv_packed, else fake-quantized fp32)
     bool fuse = true;     // see ModelCudaOptions::fuse
+    bool kv_packed = true;  // see ModelCudaOptions::kv_packed
+    bool decode_v5 = true;  // see ModelCudaOptions::decode_v5
     uint64_t seed = 1;
 };
 
@@ -70,7 +79,7 @@ struct CudaMemory {
     size_t linears = 0;   // the 7 linear layers of every block (codes, scales, row sums, spectral, bias)
     size_t lm_head = 0;   // 0 when tied to the embedding table
     size_t embed = 0;     // embedding table (fp32) + norms + RoPE tables + Hadamard matrices
-    size_t kv_cache = 0;  // keys and values, fp32 (fake-quantized values when kv_bits < 16)
+    size_t kv_cache = 0;  // keys and values: fp32 (fake-quantized when kv_bits < 16), or packed (kv_packed)
     size_t total = 0;     // everything, scratch included
 };
 

@@ -9,7 +9,7 @@
 // tile for each of its warp's rows (K rows padded to hd+1 floats: lanes read
 // different rows without bank conflicts), then every lane accumulates its
 // hd/32 output dims over the 32 keys (V rows read across lanes: conflict-free).
-// Shared memory: (16·hd + 32·(hd+1) + 32·hd)·4 B = 20.6 KB at hd = 64, 82 KB at 256.
+// Shared memory: (16·hd + 2·32·(hd+1))·4 B = 20.7 KB at hd = 64, 82 KB at 256.
 // Work at n = 2048, hd = 64, 9 heads: ~2.4 G FMA per layer (causal half).
 //
 // Varlen (attention_varlen): many sequences packed back to back, token t at
@@ -39,7 +39,51 @@ namespace {
 
 constexpr int kWarps = 4, kRowsPerWarp = 4, kRows = kWarps * kRowsPerWarp, kKeys = 32;
 
-size_t attention_smem(int hd) { return (size_t)(kRows * hd + kKeys * (hd + 1) + kKeys * hd) * sizeof(float); }
+// Element d of packed vector vec (KvPacked): (code − zero)·scale (+ sh[d]), the operations and
+// rounding of kv_store_vec's fp32 output, so the same float.
+__device__ __forceinline__ float kv_unpack(const uint8_t* __restrict__ codes, float2 p, int64_t vec, int d, int hd,
+                                           const float* __restrict__ sh) {
+    const uint8_t byte = codes[vec * kv_packed_bytes(hd) + (d >> 1)];
+    const int c = (d & 1) ? byte >> 4 : byte & 15;
+    const float r = __fmul_rn((float)(c - (int)p.y), p.x);
+    return sh ? __fadd_rn(r, sh[d]) : r;
+}
+
+// Keys [k0, k0 + 32) ∩ [.., kend) of KV head g from the packed cache into sk, sv (rows of ld
+// floats; keys past kend as 0), hd % 8 == 0: one 32-bit word = 8 codes per load. Word w is
+// (key w % 32, word w / 32): a lane per key, so with ld = hd + 1 the 8 stores of a word hit 32
+// different banks across the warp (a lane per word of one key would be 8-way conflicted).
+__device__ __forceinline__ void kv_tile_packed8(const KvPacked& pk, int k0, int kend, int kv_heads, int g, int hd,
+                                                int ld, float* __restrict__ sk, float* __restrict__ sv, int tid,
+                                                int nthreads) {
+    const int wpv = hd >> 3, pb = kv_packed_bytes(hd);
+    const float* sh = pk.k_shift ? pk.k_shift + (size_t)g * hd : nullptr;
+    for (int w = tid; w < 32 * wpv; w += nthreads) {
+        const int j = w & 31, dw = w >> 5, key = k0 + j;
+        float* kd = sk + j * ld + dw * 8;
+        float* vd = sv + j * ld + dw * 8;
+        if (key >= kend) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) kd[e] = 0.0f, vd[e] = 0.0f;
+            continue;
+        }
+        const int64_t vec = (int64_t)key * kv_heads + g;
+        const uint32_t kw = reinterpret_cast<const uint32_t*>(pk.k + vec * pb)[dw];
+        const uint32_t vw = reinterpret_cast<const uint32_t*>(pk.v + vec * pb)[dw];
+        const float2 kp = pk.kp[vec], vp = pk.vp[vec];
+        const int kz = (int)kp.y, vz = (int)vp.y;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {  // kv_unpack's operations, element dw·8 + e
+            const float r = __fmul_rn((float)((int)((kw >> (4 * e)) & 15u) - kz), kp.x);
+            kd[e] = sh ? __fadd_rn(r, sh[dw * 8 + e]) : r;
+            vd[e] = __fmul_rn((float)((int)((vw >> (4 * e)) & 15u) - vz), vp.x);
+        }
+    }
+}
+
+// sk and sv rows padded to hd + 1 floats (conflict-free stores of the packed loader; the
+// reads go across lanes along d either way).
+size_t attention_smem(int hd) { return (size_t)(kRows * hd + 2 * kKeys * (hd + 1)) * sizeof(float); }
 
 template <int DPL>  // output dims per lane: ceil(hd / 32)
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __restrict__ q, const float* __restrict__ kc,
@@ -49,11 +93,11 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
                                                                  const int* __restrict__ kv_rows,
                                                                  const int* __restrict__ blocks, int heads,
                                                                  int kv_heads, int hd, float scale,
-                                                                 float* __restrict__ out) {
+                                                                 float* __restrict__ out, KvPacked pk) {
     extern __shared__ float sm[];
     float* sq = sm;                        // [kRows][hd]
     float* sk = sq + kRows * hd;           // [kKeys][hd + 1]
-    float* sv = sk + kKeys * (hd + 1);     // [kKeys][hd]
+    float* sv = sk + kKeys * (hd + 1);     // [kKeys][hd + 1]
     const int group = heads / kv_heads;
     const int g = blockIdx.y;
     // This block's rows [row0, total_rows): a table entry, or kRows of all n·group rows.
@@ -96,16 +140,26 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
 
     for (int k0 = kstart; k0 < kend; k0 += kKeys) {
         __syncthreads();  // previous tile fully consumed (and sq written on the first pass)
-        for (int i = threadIdx.x; i < kKeys * hd; i += blockDim.x) {
-            const int j = i / hd, d = i - j * hd, key = k0 + j;
-            float kv = 0.0f, vv = 0.0f;
-            if (key < kend) {
-                const size_t off = (size_t)key * kvd + (size_t)g * hd + d;
-                kv = kc[off];
-                vv = vc[off];
+        if (pk.k && (hd & 7) == 0) {  // packed cache (decode v5): the same floats, 8 codes per load
+            kv_tile_packed8(pk, k0, kend, kv_heads, g, hd, hd + 1, sk, sv, threadIdx.x, blockDim.x);
+        } else {
+            for (int i = threadIdx.x; i < kKeys * hd; i += blockDim.x) {
+                const int j = i / hd, d = i - j * hd, key = k0 + j;
+                float kv = 0.0f, vv = 0.0f;
+                if (key < kend) {
+                    if (pk.k) {  // packed, hd % 8 ≠ 0: element by element
+                        const int64_t vec = (int64_t)key * kv_heads + g;
+                        kv = kv_unpack(pk.k, pk.kp[vec], vec, d, hd, pk.k_shift ? pk.k_shift + g * hd : nullptr);
+                        vv = kv_unpack(pk.v, pk.vp[vec], vec, d, hd, nullptr);
+                    } else {
+                        const size_t off = (size_t)key * kvd + (size_t)g * hd + d;
+                        kv = kc[off];
+                        vv = vc[off];
+                    }
+                }
+                sk[j * (hd + 1) + d] = kv;
+                sv[j * (hd + 1) + d] = vv;
             }
-            sk[j * (hd + 1) + d] = kv;
-            sv[j * hd + d] = vv;
         }
         __syncthreads();
         const int key = k0 + lane;
@@ -134,7 +188,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
 #pragma unroll
                 for (int dd = 0; dd < DPL; ++dd) {
                     const int d = lane + 32 * dd;
-                    if (d < hd) o[r][dd] += pj * sv[j * hd + d];
+                    if (d < hd) o[r][dd] += pj * sv[j * (hd + 1) + d];
                 }
             }
             m[r] = mnew;
@@ -158,7 +212,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(const float* __r
 template <int DPL>
 void launch(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev,
             const int* positions, const int* kv_rows, const int* blocks, int n_blocks, int heads, int kv_heads, int hd,
-            float* out, cudaStream_t s) {
+            float* out, cudaStream_t s, const KvPacked& pk) {
     const size_t smem = attention_smem(hd);
     if (smem > 48 * 1024) {
         // Above the default 48 KB a kernel must opt in (hd > 128).
@@ -167,19 +221,20 @@ void launch(const float* q, const float* kc, const float* vc, int n, int pos0, c
     const int group = heads / kv_heads;
     dim3 grid((unsigned)(blocks ? n_blocks : (n * group + kRows - 1) / kRows), (unsigned)kv_heads);
     attention_kernel<DPL><<<grid, kWarps * 32, smem, s>>>(q, kc, vc, n, pos0, pos_dev, positions, kv_rows, blocks,
-                                                          heads, kv_heads, hd, 1.0f / sqrtf((float)hd), out);
+                                                          heads, kv_heads, hd, 1.0f / sqrtf((float)hd), out, pk);
     SQ_CUDA_LAUNCH("attention");
 }
 
 void dispatch(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev,
               const int* positions, const int* kv_rows, const int* blocks, int n_blocks, int heads, int kv_heads,
-              int hd, float* out, cudaStream_t s) {
+              int hd, float* out, cudaStream_t s, const KvPacked& pk) {
     if (n <= 0) return;
+    SQ_CHECK(pk || (kc && vc), "CUDA attention: no KV cache (fp32 or packed)");
     SQ_CHECK(hd >= 1 && hd <= 256, "CUDA attention: head_dim ", hd, " unsupported (1..256)");
     SQ_CHECK(kv_heads > 0 && heads % kv_heads == 0, "CUDA attention: ", heads, " heads not a multiple of ", kv_heads,
              " KV heads");
     auto go = [&](auto fn) {
-        fn(q, kc, vc, n, pos0, pos_dev, positions, kv_rows, blocks, n_blocks, heads, kv_heads, hd, out, s);
+        fn(q, kc, vc, n, pos0, pos_dev, positions, kv_rows, blocks, n_blocks, heads, kv_heads, hd, out, s, pk);
     };
     if (hd <= 32) go(launch<1>);
     else if (hd <= 64) go(launch<2>);
@@ -190,8 +245,8 @@ void dispatch(const float* q, const float* kc, const float* vc, int n, int pos0,
 }  // namespace
 
 void attention(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
-               int kv_heads, int hd, float* out, cudaStream_t s) {
-    dispatch(q, kc, vc, n, pos0, pos_dev, nullptr, nullptr, nullptr, 0, heads, kv_heads, hd, out, s);
+               int kv_heads, int hd, float* out, cudaStream_t s, const KvPacked& pk) {
+    dispatch(q, kc, vc, n, pos0, pos_dev, nullptr, nullptr, nullptr, 0, heads, kv_heads, hd, out, s, pk);
 }
 
 // ---- decode: one query token per sequence, keys split across blocks ----
@@ -347,6 +402,251 @@ __global__ void __launch_bounds__(kMergeThreads) attention_decode_merge_rows(
     }
 }
 
+// ---- decode v5: one kernel, the merge by the last block, optionally over the packed cache ----
+//
+// v4 ran attention_decode_part, then a merge kernel, then act_quant for o's codes: three
+// launches of a few µs each, the last two nearly serial (26 µs per layer eager at 544 keys,
+// docs/perf.md "Decode v4"). v5 is one launch with the same blocks (chunk c of 32 keys of
+// (sequence b, KV head g)) and the same float operations in the same order, so the same
+// bits: scores as the warp-per-key dot (lane-strided FMA chain, then warp_sum), the chunk's
+// softmax by one warp, P·V in key order, the partial (o, m, l) in the v4 layout. Then the
+// block that finishes last (atomic counter per (b, g)) merges that head's partials in split
+// order with the v4 formulas (merge_stats / merge_one: M by fmaxf, L and o as FMA chains
+// over c; the weights e^{m_c−M} are the same expf values, computed once per (head, c)), and
+// the last of the kv_heads mergers of sequence b makes o's codes from the finished row as
+// act_quant does (order-free max/min). The chunk's K/V are staged in shared memory (from the
+// packed cache: 2 × 32 × 64 B + params per block at hd = 128, instead of 2 × 16 KB of fp32).
+// Splits past a sequence's length exit at once: v4's empty partials (m = −FLT_MAX, l = 0,
+// o = 0) add exact zeros to every merge sum (fma(0, 0, x) = x), so leaving them out keeps
+// the bits. Counters go back to zero in the block that consumed them (graph replays).
+// 512 threads (16 warps) per block: at 256 one block per SM issued 0.24 instructions per cycle per
+// scheduler (ncu: latency-bound chains of shuffles, shared and global loads), 29.7 µs per launch at
+// B = 1; the work per block is the same, split over twice the warps (the arithmetic of each value
+// does not depend on which thread computes it, so the bits do not change).
+constexpr int kD5Threads = 512, kD5WCache = 4096;  // (m_c, l_c) cached in smem up to this many floats
+
+template <int DPL, bool kPacked>
+__global__ void __launch_bounds__(kD5Threads) attention_decode_v5(
+    const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc, KvPacked pk,
+    const int* __restrict__ kv_rows, const int* __restrict__ positions, int heads, int kv_heads, int hd, float scale,
+    int splits, bool wcache, float* __restrict__ part, int* __restrict__ counters, float* __restrict__ out, int bits,
+    float clip, uint8_t* __restrict__ q8, float* __restrict__ q_scale, int32_t* __restrict__ q_zero,
+    __nv_bfloat16* __restrict__ ob) {
+    extern __shared__ float sm[];
+    __shared__ int s_last;
+    __shared__ float red[64];
+    pdl_wait();  // q, the cache, rows: earlier kernels' outputs
+    pdl_trigger();
+    const int c = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+    const int group = heads / kv_heads, kvd = kv_heads * hd;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nwarps = kD5Threads / 32;
+    const int lo = kv_rows[b] - positions[b], hi = kv_rows[b] + 1;
+    const int nsplit = (hi - lo + kDecKeys - 1) / kDecKeys;
+    if (c >= nsplit) return;
+    const int k0 = lo + c * kDecKeys, nk = min(kDecKeys, hi - k0), ld = hd + 1;
+    float* sq = sm;                         // [group][hd]
+    float* sk = sq + group * hd;            // [kDecKeys][ld]
+    float* sv = sk + kDecKeys * ld;         // [kDecKeys][ld]
+    float* ss = sv + kDecKeys * ld;         // [group][kDecKeys]: scores, then probabilities
+    float* sml = ss + group * kDecKeys;     // [group][2]: chunk max, sum; then (M, 1/L) of the merge
+    float* sw = sml + 2 * group;            // [group][splits]: m_c, then e^{m_c − M} (wcache)
+    float* sl = sw + group * splits;        // [group][splits]: l_c (wcache)
+    const size_t stride = (size_t)hd + 2;
+
+    for (int i = tid; i < group * hd; i += kD5Threads) sq[i] = q[((size_t)b * heads + (size_t)g * group) * hd + i];
+    if (kPacked && (hd & 7) == 0) {
+        kv_tile_packed8(pk, k0, hi, kv_heads, g, hd, ld, sk, sv, tid, kD5Threads);
+    } else if (kPacked) {
+        const float* sh = pk.k_shift ? pk.k_shift + (size_t)g * hd : nullptr;
+        for (int i = tid; i < nk * hd; i += kD5Threads) {
+            const int j = i / hd, d = i - j * hd;
+            const int64_t vec = (int64_t)(k0 + j) * kv_heads + g;
+            sk[j * ld + d] = kv_unpack(pk.k, pk.kp[vec], vec, d, hd, sh);
+            sv[j * ld + d] = kv_unpack(pk.v, pk.vp[vec], vec, d, hd, nullptr);
+        }
+    } else {
+        for (int i = tid; i < nk * hd; i += kD5Threads) {
+            const int j = i / hd, d = i - j * hd;
+            const size_t off = (size_t)(k0 + j) * kvd + (size_t)g * hd + d;
+            sk[j * ld + d] = kc[off];
+            sv[j * ld + d] = vc[off];
+        }
+    }
+    __syncthreads();
+    // Scores: per key, v4's lane-strided FMA chain and warp_sum for each head, 4 heads at a
+    // time so that their shuffle chains overlap (each sum keeps its own order: same bits).
+    for (int j = warp; j < nk; j += nwarps) {
+        float kr[DPL];
+#pragma unroll
+        for (int dd = 0; dd < DPL; ++dd) {
+            const int d = lane + 32 * dd;
+            kr[dd] = d < hd ? sk[j * ld + d] : 0.0f;
+        }
+        for (int h0 = 0; h0 < group; h0 += 4) {
+            float acc[4];
+#pragma unroll
+            for (int hh = 0; hh < 4; ++hh) {
+                const int h = min(h0 + hh, group - 1);  // past the group: a duplicate, not stored
+                acc[hh] = 0.0f;
+#pragma unroll
+                for (int dd = 0; dd < DPL; ++dd) {
+                    const int d = lane + 32 * dd;
+                    if (d < hd) acc[hh] += sq[h * hd + d] * kr[dd];
+                }
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+                for (int hh = 0; hh < 4; ++hh) acc[hh] += __shfl_xor_sync(0xffffffffu, acc[hh], o);
+            }
+            if (lane == 0) {
+#pragma unroll
+                for (int hh = 0; hh < 4; ++hh)
+                    if (h0 + hh < group) ss[(h0 + hh) * kDecKeys + j] = acc[hh] * scale;
+            }
+        }
+    }
+    __syncthreads();
+    for (int h = warp; h < group; h += nwarps) {
+        const float sv_ = lane < nk ? ss[h * kDecKeys + lane] : -FLT_MAX;
+        const float m = warp_max(sv_);
+        const float p = lane < nk ? expf(sv_ - m) : 0.0f;
+        if (lane < kDecKeys) ss[h * kDecKeys + lane] = p;
+        const float l = warp_sum(p);
+        if (lane == 0) sml[2 * h] = m, sml[2 * h + 1] = l;
+    }
+    __syncthreads();
+    float* out0 = part + (((size_t)b * heads + (size_t)g * group) * splits + c) * stride;  // head h: + h·splits·stride
+    for (int i = tid; i < group * hd; i += kD5Threads) {
+        const int h = i / hd, d = i - h * hd;
+        float o = 0.0f;
+#pragma unroll 8
+        for (int j = 0; j < nk; ++j) o += ss[h * kDecKeys + j] * sv[j * ld + d];
+        out0[h * splits * stride + d] = o;
+        if (d == 0) {
+            out0[h * splits * stride + hd] = sml[2 * h];
+            out0[h * splits * stride + hd + 1] = sml[2 * h + 1];
+        }
+    }
+
+    // The last block of (b, g) to finish merges: every block's partial stores, then a fence,
+    // then the counter; the last one reads the partials from L2 (__ldcg: no stale L1 lines).
+    __threadfence();
+    __syncthreads();
+    int* cnt = counters + (size_t)b * kv_heads + g;
+    if (tid == 0) s_last = atomicAdd(cnt, 1) == nsplit - 1;
+    __syncthreads();
+    if (!s_last) return;
+    if (tid == 0) *cnt = 0;
+    __threadfence();
+    const float* pg = part + ((size_t)b * heads + (size_t)g * group) * splits * stride;
+    if (wcache) {  // every (m_c, l_c) of the group in one round of loads
+        for (int i = tid; i < group * nsplit; i += kD5Threads) {
+            const int h = i / nsplit, cc = i - h * nsplit;
+            const float* p = pg + (size_t)h * splits * stride + (size_t)cc * stride;
+            sw[h * splits + cc] = __ldcg(p + hd);
+            sl[h * splits + cc] = __ldcg(p + hd + 1);
+        }
+        __syncthreads();
+    }
+    for (int h = warp; h < group; h += nwarps) {  // merge_stats, once per head
+        const float* p = pg + (size_t)h * splits * stride;
+        auto m_of = [&](int cc) { return wcache ? sw[h * splits + cc] : __ldcg(p + cc * stride + hd); };
+        float M = -FLT_MAX;
+        for (int cc = lane; cc < nsplit; cc += 32) M = fmaxf(M, m_of(cc));
+        M = warp_max(M);  // fmaxf: order-free
+        __syncwarp();
+        if (wcache)
+            for (int cc = lane; cc < nsplit; cc += 32) sw[h * splits + cc] = expf(sw[h * splits + cc] - M);
+        __syncwarp();
+        if (lane == 0) {
+            float L = 0.0f;
+            for (int cc = 0; cc < nsplit; ++cc)
+                L += (wcache ? sl[h * splits + cc] : __ldcg(p + cc * stride + hd + 1)) *
+                     (wcache ? sw[h * splits + cc] : expf(__ldcg(p + cc * stride + hd) - M));
+            sml[2 * h] = M, sml[2 * h + 1] = 1.0f / L;
+        }
+    }
+    __syncthreads();
+    for (int i = tid; i < group * hd; i += kD5Threads) {  // merge_one: loads 16 splits at a time
+        const int h = i / hd, d = i - h * hd;
+        const float* p = pg + (size_t)h * splits * stride;
+        const float M = sml[2 * h];
+        float o = 0.0f;
+        for (int c0 = 0; c0 < nsplit; c0 += 16) {
+            float pv[16];
+#pragma unroll
+            for (int e = 0; e < 16; ++e) pv[e] = c0 + e < nsplit ? __ldcg(p + (size_t)(c0 + e) * stride + d) : 0.0f;
+#pragma unroll
+            for (int e = 0; e < 16; ++e) {
+                const int cc = c0 + e;
+                if (cc < nsplit)
+                    o += pv[e] * (wcache ? sw[h * splits + cc] : expf(__ldcg(p + (size_t)cc * stride + hd) - M));
+            }
+        }
+        const float val = o * sml[2 * h + 1];
+        const size_t oi = ((size_t)b * heads + (size_t)g * group) * hd + i;
+        out[oi] = val;
+        if (ob) ob[oi] = __float2bfloat16_rn(val);
+    }
+    if (!q8) return;
+    // o's codes: the last of sequence b's kv_heads mergers quantizes the whole row.
+    __threadfence();
+    __syncthreads();
+    int* cnt2 = counters + (size_t)gridDim.z * kv_heads + b;
+    if (tid == 0) s_last = atomicAdd(cnt2, 1) == kv_heads - 1;
+    __syncthreads();
+    if (!s_last) return;
+    if (tid == 0) *cnt2 = 0;
+    __threadfence();
+    const int width = heads * hd;
+    const float* orow = out + (size_t)b * width;
+    const int qmax = (1 << bits) - 1;
+    float mx = 0.0f, mn = 0.0f, sc;
+    int z;
+    constexpr int kV = 16;
+    if (width <= kV * kD5Threads) {  // the row in registers: one round of loads
+        float xv[kV];
+#pragma unroll
+        for (int j = 0; j < kV; ++j) {
+            const int i = tid + j * kD5Threads;
+            xv[j] = i < width ? __ldcg(orow + i) : 0.0f;
+            if (i < width) mx = ref_max(mx, xv[j]), mn = ref_min(mn, xv[j]);
+        }
+        block_row_params(mx, mn, red, bits, clip, &q_scale[b], &q_zero[b], &sc, &z);
+#pragma unroll
+        for (int j = 0; j < kV; ++j) {
+            const int i = tid + j * kD5Threads;
+            if (i < width) q8[(size_t)b * width + i] = (uint8_t)quant_one(xv[j], sc, z, qmax);
+        }
+        return;
+    }
+    for (int i = tid; i < width; i += kD5Threads) {
+        const float v = __ldcg(orow + i);
+        mx = ref_max(mx, v);
+        mn = ref_min(mn, v);
+    }
+    block_row_params(mx, mn, red, bits, clip, &q_scale[b], &q_zero[b], &sc, &z);
+    for (int i = tid; i < width; i += kD5Threads) q8[(size_t)b * width + i] = (uint8_t)quant_one(__ldcg(orow + i), sc, z, qmax);
+}
+
+template <int DPL, bool kPacked>
+void launch_v5(const float* q, const float* kc, const float* vc, const KvPacked& pk, int n, const int* kv_rows,
+               const int* positions, int heads, int kv_heads, int hd, int splits, float* part, int* counters,
+               float* out, const RowQuant& o, cudaStream_t s) {
+    const int group = heads / kv_heads;
+    const bool wcache = 2 * (size_t)group * splits <= (size_t)kD5WCache;
+    const size_t smem = (size_t)(group * hd + 2 * kDecKeys * (hd + 1) + group * kDecKeys + 2 * group +
+                                 (wcache ? 2 * group * splits : 0)) * sizeof(float);
+    if (smem > 48 * 1024)  // above the default 48 KB a kernel must opt in (large hd or group)
+        SQ_CUDA(cudaFuncSetAttribute(attention_decode_v5<DPL, kPacked>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int)smem));
+    launch_pdl("attention_decode_v5", attention_decode_v5<DPL, kPacked>,
+               dim3((unsigned)splits, (unsigned)kv_heads, (unsigned)n), dim3(kD5Threads), smem, s, q, kc, vc, pk,
+               kv_rows, positions, heads, kv_heads, hd, 1.0f / sqrtf((float)hd), splits, wcache, part, counters, out,
+               o.bits, o.clip, o.q8, o.scale, o.zero, reinterpret_cast<__nv_bfloat16*>(o.bf16));
+}
+
 }  // namespace
 
 size_t attention_decode_scratch(int n, int heads, int hd, int max_keys) {
@@ -354,15 +654,30 @@ size_t attention_decode_scratch(int n, int heads, int hd, int max_keys) {
     return (size_t)n * heads * splits * ((size_t)hd + 2);
 }
 
+size_t attention_decode_counters(int n, int kv_heads) { return (size_t)n * kv_heads + (size_t)n; }
+
 void attention_decode(const float* q, const float* kc, const float* vc, int n, const int* kv_rows, const int* positions,
                       int heads, int kv_heads, int hd, int max_keys, float* part, float* out, cudaStream_t s,
-                      const RowQuant& o) {
+                      const RowQuant& o, int* counters, const KvPacked& pk) {
     if (n <= 0) return;
     SQ_CHECK(kv_rows && positions && part, "CUDA attention_decode: no rows, positions or scratch");
     SQ_CHECK(hd >= 1 && hd <= 256 && max_keys >= 1, "CUDA attention_decode: head_dim ", hd, ", max_keys ", max_keys);
     SQ_CHECK(kv_heads > 0 && heads % kv_heads == 0 && heads / kv_heads <= kDecMaxGroup, "CUDA attention_decode: ",
              heads, " heads over ", kv_heads, " KV heads (group ≤ ", kDecMaxGroup, ")");
     const int group = heads / kv_heads, splits = (max_keys + kDecKeys - 1) / kDecKeys;
+    if (counters) {  // v5: one kernel (see attention_decode_v5)
+        SQ_CHECK(!o.q8 || (o.scale && o.zero && o.bits >= 1 && o.bits <= 8),
+                 "CUDA attention_decode: codes need scale, zero and 1..8 bits (", o.bits, ")");
+        SQ_CHECK(pk || (kc && vc), "CUDA attention_decode: no KV cache (fp32 or packed)");
+        auto go = [&](auto fn) { fn(q, kc, vc, pk, n, kv_rows, positions, heads, kv_heads, hd, splits, part, counters, out, o, s); };
+        const bool pkd = (bool)pk;
+        if (hd <= 32) pkd ? go(launch_v5<1, true>) : go(launch_v5<1, false>);
+        else if (hd <= 64) pkd ? go(launch_v5<2, true>) : go(launch_v5<2, false>);
+        else if (hd <= 128) pkd ? go(launch_v5<4, true>) : go(launch_v5<4, false>);
+        else pkd ? go(launch_v5<8, true>) : go(launch_v5<8, false>);
+        return;
+    }
+    SQ_CHECK(!pk, "CUDA attention_decode: the packed KV cache needs the v5 kernel (counters)");
     const size_t smem = (size_t)(group * hd + group * kDecKeys + 2 * group) * sizeof(float);  // ≤ 18.6 KB
     launch_pdl("attention_decode_part", attention_decode_part,
                dim3((unsigned)splits, (unsigned)kv_heads, (unsigned)n), dim3(kDecThreads), smem, s, q, kc, vc, kv_rows,
@@ -396,17 +711,18 @@ std::vector<int> attention_blocks(const std::vector<int>& seq_lens, int group) {
 }
 
 void attention_varlen(const float* q, const float* kc, const float* vc, int n, const int* positions, int heads,
-                      int kv_heads, int hd, float* out, cudaStream_t s, const int* blocks, int n_blocks) {
+                      int kv_heads, int hd, float* out, cudaStream_t s, const int* blocks, int n_blocks,
+                      const KvPacked& pk) {
     SQ_CHECK(positions, "CUDA attention_varlen: no positions");
     SQ_CHECK(!blocks || n_blocks > 0, "CUDA attention_varlen: empty block table");
-    dispatch(q, kc, vc, n, 0, nullptr, positions, nullptr, blocks, n_blocks, heads, kv_heads, hd, out, s);
+    dispatch(q, kc, vc, n, 0, nullptr, positions, nullptr, blocks, n_blocks, heads, kv_heads, hd, out, s, pk);
 }
 
 void attention_rows(const float* q, const float* kc, const float* vc, int n, const int* kv_rows, const int* positions,
                     int heads, int kv_heads, int hd, float* out, cudaStream_t s, const int* blocks, int n_blocks) {
     SQ_CHECK(kv_rows && positions, "CUDA attention_rows: no rows or positions");
     SQ_CHECK(!blocks || n_blocks > 0, "CUDA attention_rows: empty block table");
-    dispatch(q, kc, vc, n, 0, nullptr, positions, kv_rows, blocks, n_blocks, heads, kv_heads, hd, out, s);
+    dispatch(q, kc, vc, n, 0, nullptr, positions, kv_rows, blocks, n_blocks, heads, kv_heads, hd, out, s, KvPacked{});
 }
 
 }  // namespace sq::cuda

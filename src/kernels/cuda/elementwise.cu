@@ -215,6 +215,81 @@ __global__ void __launch_bounds__(1024) silu_mul_rows_kernel(const float* __rest
     }
 }
 
+// Decode v5: one row over C = ceil(ff / 2048) blocks of 256 threads, 8 elements per thread
+// (the one-block kernel put 14336 SiLUs, each an expf and an IEEE division, on one SM: ~10 µs
+// at B = 1). act and bf16 are element-wise (same bits); the codes need the row's max/min:
+// each block publishes its (max, min), then waits until all C blocks of the row have (an
+// arrival counter), and every block derives the same (s, z) from the C partials (order-free
+// max/min, so the bits of act_quant) and quantizes its own elements. The wait cannot
+// deadlock: a block spins only after pdl_trigger, the next kernel starts only once every
+// block of this grid has triggered (so all are resident), and the grid is small (≤ 8 rows
+// × C blocks). The last block to leave puts both counters back to zero.
+constexpr int kSplitThreads = 256, kSplitV = 8, kSplitCols = kSplitThreads * kSplitV;
+__global__ void __launch_bounds__(kSplitThreads) silu_mul_split_kernel(
+    const float* __restrict__ g, const float* __restrict__ u, int64_t ld, int ff, float* __restrict__ act, int bits,
+    float clip, uint8_t* __restrict__ q8, float* __restrict__ q_scale, int32_t* __restrict__ q_zero,
+    __nv_bfloat16* __restrict__ ab, float2* __restrict__ part, int* __restrict__ cnt) {
+    __shared__ float red[64];
+    __shared__ float s_sh;
+    __shared__ int z_sh;
+    pdl_wait();
+    pdl_trigger();
+    const int c = blockIdx.x, C = gridDim.x, tid = threadIdx.x;
+    const int64_t t = blockIdx.y;
+    const int i0 = c * kSplitCols;
+    const float *gr = g + t * ld, *ur = u + t * ld;
+    float gv[kSplitV], uv[kSplitV];
+#pragma unroll
+    for (int j = 0; j < kSplitV; ++j) {
+        const int i = i0 + tid + j * kSplitThreads;
+        gv[j] = i < ff ? gr[i] : 0.0f;
+        uv[j] = i < ff ? ur[i] : 0.0f;
+    }
+    float mx = 0.0f, mn = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kSplitV; ++j) {
+        const int i = i0 + tid + j * kSplitThreads;
+        if (i >= ff) continue;
+        const float v = silu_mul_one(gv[j], uv[j]);
+        gv[j] = v;
+        act[t * ff + i] = v;
+        mx = ref_max(mx, v);
+        mn = ref_min(mn, v);
+        if (ab) ab[t * ff + i] = __float2bfloat16_rn(v);
+    }
+    if (!q8) return;
+    block_range(mx, mn, red);
+    if (tid == 0) {
+        int* arrive = cnt + 2 * t;
+        int* depart = arrive + 1;
+        part[t * C + c] = make_float2(mx, mn);
+        __threadfence();
+        atomicAdd(arrive, 1);
+        while (*(volatile int*)arrive < C) __nanosleep(32);
+        __threadfence();
+        float a = 0.0f, b = 0.0f;
+        for (int k = 0; k < C; ++k) {
+            const float2 p = __ldcg(part + t * C + k);
+            a = ref_max(a, p.x);
+            b = ref_min(b, p.y);
+        }
+        float sc;
+        int z;
+        asym_params(a, b, bits, clip, &sc, &z);
+        s_sh = sc, z_sh = z;
+        if (c == 0) q_scale[t] = sc, q_zero[t] = z;
+        if (atomicAdd(depart, 1) == C - 1) *arrive = 0, *depart = 0;  // every block is past its wait
+    }
+    __syncthreads();
+    const float sc = s_sh;
+    const int z = z_sh, qmax = (1 << bits) - 1;
+#pragma unroll
+    for (int j = 0; j < kSplitV; ++j) {
+        const int i = i0 + tid + j * kSplitThreads;
+        if (i < ff) q8[t * ff + i] = (uint8_t)quant_one(gv[j], sc, z, qmax);
+    }
+}
+
 __global__ void add_bias_kernel(float* __restrict__ y, const float* __restrict__ add, const float* __restrict__ bias,
                                 int64_t count, int m) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -271,12 +346,22 @@ void add_rmsnorm_quant(float* h, const float* add, const float* w, int n, int d,
     launch_rmsnorm(h, add, w, n, d, eps, y, o, "add_rmsnorm", s);
 }
 
+size_t row_split_part(int n, int width) { return (size_t)n * ((width + kSplitCols - 1) / kSplitCols); }
+size_t row_split_cnt(int n) { return 2 * (size_t)n; }
+
 void silu_mul_rows(const float* g, const float* u, int64_t ld, int n, int ff, float* act, const RowQuant& o,
-                   cudaStream_t s) {
+                   cudaStream_t s, const RowSync& sync) {
     if (n <= 0 || ff <= 0) return;
     SQ_CHECK(ld >= ff, "CUDA silu_mul_rows: row stride ", ld, " < width ", ff);
     SQ_CHECK(!o.q8 || (o.scale && o.zero && o.bits >= 1 && o.bits <= 8), "CUDA silu_mul_rows: codes need scale, "
              "zero and 1..8 bits (", o.bits, ")");
+    if (!o.plain && n <= kRowSplitMaxRows && ff >= kSplitCols && sync.part && sync.cnt) {
+        const int C = (ff + kSplitCols - 1) / kSplitCols;
+        launch_pdl("silu_mul_split", silu_mul_split_kernel, dim3((unsigned)C, (unsigned)n), dim3(kSplitThreads), 0, s,
+                   g, u, ld, ff, act, o.bits, o.clip, o.q8, o.scale, o.zero, reinterpret_cast<__nv_bfloat16*>(o.bf16),
+                   sync.part, sync.cnt);
+        return;
+    }
     // Few wide rows (decode): 1024 threads per row (14336 wide: 14 elements per thread).
     const int threads = n < 64 && ff >= 2048 ? 1024 : 256;
     // Registers per thread: the fewest V that hold the row (≤ 64 registers at 1024 threads).

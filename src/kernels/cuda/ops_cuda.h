@@ -42,15 +42,56 @@ struct RowQuant {
     bool plain = false;  // tests: the plain one-element-at-a-time loop instead of the register-cached kernel
 };
 
+// Packed KV cache (decode v5, kv_bits ≤ 4; docs/kernels-cuda-notes.md "Decode v5"): each
+// (token, KV head) vector of hd elements as its codes, two per byte (element i in byte i/2,
+// the low nibble for even i), [rows][kv_heads][kv_packed_bytes(hd)], and (scale, zero) as
+// float2 [rows][kv_heads] (zero ≤ 15, exact in a float), for keys and values. An element is
+// (code − zero)·scale, plus k_shift[head][i] for keys: the very float kv_store writes into the
+// fp32 cache (same rounded operations), so every reader sees the fake-quantized cache's bits.
+// 72 bytes per vector at hd = 128 instead of 512. Writers take the shift separately (their
+// argument k_shift); readers read it from here. A null k means "no packed cache".
+struct KvPacked {
+    uint8_t* k = nullptr;
+    uint8_t* v = nullptr;
+    float2* kp = nullptr;
+    float2* vp = nullptr;
+    const float* k_shift = nullptr;  // [kv_heads][hd] or null (readers)
+    explicit operator bool() const { return k != nullptr; }
+};
+__host__ __device__ inline int kv_packed_bytes(int hd) { return (hd + 1) / 2; }
+// The view of `p` from cache row `row` on (a layer's or a sequence's region).
+inline KvPacked kv_packed_at(const KvPacked& p, int64_t row, int kv_heads, int hd) {
+    if (!p) return p;
+    KvPacked r = p;
+    const int64_t vec = row * kv_heads;
+    r.k += vec * kv_packed_bytes(hd), r.v += vec * kv_packed_bytes(hd), r.kp += vec, r.vp += vec;
+    return r;
+}
+// Random codes and plausible (scale, zero) for `vectors` vectors of each of k and v (bench fills).
+void kv_packed_fill_random(const KvPacked& p, int64_t vectors, int hd, uint64_t seed, cudaStream_t s);
+
 // add_rmsnorm (add may be null: rmsnorm of h in place of x) with the fp32 output y always
 // written (same bits whatever o asks) and o's codes / bf16 copy of y.
 void add_rmsnorm_quant(float* h, const float* add, const float* w, int n, int d, float eps, float* y,
                        const RowQuant& o, cudaStream_t s);
 
+// Scratch of the row kernels split over several blocks per row (decode v5): part
+// (row_split_part floats2), cnt (row_split_cnt ints, zero before the first call; each call
+// leaves them zero).
+struct RowSync {
+    float2* part = nullptr;
+    int* cnt = nullptr;
+};
+constexpr int kRowSplitMaxRows = 8;  // rows of a call that may take the split kernel
+size_t row_split_part(int n, int width);
+size_t row_split_cnt(int n);
+
 // act[t, :] = silu(g[t, :]) ⊙ u[t, :] for g, u with row stride ld (the fused [gate | up]
 // output: u = g + ff, ld = 2·ff), act [n, ff] (same bits as silu_mul), plus o's codes / bf16 of act.
+// sync (decode v5): at most kRowSplitMaxRows rows of ff ≥ 2048 run over ceil(ff / 2048) blocks per
+// row, which meet on the row's max/min through sync (same act, codes and bits; see the kernel).
 void silu_mul_rows(const float* g, const float* u, int64_t ld, int n, int ff, float* act, const RowQuant& o,
-                   cudaStream_t s);
+                   cudaStream_t s, const RowSync& sync = RowSync{});
 
 // RoPE + KV store in one launch (decode fusion): q, k, v [n, *, hd] with row strides
 // ldq, ldk, ldv (the fused q|k|v output); q_out [n, heads, hd] = rope(q) (same bits as rope());
@@ -61,7 +102,7 @@ void silu_mul_rows(const float* g, const float* u, int64_t ld, int n, int ff, fl
 void rope_kv_store(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv, int n,
                    int heads, int kv_heads, int hd, int pos0, const int* pos_dev, const int* positions,
                    const int* rows, const float* inv_freq, int bits, float clip, float* q_out, float* kc, float* vc,
-                   cudaStream_t s, const float* k_shift = nullptr);
+                   cudaStream_t s, const float* k_shift = nullptr, const KvPacked& pk = KvPacked{});
 
 // In-place rotate-half RoPE on x [n, heads, hd]; token t at position pos0 (+ *pos_dev) + t;
 // inv_freq [hd/2] (device).
@@ -78,19 +119,23 @@ void rope_varlen(float* x, int n, int heads, int hd, const int* positions, const
 // from position (pos_dev ? *pos_dev : 0) on; bits < 16 fake-quantizes every
 // (token, head) vector first: fake_quant_asym_ref semantics, bit-exact; the
 // keys around k_shift [kv_heads, hd] (device) when given: kv_fake_quant_ref.
+// pk (bits ≤ 4): the codes and (scale, zero) written to the packed cache too, at the same rows
+// (KvPacked); kc / vc may then be null (no fp32 cache). Same for kv_store_rows, rope_kv_store.
 void kv_store(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
-              float* vc, const int* pos_dev, cudaStream_t s, const float* k_shift = nullptr);
+              float* vc, const int* pos_dev, cudaStream_t s, const float* k_shift = nullptr,
+              const KvPacked& pk = KvPacked{});
 
 // kv_store with token t written at cache row rows[t] (device; batched decode,
 // each sequence in its own cache region).
 void kv_store_rows(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
-                   float* vc, const int* rows, cudaStream_t s, const float* k_shift = nullptr);
+                   float* vc, const int* rows, cudaStream_t s, const float* k_shift = nullptr,
+                   const KvPacked& pk = KvPacked{});
 
 // Causal GQA attention of n queries at positions p.. (p = pos0 + *pos_dev)
 // over cache rows 0..p+n-1: q [n, heads, hd], kc/vc [pos, kv_heads, hd],
-// out [n, heads, hd]. hd ≤ 256.
+// out [n, heads, hd]. hd ≤ 256. pk: read the packed cache instead of kc / vc (same values).
 void attention(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
-               int kv_heads, int hd, float* out, cudaStream_t s);
+               int kv_heads, int hd, float* out, cudaStream_t s, const KvPacked& pk = KvPacked{});
 
 // Block-diagonal causal attention over packed sequences: query t attends to
 // cache rows [t − positions[t], t] (its own sequence, written at rows 0..n−1
@@ -102,7 +147,7 @@ void attention(const float* q, const float* kc, const float* vc, int n, int pos0
 // blocks of 16 rows may straddle sequences (float rounding differs there).
 void attention_varlen(const float* q, const float* kc, const float* vc, int n, const int* positions, int heads,
                       int kv_heads, int hd, float* out, cudaStream_t s, const int* blocks = nullptr,
-                      int n_blocks = 0);
+                      int n_blocks = 0, const KvPacked& pk = KvPacked{});
 
 // Batched decode over per-sequence cache regions: query t's own K/V is at
 // cache row kv_rows[t] and its keys are rows [kv_rows[t] − positions[t],
@@ -122,9 +167,16 @@ void attention_rows(const float* q, const float* kc, const float* vc, int n, con
 size_t attention_decode_scratch(int n, int heads, int hd, int max_keys);
 // o (decode v4): also the o projection's input codes / bf16 copy of out (RowQuant), made by
 // the merge kernel itself (one block per sequence) in the same pass; same bits as without.
+// counters (decode v5): one kernel instead of two: the last block of each (sequence, KV
+// head) to finish (an atomic counter) merges that head, and the last head of a sequence
+// makes o's codes; same chunks and float operations in the same order as the v4 kernels,
+// hence the same output bits (CudaKernels.DecodeAttentionV5IsBitIdentical). counters:
+// attention_decode_counters(n, kv_heads) ints, zero before the first call (each call
+// leaves them zero). pk (v5 only): keys and values from the packed cache.
+size_t attention_decode_counters(int n, int kv_heads);
 void attention_decode(const float* q, const float* kc, const float* vc, int n, const int* kv_rows, const int* positions,
                       int heads, int kv_heads, int hd, int max_keys, float* part, float* out, cudaStream_t s,
-                      const RowQuant& o = RowQuant{});
+                      const RowQuant& o = RowQuant{}, int* counters = nullptr, const KvPacked& pk = KvPacked{});
 
 // The block table of attention_varlen (host side) for sequences of
 // seq_lens[i] tokens and `group` query heads per KV head: row0, row end, ...

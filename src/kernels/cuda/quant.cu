@@ -116,9 +116,11 @@ __global__ void epilogue_kernel(const float* __restrict__ acc_f, const int32_t* 
 }
 
 // One warp stores one (token, KV head) vector of hd elements: fake_quant_asym_ref (bits < 16) or a copy;
-// around sh [hd] when given (kv_fake_quant_ref: subtract, fake-quantize, add back).
+// around sh [hd] when given (kv_fake_quant_ref: subtract, fake-quantize, add back). dst may be null
+// (packed cache only); codes / par (bits ≤ 4): the packed vector (KvPacked) of the same quantizer.
 __device__ __forceinline__ void kv_store_vec(const float* __restrict__ src, float* __restrict__ dst, int hd, int bits,
-                                             float clip, int lane, const float* __restrict__ sh = nullptr) {
+                                             float clip, int lane, const float* __restrict__ sh = nullptr,
+                                             uint8_t* __restrict__ codes = nullptr, float2* __restrict__ par = nullptr) {
     if (bits >= 16) {
         for (int i = lane; i < hd; i += 32) dst[i] = src[i];
         return;
@@ -137,10 +139,21 @@ __device__ __forceinline__ void kv_store_vec(const float* __restrict__ src, floa
     float s;
     int z;
     asym_params(mx, mn, bits, clip, &s, &z);
-    for (int i = lane; i < hd; i += 32) {
-        const float r = __fmul_rn((float)(quant_one(at(i), s, z, qmax) - z), s);
-        dst[i] = sh ? __fadd_rn(r, sh[i]) : r;
+    // Warp-uniform trip count (base), so the whole warp is in the shuffle: element i + 1 of an
+    // even i sits in lane + 1 of the same pass (32 is even).
+    for (int base = 0; base < hd; base += 32) {
+        const int i = base + lane;
+        const int q = i < hd ? quant_one(at(i), s, z, qmax) : 0;
+        if (dst && i < hd) {
+            const float r = __fmul_rn((float)(q - z), s);
+            dst[i] = sh ? __fadd_rn(r, sh[i]) : r;
+        }
+        if (codes) {
+            const int qn = __shfl_down_sync(0xffffffffu, q, 1);
+            if (!(lane & 1) && i < hd) codes[i >> 1] = (uint8_t)(q | (i + 1 < hd ? qn << 4 : 0));
+        }
     }
+    if (par && lane == 0) *par = make_float2(s, (float)z);
 }
 
 // One warp per (token, KV head) vector of hd elements: fake_quant_asym_ref on
@@ -149,16 +162,32 @@ __device__ __forceinline__ void kv_store_vec(const float* __restrict__ src, floa
 __global__ void kv_store_kernel(const float* __restrict__ k, const float* __restrict__ v, int64_t vectors,
                                 int kv_heads, int hd, int bits, float clip, float* __restrict__ kc,
                                 float* __restrict__ vc, const int* __restrict__ pos_dev,
-                                const int* __restrict__ rows, const float* __restrict__ k_shift) {
+                                const int* __restrict__ rows, const float* __restrict__ k_shift, KvPacked pk) {
     const int64_t vec = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (vec >= vectors) return;
     const int lane = threadIdx.x & 31;
     // rows: token t's cache row is rows[t] (batched decode); else pos (+ t).
     const int64_t base = rows ? (int64_t)rows[vec / kv_heads] * kv_heads + vec % kv_heads
                               : (pos_dev ? (int64_t)*pos_dev * kv_heads : 0) + vec;
-    kv_store_vec(k + vec * hd, kc + base * hd, hd, bits, clip, lane,
-                 k_shift ? k_shift + (vec % kv_heads) * hd : nullptr);
-    kv_store_vec(v + vec * hd, vc + base * hd, hd, bits, clip, lane);
+    const int64_t pb = (int64_t)kv_packed_bytes(hd);
+    kv_store_vec(k + vec * hd, kc ? kc + base * hd : nullptr, hd, bits, clip, lane,
+                 k_shift ? k_shift + (vec % kv_heads) * hd : nullptr, pk.k ? pk.k + base * pb : nullptr,
+                 pk.k ? pk.kp + base : nullptr);
+    kv_store_vec(v + vec * hd, vc ? vc + base * hd : nullptr, hd, bits, clip, lane, nullptr,
+                 pk.k ? pk.v + base * pb : nullptr, pk.k ? pk.vp + base : nullptr);
+}
+
+// Bench fills of the packed cache: random codes, scale 2/15 and zero 8 (values in [−1.07, 0.93]).
+__global__ void kv_packed_fill_kernel(KvPacked p, int64_t vectors, int64_t bytes, uint64_t seed) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < bytes; i += (int64_t)gridDim.x * blockDim.x) {
+        uint64_t h = (seed + (uint64_t)i) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
+        h *= 0xBF58476D1CE4E5B9ull;
+        h ^= h >> 32;
+        p.k[i] = (uint8_t)h;
+        p.v[i] = (uint8_t)(h >> 8);
+        if (i < vectors) p.kp[i] = p.vp[i] = make_float2(2.0f / 15.0f, 8.0f);
+    }
 }
 
 // One warp per (token, head) of the heads + kv_heads heads: query heads are rotated into
@@ -169,14 +198,14 @@ __global__ void __launch_bounds__(kRopeKvWarps * 32) rope_kv_kernel(
     int64_t ldv, int n, int heads, int kv_heads, int hd, int pos0, const int* __restrict__ pos_dev,
     const int* __restrict__ positions, const int* __restrict__ rows, const float* __restrict__ inv_freq, int bits,
     float clip, float* __restrict__ q_out, float* __restrict__ kc, float* __restrict__ vc,
-    const float* __restrict__ k_shift) {
+    const float* __restrict__ k_shift, KvPacked pk) {
     extern __shared__ float rk[];  // [kRopeKvWarps][hd]
     pdl_wait();
     pdl_trigger();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nh = heads + kv_heads;
-    const int64_t vec = (int64_t)blockIdx.x * kRopeKvWarps + warp;
-    if (vec >= (int64_t)n * nh) return;
-    const int t = (int)(vec / nh), h = (int)(vec % nh), half = hd / 2;
+    const int64_t wv = (int64_t)blockIdx.x * kRopeKvWarps + warp;
+    if (wv >= (int64_t)n * nh) return;
+    const int t = (int)(wv / nh), h = (int)(wv % nh), half = hd / 2;
     const int p = positions ? positions[t] : pos0 + (pos_dev ? *pos_dev : 0) + t;
     const bool is_q = h < heads;
     const float* src = is_q ? q + t * ldq + (int64_t)h * hd : k + t * ldk + (int64_t)(h - heads) * hd;
@@ -187,8 +216,11 @@ __global__ void __launch_bounds__(kRopeKvWarps * 32) rope_kv_kernel(
     __syncwarp();
     const int j = h - heads;
     const int64_t row = rows ? rows[t] : (positions ? t : pos0 + (pos_dev ? *pos_dev : 0) + t);
-    kv_store_vec(dst, kc + (row * kv_heads + j) * hd, hd, bits, clip, lane, k_shift ? k_shift + j * hd : nullptr);
-    kv_store_vec(v + t * ldv + (int64_t)j * hd, vc + (row * kv_heads + j) * hd, hd, bits, clip, lane);
+    const int64_t vec = row * kv_heads + j, pb = (int64_t)kv_packed_bytes(hd);
+    kv_store_vec(dst, kc ? kc + vec * hd : nullptr, hd, bits, clip, lane, k_shift ? k_shift + j * hd : nullptr,
+                 pk.k ? pk.k + vec * pb : nullptr, pk.k ? pk.kp + vec : nullptr);
+    kv_store_vec(v + t * ldv + (int64_t)j * hd, vc ? vc + vec * hd : nullptr, hd, bits, clip, lane, nullptr,
+                 pk.k ? pk.v + vec * pb : nullptr, pk.k ? pk.vp + vec : nullptr);
 }
 
 unsigned blocks_for(int64_t count, int threads) { return (unsigned)((count + threads - 1) / threads); }
@@ -222,29 +254,48 @@ void w4a4_epilogue(const float* acc_f, const int32_t* acc_i, int n, int m, const
     SQ_CUDA_LAUNCH("w4a4_epilogue");
 }
 
+namespace {
+void check_kv_dest(const char* what, const float* kc, const float* vc, int bits, const KvPacked& pk) {
+    SQ_CHECK(!pk || (bits <= 4 && pk.v && pk.kp && pk.vp), "CUDA ", what, ": a packed KV cache needs bits ≤ 4 (got ",
+             bits, ") and all four of its arrays");
+    SQ_CHECK((kc && vc) || (pk && !kc && !vc), "CUDA ", what, ": no KV cache to write (fp32 k/v, or packed alone)");
+}
+}  // namespace
+
 void kv_store(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
-              float* vc, const int* pos_dev, cudaStream_t s, const float* k_shift) {
+              float* vc, const int* pos_dev, cudaStream_t s, const float* k_shift, const KvPacked& pk) {
+    check_kv_dest("kv_store", kc, vc, bits, pk);
     const int64_t vectors = (int64_t)n * kv_heads;
     if (vectors <= 0) return;
     kv_store_kernel<<<blocks_for(vectors, 8), 256, 0, s>>>(k, v, vectors, kv_heads, hd, bits, clip, kc, vc, pos_dev,
-                                                           nullptr, k_shift);
+                                                           nullptr, k_shift, pk);
     SQ_CUDA_LAUNCH("kv_store");
 }
 
 void kv_store_rows(const float* k, const float* v, int n, int kv_heads, int hd, int bits, float clip, float* kc,
-                   float* vc, const int* rows, cudaStream_t s, const float* k_shift) {
+                   float* vc, const int* rows, cudaStream_t s, const float* k_shift, const KvPacked& pk) {
     SQ_CHECK(rows, "CUDA kv_store_rows: no rows");
+    check_kv_dest("kv_store_rows", kc, vc, bits, pk);
     const int64_t vectors = (int64_t)n * kv_heads;
     if (vectors <= 0) return;
     kv_store_kernel<<<blocks_for(vectors, 8), 256, 0, s>>>(k, v, vectors, kv_heads, hd, bits, clip, kc, vc, nullptr,
-                                                           rows, k_shift);
+                                                           rows, k_shift, pk);
     SQ_CUDA_LAUNCH("kv_store_rows");
+}
+
+void kv_packed_fill_random(const KvPacked& p, int64_t vectors, int hd, uint64_t seed, cudaStream_t s) {
+    SQ_CHECK(p && p.v && p.kp && p.vp, "CUDA kv_packed_fill_random: incomplete packed cache");
+    const int64_t bytes = vectors * kv_packed_bytes(hd);
+    if (bytes <= 0) return;
+    kv_packed_fill_kernel<<<1024, 256, 0, s>>>(p, vectors, bytes, seed);
+    SQ_CUDA_LAUNCH("kv_packed_fill_random");
 }
 
 void rope_kv_store(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv, int n,
                    int heads, int kv_heads, int hd, int pos0, const int* pos_dev, const int* positions,
                    const int* rows, const float* inv_freq, int bits, float clip, float* q_out, float* kc, float* vc,
-                   cudaStream_t s, const float* k_shift) {
+                   cudaStream_t s, const float* k_shift, const KvPacked& pk) {
+    check_kv_dest("rope_kv_store", kc, vc, bits, pk);
     if (n <= 0) return;
     SQ_CHECK(hd >= 1 && hd <= 1024 && heads >= 0 && kv_heads >= 1, "CUDA rope_kv_store: heads ", heads, ", kv_heads ",
              kv_heads, ", head_dim ", hd);
@@ -255,7 +306,7 @@ void rope_kv_store(const float* q, int64_t ldq, const float* k, int64_t ldk, con
     const size_t smem = (size_t)kRopeKvWarps * hd * sizeof(float);
     launch_pdl("rope_kv_store", rope_kv_kernel, dim3(blocks_for(vectors, kRopeKvWarps)), dim3(kRopeKvWarps * 32), smem,
                s, q, ldq, k, ldk, v, ldv, n, heads, kv_heads, hd, pos0, pos_dev, positions, rows, inv_freq, bits, clip,
-               q_out, kc, vc, k_shift);
+               q_out, kc, vc, k_shift, pk);
 }
 
 }  // namespace sq::cuda
