@@ -393,20 +393,6 @@ ModelWeights hand_quantized(const std::string& name, int a_bits, bool kv4, bool 
     return w;
 }
 
-// Float rounding differs between the backends (reduction orders), so an
-// activation at a rounding boundary can land one 4-bit step apart; over the
-// tiny models this stays far under 1e-3 of the logits' range.
-TEST(CudaModel, HandQuantizedW4A4MatchesCpu) {
-    SKIP_WITHOUT_GPU();
-    std::mt19937 rng(test_seed() + 4);
-    Model a(hand_quantized("tiny_llama", 4, true, true, rng));
-    compare_gpu_cpu(a, some_tokens(a.config().vocab, 33, test_seed() + 5), 1e-3, "tiny_llama W4A4KV4 rot+spec+had");
-    Model b(hand_quantized("tiny_qwen2", 8, false, false, rng));
-    compare_gpu_cpu(b, some_tokens(b.config().vocab, 33, test_seed() + 6), 1e-3, "tiny_qwen2 W4A8 bias+spec+had");
-    Model c(hand_quantized("tiny_llama_spm", 16, true, false, rng));
-    compare_gpu_cpu(c, some_tokens(c.config().vocab, 33, test_seed() + 7), 1e-4, "tiny_llama_spm W4A16KV4");
-}
-
 // ---- flip-aware comparison of a quantized model (CPU vs GPU)
 //
 // The two backends' float inputs to a quantizer differ by float rounding
@@ -537,6 +523,38 @@ int compare_flip_aware(ModelWeights w, const std::vector<int>& toks, double tol,
                 "(tol %.0e); from it on: worst %.2e, %d rows over tol\n",
                 what.c_str(), ties, t_star, n, worst, worst_dec, tol, worst_after, over_after);
     return t_star;
+}
+
+// Hand-quantized models (RTN weights, spectral ranks, online Hadamard, bias,
+// KV4 with the qk rotation) on both backends. A plain float bar over every row
+// was flaky: with some seeds one activation lies within float rounding of a
+// 4-bit boundary, the backends pick neighbouring codes, and every later token
+// moves by a whole step (seed 3060848257: 7.6e-2). So the comparison is
+// flip-aware, as PipelineQuantizedMatchesCpu: rows before the first near-tie
+// token are held to the bar; fresh models and tokens until 32 rows per case were.
+TEST(CudaModel, HandQuantizedW4A4MatchesCpu) {
+    SKIP_WITHOUT_GPU();
+    struct Case {
+        const char* name;
+        int a_bits;
+        bool kv4, qk_rotate;
+        double tol;
+        const char* what;
+    };
+    const Case cases[] = {{"tiny_llama", 4, true, true, 1e-3, "tiny_llama W4A4KV4 rot+spec+had"},
+                          {"tiny_qwen2", 8, false, false, 1e-3, "tiny_qwen2 W4A8 bias+spec+had"},
+                          {"tiny_llama_spm", 16, true, false, 1e-4, "tiny_llama_spm W4A16KV4"}};
+    std::mt19937 rng(test_seed() + 4);
+    for (const Case& c : cases) {
+        int held = 0, draws = 0;
+        for (; draws < 8 && held < 32; ++draws) {  // each draw: a fresh hand-quantized model and fresh tokens
+            ModelWeights w = hand_quantized(c.name, c.a_bits, c.kv4, c.qk_rotate, rng);
+            const int V = w.cfg.vocab;
+            held += compare_flip_aware(std::move(w), some_tokens(V, 33, test_seed() + 5 + 101 * draws), c.tol, c.what);
+        }
+        EXPECT_GE(held, 32) << c.what << ": near-ties in every draw; " << held << " rows held to the bar in " << draws
+                            << " draws";
+    }
 }
 
 // Fresh token draws (test_seed) until 48 rows per method were held to the bar
