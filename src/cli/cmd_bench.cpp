@@ -123,6 +123,8 @@ BenchResult bench_one(const std::string& path, int prefill, int decode, int reps
     r.load_s = m.load_s;
     r.load_rss = proc_status_kb("VmRSS");
     r.load_hwm = proc_status_kb("VmHWM");
+    std::fprintf(stderr, "bench: %s loaded: RssAnon %.1f MB, RssFile %.1f MB\n", path.c_str(),
+                 proc_status_kb("RssAnon") / 1e6, proc_status_kb("RssFile") / 1e6);
     r.file_bytes = path_bytes(path);
     r.weight_bytes = model_weight_bytes(*m.model, &r.kind);
     const ModelConfig& c = m.model->config();

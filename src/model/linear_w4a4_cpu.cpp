@@ -160,9 +160,16 @@ void LinearW4A4Cpu::forward_w4a4(const LinearW4A4Cpu* const* ls, int count, cons
                                  float* const* y) {
     const LinearW4A4Cpu& L0 = *ls[0];
     const int64_t in = L0.in;
-    // Per-thread scratch: decode calls this ~150 times per token.
-    thread_local std::vector<float> rotated;
-    thread_local W4A4Act act;
+    // Per-thread scratch for decode (this runs ~150 times per token); prefill
+    // (n > w4a4_gemv_max_m) uses scratch freed on return, so that the
+    // resident set after a 512-token prompt is not ~8 MB of its buffers.
+    const bool small = n <= w4a4_gemv_max_m;
+    thread_local std::vector<float> rotated_tl;
+    thread_local W4A4Act act_tl;
+    std::vector<float> rotated_big;
+    W4A4Act act_big;
+    std::vector<float>& rotated = small ? rotated_tl : rotated_big;
+    W4A4Act& act = small ? act_tl : act_big;
     const float* x = x_in;
     if (L0.meta_.had_in) {  // online Hadamard, exactly the reference's call
         rotated.assign(x_in, x_in + n * in);
@@ -178,7 +185,9 @@ void LinearW4A4Cpu::forward_w4a4(const LinearW4A4Cpu* const* ls, int count, cons
         int64_t n = 0;
         std::vector<float> x, zb;
     } last;
-    thread_local std::vector<std::vector<float>> zbuf;
+    thread_local std::vector<std::vector<float>> zbuf_tl;
+    std::vector<std::vector<float>> zbuf_big;
+    std::vector<std::vector<float>>& zbuf = small ? zbuf_tl : zbuf_big;
     struct Todo {
         const std::vector<float>* bt;
         int rp;
@@ -199,7 +208,7 @@ void LinearW4A4Cpu::forward_w4a4(const LinearW4A4Cpu* const* ls, int count, cons
         if (u == nbases) {
             bases[nbases] = L.basis_t_.get();
             float* out = nullptr;
-            if (count == 1) {
+            if (count == 1 && small) {
                 if (last.basis == L.basis_t_ && last.n == n && last.x.size() == (size_t)(n * in) &&
                     std::memcmp(last.x.data(), x, n * in * sizeof(float)) == 0) {
                     zbs[nbases++] = last.zb.data();

@@ -169,9 +169,12 @@ void attention_block_q4(const ModelWeights& w, int l, const float* inv_freq, con
     const ModelConfig& c = w.cfg;
     const LayerWeights& L = w.layers[l];
     const int64_t hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, qd = H * hd, kvd = KV * hd;
-    // decode: no allocation per layer. thread_local: the lambda below runs on
-    // other threads too, so it gets raw pointers, never these names.
-    thread_local std::vector<float> qb, kb, vb;
+    // decode: no allocation per layer (thread_local; the lambda below runs on
+    // other threads too, so it gets raw pointers, never these names); prefill:
+    // freed on return.
+    thread_local std::vector<float> qt, kt, vt;
+    std::vector<float> qp, kp, vp;
+    std::vector<float>&qb = n == 1 ? qt : qp, &kb = n == 1 ? kt : kp, &vb = n == 1 ? vt : vp;
     qb.resize(n * qd), kb.resize(n * kvd), vb.resize(n * kvd);
     float* q = qb.data();
     const float* k = kb.data();
