@@ -51,9 +51,15 @@ TEST(W4A4Avx2, PackUnpackRoundTrip) {
 }
 
 // Integer accumulators bit for bit, awkward m and K, every activation width.
+// Both integer tiles (vpmaddubsw and, where the CPU has AVX512-VNNI, vpdpbusd).
 TEST(W4A4Avx2, AccumulatorsExact) {
     SKIP_WITHOUT_AVX2();
     std::mt19937 rng(test_seed() + 1);
+    const bool saved = w4a4_vnni_enabled();
+    for (bool vnni : {false, true}) {
+    if (vnni && !cpu_features().avx512vnni) break;
+    w4a4_set_vnni(vnni);
+    ASSERT_EQ(vnni, w4a4_vnni_enabled());
     for (int bits : {4, 2, 7, 8})
         for (int64_t m : {1, 2, 3, 7, 16, 17, 64, 129})
             for (int64_t K : {576, 1536, 100, 33, 4097}) {
@@ -70,8 +76,10 @@ TEST(W4A4Avx2, AccumulatorsExact) {
                 std::vector<int32_t> ref(m * N), got(m * N, 0x7fc00000);  // poison: NaN's bit pattern
                 gemm_w4a4_acc_ref(q.data(), m, K, d.codes.data(), N, ref.data());
                 w4a4_gemm_acc(act, w, got.data());
-                ASSERT_EQ(ref, got) << "bits=" << bits << " m=" << m << " K=" << K << " N=" << N;
+                ASSERT_EQ(ref, got) << "bits=" << bits << " m=" << m << " K=" << K << " N=" << N << " vnni=" << vnni;
             }
+    }
+    w4a4_set_vnni(saved);
 }
 
 // Codes, scales and zeros identical to act_quant_ref, including ties at .5,
