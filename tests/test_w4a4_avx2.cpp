@@ -203,6 +203,8 @@ TEST(W4A4Avx2, LayerMatchesReference) {
         {96, 13, 2, 0, true, false, false},    {576, 30, 16, 0, false, false, false},
         {100, 21, 16, 9, true, false, false},  {576, 17, 16, 15, true, true, false},
         {576, 50, 4, 127, false, true, false},  // SmolLM2's rank, rows keeping 1..64 bins
+        {576, 41, 4, 63, false, true, true},    // explicit (SVD-like) basis at SmolLM2's width: fp16 Bᵀ GEMV / GEMM
+        {1536, 18, 4, 127, false, false, true},
     };
     for (const LayerCase& c : cases) {
         QLinearData d = random_qlinear(c.in, c.out, c.a_bits, c.rank, c.bias, rng);
