@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/fp16.h"
 #include "core/threads.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/gemm_f32.h"
@@ -236,6 +237,47 @@ TEST(GemmLinearF32, ForwardMatchesReferenceWithBias) {
 TEST(GemmLinearF32, RejectsWrongSizes) {
     EXPECT_THROW(sq::LinearF32(4, 3, std::vector<float>(11)), sq::Error);
     EXPECT_THROW(sq::LinearF32(4, 3, std::vector<float>(12), std::vector<float>(4)), sq::Error);
+}
+
+}  // namespace
+
+namespace {
+using namespace sq;
+// fp16 W (explicit spectral bases): gemm_f16 / gemv_f16_rows are bitwise the
+// float32 kernels on the converted W (gemv_f32 for m ≤ 16, gemm_f32 above),
+// for awkward shapes (k % 8 ≠ 0, n % 4 ≠ 0) and thread counts 1 and 2.
+TEST(GemmF16, BitwiseFloat32OfSameValues) {
+    std::mt19937 rng(test_seed() + 77);
+    std::normal_distribution<float> g(0.0f, 0.3f);
+    const int saved = threads_count();
+    for (int64_t k : {576, 100, 33, 1536, 7})
+        for (int64_t n : {64, 37, 8, 5})
+            for (int64_t m : {1, 2, 3, 7, 16, 17, 64}) {
+                std::vector<uint16_t> wh(n * k);
+                for (auto& h : wh) h = fp32_to_fp16(g(rng));
+                std::vector<float> wf(n * k);
+                for (size_t i = 0; i < wh.size(); ++i) wf[i] = fp16_to_fp32(wh[i]);
+                std::vector<float> x(m * k);
+                for (auto& v : x) v = g(rng);
+                std::vector<float> yr(m * n, NAN), yh(m * n, NAN);
+                const PackedF32 wv = gemm_f32_view(wf.data(), n, k);
+                if (m <= gemv_f32_max_m) gemv_f32(x.data(), m, wv, yr.data());
+                else gemm_f32(x.data(), m, wv, yr.data());
+                for (int t : {1, 2}) {
+                    threads_set(t);
+                    std::fill(yh.begin(), yh.end(), NAN);
+                    gemm_f16(x.data(), m, wh.data(), n, k, yh.data());
+                    ASSERT_EQ(0, std::memcmp(yr.data(), yh.data(), yr.size() * 4))
+                        << "m " << m << " n " << n << " k " << k << " threads " << t;
+                }
+                if (m <= gemv_f32_max_m && n >= 8) {  // two row ranges, as the decode x·B splits them
+                    std::fill(yh.begin(), yh.end(), NAN);
+                    gemv_f16_rows(x.data(), m, wh.data(), n, k, yh.data(), 0, 4);
+                    gemv_f16_rows(x.data(), m, wh.data(), n, k, yh.data(), 4, n);
+                    ASSERT_EQ(0, std::memcmp(yr.data(), yh.data(), yr.size() * 4)) << "rows m " << m << " n " << n;
+                }
+            }
+    threads_set(saved);
 }
 
 }  // namespace

@@ -112,3 +112,47 @@ TEST(ModelGolden, SmolLM2GreedyMatchesTransformers) {
         EXPECT_EQ(out, c["greedy_ids"].get<std::vector<int>>()) << c["prompt"] << " -> " << tok.decode(out);
     }
 }
+
+// The 4-bit KV cache (KVCache bits 4, Model::make_cache) against the float
+// cache holding the fake-quantized values (the reference form): the same
+// logits bit for bit, through a prefill (the attention GEMM path, n ≥ 16), a
+// short chunk (the decode kernel, n = 3) and single-token steps, with and
+// without the key shift; and a truncate (eval's branching) in between.
+TEST(ModelKvQ4, LogitsBitwiseFloatCache) {
+    Checkpoint ck = checkpoint_open(std::string(SQ_TEST_DATA) + "/models/tiny_llama");
+    std::mt19937 rng(test_seed() + 90);
+    for (int with_shift : {0, 1}) {
+        ModelWeights w = model_load_f32(ck, false);
+        w.kv_bits = 4, w.kv_clip = 0.95f;
+        const ModelConfig& c = w.cfg;
+        if (with_shift)
+            for (auto& L : w.layers) L.k_shift = gaussian((size_t)c.n_kv_heads * c.head_dim, rng, 0.3f);
+        Model model(std::move(w));
+        const int cap = 40, V = c.vocab;
+        KVCache packed = model.make_cache(cap), flt(c, cap);
+        ASSERT_EQ(packed.bits, 4);
+        ASSERT_EQ(flt.bits, 16);
+        EXPECT_LT(packed.bytes() * 4, flt.bytes());  // head_dim 16: 13 B per row instead of 64
+        std::vector<int> toks(cap);
+        for (int& t : toks) t = (int)(rng() % (uint32_t)V);
+        auto step = [&](int from, int n, bool all, const char* what) {
+            std::vector<float> a((size_t)n * V, NAN), b((size_t)n * V, NAN);
+            model.forward(&toks[from], n, packed, a.data(), all);
+            model.forward(&toks[from], n, flt, b.data(), all);
+            const size_t rows = all ? n : 1;
+            ASSERT_EQ(0, std::memcmp(a.data(), b.data(), rows * V * 4)) << what << " shift " << with_shift;
+        };
+        step(0, 20, true, "prefill 20");
+        step(20, 3, true, "chunk 3");
+        for (int i = 23; i < 30; ++i) step(i, 1, false, "decode");
+        packed.truncate(21), flt.truncate(21);
+        step(21, 17, true, "after truncate");
+    }
+    // A 4-bit cache for a model without 4-bit KV is refused with a message.
+    Model plain(model_load_f32(ck, false));
+    KVCache q4(plain.config(), 8, 4);
+    std::vector<int> t = {1, 2};
+    std::vector<float> logits(plain.config().vocab);
+    EXPECT_THROW(plain.forward(t.data(), 2, q4, logits.data(), false), Error);
+    EXPECT_THROW(KVCache(plain.config(), 8, 3), Error);
+}

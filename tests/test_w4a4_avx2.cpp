@@ -51,9 +51,15 @@ TEST(W4A4Avx2, PackUnpackRoundTrip) {
 }
 
 // Integer accumulators bit for bit, awkward m and K, every activation width.
+// Both integer tiles (vpmaddubsw and, where the CPU has AVX512-VNNI, vpdpbusd).
 TEST(W4A4Avx2, AccumulatorsExact) {
     SKIP_WITHOUT_AVX2();
     std::mt19937 rng(test_seed() + 1);
+    const bool saved = w4a4_vnni_enabled();
+    for (bool vnni : {false, true}) {
+    if (vnni && !cpu_features().avx512vnni) break;
+    w4a4_set_vnni(vnni);
+    ASSERT_EQ(vnni, w4a4_vnni_enabled());
     for (int bits : {4, 2, 7, 8})
         for (int64_t m : {1, 2, 3, 7, 16, 17, 64, 129})
             for (int64_t K : {576, 1536, 100, 33, 4097}) {
@@ -70,8 +76,10 @@ TEST(W4A4Avx2, AccumulatorsExact) {
                 std::vector<int32_t> ref(m * N), got(m * N, 0x7fc00000);  // poison: NaN's bit pattern
                 gemm_w4a4_acc_ref(q.data(), m, K, d.codes.data(), N, ref.data());
                 w4a4_gemm_acc(act, w, got.data());
-                ASSERT_EQ(ref, got) << "bits=" << bits << " m=" << m << " K=" << K << " N=" << N;
+                ASSERT_EQ(ref, got) << "bits=" << bits << " m=" << m << " K=" << K << " N=" << N << " vnni=" << vnni;
             }
+    }
+    w4a4_set_vnni(saved);
 }
 
 // Codes, scales and zeros identical to act_quant_ref, including ties at .5,
@@ -195,6 +203,8 @@ TEST(W4A4Avx2, LayerMatchesReference) {
         {96, 13, 2, 0, true, false, false},    {576, 30, 16, 0, false, false, false},
         {100, 21, 16, 9, true, false, false},  {576, 17, 16, 15, true, true, false},
         {576, 50, 4, 127, false, true, false},  // SmolLM2's rank, rows keeping 1..64 bins
+        {576, 41, 4, 63, false, true, true},    // explicit (SVD-like) basis at SmolLM2's width: fp16 Bᵀ GEMV / GEMM
+        {1536, 18, 4, 127, false, false, true},
     };
     for (const LayerCase& c : cases) {
         QLinearData d = random_qlinear(c.in, c.out, c.a_bits, c.rank, c.bias, rng);

@@ -57,6 +57,8 @@ struct BenchResult {
     std::string path, kind;
     double prefill_tps = 0, decode_tps = 0, prefill_s = 0, decode_s = 0, load_s = 0;
     uint64_t file_bytes = 0, weight_bytes = 0, rss = 0, hwm = 0;
+    uint64_t load_rss = 0, load_hwm = 0, kv_bytes = 0;  // right after loading; the KV cache of a timed run
+    int kv_bits = 16;
     int64_t params = 0;  // parameters of the architecture (the FP16 size is 2 bytes each)
 };
 
@@ -121,6 +123,10 @@ BenchResult bench_one(const std::string& path, int prefill, int decode, int reps
     r.path = path;
     LoadedModel m = model_open(path, false);
     r.load_s = m.load_s;
+    r.load_rss = proc_status_kb("VmRSS");
+    r.load_hwm = proc_status_kb("VmHWM");
+    std::fprintf(stderr, "bench: %s loaded: RssAnon %.1f MB, RssFile %.1f MB\n", path.c_str(),
+                 proc_status_kb("RssAnon") / 1e6, proc_status_kb("RssFile") / 1e6);
     r.file_bytes = path_bytes(path);
     r.weight_bytes = model_weight_bytes(*m.model, &r.kind);
     const ModelConfig& c = m.model->config();
@@ -130,12 +136,13 @@ BenchResult bench_one(const std::string& path, int prefill, int decode, int reps
     for (int& t : ids) t = (int)(rng() % (uint32_t)c.vocab);
     std::vector<float> logits(c.vocab);
     {  // warm-up: page in the weights, start the threads
-        KVCache warm(c, 16);
+        KVCache warm = m.model->make_cache(16);
         m.model->forward(ids.data(), std::min<int>(8, (int)ids.size()), warm, logits.data(), false);
     }
     r.prefill_s = r.decode_s = 1e30;
     for (int rep = 0; rep < reps; ++rep) {
-        KVCache cache(c, prefill + decode + 1);
+        KVCache cache = m.model->make_cache(prefill + decode + 1);
+        r.kv_bytes = cache.bytes(), r.kv_bits = cache.bits;
         const auto t0 = std::chrono::steady_clock::now();
         if (prefill > 0) m.model->forward(ids.data(), prefill, cache, logits.data(), false);
         const auto t1 = std::chrono::steady_clock::now();
@@ -152,6 +159,8 @@ BenchResult bench_one(const std::string& path, int prefill, int decode, int reps
     r.decode_tps = decode > 0 ? decode / r.decode_s : 0;
     r.rss = proc_status_kb("VmRSS");
     r.hwm = proc_status_kb("VmHWM");
+    std::fprintf(stderr, "bench: %s: after load RSS %.1f MB (peak %.1f); KV cache %.1f MB (%d-bit, %d positions)\n",
+                 path.c_str(), r.load_rss / 1e6, r.load_hwm / 1e6, r.kv_bytes / 1e6, r.kv_bits, prefill + decode + 1);
     return r;
 }
 
@@ -164,7 +173,8 @@ nlohmann::json to_json(const BenchResult& r) {
     return {{"model", r.path},           {"linear_kinds", r.kind},     {"prefill_tok_s", r.prefill_tps},
             {"decode_tok_s", r.decode_tps}, {"prefill_s", r.prefill_s}, {"decode_s", r.decode_s},
             {"file_bytes", r.file_bytes},   {"weight_bytes", r.weight_bytes}, {"rss_bytes", r.rss},
-            {"peak_rss_bytes", r.hwm},      {"load_s", r.load_s},      {"params", r.params},
+            {"peak_rss_bytes", r.hwm},      {"load_rss_bytes", r.load_rss}, {"load_peak_rss_bytes", r.load_hwm},
+            {"kv_cache_bytes", r.kv_bytes}, {"kv_cache_bits", r.kv_bits}, {"load_s", r.load_s},      {"params", r.params},
             {"fp16_bytes", 2 * r.params}};
 }
 

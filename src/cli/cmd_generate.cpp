@@ -43,7 +43,7 @@ static CommandAction generate_setup(CLI::App& app) {
         const int ctx = o->ctx > 0 ? o->ctx : (int)ids.size() + o->n;
         SQ_CHECK((int)ids.size() + o->n <= ctx, "generate: prompt (", ids.size(), " tokens) + n (", o->n,
                  ") exceeds -c ", ctx);
-        KVCache cache(m.model->config(), ctx);
+        KVCache cache = m.model->make_cache(ctx);
         Sampler sampler(o->sp);
         std::vector<float> logits(vocab);
         std::fputs(o->prompt.c_str(), stdout);

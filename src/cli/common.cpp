@@ -22,7 +22,7 @@ LoadedModel model_open(const std::string& path, bool progress) {
         PackedModel pm = packed_model_load(path);
         m.packed = true;
         m.quant = pm.quant;
-        m.tok = std::make_unique<Tokenizer>(pm.tokenizer);
+        m.tok = std::make_unique<Tokenizer>(std::move(pm.tokenizer));  // a copy would hold a second vocab until pm dies
         m.model = std::make_unique<Model>(std::move(pm.weights));
     } else {
         m.ck = checkpoint_open(path);

@@ -9,7 +9,7 @@
 namespace sq {
 
 ModelLoglik::ModelLoglik(const Model& model, int max_length)
-    : model_(model), max_length_(max_length), cache_(model.config(), max_length) {
+    : model_(model), max_length_(max_length), cache_(model.make_cache(max_length)) {
     SQ_CHECK(max_length >= 2, "context length ", max_length, " too small");
 }
 

@@ -61,7 +61,18 @@ LinearW4A4Cpu::LinearW4A4Cpu(QLinearData d) {
                    d.rank > 0 ? coef.data() : nullptr, d.rank);
     SQ_CHECK(d.rank == 0 || w_.rp == spectral_rp(d.rank), "w4a4 linear: kernel rank padding ", w_.rp);
     if (d.had_in) had_signs_ = hadamard_signs(d.had_in, d.had_seed);
-    if (d.rank > 0) basis_t_ = basis_t_shared(d);
+    if (d.rank > 0 && d.basis == "fourier") {
+        basis_t_ = basis_t_shared(d);
+    } else if (d.rank > 0) {
+        const std::vector<float> bt = spectral_basis_t(d);  // fp16 values as float32: back to fp16 exactly
+        auto h = std::make_shared<std::vector<uint16_t>>(bt.size());
+        for (size_t i = 0; i < bt.size(); ++i) {
+            (*h)[i] = fp32_to_fp16(bt[i]);
+            SQ_CHECK(fp16_to_fp32((*h)[i]) == bt[i] || (bt[i] != bt[i]), "w4a4 linear: explicit basis value ", bt[i],
+                     " is not an fp16 value");
+        }
+        basis_t16_ = std::move(h);
+    }
     // The kernel layout holds codes, scales, rowsums, coefficients and bias;
     // keep only the rest (one copy of the weights in memory). Swap with
     // empty vectors: `v = {}` is assign(initializer_list), which keeps the
@@ -73,15 +84,26 @@ LinearW4A4Cpu::LinearW4A4Cpu(QLinearData d) {
     std::vector<int32_t>().swap(meta_.rowsum);
     std::vector<uint16_t>().swap(meta_.coef);
     std::vector<float>().swap(meta_.bias);
-    // An explicit basis lives on as Bᵀ (fp32 of the fp16 values, exact): the
-    // fp16 copy is rebuilt by data() (SVD at k̄ 64: 38 MB less on SmolLM2).
+    // An explicit basis lives on as fp16 Bᵀ in run-time order (basis_t16_):
+    // data() rebuilds the stored layout from it (SVD at k̄ 64 on SmolLM2: 77 MB
+    // as float32 Bᵀ, 38.5 MB as fp16, read once per decode token).
     std::vector<uint16_t>().swap(meta_.basis_f16);
 }
 
-// An explicit basis (SVD) is held once, as the fp32 Bᵀ the x·B GEMV reads
+// An explicit basis (SVD) is held once, as the fp16 Bᵀ the x·B GEMV reads
 // (a Fourier Bᵀ is shared by all layers of a shape and not counted).
 size_t LinearW4A4Cpu::weight_bytes() const {
-    return w_.bytes() + (meta_.basis != "fourier" && basis_t_ ? basis_t_->size() * sizeof(float) : 0);
+    return w_.bytes() + (basis_t16_ ? basis_t16_->size() * sizeof(uint16_t) : 0);
+}
+
+void LinearW4A4Cpu::basis_gemm(const float* x, int64_t n, float* zb) const {
+    if (basis_t_) gemm_any(x, n, gemm_f32_view(basis_t_->data(), w_.rp, in), zb);
+    else gemm_f16(x, n, basis_t16_->data(), w_.rp, in, zb);
+}
+
+void LinearW4A4Cpu::basis_gemv_rows(const float* x, int64_t n, float* zb, int64_t r0, int64_t r1) const {
+    if (basis_t_) gemv_f32_rows(x, n, gemm_f32_view(basis_t_->data(), w_.rp, in), zb, r0, r1);
+    else gemv_f16_rows(x, n, basis_t16_->data(), w_.rp, in, zb, r0, r1);
 }
 
 QLinearData LinearW4A4Cpu::data() const {
@@ -107,7 +129,7 @@ QLinearData LinearW4A4Cpu::data() const {
         d.basis_f16.assign(in * d.rank, 0);
         for (int c = 0; c < d.rank; ++c)
             for (int64_t k = 0; k < in; ++k)
-                d.basis_f16[k * d.rank + order_[c]] = fp32_to_fp16((*basis_t_)[(size_t)c * in + k]);
+                d.basis_f16[k * d.rank + order_[c]] = (*basis_t16_)[(size_t)c * in + k];
     }
     return d;
 }
@@ -130,7 +152,7 @@ void LinearW4A4Cpu::forward(const float* x_in, int64_t n, float* y) const {
     thread_local std::vector<float> zb;
     if (meta_.rank > 0) {
         zb.resize((size_t)n * w_.rp);
-        gemm_any(x, n, gemm_f32_view(basis_t_->data(), w_.rp, in), zb.data());
+        basis_gemm(x, n, zb.data());
     }
     const float* xk = x;
     if (w_.kp != in) {  // the kernel reads whole 64-wide blocks: zero-padded copy
@@ -160,9 +182,16 @@ void LinearW4A4Cpu::forward_w4a4(const LinearW4A4Cpu* const* ls, int count, cons
                                  float* const* y) {
     const LinearW4A4Cpu& L0 = *ls[0];
     const int64_t in = L0.in;
-    // Per-thread scratch: decode calls this ~150 times per token.
-    thread_local std::vector<float> rotated;
-    thread_local W4A4Act act;
+    // Per-thread scratch for decode (this runs ~150 times per token); prefill
+    // (n > w4a4_gemv_max_m) uses scratch freed on return, so that the
+    // resident set after a 512-token prompt is not ~8 MB of its buffers.
+    const bool small = n <= w4a4_gemv_max_m;
+    thread_local std::vector<float> rotated_tl;
+    thread_local W4A4Act act_tl;
+    std::vector<float> rotated_big;
+    W4A4Act act_big;
+    std::vector<float>& rotated = small ? rotated_tl : rotated_big;
+    W4A4Act& act = small ? act_tl : act_big;
     const float* x = x_in;
     if (L0.meta_.had_in) {  // online Hadamard, exactly the reference's call
         rotated.assign(x_in, x_in + n * in);
@@ -174,19 +203,22 @@ void LinearW4A4Cpu::forward_w4a4(const LinearW4A4Cpu* const* ls, int count, cons
     // A single layer reuses the last result when basis and input are
     // identical (memcmp of x costs ~1/rank of the GEMM; exact by construction).
     thread_local struct {
-        std::shared_ptr<const std::vector<float>> basis;
+        const void* basis = nullptr;  // LinearW4A4Cpu::basis_key of the layer that made zb
+        std::shared_ptr<const void> keep;  // keeps that basis (and so the key) alive
         int64_t n = 0;
         std::vector<float> x, zb;
     } last;
-    thread_local std::vector<std::vector<float>> zbuf;
+    thread_local std::vector<std::vector<float>> zbuf_tl;
+    std::vector<std::vector<float>> zbuf_big;
+    std::vector<std::vector<float>>& zbuf = small ? zbuf_tl : zbuf_big;
     struct Todo {
-        const std::vector<float>* bt;
+        const LinearW4A4Cpu* layer;  // its basis
         int rp;
         float* out;
     };
     Todo todo[16];
     int ntodo = 0;
-    const std::vector<float>* bases[16];
+    const void* bases[16];
     const float* zbs[16];
     int nbases = 0;
     W4A4Out outs[16];
@@ -195,18 +227,19 @@ void LinearW4A4Cpu::forward_w4a4(const LinearW4A4Cpu* const* ls, int count, cons
         outs[i] = {&L.w_, nullptr, y[i]};
         if (L.meta_.rank == 0) continue;
         int u = 0;
-        while (u < nbases && bases[u] != L.basis_t_.get()) ++u;
+        while (u < nbases && bases[u] != L.basis_key()) ++u;
         if (u == nbases) {
-            bases[nbases] = L.basis_t_.get();
+            bases[nbases] = L.basis_key();
             float* out = nullptr;
-            if (count == 1) {
-                if (last.basis == L.basis_t_ && last.n == n && last.x.size() == (size_t)(n * in) &&
+            if (count == 1 && small) {
+                if (last.basis == L.basis_key() && last.n == n && last.x.size() == (size_t)(n * in) &&
                     std::memcmp(last.x.data(), x, n * in * sizeof(float)) == 0) {
                     zbs[nbases++] = last.zb.data();
                     outs[i].zb = zbs[u];
                     continue;
                 }
-                last.basis = L.basis_t_;
+                last.basis = L.basis_key();
+                last.keep = L.basis_t_ ? std::shared_ptr<const void>(L.basis_t_) : std::shared_ptr<const void>(L.basis_t16_);
                 last.n = n;
                 last.x.assign(x, x + n * in);
                 last.zb.resize((size_t)n * L.w_.rp);
@@ -216,7 +249,7 @@ void LinearW4A4Cpu::forward_w4a4(const LinearW4A4Cpu* const* ls, int count, cons
                 zbuf[nbases].resize((size_t)n * L.w_.rp);
                 out = zbuf[nbases].data();
             }
-            todo[ntodo++] = {L.basis_t_.get(), L.w_.rp, out};
+            todo[ntodo++] = {&L, L.w_.rp, out};
             zbs[nbases++] = out;
         }
         outs[i].zb = zbs[u];
@@ -232,14 +265,12 @@ void LinearW4A4Cpu::forward_w4a4(const LinearW4A4Cpu* const* ls, int count, cons
             int64_t base = 0;
             for (int u = 0; u < ntodo; ++u) {
                 const int64_t nu = todo[u].rp / 4, lo = std::max(a, base), hi = std::min(b, base + nu);
-                if (lo < hi)
-                    gemv_f32_rows(x, n, gemm_f32_view(todo[u].bt->data(), todo[u].rp, in), todo[u].out,
-                                  (lo - base) * 4, (hi - base) * 4);
+                if (lo < hi) todo[u].layer->basis_gemv_rows(x, n, todo[u].out, (lo - base) * 4, (hi - base) * 4);
                 base += nu;
             }
         };
     } else {
-        for (int u = 0; u < ntodo; ++u) gemm_any(x, n, gemm_f32_view(todo[u].bt->data(), todo[u].rp, in), todo[u].out);
+        for (int u = 0; u < ntodo; ++u) todo[u].layer->basis_gemm(x, n, todo[u].out);
     }
     w4a4_act_prepare(x, n, in, L0.meta_.a_bits, L0.meta_.a_clip, L0.w_.kp, act);
     w4a4_gemm_multi(act, outs, count, pre);

@@ -45,7 +45,16 @@ private:
     static void forward_w4a4(const LinearW4A4Cpu* const* ls, int count, const float* x, int64_t n, float* const* y);
     QLinearData meta_;  // everything but codes/scale/rowsum/coef/bias (those live in w_)
     W4A4Weights w_;
-    std::shared_ptr<const std::vector<float>> basis_t_;  // Bᵀ [rp, in] (spectral_basis_t; shared for Fourier)
+    // zb [n, rp] = x·B, bitwise the reference's gemm_any on spectral_basis_t;
+    // rows [r0, r1) only (decode, inside a parallel region) or all (threads).
+    void basis_gemm(const float* x, int64_t n, float* zb) const;
+    void basis_gemv_rows(const float* x, int64_t n, float* zb, int64_t r0, int64_t r1) const;
+    const void* basis_key() const { return basis_t_ ? (const void*)basis_t_.get() : (const void*)basis_t16_.get(); }
+    // Bᵀ [rp, in]: a Fourier basis as float32, shared by all layers of a shape;
+    // an explicit (SVD) basis as fp16 (its file values, converted exactly in
+    // the GEMV: half the bytes per decode token of a float32 copy).
+    std::shared_ptr<const std::vector<float>> basis_t_;
+    std::shared_ptr<const std::vector<uint16_t>> basis_t16_;
     std::vector<float> had_signs_;
     std::vector<int> order_;  // spectral_column_order: stored column order_[c] sits at c
 };

@@ -7,17 +7,36 @@
 #include "core/progress.h"
 #include "core/threads.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/ref/attention_ref.h"
 #include "kernels/ref/w4a4_ref.h"
 #include "quant/hadamard.h"
 
 namespace sq {
 
-KVCache::KVCache(const ModelConfig& c, int cap)
-    : n_layers(c.n_layers), n_kv(c.n_kv_heads), head_dim(c.head_dim), capacity(cap) {
+bool kv_q4_fits(int kv_bits, int head_dim) { return kv_bits == 4 && head_dim % 16 == 0 && head_dim <= 512; }
+
+KVCache::KVCache(const ModelConfig& c, int cap, int b)
+    : n_layers(c.n_layers), n_kv(c.n_kv_heads), head_dim(c.head_dim), capacity(cap), bits(b) {
     SQ_CHECK(cap > 0, "KV cache: capacity must be positive, got ", cap);
-    const size_t count = (size_t)n_layers * cap * n_kv * head_dim;
-    k.assign(count, 0.0f);
-    v.assign(count, 0.0f);
+    SQ_CHECK(b == 16 || kv_q4_fits(b, head_dim), "KV cache: ", b, " bits with head_dim ", head_dim,
+             " (4-bit form needs head_dim % 16 == 0 and ≤ 512; else 16)");
+    const size_t count = (size_t)n_layers * cap * n_kv * head_dim, rows = (size_t)n_layers * cap * n_kv;
+    if (b == 16) {
+        k.assign(count, 0.0f);
+        v.assign(count, 0.0f);
+    } else {
+        kq.assign(count / 2, 0);
+        vq.assign(count / 2, 0);
+        ks.assign(rows, 0.0f);
+        vs.assign(rows, 0.0f);
+        kz.assign(rows, 0);
+        vz.assign(rows, 0);
+    }
+}
+
+size_t KVCache::bytes() const {
+    return (k.size() + v.size() + ks.size() + vs.size()) * sizeof(float) + kq.size() + vq.size() + kz.size() +
+           vz.size();
 }
 
 std::vector<float> rope_inv_freq(const ModelConfig& c) {
@@ -128,19 +147,66 @@ std::vector<float> key_mean(const ModelWeights& w, int l, const float* inv_freq,
     return mu;
 }
 
+namespace {
+// q [n, H·hd], k, v [n, KV·hd] of layer l for x, RoPE'd (and rotated).
+void qkv_block(const ModelWeights& w, int l, const float* inv_freq, const float* x, int n, int pos0, float* q, float* k,
+               float* v) {
+    const ModelConfig& c = w.cfg;
+    const LayerWeights& L = w.layers[l];
+    {  // one call: a backend may share the activation quantization and the parallel region
+        const Linear* ls[3] = {L.q.get(), L.k.get(), L.v.get()};
+        float* ys[3] = {q, k, v};
+        linear_forward_same_input(ls, 3, x, n, ys);
+    }
+    rope_and_rotate(w, q, n, c.n_heads, pos0, inv_freq);
+    rope_and_rotate(w, k, n, c.n_kv_heads, pos0, inv_freq);
+}
+
+// attention_block over a bits-4 cache: the new rows stored as codes, the
+// attention read from the codes.
+void attention_block_q4(const ModelWeights& w, int l, const float* inv_freq, const float* x, int n, int pos0,
+                        KVCache& cache, float* att) {
+    const ModelConfig& c = w.cfg;
+    const LayerWeights& L = w.layers[l];
+    const int64_t hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, qd = H * hd, kvd = KV * hd;
+    // decode: no allocation per layer (thread_local; the lambda below runs on
+    // other threads too, so it gets raw pointers, never these names); prefill:
+    // freed on return.
+    thread_local std::vector<float> qt, kt, vt;
+    std::vector<float> qp, kp, vp;
+    std::vector<float>&qb = n == 1 ? qt : qp, &kb = n == 1 ? kt : kp, &vb = n == 1 ? vt : vp;
+    qb.resize(n * qd), kb.resize(n * kvd), vb.resize(n * kvd);
+    float* q = qb.data();
+    const float* k = kb.data();
+    const float* v = vb.data();
+    qkv_block(w, l, inv_freq, x, n, pos0, q, kb.data(), vb.data());
+    const float* shift = L.k_shift.empty() ? nullptr : L.k_shift.data();
+    const size_t r0 = cache.row(l, pos0);
+    auto store = [&](int64_t i) {  // i = t·KV + g: cache row r0 + i
+        const size_t r = r0 + i;
+        kv_q4_store_ref(k + i * hd, (int)hd, w.kv_clip, shift ? shift + (i % KV) * hd : nullptr,
+                        &cache.kq[r * (hd / 2)], &cache.ks[r], &cache.kz[r]);
+        kv_q4_store_ref(v + i * hd, (int)hd, w.kv_clip, nullptr, &cache.vq[r * (hd / 2)], &cache.vs[r], &cache.vz[r]);
+    };
+    if (n == 1) {  // decode: KV heads × head_dim values, less work than a fork/join
+        for (int64_t i = 0; i < KV; ++i) store(i);
+    } else {
+        parallel_for((int64_t)n * KV, store);
+    }
+    const size_t rl = cache.row(l, 0);
+    const KvQ4View kv{&cache.kq[rl * (hd / 2)], &cache.ks[rl], &cache.kz[rl], shift, (int)KV, (int)hd};
+    const KvQ4View vv{&cache.vq[rl * (hd / 2)], &cache.vs[rl], &cache.vz[rl], nullptr, (int)KV, (int)hd};
+    attention_q4(q, kv, vv, n, pos0, (int)H, (int)KV, (int)hd, att);
+}
+}  // namespace
+
 void attention_block(const ModelWeights& w, int l, const float* inv_freq, const float* x, int n, int pos0, float* kc,
                      float* vc, float* att) {
     const ModelConfig& c = w.cfg;
     const LayerWeights& L = w.layers[l];
     const int64_t hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, qd = H * hd, kvd = KV * hd;
     std::vector<float> q(n * qd), k(n * kvd), v(n * kvd);
-    {  // one call: a backend may share the activation quantization and the parallel region
-        const Linear* ls[3] = {L.q.get(), L.k.get(), L.v.get()};
-        float* ys[3] = {q.data(), k.data(), v.data()};
-        linear_forward_same_input(ls, 3, x, n, ys);
-    }
-    rope_and_rotate(w, q.data(), n, (int)H, pos0, inv_freq);
-    rope_and_rotate(w, k.data(), n, (int)KV, pos0, inv_freq);
+    qkv_block(w, l, inv_freq, x, n, pos0, q.data(), k.data(), v.data());
     if (w.kv_bits < 16) {
         const float* shift = L.k_shift.empty() ? nullptr : L.k_shift.data();
         auto quant = [&](int64_t i) {
@@ -196,6 +262,10 @@ Model::Model(ModelWeights w) : w_(std::move(w)) {
     rope_inv_freq_ = rope_inv_freq(w_.cfg);
 }
 
+KVCache Model::make_cache(int capacity) const {
+    return KVCache(w_.cfg, capacity, kv_q4_fits(w_.kv_bits, w_.cfg.head_dim) ? 4 : 16);
+}
+
 void embed_tokens(const ModelWeights& w, const int* tokens, int n, float* h) {
     const int64_t d = w.cfg.d_model;
     for (int t = 0; t < n; ++t) {
@@ -218,6 +288,8 @@ void Model::forward(const int* tokens, int n, KVCache& cache, float* logits, boo
              " tokens > KV cache capacity ", cache.capacity, " (raise -c)");
     SQ_CHECK(cache.n_layers == c.n_layers && cache.n_kv == c.n_kv_heads && cache.head_dim == c.head_dim,
              "forward: KV cache shape does not match the model");
+    SQ_CHECK(cache.bits == 16 || cache.bits == w_.kv_bits, "forward: ", cache.bits, "-bit KV cache for a model with kv_bits ",
+             w_.kv_bits, " (use Model::make_cache)");
     const int64_t d = c.d_model, qd = (int64_t)c.n_heads * c.head_dim, ff = c.d_ff;
     const int pos0 = cache.pos;
 
@@ -232,8 +304,11 @@ void Model::forward(const int* tokens, int n, KVCache& cache, float* logits, boo
     for (int l = 0; l < c.n_layers; ++l) {
         const LayerWeights& L = w_.layers[l];
         rmsnorm_f32(h.data(), L.attn_norm.data(), n, d, c.rms_eps, x.data());
-        attention_block(w_, l, rope_inv_freq_.data(), x.data(), n, pos0, cache.k_at(l, 0), cache.v_at(l, 0),
-                        att.data());
+        if (cache.bits == 4)
+            attention_block_q4(w_, l, rope_inv_freq_.data(), x.data(), n, pos0, cache, att.data());
+        else
+            attention_block(w_, l, rope_inv_freq_.data(), x.data(), n, pos0, cache.k_at(l, 0), cache.v_at(l, 0),
+                            att.data());
         L.o->forward(att.data(), n, proj.data());
         for (int64_t i = 0; i < n * d; ++i) h[i] += proj[i];
         rmsnorm_f32(h.data(), L.ffn_norm.data(), n, d, c.rms_eps, x.data());

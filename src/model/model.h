@@ -89,17 +89,35 @@ void mlp_block(const LayerWeights& L, int64_t ff, const float* x, int64_t n, flo
 ModelWeights model_load_f32(const Checkpoint& ck, bool progress = true, bool layers = true);
 LayerWeights layer_load_f32(const Checkpoint& ck, int i);
 
-// Float32 KV cache: [layer][pos][kv_head][head_dim] for k and v.
+// KV cache, [layer][pos][kv_head][head_dim] for k and v, in one of two forms:
+//   bits 16: float32 rows (k, v). With a model of kv_bits < 16 the forward
+//            writes fake-quantized values (kv_fake_quant_ref): the reference
+//            form, and the only one for kv_bits other than 4;
+//   bits 4:  packed codes (kq, vq: head_dim/2 bytes per (pos, kv head), 16
+//            dims per 8 bytes) + float32 scale (ks, vs) + zero point 0..15 (kz,
+//            vz) per (pos, kv head); layout in kernels/ref/attention_ref.h.
+//            Dequantizes to exactly the floats of the bits-16 form, so the
+//            logits are the same bits (test ModelKvQ4.*); per token at SmolLM2
+//            6.7 KB instead of 46 KB (30 layers × 2 × 3 heads × (32 + 4 + 1 B)).
+// Model::make_cache picks the form for a model.
 struct KVCache {
     int n_layers = 0, n_kv = 0, head_dim = 0, capacity = 0;
-    int pos = 0;  // tokens already in the cache
+    int pos = 0;    // tokens already in the cache
+    int bits = 16;  // 16 or 4, as above
     std::vector<float> k, v;
+    std::vector<uint8_t> kq, vq, kz, vz;
+    std::vector<float> ks, vs;
     KVCache() = default;
-    KVCache(const ModelConfig& c, int capacity);
+    KVCache(const ModelConfig& c, int capacity, int bits = 16);
     float* k_at(int layer, int p) { return &k[(((size_t)layer * capacity + p) * n_kv) * head_dim]; }
     float* v_at(int layer, int p) { return &v[(((size_t)layer * capacity + p) * n_kv) * head_dim]; }
+    // bits 4: row index of (layer, pos, kv head 0) into ks/kz (× head_dim/2 into kq)
+    size_t row(int layer, int p) const { return ((size_t)layer * capacity + p) * n_kv; }
     void truncate(int n) { pos = n; }  // forget tokens from n on (branching in eval)
+    size_t bytes() const;              // allocated storage
 };
+// Whether kv_bits / head_dim allow the 4-bit form (kv_bits 4, head_dim % 16 == 0, ≤ 512).
+bool kv_q4_fits(int kv_bits, int head_dim);
 
 class Model {
 public:
@@ -110,7 +128,10 @@ public:
 
     // Runs n tokens starting at cache.pos, appends them to the cache.
     // logits: [n, vocab] when all_logits, else [1, vocab] for the last token.
+    // With a bits-4 cache the model must have kv_bits 4.
     void forward(const int* tokens, int n, KVCache& cache, float* logits, bool all_logits) const;
+    // A cache for this model: bits 4 when kv_q4_fits(kv_bits, head_dim), else float32.
+    KVCache make_cache(int capacity) const;
 
 private:
     ModelWeights w_;

@@ -277,6 +277,10 @@ PackedModel packed_model_load(const std::string& path) {
         SQ_CHECK(pf.meta.value("format", "") == "specquant-packed", path, ": not a SpecQuant model file");
         w.cfg = config_from_json(pf.meta.at("config"), path);
         pm.tokenizer = tokenizer_from_json(pf.meta.at("tokenizer"), path);
+        // The JSON tree of the tokenizer (~100k small strings and nodes) is no
+        // longer needed: free it before the weights are built, so the load's
+        // peak RSS is not weights + a second copy of the vocabulary.
+        pf.meta.erase("tokenizer");
         pm.quant = pf.meta.at("quant");
         w.kv_bits = pf.meta.at("kv_bits");
         w.kv_clip = pf.meta.at("kv_clip");

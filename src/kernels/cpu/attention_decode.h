@@ -20,11 +20,20 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/ref/attention_ref.h"
+
 namespace sq {
 
 // Arguments as attention_f32 (kernels/cpu/ops.h). Without AVX2, with hd not
 // a multiple of 8 or more than 8 query heads per KV head, the reference runs.
 void attention_decode(const float* q, const float* k, const float* v, int64_t kv_stride, int64_t n, int pos0,
                       int n_heads, int n_kv_heads, int hd, float* out);
+
+// The same over a 4-bit cache (KvQ4View, layout in kernels/ref/attention_ref.h):
+// bitwise attention_decode_q4_ref. Each 8-dim block of a K or V row is
+// dequantized in registers right before its FMAs (8 codes = 4 bytes read
+// instead of 32). hd % 16 != 0 or G > 8: the reference.
+void attention_decode_q4(const float* q, const KvQ4View& k, const KvQ4View& v, int64_t n, int pos0, int n_heads,
+                         int n_kv_heads, int hd, float* out);
 
 }  // namespace sq

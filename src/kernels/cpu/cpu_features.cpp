@@ -31,6 +31,7 @@ const CpuFeatures& cpu_features() {
         c.fma = __builtin_cpu_supports("fma");
         c.f16c = __builtin_cpu_supports("f16c");
         c.avx512f = __builtin_cpu_supports("avx512f");
+        c.avx512vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
         return c;
     }();
     return f;
@@ -68,6 +69,7 @@ std::string cpu_describe() {
     add(f.fma, "fma");
     add(f.f16c, "f16c");
     add(f.avx512f, "avx512f");
+    add(f.avx512vnni, "avx512vnni");
     return s.empty() ? "no avx2" : s;
 }
 

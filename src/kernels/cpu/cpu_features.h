@@ -15,7 +15,8 @@ struct CpuFeatures {
     bool avx2 = false;
     bool fma = false;
     bool f16c = false;
-    bool avx512f = false;  // detected and reported, not used by any kernel yet
+    bool avx512f = false;
+    bool avx512vnni = false;  // AVX512-VNNI and AVX512VL: vpdpbusd on ymm (the W4A4 GEMM tile, w4a4_avx2.cpp)
 };
 
 // Detected once with __builtin_cpu_supports.

@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/fp16.h"
 #include "core/threads.h"
 #include "kernels/cpu/avx2.h"
 #include "kernels/cpu/cpu_features.h"
@@ -42,8 +43,19 @@ SQ_AVX2 inline __m256i tail_mask(int64_t r) {
 // rows). Short rows (k = 576: 2.3 KB) restart the hardware prefetcher's
 // streams every tile; this kept decode at ~55–75% of the streaming bandwidth
 // without and ~80–90% with (notes, v2).
-template <int MR, int NR, bool kPrefetch>
-SQ_AVX2 inline void tile(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t kc,
+// W as float32 or as fp16 (uint16_t, converted with F16C: exact, so an fp16
+// W gives the bits of the float32 W holding the same values).
+SQ_AVX2 inline __m256 load_w(const float* p) { return _mm256_loadu_ps(p); }
+SQ_AVX2 inline __m256 load_w(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+SQ_AVX2 inline __m256 load_w_tail(const float* p, int64_t r, __m256i mk) { return _mm256_maskload_ps(p, mk); }
+SQ_AVX2 inline __m256 load_w_tail(const uint16_t* p, int64_t r, __m256i) {
+    alignas(16) uint16_t t[8] = {};  // zeros past the row end, as maskload gives
+    std::memcpy(t, p, r * sizeof(uint16_t));
+    return _mm256_cvtph_ps(_mm_load_si128((const __m128i*)t));
+}
+
+template <int MR, int NR, bool kPrefetch, class WT = float>
+SQ_AVX2 inline void tile(const float* x, int64_t ldx, const WT* w, int64_t ldw, int64_t kc,
                          float* y, int64_t ldy, bool add) {
     __m256 acc[MR][NR];
 #pragma GCC unroll 4
@@ -55,15 +67,15 @@ SQ_AVX2 inline void tile(const float* x, int64_t ldx, const float* w, int64_t ld
     int64_t p = 0;
     for (; p + 8 <= kc; p += 8) {
         if constexpr (kPrefetch) {
-            _mm_prefetch(ahead + p * NR * 4, _MM_HINT_T1);
-            _mm_prefetch(ahead + p * NR * 4 + 64, _MM_HINT_T1);
+            _mm_prefetch(ahead + p * NR * sizeof(WT), _MM_HINT_T1);
+            if constexpr (sizeof(WT) == 4) _mm_prefetch(ahead + p * NR * 4 + 64, _MM_HINT_T1);
         }
         __m256 xv[MR];
 #pragma GCC unroll 4
         for (int i = 0; i < MR; ++i) xv[i] = _mm256_loadu_ps(x + i * ldx + p);
 #pragma GCC unroll 4
         for (int j = 0; j < NR; ++j) {
-            const __m256 wv = _mm256_loadu_ps(w + j * ldw + p);
+            const __m256 wv = load_w(w + j * ldw + p);
 #pragma GCC unroll 4
             for (int i = 0; i < MR; ++i) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
         }
@@ -75,7 +87,7 @@ SQ_AVX2 inline void tile(const float* x, int64_t ldx, const float* w, int64_t ld
         for (int i = 0; i < MR; ++i) xv[i] = _mm256_maskload_ps(x + i * ldx + p, mk);
 #pragma GCC unroll 4
         for (int j = 0; j < NR; ++j) {
-            const __m256 wv = _mm256_maskload_ps(w + j * ldw + p, mk);
+            const __m256 wv = load_w_tail(w + j * ldw + p, kc - p, mk);
 #pragma GCC unroll 4
             for (int i = 0; i < MR; ++i) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
         }
@@ -99,6 +111,12 @@ SQ_AVX2 inline void tile(const float* x, int64_t ldx, const float* w, int64_t ld
 }
 
 using TileFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t, bool);
+using TileFn16 = void (*)(const float*, int64_t, const uint16_t*, int64_t, int64_t, float*, int64_t, bool);
+const TileFn16 tile_table_gemv16[kMR][kNR] = {
+    {tile<1, 1, true, uint16_t>, tile<1, 2, true, uint16_t>, tile<1, 3, true, uint16_t>, tile<1, 4, true, uint16_t>},
+    {tile<2, 1, true, uint16_t>, tile<2, 2, true, uint16_t>, tile<2, 3, true, uint16_t>, tile<2, 4, true, uint16_t>},
+    {tile<3, 1, true, uint16_t>, tile<3, 2, true, uint16_t>, tile<3, 3, true, uint16_t>, tile<3, 4, true, uint16_t>},
+};
 
 // tile_table[mr-1][nr-1]: edge tiles for m % 3 and n % 4 remainders.
 const TileFn tile_table[kMR][kNR] = {
@@ -169,6 +187,18 @@ SQ_AVX2 void gemv_rows(const float* x, int64_t m, const float* w, float* y, int6
         for (int64_t i = 0; i < m; i += kMR) {
             const int64_t mr = std::min(kMR, m - i);
             tile_table_gemv[mr - 1][nr - 1](x + i * k, k, w + j * k, k, k, y + i * n + j, n, false);
+        }
+    }
+}
+
+// gemv_rows with an fp16 W: the same tiles, the same order.
+SQ_AVX2 void gemv_rows16(const float* x, int64_t m, const uint16_t* w, float* y, int64_t n, int64_t k, int64_t j0,
+                         int64_t j1) {
+    for (int64_t j = j0; j < j1; j += kNR) {
+        const int64_t nr = std::min(kNR, j1 - j);
+        for (int64_t i = 0; i < m; i += kMR) {
+            const int64_t mr = std::min(kMR, m - i);
+            tile_table_gemv16[mr - 1][nr - 1](x + i * k, k, w + j * k, k, k, y + i * n + j, n, false);
         }
     }
 }
@@ -293,6 +323,43 @@ void gemm_f32_rows(const float* x, int64_t m, int64_t n, int64_t k,
         gemm_f32(x, m, gemm_f32_view(wf, nj, k), yt);
         parallel_for(m, [&](int64_t t) { std::memcpy(y + t * n + j0, yt + t * nj, nj * sizeof(float)); });
     }
+}
+
+void gemv_f16_rows(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, int64_t j0,
+                   int64_t j1) {
+    SQ_CHECK(m >= 0 && n >= 0 && k >= 0 && 0 <= j0 && j0 <= j1 && j1 <= n && j0 % kNR == 0, "gemv_f16_rows: rows [",
+             j0, ", ", j1, ") of ", n, ", m ", m, ", k ", k);
+    if (m == 0 || j0 == j1) return;
+    if (k == 0) {
+        for (int64_t t = 0; t < m; ++t) std::fill(y + t * n + j0, y + t * n + j1, 0.0f);
+        return;
+    }
+    if (!cpu_use_avx2() || !cpu_features().f16c) {
+        cpu_warn_fallback("gemv_f16");
+        std::vector<float> row(k);
+        for (int64_t j = j0; j < j1; ++j) {
+            for (int64_t p = 0; p < k; ++p) row[p] = fp16_to_fp32(w[j * k + p]);
+            for (int64_t t = 0; t < m; ++t) gemm_f32_ref(x + t * k, 1, row.data(), 1, k, y + t * n + j);
+        }
+        return;
+    }
+    gemv_rows16(x, m, w, y, n, k, j0, j1);
+}
+
+void gemm_f16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y) {
+    if (m <= 0 || n <= 0) return;
+    if (m <= gemv_f32_max_m) {  // as gemv_f32: one contiguous range of rows per thread
+        const int64_t nt = std::max(1, threads_count());
+        const int64_t per = ((n + nt - 1) / nt + kNR - 1) / kNR * kNR;
+        parallel_for(nt, [&](int64_t t) {
+            const int64_t j0 = std::min(n, t * per), j1 = std::min(n, (t + 1) * per);
+            if (j0 < j1) gemv_f16_rows(x, m, w, n, k, y, j0, j1);
+        });
+        return;
+    }
+    gemm_f32_rows(x, m, n, k, [w, k](int64_t r, float* dst) {
+        for (int64_t p = 0; p < k; ++p) dst[p] = fp16_to_fp32(w[r * k + p]);
+    }, y);
 }
 
 }  // namespace sq

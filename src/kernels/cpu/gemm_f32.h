@@ -73,4 +73,14 @@ inline constexpr int64_t gemv_f32_max_m = 16;
 // split by hand inside a parallel region (x·B of a decode W4A4 layer).
 void gemv_f32_rows(const float* x, int64_t m, const PackedF32& w, float* y, int64_t j0, int64_t j1);
 
+// The same with W [n, k] stored as fp16 (F16C conversion in registers: half
+// the bytes of a float32 W and, since the conversion is exact, bitwise what
+// gemv_f32_rows / gemv_f32 / gemm_f32 give on the float32 W of the same
+// values). gemm_f16: m ≤ gemv_f32_max_m as gemv_f32 (threads over rows),
+// above as gemm_f32 (through gemm_f32_rows). For an explicit spectral basis
+// Bᵀ (model/linear_w4a4_cpu.cpp), whose values come from fp16 in the file.
+void gemv_f16_rows(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, int64_t j0,
+                   int64_t j1);
+void gemm_f16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y);
+
 }  // namespace sq

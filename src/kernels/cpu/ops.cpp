@@ -1,5 +1,6 @@
 #include "kernels/cpu/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -59,30 +60,50 @@ void silu_mul_f32(float* g, const float* u, int64_t count) {
     });
 }
 
-// Prefill path: per head, S = Q Kᵀ and O = P V through the float GEMM
-// (≈ 180 GFLOP/s here against ≈ 15 for the dot-product loop below). The
-// causal half of S is computed and masked: 2× the flops, still ~6× faster.
-static void attention_gemm(const float* q, const float* k, const float* v, int64_t kv_stride, int64_t n, int pos0,
-                           int n_heads, int n_kv_heads, int hd, float* out) {
+// Prefill path: S = Q Kᵀ and O = P V through the float GEMM (≈ 180 GFLOP/s
+// here against ≈ 15 for a dot-product loop). Causal by blocks of kRows query
+// rows: block [t0, t1) multiplies only the keys it can see (pos0 + t1), so at
+// pos0 = 0 and 512 tokens the GEMMs do 9/16 of the square instead of all of
+// it (what is left of the mask is the diagonal block's upper triangle, zeroed
+// after the softmax). Units (head, block) run in one parallel region, the
+// largest first, each GEMM on its own thread (inside the region gemm_f32's
+// own loop is a team of one), so a layer pays one fork/join for its
+// attention instead of ~3 per head.
+// gather(j, g, kdst, vdst) writes position j of KV head g: its key and value [hd].
+template <class Gather>
+static void attention_gemm(const float* q, const Gather& gather, int64_t n, int pos0, int n_heads, int n_kv_heads,
+                           int hd, float* out) {
+    constexpr int64_t kRows = 64;
     const int group = n_heads / n_kv_heads;
-    const int64_t len = pos0 + n;
+    const int64_t len = pos0 + n, nb = (n + kRows - 1) / kRows;
     const float scale = 1.0f / std::sqrt((float)hd);
-    std::vector<float> kg((size_t)len * hd), vt((size_t)hd * len), qh((size_t)n * hd), S((size_t)n * len),
-        oh((size_t)n * hd);
-    for (int g = 0; g < n_kv_heads; ++g) {
-        parallel_for(len, [&](int64_t j) {
-            for (int i = 0; i < hd; ++i) {
-                kg[j * hd + i] = k[j * kv_stride + g * hd + i];
-                vt[(size_t)i * len + j] = v[j * kv_stride + g * hd + i];
+    // kg [KV][len, hd]; vt [KV][hd, len] (transposed: P V is x·Wᵀ with W = Vᵀ)
+    std::vector<float> kgb((size_t)n_kv_heads * len * hd), vtb((size_t)n_kv_heads * hd * len);
+    float* kg = kgb.data();
+    float* vt = vtb.data();
+    const int64_t units = (int64_t)n_heads * nb;
+#pragma omp parallel num_threads(std::max(1, threads_count()))
+    {
+#pragma omp for schedule(static)
+        for (int64_t j = 0; j < len; ++j) {
+            float kr[512], vr[512];  // hd ≤ 512
+            for (int g = 0; g < n_kv_heads; ++g) {
+                gather(j, g, kr, vr);
+                std::copy(kr, kr + hd, kg + ((size_t)g * len + j) * hd);
+                for (int i = 0; i < hd; ++i) vt[((size_t)g * hd + i) * len + j] = vr[i];
             }
-        });
-        const PackedF32 kp = gemm_f32_view(kg.data(), len, hd), vp = gemm_f32_view(vt.data(), hd, len);
-        for (int h = g * group; h < (g + 1) * group; ++h) {
-            for (int64_t t = 0; t < n; ++t)
-                for (int i = 0; i < hd; ++i) qh[t * hd + i] = q[(t * n_heads + h) * hd + i] * scale;
-            gemm_f32(qh.data(), n, kp, S.data());
-            parallel_for(n, [&](int64_t t) {
-                float* row = &S[t * len];
+        }
+        std::vector<float> qh, S, vb, oh;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t u = 0; u < units; ++u) {
+            const int64_t b = nb - 1 - u / n_heads, h = u % n_heads, g = h / group;  // largest blocks first
+            const int64_t t0 = b * kRows, t1 = std::min(n, t0 + kRows), rows = t1 - t0, keys = pos0 + t1;
+            qh.resize(rows * hd), S.resize(rows * keys), vb.resize((size_t)hd * keys), oh.resize(rows * hd);
+            for (int64_t t = t0; t < t1; ++t)
+                for (int i = 0; i < hd; ++i) qh[(t - t0) * hd + i] = q[(t * n_heads + h) * hd + i] * scale;
+            gemm_f32(qh.data(), rows, gemm_f32_view(kg + (size_t)g * len * hd, keys, hd), S.data());
+            for (int64_t t = t0; t < t1; ++t) {
+                float* row = &S[(t - t0) * keys];
                 const int64_t valid = pos0 + t + 1;
                 float mx = -INFINITY;
                 for (int64_t j = 0; j < valid; ++j) mx = row[j] > mx ? row[j] : mx;
@@ -90,19 +111,39 @@ static void attention_gemm(const float* q, const float* k, const float* v, int64
                 for (int64_t j = 0; j < valid; ++j) sum += row[j] = std::exp(row[j] - mx);
                 const float inv = 1.0f / sum;
                 for (int64_t j = 0; j < valid; ++j) row[j] *= inv;
-                for (int64_t j = valid; j < len; ++j) row[j] = 0.0f;
-            });
-            gemm_f32(S.data(), n, vp, oh.data());
-            for (int64_t t = 0; t < n; ++t)
-                for (int i = 0; i < hd; ++i) out[(t * n_heads + h) * hd + i] = oh[t * hd + i];
+                for (int64_t j = valid; j < keys; ++j) row[j] = 0.0f;
+            }
+            const float* vg = vt + (size_t)g * hd * len;
+            for (int i = 0; i < hd; ++i) std::copy(vg + (size_t)i * len, vg + (size_t)i * len + keys, &vb[(size_t)i * keys]);
+            gemm_f32(S.data(), rows, gemm_f32_view(vb.data(), hd, keys), oh.data());
+            for (int64_t t = t0; t < t1; ++t)
+                std::copy(&oh[(t - t0) * hd], &oh[(t - t0) * hd] + hd, out + (t * n_heads + h) * hd);
         }
     }
 }
 
 void attention_f32(const float* q, const float* k, const float* v, int64_t kv_stride, int64_t n, int pos0,
                    int n_heads, int n_kv_heads, int hd, float* out) {
-    if (n >= 16) return attention_gemm(q, k, v, kv_stride, n, pos0, n_heads, n_kv_heads, hd, out);
+    if (n >= 16) {
+        auto gather = [&](int64_t j, int g, float* kr, float* vr) {
+            std::copy(k + j * kv_stride + g * hd, k + j * kv_stride + g * hd + hd, kr);
+            std::copy(v + j * kv_stride + g * hd, v + j * kv_stride + g * hd + hd, vr);
+        };
+        return attention_gemm(q, gather, n, pos0, n_heads, n_kv_heads, hd, out);
+    }
     attention_decode(q, k, v, kv_stride, n, pos0, n_heads, n_kv_heads, hd, out);
+}
+
+void attention_q4(const float* q, const KvQ4View& k, const KvQ4View& v, int64_t n, int pos0, int n_heads,
+                  int n_kv_heads, int hd, float* out) {
+    if (n >= 16) {
+        auto gather = [&](int64_t j, int g, float* kr, float* vr) {
+            kv_q4_row_ref(k, j, g, kr);
+            kv_q4_row_ref(v, j, g, vr);
+        };
+        return attention_gemm(q, gather, n, pos0, n_heads, n_kv_heads, hd, out);
+    }
+    attention_decode_q4(q, k, v, n, pos0, n_heads, n_kv_heads, hd, out);
 }
 
 }  // namespace sq

@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/ref/attention_ref.h"
+
 namespace sq {
 
 // y[t, :] = x[t, :] / sqrt(mean(x[t, :]²) + eps) * w   for t in [0, n)
@@ -24,5 +26,12 @@ void silu_mul_f32(float* g, const float* u, int64_t count);
 //   out [n, n_heads, hd]
 void attention_f32(const float* q, const float* k, const float* v, int64_t kv_stride, int64_t n, int pos0,
                    int n_heads, int n_kv_heads, int hd, float* out);
+
+// The same over a 4-bit cache (one layer; layout in kernels/ref/attention_ref.h).
+// Computes what attention_f32 computes over the dequantized rows, bit for
+// bit (decode: attention_decode_q4; prefill: the rows dequantized per KV head
+// into the GEMM operands). hd % 16 == 0, hd ≤ 512.
+void attention_q4(const float* q, const KvQ4View& k, const KvQ4View& v, int64_t n, int pos0, int n_heads,
+                  int n_kv_heads, int hd, float* out);
 
 }  // namespace sq

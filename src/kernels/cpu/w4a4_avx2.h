@@ -80,6 +80,14 @@ void w4a4_unpack_row(const W4A4Weights& w, int64_t j, uint8_t* codes_row);
 // True when the AVX2 path runs (AVX2 + FMA + F16C, SQ_FORCE_SCALAR unset).
 bool w4a4_avx2_available();
 
+// The 3 × 4 integer tile with vpdpbusd (AVX512-VNNI on ymm: u8 × s8, 4
+// products summed into int32 in one instruction) instead of vpmaddubsw +
+// vpaddw + periodic vpmaddwd: the same exact int32 sums, fewer instructions.
+// On when the CPU has it and env SQ_W4A4_VNNI is not "0"; the setter is for
+// tests (both paths against the reference) and A/B timing. Returns the old value.
+bool w4a4_vnni_enabled();
+bool w4a4_set_vnni(bool on);
+
 // Bit-identical to act_quant_ref (codes, scales, zeros), same arguments.
 void act_quant_avx2(const float* x, int64_t n, int64_t k, int bits, float clip, uint8_t* q, float* scale,
                     int32_t* zero);
