@@ -48,7 +48,10 @@ pack)
     D=$2
     P=/tmp/sqd_pack.$$
     rm -rf "$D" $P && mkdir -p "$D" $P/bin $P/lib
-    cp $BUILD/specquant $BUILD/specquant_tests $BUILD/bench_cuda_gemm $P/bin/ && strip $P/bin/*
+    cp $BUILD/specquant $BUILD/specquant_tests $P/bin/ || exit 1
+    # bench_cuda_gemm only in a -DSPECQUANT_BENCH=ON build
+    if [ -e $BUILD/bench_cuda_gemm ]; then cp $BUILD/bench_cuda_gemm $P/bin/; fi
+    strip $P/bin/*
     for lib in $(ldd $BUILD/specquant $BUILD/specquant_tests | awk '/=>/ {print $3}' |
                  grep -E 'fftw3f|pcre2|gomp' | sort -u); do cp -L "$lib" $P/lib/; done
     cp /work/shared/data/calib/c4.utf8 $P/
