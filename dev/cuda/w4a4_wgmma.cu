@@ -32,6 +32,9 @@
 #include <string>
 #include <vector>
 
+#include "../../src/kernels/cuda/w4a4_gemm.h"
+#include "../../src/kernels/cuda/w4a4_spec_dot.cuh"
+
 #define CK(x)                                                                                      \
     do {                                                                                           \
         cudaError_t e_ = (x);                                                                      \
@@ -49,17 +52,15 @@
         }                                                                                          \
     } while (0)
 
-// ---- the CUDA layout (docs/format.md, w4a4_gemm.h) -------------------------
-constexpr int W4G_KB = 128, W4G_NB = 8;
-inline int64_t w4g_k_pad(int64_t k) { return (k + W4G_KB - 1) / W4G_KB * W4G_KB; }
-inline int64_t w4g_n_pad(int64_t n) { return (n + W4G_NB - 1) / W4G_NB * W4G_NB; }
-inline int64_t w4g_bytes(int64_t n, int64_t k) { return w4g_n_pad(n) * w4g_k_pad(k) / 2; }
-inline int64_t w4g_offset(int64_t k, int64_t j, int64_t i, int* nibble) {
-    const int64_t nb = j / W4G_NB, g = j % W4G_NB, kb = i / W4G_KB, r = i % W4G_KB;
-    const int64_t s = r / 32, q = r % 32, hi = q / 16, t = (q % 16) / 4, b = q % 4;
-    *nibble = (int)hi;
-    return (nb * (w4g_k_pad(k) / W4G_KB) + kb) * 512 + (g * 4 + t) * 16 + s * 4 + b;
-}
+// ---- the CUDA layout, the argument struct and the spectral dot: the library's own
+// headers (header-only parts; w4g_repack itself lives in w4a4_gemm.cu, so the
+// sandbox repacks through w4g_offset below).
+using sq::cuda::W4GemmArgs;
+using sq::cuda::w4g_bytes;
+using sq::cuda::w4g_k_pad;
+using sq::cuda::w4g_n_pad;
+using sq::cuda::w4g_offset;
+using sq::cuda::spec_dot;
 // codes wc [n, k] (int8 in −8..7) → CUDA layout
 void repack(const int8_t* wc, int64_t n, int64_t k, uint8_t* dst) {
     std::memset(dst, 0, (size_t)w4g_bytes(n, k));
@@ -71,43 +72,8 @@ void repack(const int8_t* wc, int64_t n, int64_t k, uint8_t* dst) {
         }
 }
 
-// Same fields as sq::cuda::W4GemmArgs (w4a4_gemm.h).
-struct W4GemmArgs {
-    const uint8_t* q = nullptr;
-    int m = 0, k = 0, n = 0;
-    const uint8_t* w = nullptr;
-    const float* act_scale = nullptr;
-    const int32_t* act_zero = nullptr;
-    const float* w_scale = nullptr;
-    const int32_t* w_rowsum = nullptr;
-    const float* spec = nullptr;
-    const float* bias = nullptr;
-    const float* spec_z = nullptr;
-    const float* spec_c = nullptr;
-    int spec_rank = 0;
-    int32_t* acc = nullptr;
-    float* y = nullptr;
-};
 
-// ---- epilogue: w4a4_gemm.cu's spec_dot / epi_value, same float ops, same order ----
-__device__ __forceinline__ float spec_dot(const float* __restrict__ z, const float* __restrict__ c, int len) {
-    float l0 = 0.0f, l1 = 0.0f, l2 = 0.0f, l3 = 0.0f, l4 = 0.0f, l5 = 0.0f, l6 = 0.0f, l7 = 0.0f;
-    int r = 0;
-    for (; r + 8 <= len; r += 8) {
-        l0 = __fmaf_rn(z[r], c[r], l0), l1 = __fmaf_rn(z[r + 1], c[r + 1], l1);
-        l2 = __fmaf_rn(z[r + 2], c[r + 2], l2), l3 = __fmaf_rn(z[r + 3], c[r + 3], l3);
-        l4 = __fmaf_rn(z[r + 4], c[r + 4], l4), l5 = __fmaf_rn(z[r + 5], c[r + 5], l5);
-        l6 = __fmaf_rn(z[r + 6], c[r + 6], l6), l7 = __fmaf_rn(z[r + 7], c[r + 7], l7);
-    }
-    if (r < len) l0 = __fmaf_rn(z[r], c[r], l0);
-    if (r + 1 < len) l1 = __fmaf_rn(z[r + 1], c[r + 1], l1);
-    if (r + 2 < len) l2 = __fmaf_rn(z[r + 2], c[r + 2], l2);
-    if (r + 3 < len) l3 = __fmaf_rn(z[r + 3], c[r + 3], l3);
-    if (r + 4 < len) l4 = __fmaf_rn(z[r + 4], c[r + 4], l4);
-    if (r + 5 < len) l5 = __fmaf_rn(z[r + 5], c[r + 5], l5);
-    if (r + 6 < len) l6 = __fmaf_rn(z[r + 6], c[r + 6], l6);
-    return __fadd_rn(__fadd_rn(__fadd_rn(l0, l1), __fadd_rn(l2, l3)), __fadd_rn(__fadd_rn(l4, l5), __fadd_rn(l6, l7)));
-}
+// ---- epilogue: w4a4_gemm.cu's epi_value, same float ops, same order ----
 __device__ __forceinline__ float epi_value(const W4GemmArgs& a, int row, int col, int acc, float st, int zt) {
     float v = __fmul_rn(__fmul_rn(st, a.w_scale[col]), (float)(acc - zt * a.w_rowsum[col]));
     if (a.spec) v = __fadd_rn(v, a.spec[(int64_t)row * a.n + col]);
