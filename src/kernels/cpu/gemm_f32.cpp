@@ -180,25 +180,18 @@ SQ_AVX2 void gemm_task(const float* x, const float* w, float* y, int64_t n, int6
 }
 
 // Rows [j0, j1) of W against all m rows of x, whole k at once: W streams once.
-SQ_AVX2 void gemv_rows(const float* x, int64_t m, const float* w, float* y, int64_t n, int64_t k, int64_t j0,
-                       int64_t j1) {
-    for (int64_t j = j0; j < j1; j += kNR) {
-        const int64_t nr = std::min(kNR, j1 - j);
-        for (int64_t i = 0; i < m; i += kMR) {
-            const int64_t mr = std::min(kMR, m - i);
-            tile_table_gemv[mr - 1][nr - 1](x + i * k, k, w + j * k, k, k, y + i * n + j, n, false);
-        }
-    }
-}
+// W is float32 or fp16 (uint16_t bits): the same tiles in the same order.
+const auto& gemv_tiles(const float*) { return tile_table_gemv; }
+const auto& gemv_tiles(const uint16_t*) { return tile_table_gemv16; }
 
-// gemv_rows with an fp16 W: the same tiles, the same order.
-SQ_AVX2 void gemv_rows16(const float* x, int64_t m, const uint16_t* w, float* y, int64_t n, int64_t k, int64_t j0,
-                         int64_t j1) {
+template <class T>
+SQ_AVX2 void gemv_rows(const float* x, int64_t m, const T* w, float* y, int64_t n, int64_t k, int64_t j0, int64_t j1) {
+    const auto& table = gemv_tiles(w);
     for (int64_t j = j0; j < j1; j += kNR) {
         const int64_t nr = std::min(kNR, j1 - j);
         for (int64_t i = 0; i < m; i += kMR) {
             const int64_t mr = std::min(kMR, m - i);
-            tile_table_gemv16[mr - 1][nr - 1](x + i * k, k, w + j * k, k, k, y + i * n + j, n, false);
+            table[mr - 1][nr - 1](x + i * k, k, w + j * k, k, k, y + i * n + j, n, false);
         }
     }
 }
@@ -343,7 +336,7 @@ void gemv_f16_rows(const float* x, int64_t m, const uint16_t* w, int64_t n, int6
         }
         return;
     }
-    gemv_rows16(x, m, w, y, n, k, j0, j1);
+    gemv_rows(x, m, w, y, n, k, j0, j1);
 }
 
 void gemm_f16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y) {
