@@ -2,7 +2,7 @@
 # Round 2 of the wgmma prefill GEMM on the lent H100, one call (docs/kernels-cuda-notes.md,
 # "wgmma prefill GEMM, round 2"). DIR (carried) holds: wg (the sandbox, built here with
 #   nvcc -O3 -std=c++20 -gencode=arch=compute_90a,code=sm_90a -Xptxas -v dev/cuda/w4a4_wgmma.cu -o wg -lcublasLt)
-# and bundle.tar.xz from `BUILD=build-gpu scripts/gpu_decode.sh pack DIR`.
+# and bundle.tar.xz from `BUILD=build-gpu scripts/gpu_wgmma.sh pack DIR` (specquant_tests, bench_cuda_gemm).
 # Run on the device: bash DIR/wgmma_round2_device.sh DIR   (logs to $OUT)
 set -uo pipefail
 D=$1
@@ -16,7 +16,7 @@ grep -E "FAIL|correctness|^\| " "$OUT/sandbox.log" | grep -v "| ok" | head -60
 # library: the W4A4 GEMM tests, then bench_cuda_gemm --quick
 S=/tmp/sqw && mkdir -p $S && tar -C $S -xJf "$D/bundle.tar.xz" || exit 1
 export LD_LIBRARY_PATH=$S/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-WT=$(cat $S/worktree)
+WT=$(cat $S/worktree 2>/dev/null || echo /work/wt-wgmma)
 if [ ! -e "$WT/tests" ]; then mkdir -p "$(dirname "$WT")" && ln -sfn "$PWD" "$WT"; fi
 timeout 120 $S/bin/specquant_tests --gtest_filter='CudaW4A4Gemm.*' >"$OUT/tests.log" 2>&1
 echo "tests rc=$?" | tee -a "$OUT/summary.txt"
@@ -24,3 +24,7 @@ grep -E "^\[  (PASSED|FAILED) |FAILED|OK \]" "$OUT/tests.log" | head -30
 timeout 100 $S/bin/bench_cuda_gemm --quick --reps 20 >"$OUT/bench.log" 2>&1
 echo "bench rc=$?" | tee -a "$OUT/summary.txt"
 grep -E "\| 2048 \|" "$OUT/bench.log" | head -40
+timeout 45 compute-sanitizer --tool memcheck --error-exitcode 9 $S/bin/specquant_tests \
+    --gtest_filter='CudaW4A4Gemm.WgmmaUnalignedOutputs:CudaW4A4Gemm.WgmmaDispatchExact' >"$OUT/memcheck.log" 2>&1
+echo "memcheck rc=$?" | tee -a "$OUT/summary.txt"
+tail -n 3 "$OUT/memcheck.log"
