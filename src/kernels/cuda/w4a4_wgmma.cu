@@ -325,17 +325,22 @@ __global__ void __launch_bounds__(kThreads, 1)
 // tile while this one finishes. The epilogue no longer stops the tensor cores (v7: 13 of
 // o's 62 µs, 90 of gu's 410 at M = 2048): after its main loop a consumer thread hands its
 // exact accumulators (>> 4) to warps 1..3 of warpgroup 0 (idle in v7 apart from the one
-// TMA thread) through an int32 buffer of 64 tokens × 256 channels, unpadded, channel XOR
+// TMA thread) through an int32 buffer of the whole 128 × 256 tile, unpadded, channel XOR
 // 8·((row >> 1) & 3) (fragment stores and 16-byte row reads both conflict-free), and starts
-// the next tile once the second half is in; those 96 threads compute y with v7's float
-// operations in v7's order and store it under the next main loop. Shared memory: 5 stages
-// × 32 KB + 64 KB buffer + 1 KB token constants (v8: 5 stages ran as fast as 6).
+// the next tile at once (the buffer is free again long before: the epilogue of one tile
+// takes a fraction of the next one's main loop); those 96 threads compute y with v7's
+// float operations in v7's order and store it under the next main loop. Shared memory:
+// 3 stages × 32 KB + the 128 KB buffer + 1 KB token constants. Sandbox, same run (M = 2048,
+// µs): 3 stages + whole-tile buffer (v12c) qkv 85.9, o 61.2, gu 348.1, down 160.0 against
+// 5 stages + 64-token buffer, the consumers waiting for the first half's epilogue (v12)
+// 92.7, 64.8, 390.7, 158.2, and v7 96.2, 65.5, 434.2, 163.6; three stages cost the main
+// loop nothing ("no-out" 75.5 / 52.8 / 311.6 / 151.2 vs v7's 76.9 / 52.7 / 341.4 / 150.7).
 // Hand-offs: mbarriers bfull (256 consumer arrivals) and bfree (96 epilogue arrivals),
 // strictly alternating, so one parity bit each is unambiguous.
 // Registers: consumers 216, warpgroup 0 72 (setmaxnreg): the increase draws only on what
 // this CTA's decrease released (168 each at launch), 256·(216 − 168) = 128·(168 − 72);
 // 224 / 64 waited forever in the sandbox (14336 asked, 13312 released), 224 / 56 spilled.
-constexpr int kPStages = 5, kPHR = 64, kPEWarps = 3;
+constexpr int kPStages = 3, kPHR = 128, kPEWarps = 3;
 constexpr int kPOffBuf = kPStages * kStage, kPOffTok = kPOffBuf + kPHR * kBM * 4, kPOffBar = kPOffTok + kBN * 8;
 constexpr int kPSmem = kPOffBar + (2 * kPStages + 2) * 8 + 1024;  // + 1024: base alignment
 static_assert(kPSmem <= 227 * 1024, "shared memory");
