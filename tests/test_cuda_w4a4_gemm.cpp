@@ -230,6 +230,18 @@ TEST(CudaW4A4Gemm, WgmmaExactAwkwardShapes) {
         if (s[0] * (int64_t)s[1] * s[2] < 100000000) check(Problem(s[0], s[1], s[2], rng, false, 8), kWgmma, "wgmma 8-bit", false);
 }
 
+// The persistent kernel with more tiles than the H100 has SMs (132), so CTAs take 2+ tiles:
+// the stage ring wraps across tiles with k steps per tile (4, 2, 1) not a multiple of its 3
+// stages, and the epilogue hand-off's parity bits cycle. 2050 × 2120: 17 × 9 = 153 tiles,
+// k = 400 (three full stages + 16); 1030 × 4099: 9 × 17 = 153 tiles, n % 4 != 0 (single-word
+// epilogue stores), k = 160; 4100 × 1100: 33 × 5 = 165 tiles, the last m tile 4 tokens.
+TEST(CudaW4A4Gemm, WgmmaPersistentManyTiles) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 12);
+    for (auto [m, n, k] : {std::tuple{2050, 2120, 400}, {1030, 4099, 160}, {4100, 1100, 48}})
+        check(Problem(m, n, k, rng), kWgmma, "wgmma persistent");
+}
+
 // w4a4_gemm's choice for m ≥ W4G_WGMMA_MIN_M: wgmma when k % 16 == 0 and the rows are
 // 16-byte aligned, else the tiled kernel; both exact. LLaMA-3-8B o shape at m = 72.
 TEST(CudaW4A4Gemm, WgmmaDispatchExact) {

@@ -98,8 +98,11 @@ __device__ __forceinline__ void mbar_expect_tx(uint64_t* b, uint32_t bytes) {
 __device__ __forceinline__ void mbar_arrive(uint64_t* b) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(b)) : "memory");
 }
+// Sandbox watchdog: a wait longer than 2^32 cycles (~2 s) is a deadlock: trap, so the host
+// reports a launch failure after the line naming the case (run 1 lost 240 s to a silent hang).
 __device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
     uint32_t done = 0;
+    long long t0 = 0;
     do {
         asm volatile(
             "{\n.reg .pred p;\n"
@@ -108,6 +111,10 @@ __device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
             : "=r"(done)
             : "r"(smem_u32(b)), "r"(parity)
             : "memory");
+        if (!done) {
+            if (t0 == 0) t0 = clock64();
+            else if (clock64() - t0 > (1ll << 32)) __trap();
+        }
     } while (!done);
 }
 // TMA: box of the tensor map at coordinates → shared memory, completing on mbarrier b.
@@ -723,6 +730,269 @@ void launch(const W4GemmArgs& a, cudaStream_t st) {
     CK(cudaGetLastError());
 }
 
+
+// ---- v12: persistent CTAs; the epilogue runs in the producer warpgroup's 3 idle warps ----
+//
+// v7's main loop unchanged (256 channels × 128 tokens per tile, both consumer warpgroups on
+// one tile, X shared: v11 showed that 128 × 128 tiles cost 1.5× the operand traffic), but
+// one CTA per SM walks tiles blockIdx.x, + gridDim.x, … and the stage ring runs on across
+// tiles, so the producer prefetches tile i+1 while tile i finishes. After its main loop a
+// consumer thread hands its exact accumulators (>> 4) to warps 1..3 of warpgroup 0 through
+// a buffer of HR tokens × 256 channels (int32, unpadded; channel XOR 8·((row >> 1) & 3):
+// fragment stores and 16-byte row reads both conflict-free) and goes on with the next
+// tile's main loop; those 96 threads compute y (v7's float ops, same order) and store it
+// while the tensor cores work. v7 ran the epilogue with the tensor cores idle: 13 of o's
+// 62 µs, 90 of gu's 410. Hand-offs: mbarriers bfull (256 consumer arrivals) and bfree
+// (96 epilogue arrivals), strictly alternating, so one parity bit each is unambiguous.
+// Registers: consumers 216, warpgroup 0 72 (setmaxnreg). The increase draws only on what this
+// CTA's decrease released (168 each at launch): 256·(216 − 168) = 128·(168 − 72). Run 1 had
+// 224 / 64 (2·128·224 + 128·64 = 65536, but 14336 asked against 13312 released): the consumers'
+// setmaxnreg.inc waited forever. 216 / 72 compile without spills; 224 / 56 spill.
+template <int STAGES_, int HR_>
+struct P12 {
+    static constexpr int STAGES = STAGES_, HR = HR_;
+    static constexpr int BN = 128, MT = 2, BM = 256, EWARPS = 3;
+    static constexpr int XBytes = BN * 128, WBytes = BM / 8 * 512, Stage = XBytes + WBytes;
+    static constexpr int OffBuf = STAGES * Stage, OffTok = OffBuf + HR * BM * 4, OffBar = OffTok + BN * 8;
+    static constexpr int Smem = OffBar + (2 * STAGES + 2) * 8 + 1024;  // + 1024: base alignment
+    static_assert(Smem <= 227 * 1024, "shared memory");
+    static_assert(BN % HR == 0 && HR % 8 == 0, "hand-off rows");
+};
+
+template <class P>
+__global__ void __launch_bounds__(384, 1)
+    persist_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tw, const W4GemmArgs a) {
+    constexpr int BN = P::BN, BM = P::BM, MT = P::MT, S = P::STAGES, HR = P::HR;
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+    int* buf = reinterpret_cast<int*>(smem + P::OffBuf);
+    float* tsc = reinterpret_cast<float*>(smem + P::OffTok);
+    int* tze = reinterpret_cast<int*>(tsc + BN);
+    uint64_t* full = reinterpret_cast<uint64_t*>(smem + P::OffBar);
+    uint64_t* empty = full + S;
+    uint64_t* bfull = empty + S;
+    uint64_t* bfree = bfull + 1;
+    const int wgi = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
+    const int KB = (a.k + 127) / 128;
+    const int mtiles = (a.m + BN - 1) / BN, ntiles = mtiles * ((a.n + BM - 1) / BM);
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < S; ++s) {
+            mbar_init(&full[s], 1);
+            mbar_init(&empty[s], 8);  // one arrive per consumer warp
+        }
+        mbar_init(bfull, 256);
+        mbar_init(bfree, 32 * P::EWARPS);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wgi == 0) {
+        setmaxnreg_dec<72>();
+        if (warp == 0) {  // producer: one thread, the ring runs on across tiles
+            if (lane == 0) {
+                int cnt = 0;
+                for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+                    const int m0 = (tile % mtiles) * BN, c0 = (tile / mtiles) * BM;
+                    for (int kb = 0; kb < KB; ++kb, ++cnt) {
+                        const int s = cnt % S;
+                        if (cnt >= S) mbar_wait(&empty[s], ((cnt / S) - 1) & 1);
+                        uint8_t* st = smem + s * P::Stage;
+                        mbar_expect_tx(&full[s], P::Stage);
+                        tma_2d(st, &tx, kb * 128, m0, &full[s]);
+                        tma_3d(st + P::XBytes, &tw, 0, kb, c0 / 8, &full[s]);
+                    }
+                }
+            }
+            return;
+        }
+        // Epilogue warps 1..3: token constants of the tile in shared memory; per hand-off and
+        // 128-channel half, lane's 4 channels' constants in registers (12; both halves at once
+        // spilled at 64 registers), then rows ew, ew + 3, … of the hand-off.
+        const int ew = warp - 1, et = tid - 32;
+        int hand = 0;
+        for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+            const int m0 = (tile % mtiles) * BN, c0 = (tile / mtiles) * BM;
+            if (a.y)
+                for (int r = et; r < BN; r += 32 * P::EWARPS)
+                    if (m0 + r < a.m) tsc[r] = a.act_scale[m0 + r], tze[r] = a.act_zero[m0 + r];
+            asm volatile("bar.sync 2, 96;\n" ::: "memory");
+            for (int h = 0; h < BN / HR; ++h, ++hand) {
+                mbar_wait(bfull, hand & 1);
+                for (int hc = 0; hc < 2; ++hc) {
+                    const int cl = hc * 128 + 4 * lane, ch0 = c0 + cl;
+                    if (ch0 >= a.n) continue;
+                    float ws[4], bs[4];
+                    int rs[4];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const bool in = a.y && ch0 + j < a.n;
+                        ws[j] = in ? a.w_scale[ch0 + j] : 0.0f;
+                        rs[j] = in ? a.w_rowsum[ch0 + j] : 0;
+                        bs[j] = in && a.bias ? a.bias[ch0 + j] : 0.0f;
+                    }
+                    const bool vec = ch0 + 3 < a.n && a.n % 4 == 0;
+                    const bool vacc = vec && ((uintptr_t)a.acc & 15) == 0, vy = vec && ((uintptr_t)a.y & 15) == 0;
+                    const bool vspec = vec && ((uintptr_t)a.spec & 15) == 0;
+#pragma unroll 2
+                    for (int rl = ew; rl < HR; rl += P::EWARPS) {
+                        const int r = h * HR + rl, tok = m0 + r;
+                        if (tok >= a.m) break;
+                        const int4 v = *reinterpret_cast<const int4*>(buf + rl * BM + (cl ^ (((rl >> 1) & 3) << 3)));
+                        const int vv[4] = {v.x, v.y, v.z, v.w};
+                        const int64_t idx = (int64_t)tok * a.n + ch0;
+                        if (a.acc) {
+                            if (vacc) *reinterpret_cast<int4*>(a.acc + idx) = v;
+                            else
+                                for (int j = 0; j < 4 && ch0 + j < a.n; ++j) a.acc[idx + j] = vv[j];
+                        }
+                        if (a.y) {
+                            const float st = tsc[r];
+                            const int zt = tze[r];
+                            float sp[4] = {0, 0, 0, 0};  // spec [m, n] (the engine's prefill); no fused rank here
+                            if (a.spec) {
+                                if (vspec) {
+                                    const float4 v4 = *reinterpret_cast<const float4*>(a.spec + idx);
+                                    sp[0] = v4.x, sp[1] = v4.y, sp[2] = v4.z, sp[3] = v4.w;
+                                } else
+                                    for (int j = 0; j < 4 && ch0 + j < a.n; ++j) sp[j] = a.spec[idx + j];
+                            }
+                            float y[4];
+#pragma unroll
+                            for (int j = 0; j < 4; ++j) {
+                                float f = __fmul_rn(__fmul_rn(st, ws[j]), (float)(vv[j] - zt * rs[j]));
+                                if (a.spec) f = __fadd_rn(f, sp[j]);
+                                if (a.bias) f = __fadd_rn(f, bs[j]);
+                                y[j] = f;
+                            }
+                            if (vy) *reinterpret_cast<float4*>(a.y + idx) = make_float4(y[0], y[1], y[2], y[3]);
+                            else
+                                for (int j = 0; j < 4 && ch0 + j < a.n; ++j) a.y[idx + j] = y[j];
+                        }
+                    }
+                }
+                mbar_arrive(bfree);
+            }
+            asm volatile("bar.sync 2, 96;\n" ::: "memory");  // token constants read before the next tile's
+        }
+        return;
+    }
+
+    setmaxnreg_inc<216>();
+    const int cw = wgi - 1, g = lane / 4, t = lane % 4;
+    int acc[MT][BN / 2];
+    uint4 raw[MT][2];
+    auto load_raw = [&](int s) {
+        const uint8_t* wt = smem + s * P::Stage + P::XBytes;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                raw[mt][h] = *reinterpret_cast<const uint4*>(wt + ((cw * MT + mt) * 8 + warp * 2 + h) * 512 + lane * 16);
+    };
+    int cnt = 0, hand = 0;
+    for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int i = 0; i < BN / 2; ++i) acc[mt][i] = 0;
+        mbar_wait(&full[cnt % S], (cnt / S) & 1);
+        load_raw(cnt % S);
+        uint32_t af[MT][4][4];
+        for (int kb = 0; kb < KB; ++kb, ++cnt) {
+            const int s = cnt % S;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int ks = 0; ks < 4; ++ks) {
+                    const uint32_t w0 = word_of(raw[mt][0], ks), w1 = word_of(raw[mt][1], ks);
+                    af[mt][ks][0] = w4_lo16(w0);
+                    af[mt][ks][1] = w4_lo16(w1);
+                    af[mt][ks][2] = w4_hi16(w0);
+                    af[mt][ks][3] = w4_hi16(w1);
+                }
+            uint64_t dk[4];
+            const uint64_t d0 = desc_sw128(smem + s * P::Stage);
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks) {
+                dk[ks] = d0 + 2 * ks;
+                asm volatile("" : "+l"(dk[ks]));
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+                    asm volatile("" : "+r"(af[mt][ks][0]), "+r"(af[mt][ks][1]), "+r"(af[mt][ks][2]), "+r"(af[mt][ks][3]));
+            }
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) wgmma_n128(acc[mt], af[mt][ks], dk[ks], 1);
+            wgmma_commit();
+            if (kb + 1 < KB) {  // the next stage's weights while this stage's wgmmas run
+                const int c1 = cnt + 1;
+                mbar_wait(&full[c1 % S], (c1 / S) & 1);
+                load_raw(c1 % S);
+            }
+            wgmma_wait<0>();
+            __syncwarp();
+            if (lane == 0) mbar_arrive(&empty[s]);
+        }
+        // Hand-off: HR rows at a time into the buffer, once the epilogue warps are done with it.
+#pragma unroll
+        for (int h = 0; h < BN / HR; ++h, ++hand) {
+            if (hand > 0) mbar_wait(bfree, (hand - 1) & 1);
+#pragma unroll
+            for (int i = h * HR / 8; i < (h + 1) * HR / 8; ++i)
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            const int rl = 8 * i - h * HR + 2 * t + e, c = (cw * MT + mt) * 64 + warp * 16 + hh * 8 + g;
+                            buf[rl * BM + (c ^ (((rl >> 1) & 3) << 3))] = acc[mt][4 * i + 2 * hh + e] >> 4;
+                        }
+            mbar_arrive(bfull);
+        }
+    }
+}
+
+int num_sms() {
+    static const int n = [] {
+        int v = 0;
+        CK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, 0));
+        return v;
+    }();
+    return n;
+}
+
+template <class P>
+void launch_p12(const W4GemmArgs& a, cudaStream_t st) {
+    if (a.m == 0 || a.n == 0) return;  // no outputs at all still runs: the "no-out" timing
+    if (a.y && !a.spec && a.spec_rank > 0) return launch<Cfg<128, 2, 6, false, 2>>(a, st);  // fused rank: v7
+    CUtensorMap tx, tw;
+    const int KB = (a.k + 127) / 128;
+    {
+        const cuuint64_t dims[2] = {(cuuint64_t)a.k, (cuuint64_t)a.m}, strides[1] = {(cuuint64_t)a.k};
+        const cuuint32_t box[2] = {128, (cuuint32_t)P::BN}, es[2] = {1, 1};
+        CUresult r = encode_fn()(&tx, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void*)a.q, dims, strides, box, es,
+                                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+        if (r != CUDA_SUCCESS) { std::fprintf(stderr, "tensor map X: %d\n", (int)r); std::exit(1); }
+    }
+    {
+        const cuuint64_t dims[3] = {128, (cuuint64_t)KB, (cuuint64_t)(w4g_n_pad(a.n) / 8)};
+        const cuuint64_t strides[2] = {512, (cuuint64_t)KB * 512};
+        const cuuint32_t box[3] = {128, 1, (cuuint32_t)(P::BM / 8)}, es[3] = {1, 1, 1};
+        CUresult r = encode_fn()(&tw, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, (void*)a.w, dims, strides, box, es,
+                                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+        if (r != CUDA_SUCCESS) { std::fprintf(stderr, "tensor map W: %d\n", (int)r); std::exit(1); }
+    }
+    CK(cudaFuncSetAttribute(persist_kernel<P>, cudaFuncAttributeMaxDynamicSharedMemorySize, P::Smem));
+    const int tiles = ((a.m + P::BN - 1) / P::BN) * ((a.n + P::BM - 1) / P::BM);
+    persist_kernel<P><<<std::min(tiles, num_sms()), 384, P::Smem, st>>>(tx, tw, a);
+    CK(cudaGetLastError());
+}
+
 }  // namespace wg
 // ================= end of the kernel =================
 
@@ -868,7 +1138,18 @@ const Version kVersions[] = {
     {"v9 256x128 tma-st", wg::launch<V9>},
     {"v10 256x128 tma2", wg::launch<V10>},
     {"v11 128x128 2cta", wg::launch<V11>},
+    {"v12 persist s5 h64", wg::launch_p12<wg::P12<5, 64>>},
+    {"v12b persist s6 h32", wg::launch_p12<wg::P12<6, 32>>},
+    {"v12c persist s3 h128", wg::launch_p12<wg::P12<3, 128>>},
 };
+// --only v7,v12: the versions checked and timed (first word of the name); default: all
+// checked, v7 and v12* timed.
+std::vector<std::string> g_only;
+bool selected(const char* name, bool timing) {
+    const std::string first = std::string(name).substr(0, std::string(name).find(' '));
+    if (g_only.empty()) return !timing || first == "v7" || first.rfind("v12", 0) == 0;
+    return std::find(g_only.begin(), g_only.end(), first) != g_only.end();
+}
 
 // Runs v on p with poisoned outputs; returns the number of mismatching accumulators + outputs.
 int64_t check(const Problem& p, const Version& v) {
@@ -990,11 +1271,20 @@ struct Lt {
 };
 
 int main(int argc, char** argv) {
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);  // line by line through a pipe: a hang still shows how far it got
     int reps = 30;
     bool do_time = true;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--no-time")) do_time = false;
+        else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) {
+            std::string l = argv[++i];
+            for (size_t p = 0; p != std::string::npos;) {
+                const size_t q = l.find(',', p);
+                g_only.push_back(l.substr(p, q == std::string::npos ? q : q - p));
+                p = q == std::string::npos ? q : q + 1;
+            }
+        }
     }
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
@@ -1012,7 +1302,9 @@ int main(int argc, char** argv) {
     for (const Case& c : cases) {
         Problem p(c.m, c.n, c.k, 1000 + c.m * 7 + c.n, c.mode, c.rank);
         for (const Version& v : kVersions) {
+            if (!selected(v.name, false)) continue;
             if (v.name[1] == '9' && c.n % 4 != 0) continue;  // v9: y row stride a multiple of 16 B
+            std::printf("run   m=%5d n=%5d k=%5d %s ...\n", c.m, c.n, c.k, v.name);
             const int64_t bad = check(p, v);
             total_bad += bad;
             std::printf("check m=%5d n=%5d k=%5d mode=%d rank=%2d  %-18s %s (%lld bad)\n", c.m, c.n, c.k, c.mode, c.rank,
@@ -1065,7 +1357,7 @@ int main(int argc, char** argv) {
         row("cuBLAS BF16", tb);
         row("cuBLAS FP8", tf);
         for (const Version& v : kVersions) {
-            if (std::strncmp(v.name, "v7 ", 3) && std::strncmp(v.name, "v11", 3)) continue;  // others: logs of runs 1-5
+            if (!selected(v.name, true)) continue;  // others: logs of the earlier runs
             const int64_t bad = check(p, v);
             total_bad += bad;
             row(v.name, timer.median_us([&] { v.fn(a, 0); }));

@@ -9,6 +9,7 @@
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "core/error.h"
@@ -112,7 +113,7 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int s) {
     return s == 0 ? v.x : (s == 1 ? v.y : (s == 2 ? v.z : v.w));
 }
 
-// ---- the kernel (sandbox v7) ---------------------------------------------------
+// ---- v7's kernel (sandbox v7): now only for the fused spectral rank --------------------
 //
 // CTA: 3 warpgroups. WG 0 = producer: one thread issues, per k step of 128, a TMA copy
 // of the X tile (BN = 128 tokens × 128 B, 128-byte swizzle: the layout the B descriptor
@@ -316,6 +317,232 @@ __global__ void __launch_bounds__(kThreads, 1)
     epilogue(a, acc, smem, m0, c0, cw, warp, lane, tid + 128 * cw);
 }
 
+// ---- the persistent kernel (sandbox v12): y / acc without the fused spectral rank --------
+//
+// v7's main loop and tile (256 channels × 128 tokens, both consumer warpgroups on one tile,
+// the X tile shared), but one CTA per SM walks tiles blockIdx.x, + gridDim.x, … (tokens
+// fastest) and the stage ring runs on across tiles, so the producer prefetches the next
+// tile while this one finishes. The epilogue no longer stops the tensor cores (v7: 13 of
+// o's 62 µs, 90 of gu's 410 at M = 2048): after its main loop a consumer thread hands its
+// exact accumulators (>> 4) to warps 1..3 of warpgroup 0 (idle in v7 apart from the one
+// TMA thread) through an int32 buffer of the whole 128 × 256 tile, unpadded, channel XOR
+// 8·((row >> 1) & 3) (fragment stores and 16-byte row reads both conflict-free), and starts
+// the next tile at once (the buffer is free again long before: the epilogue of one tile
+// takes a fraction of the next one's main loop); those 96 threads compute y with v7's
+// float operations in v7's order and store it under the next main loop. Shared memory:
+// 3 stages × 32 KB + the 128 KB buffer + 1 KB token constants. Sandbox, same run (M = 2048,
+// µs): 3 stages + whole-tile buffer (v12c) qkv 85.9, o 61.2, gu 348.1, down 160.0 against
+// 5 stages + 64-token buffer, the consumers waiting for the first half's epilogue (v12)
+// 92.7, 64.8, 390.7, 158.2, and v7 96.2, 65.5, 434.2, 163.6; three stages cost the main
+// loop nothing ("no-out" 75.5 / 52.8 / 311.6 / 151.2 vs v7's 76.9 / 52.7 / 341.4 / 150.7).
+// Hand-offs: mbarriers bfull (256 consumer arrivals) and bfree (96 epilogue arrivals),
+// strictly alternating, so one parity bit each is unambiguous.
+// Registers: consumers 216, warpgroup 0 72 (setmaxnreg): the increase draws only on what
+// this CTA's decrease released (168 each at launch), 256·(216 − 168) = 128·(168 − 72);
+// 224 / 64 waited forever in the sandbox (14336 asked, 13312 released), 224 / 56 spilled.
+constexpr int kPStages = 3, kPHR = 128, kPEWarps = 3;
+constexpr int kPOffBuf = kPStages * kStage, kPOffTok = kPOffBuf + kPHR * kBM * 4, kPOffBar = kPOffTok + kBN * 8;
+constexpr int kPSmem = kPOffBar + (2 * kPStages + 2) * 8 + 1024;  // + 1024: base alignment
+static_assert(kPSmem <= 227 * 1024, "shared memory");
+static_assert(kBN % kPHR == 0 && kPHR % 8 == 0, "hand-off rows");
+
+__global__ void __launch_bounds__(kThreads, 1)
+    persist_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tw, const W4GemmArgs a) {
+    constexpr int S = kPStages, HR = kPHR;
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+    int* buf = reinterpret_cast<int*>(smem + kPOffBuf);
+    float* tsc = reinterpret_cast<float*>(smem + kPOffTok);
+    int* tze = reinterpret_cast<int*>(tsc + kBN);
+    uint64_t* full = reinterpret_cast<uint64_t*>(smem + kPOffBar);
+    uint64_t* empty = full + S;
+    uint64_t* bfull = empty + S;
+    uint64_t* bfree = bfull + 1;
+    const int wgi = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
+    const int KB = (a.k + 127) / 128;
+    const int mtiles = (a.m + kBN - 1) / kBN, ntiles = mtiles * ((a.n + kBM - 1) / kBM);
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < S; ++s) {
+            mbar_init(&full[s], 1);
+            mbar_init(&empty[s], 8);  // one arrive per consumer warp
+        }
+        mbar_init(bfull, 256);
+        mbar_init(bfree, 32 * kPEWarps);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wgi == 0) {
+        setmaxnreg_dec<72>();
+        if (warp == 0) {  // producer: one thread; the ring runs on across tiles
+            if (lane == 0) {
+                int cnt = 0;
+                for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+                    const int m0 = (tile % mtiles) * kBN, c0 = (tile / mtiles) * kBM;
+                    for (int kb = 0; kb < KB; ++kb, ++cnt) {
+                        const int s = cnt % S;
+                        if (cnt >= S) mbar_wait(&empty[s], ((cnt / S) - 1) & 1);
+                        uint8_t* st = smem + s * kStage;
+                        mbar_expect_tx(&full[s], kStage);  // OOB parts of a box are zero-filled and counted
+                        tma_2d(st, &tx, kb * 128, m0, &full[s]);
+                        tma_3d(st + kXBytes, &tw, 0, kb, c0 / 8, &full[s]);
+                    }
+                }
+            }
+            return;
+        }
+        // Epilogue warps 1..3: the tile's token constants in shared memory; per hand-off and
+        // 128-channel half, the lane's 4 channels' constants in registers (both halves at once
+        // spilled), then rows ew, ew + 3, … of the hand-off.
+        const int ew = warp - 1, et = tid - 32;
+        int hand = 0;
+        for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+            const int m0 = (tile % mtiles) * kBN, c0 = (tile / mtiles) * kBM;
+            if (a.y)
+                for (int r = et; r < kBN; r += 32 * kPEWarps)
+                    if (m0 + r < a.m) tsc[r] = a.act_scale[m0 + r], tze[r] = a.act_zero[m0 + r];
+            asm volatile("bar.sync 2, 96;\n" ::: "memory");
+            for (int h = 0; h < kBN / HR; ++h, ++hand) {
+                mbar_wait(bfull, hand & 1);
+                for (int hc = 0; hc < 2; ++hc) {
+                    const int cl = hc * 128 + 4 * lane, ch0 = c0 + cl;
+                    if (ch0 >= a.n) continue;
+                    float ws[4], bs[4];
+                    int rs[4];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const bool in = a.y && ch0 + j < a.n;
+                        ws[j] = in ? a.w_scale[ch0 + j] : 0.0f;
+                        rs[j] = in ? a.w_rowsum[ch0 + j] : 0;
+                        bs[j] = in && a.bias ? a.bias[ch0 + j] : 0.0f;
+                    }
+                    // 16-byte accesses for 4 whole outputs in range on 16-byte aligned rows
+                    const bool vec = ch0 + 3 < a.n && a.n % 4 == 0;
+                    const bool vacc = vec && ((uintptr_t)a.acc & 15) == 0, vy = vec && ((uintptr_t)a.y & 15) == 0;
+                    const bool vspec = vec && ((uintptr_t)a.spec & 15) == 0;
+#pragma unroll 2
+                    for (int rl = ew; rl < HR; rl += kPEWarps) {
+                        const int r = h * HR + rl, tok = m0 + r;
+                        if (tok >= a.m) break;
+                        const int4 v = *reinterpret_cast<const int4*>(buf + rl * kBM + (cl ^ (((rl >> 1) & 3) << 3)));
+                        const int vv[4] = {v.x, v.y, v.z, v.w};
+                        const int64_t idx = (int64_t)tok * a.n + ch0;
+                        if (a.acc) {
+                            if (vacc) *reinterpret_cast<int4*>(a.acc + idx) = v;
+                            else
+                                for (int j = 0; j < 4 && ch0 + j < a.n; ++j) a.acc[idx + j] = vv[j];
+                        }
+                        if (a.y) {
+                            const float st = tsc[r];
+                            const int zt = tze[r];
+                            float sp[4] = {0, 0, 0, 0};  // spec [m, n] (the engine's prefill); no fused rank here
+                            if (a.spec) {
+                                if (vspec) {
+                                    const float4 v4 = *reinterpret_cast<const float4*>(a.spec + idx);
+                                    sp[0] = v4.x, sp[1] = v4.y, sp[2] = v4.z, sp[3] = v4.w;
+                                } else
+                                    for (int j = 0; j < 4 && ch0 + j < a.n; ++j) sp[j] = a.spec[idx + j];
+                            }
+                            float y[4];
+#pragma unroll
+                            for (int j = 0; j < 4; ++j) {  // epi_value's operations, in its order
+                                float f = __fmul_rn(__fmul_rn(st, ws[j]), (float)(vv[j] - zt * rs[j]));
+                                if (a.spec) f = __fadd_rn(f, sp[j]);
+                                if (a.bias) f = __fadd_rn(f, bs[j]);
+                                y[j] = f;
+                            }
+                            if (vy) *reinterpret_cast<float4*>(a.y + idx) = make_float4(y[0], y[1], y[2], y[3]);
+                            else
+                                for (int j = 0; j < 4 && ch0 + j < a.n; ++j) a.y[idx + j] = y[j];
+                        }
+                    }
+                }
+                mbar_arrive(bfree);
+            }
+            asm volatile("bar.sync 2, 96;\n" ::: "memory");  // token constants read before the next tile's
+        }
+        return;
+    }
+
+    setmaxnreg_inc<216>();
+    const int cw = wgi - 1, g = lane / 4, t = lane % 4;
+    int acc[kMT][kBN / 2];
+    uint4 raw[kMT][2];  // this warp's layout words: blocks (cw·MT + mt)·8 + 2·warp + h of the W tile
+    auto load_raw = [&](int s) {
+        const uint8_t* wt = smem + s * kStage + kXBytes;
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                raw[mt][h] = *reinterpret_cast<const uint4*>(wt + ((cw * kMT + mt) * 8 + warp * 2 + h) * 512 + lane * 16);
+    };
+    int cnt = 0, hand = 0;
+    for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+            for (int i = 0; i < kBN / 2; ++i) acc[mt][i] = 0;
+        mbar_wait(&full[cnt % S], (cnt / S) & 1);
+        load_raw(cnt % S);
+        uint32_t af[kMT][4][4];
+        for (int kb = 0; kb < KB; ++kb, ++cnt) {
+            const int s = cnt % S;
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+                for (int ks = 0; ks < 4; ++ks) {
+                    const uint32_t w0 = word_of(raw[mt][0], ks), w1 = word_of(raw[mt][1], ks);
+                    af[mt][ks][0] = w4_lo16(w0);
+                    af[mt][ks][1] = w4_lo16(w1);
+                    af[mt][ks][2] = w4_hi16(w0);
+                    af[mt][ks][3] = w4_hi16(w1);
+                }
+            // Every input register of the stage's wgmmas is written before the fence (see wgmma_kernel).
+            uint64_t dk[4];
+            const uint64_t d0 = desc_sw128(smem + s * kStage);
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks) {
+                dk[ks] = d0 + 2 * ks;
+                asm volatile("" : "+l"(dk[ks]));
+#pragma unroll
+                for (int mt = 0; mt < kMT; ++mt)
+                    asm volatile("" : "+r"(af[mt][ks][0]), "+r"(af[mt][ks][1]), "+r"(af[mt][ks][2]), "+r"(af[mt][ks][3]));
+            }
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+                for (int mt = 0; mt < kMT; ++mt) wgmma_n128(acc[mt], af[mt][ks], dk[ks], 1);
+            wgmma_commit();
+            if (kb + 1 < KB) {  // the next stage's weights while this stage's wgmmas run
+                const int c1 = cnt + 1;
+                mbar_wait(&full[c1 % S], (c1 / S) & 1);
+                load_raw(c1 % S);
+            }
+            wgmma_wait<0>();
+            __syncwarp();
+            if (lane == 0) mbar_arrive(&empty[s]);
+        }
+        // Hand-off: HR rows at a time, once the epilogue warps are done with the buffer.
+#pragma unroll
+        for (int h = 0; h < kBN / HR; ++h, ++hand) {
+            if (hand > 0) mbar_wait(bfree, (hand - 1) & 1);
+#pragma unroll
+            for (int i = h * HR / 8; i < (h + 1) * HR / 8; ++i)
+#pragma unroll
+                for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+                    for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            const int rl = 8 * i - h * HR + 2 * t + e, c = (cw * kMT + mt) * 64 + warp * 16 + hh * 8 + g;
+                            buf[rl * kBM + (c ^ (((rl >> 1) & 3) << 3))] = acc[mt][4 * i + 2 * hh + e] >> 4;  // exact
+                        }
+            mbar_arrive(bfull);
+        }
+    }
+}
+
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
     static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
         void* p = nullptr;
@@ -367,10 +594,21 @@ void w4a4_gemm_wgmma(const W4GemmArgs& a, cudaStream_t s) {
                                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
         SQ_CHECK(r == CUDA_SUCCESS, "w4a4_gemm_wgmma: weight tensor map (n=", a.n, " k=", a.k, "): error ", (int)r);
     }
-    // Set on every call (cheap): the attribute is per device, and a second device must work too.
-    SQ_CUDA(cudaFuncSetAttribute(wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-    const dim3 grid((unsigned)((a.m + kBN - 1) / kBN), (unsigned)((a.n + kBM - 1) / kBM));
-    wgmma_kernel<<<grid, kThreads, kSmem, s>>>(tx, tw, a);
+    // The fused spectral rank (spec null, spec_rank > 0; not the engine's prefill path) stays on
+    // v7's kernel; everything else runs persistent, one CTA per SM.
+    // Attributes set on every call (cheap): they are per device, and a second device must work too.
+    if (a.y && !a.spec && a.spec_rank > 0) {
+        SQ_CUDA(cudaFuncSetAttribute(wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+        const dim3 grid((unsigned)((a.m + kBN - 1) / kBN), (unsigned)((a.n + kBM - 1) / kBM));
+        wgmma_kernel<<<grid, kThreads, kSmem, s>>>(tx, tw, a);
+    } else {
+        SQ_CUDA(cudaFuncSetAttribute(persist_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kPSmem));
+        int dev = 0, sms = 0;
+        SQ_CUDA(cudaGetDevice(&dev));
+        SQ_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        const int64_t tiles = (int64_t)((a.m + kBN - 1) / kBN) * ((a.n + kBM - 1) / kBM);
+        persist_kernel<<<(unsigned)std::min<int64_t>(tiles, sms), kThreads, kPSmem, s>>>(tx, tw, a);
+    }
     SQ_CUDA_LAUNCH("w4a4_gemm_wgmma");
 }
 

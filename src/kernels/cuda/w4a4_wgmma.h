@@ -8,9 +8,15 @@
 // mma.sync kernel's two LOP3s, so the tensor cores accumulate 16·acc), the
 // activation codes the shared-memory B operand (tokens × 128 k, K-major,
 // 128-byte swizzle). A CTA = 1 producer warpgroup (one thread issues TMA copies
-// of X and W into a 6-stage mbarrier pipeline) + 2 consumer warpgroups of
-// 128 channels × 128 tokens each. Design, versions and measurements:
-// docs/kernels-cuda-notes.md, "wgmma prefill GEMM"; sandbox: dev/cuda/w4a4_wgmma.cu.
+// of X and W into an mbarrier ring) + 2 consumer warpgroups of 128 channels ×
+// 128 tokens each. Round 2 (sandbox v12): persistent, one CTA per SM walking
+// 256 × 128 tiles, the ring running on across tiles, and the epilogue in
+// warpgroup 0's three spare warps (the consumers hand their accumulators over
+// through shared memory and go on with the next tile), so the fp32 y writes
+// run under the tensor cores' work; the fused spectral rank stays on v7's
+// non-persistent kernel. Design, versions and measurements:
+// docs/kernels-cuda-notes.md, "wgmma prefill GEMM" and "…, round 2"; sandbox:
+// dev/cuda/w4a4_wgmma.cu.
 //
 // Tests: tests/test_cuda_w4a4_gemm.cpp (CudaW4A4Gemm.Wgmma*); benchmark:
 // bench/bench_cuda_gemm.cu.
