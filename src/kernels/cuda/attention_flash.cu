@@ -11,14 +11,16 @@
 // warp); the group's heads are neighbouring rows, so they share every K/V tile. Keys stream
 // through shared memory kFKeys = 64 at a time, converted to fp16 by the loader: K as rows
 // [key][hd + 8] (the B operand of Q·Kᵀ, "col" layout = K's rows), V transposed [d][64 + 8]
-// (the B operand of P·V); the +8 halves (16 B) make the 32-bit fragment reads of a warp hit
-// 32 different banks (row stride ≡ 4 words mod 32: bank 4·groupID + tid4). Q's fragments
+// (the B operand of P·V), B fragments by ldmatrix.x4 (two n8 tiles per instruction; 32-bit
+// loads per fragment were 4× the shared-memory instructions); the +8 halves (16 B) make each
+// 8-row phase of ldmatrix hit 32 different banks (row stride ≡ 4 words mod 32). Q's fragments
 // are read once from global memory into registers (hd/16 × 4 words), S = Q·Kᵀ stays in
 // registers and becomes P's A fragments directly (C layout of two n8 tiles = A layout of
 // one k16 step), so no shared-memory round trip for S or P. Registers: O hd/8 × 4 floats.
 // Shared memory: (64·(hd+8) + hd·72)·2 + 4·64·4 B = 37 KB at hd = 128, 19 KB at hd = 64.
 // Tiles fully masked for a warp's 16 rows are skipped; only tiles that cross a row's causal
-// (or sequence) limit are masked element by element.
+// (or sequence) limit are masked element by element. Packed cache: the next tile's codes are
+// prefetched into registers during this tile's mma work (PackedRegs).
 //
 // Rounding (fp32 cache, kv_bits 16 or 5..8): Q, K, V and P are rounded to fp16 (unit
 // roundoff u = 2⁻¹¹); S's error is ≤ scale·2u·Σ_d|q_d·k_d|, the output's ≤ (e^{2·ΔS} − 1 +
@@ -72,62 +74,122 @@ __device__ __forceinline__ void mma16816(float* c, uint32_t a0, uint32_t a1, uin
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// Four 8×8 fp16 matrices from shared memory: lane i gives the address of row i % 8 of matrix
+// i / 8; register r of lane l holds row l / 4, elements 2·(l % 4), +1 of matrix r — for rows
+// = keys (K) or dims (Vᵀ) exactly the B fragment (b0 | b1) of mma.m16n8k16 for two n8 tiles.
+__device__ __forceinline__ void ldsm_x4(const __half* p, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(a));
+}
+
 template <int HD>
 constexpr size_t flash_smem() {
     return (size_t)(kFKeys * (HD + 8) + HD * kVtLd) * 2 + 4 * kFKeys * sizeof(float);
 }
 
-// Keys [k0, k0 + 64) of KV head g into sK (fp16 rows) and sVt (fp16, transposed); keys at
-// or past kend as zeros (masked, but 0·garbage could be NaN). Item = (key j, 8 dims): lanes
-// take consecutive keys, so the transposed V stores of a warp fill 16 consecutive words and
-// the 16-byte K stores of 8 lanes hit 32 different banks (row stride 4 words mod 32).
-// Packed: the codes themselves (exact in fp16) and per key kscl = s_k·scale·log2e, kz = z_k,
-// vs = s_v, vz = z_v; fp32 cache: the values rounded to fp16.
-template <int HD, bool PACKED>
-__device__ __forceinline__ void load_tile(const float* __restrict__ kc, const float* __restrict__ vc,
-                                          const KvPacked& pk, int k0, int kend, int kv_heads, int g, float sl2,
-                                          __half* __restrict__ sK, __half* __restrict__ sVt, float* __restrict__ sP) {
-    constexpr int kChunks = HD / 8, kItems = kFKeys * kChunks;
+// fp32 cache: keys [k0, k0 + 64) of KV head g rounded to fp16 into sK (rows) and sVt
+// (transposed); keys at or past kend as zeros (masked, but 0·garbage could be NaN).
+// Item = (key pair 2·jp, 2·jp+1, 8 dims): lanes take consecutive pairs, so a warp's
+// transposed V stores are half2 words at 32 consecutive words (conflict-free; one 16-bit
+// store per key and dim was twice the stores); the 16-byte K stores of 8 lanes (rows 2·jp:
+// stride 136 words ≡ 8 mod 32) are 2-way conflicted, 2 per item against 8 V stores.
+template <int HD>
+__device__ __forceinline__ void load_tile(const float* __restrict__ kc, const float* __restrict__ vc, int k0,
+                                          int kend, int kv_heads, int g, __half* __restrict__ sK,
+                                          __half* __restrict__ sVt) {
+    constexpr int kChunks = HD / 8, kItems = kFKeys / 2 * kChunks;
     for (int it = threadIdx.x; it < kItems; it += kFWarps * 32) {
-        const int j = it % kFKeys, c8 = it / kFKeys, key = k0 + j;
-        float kf[8], vf[8];
-        if (key < kend) {
-            const int64_t vec = (int64_t)key * kv_heads + g;
-            if constexpr (PACKED) {
-                const uint32_t kw = reinterpret_cast<const uint32_t*>(pk.k + vec * (HD / 2))[c8];
-                const uint32_t vw = reinterpret_cast<const uint32_t*>(pk.v + vec * (HD / 2))[c8];
+        const int j0 = 2 * (it % (kFKeys / 2)), c8 = it / (kFKeys / 2);
+        float kf[2][8], vf[2][8];
 #pragma unroll
-                for (int e = 0; e < 8; ++e) kf[e] = (float)((kw >> (4 * e)) & 15u), vf[e] = (float)((vw >> (4 * e)) & 15u);
-            } else {
+        for (int p = 0; p < 2; ++p) {
+            const int key = k0 + j0 + p;
+            if (key < kend) {
+                const int64_t vec = (int64_t)key * kv_heads + g;
                 const float4* kp4 = reinterpret_cast<const float4*>(kc + vec * HD + c8 * 8);
                 const float4* vp4 = reinterpret_cast<const float4*>(vc + vec * HD + c8 * 8);
                 const float4 ka = kp4[0], kb = kp4[1], va = vp4[0], vb = vp4[1];
-                kf[0] = ka.x, kf[1] = ka.y, kf[2] = ka.z, kf[3] = ka.w, kf[4] = kb.x, kf[5] = kb.y, kf[6] = kb.z,
-                kf[7] = kb.w;
-                vf[0] = va.x, vf[1] = va.y, vf[2] = va.z, vf[3] = va.w, vf[4] = vb.x, vf[5] = vb.y, vf[6] = vb.z,
-                vf[7] = vb.w;
+                kf[p][0] = ka.x, kf[p][1] = ka.y, kf[p][2] = ka.z, kf[p][3] = ka.w;
+                kf[p][4] = kb.x, kf[p][5] = kb.y, kf[p][6] = kb.z, kf[p][7] = kb.w;
+                vf[p][0] = va.x, vf[p][1] = va.y, vf[p][2] = va.z, vf[p][3] = va.w;
+                vf[p][4] = vb.x, vf[p][5] = vb.y, vf[p][6] = vb.z, vf[p][7] = vb.w;
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) kf[p][e] = 0.0f, vf[p][e] = 0.0f;
             }
-        } else {
-#pragma unroll
-            for (int e = 0; e < 8; ++e) kf[e] = 0.0f, vf[e] = 0.0f;
+            uint4 kq;
+            kq.x = pack_h2(kf[p][0], kf[p][1]), kq.y = pack_h2(kf[p][2], kf[p][3]);
+            kq.z = pack_h2(kf[p][4], kf[p][5]), kq.w = pack_h2(kf[p][6], kf[p][7]);
+            *reinterpret_cast<uint4*>(sK + (j0 + p) * (HD + 8) + c8 * 8) = kq;
         }
-        uint4 kq;
-        kq.x = pack_h2(kf[0], kf[1]), kq.y = pack_h2(kf[2], kf[3]), kq.z = pack_h2(kf[4], kf[5]),
-        kq.w = pack_h2(kf[6], kf[7]);
-        *reinterpret_cast<uint4*>(sK + j * (HD + 8) + c8 * 8) = kq;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) sVt[(c8 * 8 + e) * kVtLd + j] = __float2half_rn(vf[e]);
+        for (int e = 0; e < 8; ++e)
+            *reinterpret_cast<uint32_t*>(sVt + (c8 * 8 + e) * kVtLd + j0) = pack_h2(vf[0][e], vf[1][e]);
     }
-    if constexpr (PACKED) {
-        for (int j = threadIdx.x; j < kFKeys; j += kFWarps * 32) {
-            const int key = k0 + j;
-            float2 kp = make_float2(0.0f, 0.0f), vp = kp;
+}
+
+// Packed cache, prefetched: the next tile's codes and (scale, zero) are loaded into registers
+// before this tile's mma work and converted into shared memory after it, so their global
+// latency hides behind the tensor-core work (the fp32 cache's tile, 64 KB at hd = 128, would
+// need 64 more registers per thread: loaded in place by load_tile). Items as load_tile's.
+template <int HD>
+struct PackedRegs {
+    static constexpr int kIt = kFKeys / 2 * (HD / 8) / (kFWarps * 32);  // 4 at hd 128, 2 at hd 64
+    uint32_t k[kIt][2], v[kIt][2];
+    float2 kp, vp;
+};
+
+template <int HD>
+__device__ __forceinline__ void fetch_packed(const KvPacked& pk, int k0, int kend, int kv_heads, int g,
+                                             PackedRegs<HD>& r) {
+#pragma unroll
+    for (int i = 0; i < PackedRegs<HD>::kIt; ++i) {
+        const int it = threadIdx.x + i * kFWarps * 32, j0 = 2 * (it % (kFKeys / 2)), c8 = it / (kFKeys / 2);
+#pragma unroll
+        for (int p = 0; p < 2; ++p) {
+            const int key = k0 + j0 + p;
+            r.k[i][p] = r.v[i][p] = 0u;  // keys at or past kend: codes 0 (masked; finite)
             if (key < kend) {
                 const int64_t vec = (int64_t)key * kv_heads + g;
-                kp = pk.kp[vec], vp = pk.vp[vec];
+                r.k[i][p] = reinterpret_cast<const uint32_t*>(pk.k + vec * (HD / 2))[c8];
+                r.v[i][p] = reinterpret_cast<const uint32_t*>(pk.v + vec * (HD / 2))[c8];
             }
-            sP[j] = kp.x * sl2, sP[kFKeys + j] = kp.y, sP[2 * kFKeys + j] = vp.x, sP[3 * kFKeys + j] = vp.y;
         }
+    }
+    r.kp = r.vp = make_float2(0.0f, 0.0f);
+    const int key = k0 + (int)threadIdx.x;
+    if (threadIdx.x < kFKeys && key < kend) {
+        const int64_t vec = (int64_t)key * kv_heads + g;
+        r.kp = pk.kp[vec], r.vp = pk.vp[vec];
+    }
+}
+
+template <int HD>
+__device__ __forceinline__ void store_packed(const PackedRegs<HD>& r, float sl2, __half* __restrict__ sK,
+                                             __half* __restrict__ sVt, float* __restrict__ sP) {
+#pragma unroll
+    for (int i = 0; i < PackedRegs<HD>::kIt; ++i) {
+        const int it = threadIdx.x + i * kFWarps * 32, j0 = 2 * (it % (kFKeys / 2)), c8 = it / (kFKeys / 2);
+#pragma unroll
+        for (int p = 0; p < 2; ++p) {
+            const uint32_t w = r.k[i][p];
+            uint4 kq;
+            kq.x = pack_h2((float)(w & 15u), (float)((w >> 4) & 15u));
+            kq.y = pack_h2((float)((w >> 8) & 15u), (float)((w >> 12) & 15u));
+            kq.z = pack_h2((float)((w >> 16) & 15u), (float)((w >> 20) & 15u));
+            kq.w = pack_h2((float)((w >> 24) & 15u), (float)(w >> 28));
+            *reinterpret_cast<uint4*>(sK + (j0 + p) * (HD + 8) + c8 * 8) = kq;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+            *reinterpret_cast<uint32_t*>(sVt + (c8 * 8 + e) * kVtLd + j0) =
+                pack_h2((float)((r.v[i][0] >> (4 * e)) & 15u), (float)((r.v[i][1] >> (4 * e)) & 15u));
+    }
+    if (threadIdx.x < kFKeys) {
+        const int j = threadIdx.x;
+        sP[j] = r.kp.x * sl2, sP[kFKeys + j] = r.kp.y, sP[2 * kFKeys + j] = r.vp.x, sP[3 * kFKeys + j] = r.vp.y;
     }
 }
 
@@ -135,7 +197,7 @@ template <int HD, bool PACKED>
 __global__ void __launch_bounds__(kFWarps * 32) attention_flash_kernel(
     const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc, int n, int pos0,
     const int* __restrict__ pos_dev, const int* __restrict__ positions, const int* __restrict__ blocks,
-    int heads, int kv_heads, float sl2, float* __restrict__ out, KvPacked pk) {
+    int heads, int kv_heads, float sl2, float* __restrict__ out, KvPacked pk, bool prefetch) {
     extern __shared__ __align__(16) unsigned char fsm[];
     __half* sK = reinterpret_cast<__half*>(fsm);      // [64][HD + 8]
     __half* sVt = sK + kFKeys * (HD + 8);              // [HD][72]
@@ -198,22 +260,34 @@ __global__ void __launch_bounds__(kFWarps * 32) attention_flash_kernel(
     // per-thread partial sums l (and Σ p·s'·z' when packed) over this thread's columns.
     float m_a = -1e30f, m_b = -1e30f, l_a = 0.0f, l_b = 0.0f, z_a = 0.0f, z_b = 0.0f;
 
+    PackedRegs<HD> pre;
+    if constexpr (PACKED) {
+        if (prefetch) fetch_packed<HD>(pk, kstart, kend, kv_heads, g, pre);
+    }
     for (int k0 = kstart; k0 < kend; k0 += kFKeys) {
         __syncthreads();  // the previous tile is consumed
-        load_tile<HD, PACKED>(kc, vc, pk, k0, kend, kv_heads, g, sl2, sK, sVt, sP);
+        if constexpr (PACKED) {
+            if (!prefetch) fetch_packed<HD>(pk, k0, kend, kv_heads, g, pre);  // A/B: load, then store
+            store_packed<HD>(pre, sl2, sK, sVt, sP);
+            if (prefetch && k0 + kFKeys < kend) fetch_packed<HD>(pk, k0 + kFKeys, kend, kv_heads, g, pre);  // in flight below
+        } else {
+            load_tile<HD>(kc, vc, k0, kend, kv_heads, g, sK, sVt);
+        }
         __syncthreads();
         if (!active || k0 >= w_lim || k0 + kFKeys <= w_lo) continue;  // warp-uniform
         float s[kFKeys / 8][4];
 #pragma unroll
         for (int nb = 0; nb < kFKeys / 8; ++nb) s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.0f;
+        // ldmatrix.x4 address of this lane: row lane % 8 of n-tile (lane / 16), k half (lane / 8) % 2.
+        const int lrow = (lane & 7) + ((lane >> 4) << 3), lcol = ((lane >> 3) & 1) * 8;
 #pragma unroll
         for (int ks = 0; ks < HD / 16; ++ks) {
 #pragma unroll
-            for (int nb = 0; nb < kFKeys / 8; ++nb) {
-                const __half* kr = sK + (nb * 8 + gq) * (HD + 8) + ks * 16 + 2 * t4;
-                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(kr);
-                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(kr + 8);
+            for (int nb = 0; nb < kFKeys / 8; nb += 2) {
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4(sK + (nb * 8 + lrow) * (HD + 8) + ks * 16 + lcol, b0, b1, b2, b3);
                 mma16816(s[nb], qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3], b0, b1);
+                mma16816(s[nb + 1], qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3], b2, b3);
             }
         }
         // Scores in log2 units; masked keys −inf.
@@ -279,11 +353,11 @@ __global__ void __launch_bounds__(kFWarps * 32) attention_flash_kernel(
 #pragma unroll
         for (int kk = 0; kk < kFKeys / 16; ++kk) {
 #pragma unroll
-            for (int nb = 0; nb < HD / 8; ++nb) {
-                const __half* vr = sVt + (nb * 8 + gq) * kVtLd + kk * 16 + 2 * t4;
-                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(vr);
-                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(vr + 8);
+            for (int nb = 0; nb < HD / 8; nb += 2) {
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4(sVt + (nb * 8 + lrow) * kVtLd + kk * 16 + lcol, b0, b1, b2, b3);
                 mma16816(o[nb], pf[kk][0], pf[kk][1], pf[kk][2], pf[kk][3], b0, b1);
+                mma16816(o[nb + 1], pf[kk][0], pf[kk][1], pf[kk][2], pf[kk][3], b2, b3);
             }
         }
     }
@@ -305,6 +379,19 @@ __global__ void __launch_bounds__(kFWarps * 32) attention_flash_kernel(
     }
 }
 
+// SQ_CUDA_FLASH_PREFETCH=0 (read once): the packed tiles loaded and stored in turn, no overlap
+// (A/B of the prefetch, docs/perf.md "Flash attention (branch flash-s7)").
+bool flash_prefetch() {
+    static const bool on = [] {
+        const char* e = std::getenv("SQ_CUDA_FLASH_PREFETCH");
+        if (!e || !*e) return true;
+        const std::string v = e;
+        SQ_CHECK(v == "0" || v == "1", "SQ_CUDA_FLASH_PREFETCH must be 0 or 1, got '", v, "'");
+        return v == "1";
+    }();
+    return on;
+}
+
 template <int HD, bool PACKED>
 void launch_flash(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev,
                   const int* positions, const int* blocks, int n_blocks, int heads, int kv_heads, float* out,
@@ -315,7 +402,8 @@ void launch_flash(const float* q, const float* kc, const float* vc, int n, int p
     const dim3 grid((unsigned)(blocks ? n_blocks : (n * group + kFRows - 1) / kFRows), (unsigned)kv_heads);
     const float sl2 = kLog2e / std::sqrt((float)HD);
     attention_flash_kernel<HD, PACKED><<<grid, kFWarps * 32, smem, s>>>(q, kc, vc, n, pos0, pos_dev, positions, blocks,
-                                                                       heads, kv_heads, sl2, out, pk);
+                                                                       heads, kv_heads, sl2, out, pk,
+                                                                       flash_prefetch());
     SQ_CUDA_LAUNCH("attention_flash");
 }
 
