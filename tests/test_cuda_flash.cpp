@@ -110,12 +110,13 @@ struct ErrStats {
 
 // Float64 reference of query rows [t0, t0 + n) (q [n, heads, hd]), token t's keys [lo[t], lim[t])
 // of the cache, compared with got (and got2) element by element against flash_bound.
+// codes: the bound of FlashKv4::codes (packed cache as exact codes), else of fp16 K and V.
 void check_rows(const std::vector<float>& q, int n, int heads, const TestCache& c, const std::vector<int>& lo,
-                const std::vector<int>& lim, const std::vector<float>& got, ErrStats& st,
+                const std::vector<int>& lim, const std::vector<float>& got, ErrStats& st, bool codes,
                 const std::vector<float>* got2 = nullptr, ErrStats* st2 = nullptr) {
     const int hd = c.hd, kv = c.kv, group = heads / kv;
     const double scale = 1.0 / std::sqrt((double)hd);
-    const bool packed = c.mode != Cache::f32;
+    const bool packed = codes;
     std::vector<double> s, o(hd), vmax(hd);
     for (int t = 0; t < n; ++t) {
         for (int h = 0; h < heads; ++h) {
@@ -173,14 +174,19 @@ struct Shape {
 }  // namespace
 
 // One sequence of n queries at positions pos0.. over cache rows [0, pos0 + n): the flash
-// kernel and the FP32 kernel against the reference, within the derived bound.
+// kernel (packed cache: as values and as codes) and the FP32 kernel against the reference,
+// within the derived bound; with values, the packed cache gives the fp32 cache's bits.
 TEST(CudaFlash, CausalMatchesReferenceWithinBound) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 71);
     for (int hd : {64, 128}) {
         for (Cache mode : {Cache::f32, Cache::packed, Cache::packed_shift}) {
+          for (cuda::FlashKv4 kv4 : {cuda::FlashKv4::values, cuda::FlashKv4::codes}) {
+            if (mode == Cache::f32 && kv4 == cuda::FlashKv4::codes) continue;
+            const bool codes = kv4 == cuda::FlashKv4::codes;
             ErrStats fl, f32;
             int cases = 0;
+            long value_bits = 0;
             auto run = [&](int n, int pos0, Shape sh) {
                 const int rows = pos0 + n;
                 TestCache c(rows, sh.kv, hd, mode, rng);
@@ -188,16 +194,23 @@ TEST(CudaFlash, CausalMatchesReferenceWithinBound) {
                 DevBuf<float> dq(q), o1((size_t)n * sh.heads * hd), o2((size_t)n * sh.heads * hd);
                 o1.poison(0xFF), o2.poison(0xFF);  // NaN: an unwritten element fails the bound
                 cuda::attention_flash(dq.p, c.k_ptr(), c.v_ptr(), n, pos0, nullptr, sh.heads, sh.kv, hd, o1.p, nullptr,
-                                      c.packed());
+                                      c.packed(), kv4);
                 cuda::attention(dq.p, c.k_ptr(), c.v_ptr(), n, pos0, nullptr, sh.heads, sh.kv, hd, o2.p, nullptr,
                                 c.packed());
+                if (mode != Cache::f32 && !codes) {  // the same values through the fp32 cache path: same bits
+                    DevBuf<float> o3((size_t)n * sh.heads * hd);
+                    cuda::attention_flash(dq.p, c.dkc.p, c.dvc.p, n, pos0, nullptr, sh.heads, sh.kv, hd, o3.p,
+                                          nullptr);
+                    const auto a = o1.get(), b = o3.get();
+                    for (size_t i = 0; i < a.size(); ++i) value_bits += std::memcmp(&a[i], &b[i], 4) != 0;
+                }
                 std::vector<int> lo(n, 0), lim(n);
                 for (int t = 0; t < n; ++t) lim[t] = pos0 + t + 1;
                 const std::vector<float> g1 = o1.get(), g2 = o2.get();
                 const long bad0 = fl.bad;
-                check_rows(q, n, sh.heads, c, lo, lim, g1, fl, &g2, &f32);
+                check_rows(q, n, sh.heads, c, lo, lim, g1, fl, codes, &g2, &f32);
                 EXPECT_EQ(fl.bad, bad0) << "n " << n << " pos0 " << pos0 << " heads " << sh.heads << "/" << sh.kv
-                                        << " hd " << hd << " " << cache_name(mode);
+                                        << " hd " << hd << " " << cache_name(mode) << (codes ? " codes" : "");
                 ++cases;
             };
             for (Shape sh : {Shape{3, 3}, Shape{9, 3}, Shape{8, 2}})
@@ -206,9 +219,12 @@ TEST(CudaFlash, CausalMatchesReferenceWithinBound) {
             run(1000, 0, Shape{8, 2});
             run(1000, 3, Shape{9, 3});
             EXPECT_EQ(f32.bad, 0) << "the FP32 kernel outside the bound";
-            std::printf("[cuda] flash hd %d %s: %d cases, flash max|err| %.3e (max err/bound %.3f), "
+            EXPECT_EQ(value_bits, 0) << "packed (values) and fp32 cache differ, hd " << hd << " " << cache_name(mode);
+            std::printf("[cuda] flash hd %d %s%s: %d cases, flash max|err| %.3e (max err/bound %.3f), "
                         "f32 kernel max|err| %.3e (%.4f)\n",
-                        hd, cache_name(mode), cases, fl.max_err, fl.max_ratio, f32.max_err, f32.max_ratio);
+                        hd, cache_name(mode), codes ? " as codes" : "", cases, fl.max_err, fl.max_ratio, f32.max_err,
+                        f32.max_ratio);
+          }
         }
     }
 }
@@ -279,7 +295,7 @@ TEST(CudaFlash, VarlenMatchesReferenceAndSingleSequences) {
                     << "varlen with table vs single sequences, hd " << hd << " heads " << sh.heads << "/" << sh.kv
                     << " " << cache_name(mode);
                 ErrStats a, b;
-                check_rows(q, n, sh.heads, c, lo, lim, g1, a, &g2, &b);
+                check_rows(q, n, sh.heads, c, lo, lim, g1, a, false, &g2, &b);
                 EXPECT_EQ(a.bad, 0) << "varlen (table) hd " << hd << " heads " << sh.heads << "/" << sh.kv;
                 EXPECT_EQ(b.bad, 0) << "varlen (no table) hd " << hd << " heads " << sh.heads << "/" << sh.kv;
                 std::printf("[cuda] flash varlen hd %d heads %d/%d %s: max|err| %.3e (err/bound %.3f), "

@@ -146,19 +146,20 @@ int main(int argc, char** argv) {
     for (C c : {C{1, 0, 9, 3, 64}, C{2, 45, 9, 3, 64}, C{17, 0, 8, 2, 128}, C{129, 45, 9, 3, 64}, C{200, 0, 3, 3, 128},
                 C{1000, 3, 8, 2, 128}, C{64, 0, 32, 8, 128}}) {
         if ((check_only && c.n > 200) || time_only) continue;
-        for (int mode = 0; mode < 3; ++mode) {
-            Problem p = make(c.n, c.pos0, c.heads, c.kv, c.hd, mode > 0, mode == 2, rng);
+        for (int mode = 0; mode < 4; ++mode) {  // fp32, kv4, kv4 + shift (values), kv4 + shift as codes
+            Problem p = make(c.n, c.pos0, c.heads, c.kv, c.hd, mode > 0, mode >= 2, rng);
+            const cuda::FlashKv4 kv4 = mode == 3 ? cuda::FlashKv4::codes : cuda::FlashKv4::values;
             const size_t cnt = (size_t)c.n * c.heads * c.hd;
             float *o1 = dev<float>(cnt), *o2 = dev<float>(cnt);
             const float* kc = p.packed ? nullptr : p.dkc;
             const float* vc = p.packed ? nullptr : p.dvc;
-            cuda::attention_flash(p.dq, kc, vc, c.n, c.pos0, nullptr, c.heads, c.kv, c.hd, o1, nullptr, p.pk);
+            cuda::attention_flash(p.dq, kc, vc, c.n, c.pos0, nullptr, c.heads, c.kv, c.hd, o1, nullptr, p.pk, kv4);
             cuda::attention(p.dq, kc, vc, c.n, c.pos0, nullptr, c.heads, c.kv, c.hd, o2, nullptr, p.pk);
             const std::vector<int> toks = {0, 1, 2, 16, 17, 63, 64, 65, 128, 199, 500, 999};
             const double e1 = rel_err(p, host(o1, cnt), toks), e2 = rel_err(p, host(o2, cnt), toks);
             worst_fl = std::max(worst_fl, e1), worst_f32 = std::max(worst_f32, e2);
-            std::printf("n %4d pos0 %2d heads %2d/%d hd %3d %-9s: rel err flash %.3e  f32 %.3e\n", c.n, c.pos0, c.heads,
-                        c.kv, c.hd, mode == 0 ? "fp32" : mode == 1 ? "kv4" : "kv4+shift", e1, e2);
+            std::printf("n %4d pos0 %2d heads %2d/%d hd %3d %-12s: rel err flash %.3e  f32 %.3e\n", c.n, c.pos0, c.heads,
+                        c.kv, c.hd, mode == 0 ? "fp32" : mode == 1 ? "kv4" : mode == 2 ? "kv4+shift" : "kv4+sh codes", e1, e2);
             SQ_CUDA(cudaFree(o1));
             SQ_CUDA(cudaFree(o2));
         }
@@ -167,8 +168,9 @@ int main(int argc, char** argv) {
     if (check_only) return 0;
     // Timing at prefill shapes (LLaMA-3-8B: 32/8 heads hd 128; SmolLM2: 9/3 hd 64).
     for (C c : {C{2048, 0, 32, 8, 128}, C{8192, 0, 32, 8, 128}, C{2048, 0, 9, 3, 64}}) {
-        for (int mode = 0; mode < 2; ++mode) {
+        for (int mode = 0; mode < 3; ++mode) {  // fp32, kv4 values, kv4 codes
             Problem p = make(c.n, 0, c.heads, c.kv, c.hd, mode > 0, false, rng);
+            const cuda::FlashKv4 kv4 = mode == 2 ? cuda::FlashKv4::codes : cuda::FlashKv4::values;
             const size_t cnt = (size_t)c.n * c.heads * c.hd;
             float* o = dev<float>(cnt);
             const float* kc = p.packed ? nullptr : p.dkc;
@@ -176,12 +178,12 @@ int main(int argc, char** argv) {
             const double flop = 2.0 * 2.0 * (double)c.n * c.n / 2 * c.hd * c.heads;
             const int reps = c.n > 4096 ? 3 : 10;
             const float t1 = time_ms([&] { cuda::attention_flash(p.dq, kc, vc, c.n, 0, nullptr, c.heads, c.kv, c.hd, o,
-                                                                 nullptr, p.pk); }, reps);
+                                                                 nullptr, p.pk, kv4); }, reps);
             const float t2 = time_ms([&] { cuda::attention(p.dq, kc, vc, c.n, 0, nullptr, c.heads, c.kv, c.hd, o,
                                                            nullptr, p.pk); }, c.n > 4096 ? 1 : 3);
             std::printf("timing n %d heads %d/%d hd %d %s: flash %.3f ms (%.1f TFLOP/s), f32 %.3f ms (%.1f TFLOP/s), "
                         "%.1fx\n",
-                        c.n, c.heads, c.kv, c.hd, mode ? "kv4" : "fp32", t1, flop / t1 / 1e9, t2, flop / t2 / 1e9,
+                        c.n, c.heads, c.kv, c.hd, mode == 0 ? "fp32" : mode == 1 ? "kv4" : "kv4 codes", t1, flop / t1 / 1e9, t2, flop / t2 / 1e9,
                         t2 / t1);
             SQ_CUDA(cudaFree(o));
         }

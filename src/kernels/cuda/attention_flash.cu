@@ -25,11 +25,15 @@
 // Rounding (fp32 cache, kv_bits 16 or 5..8): Q, K, V and P are rounded to fp16 (unit
 // roundoff u = 2⁻¹¹); S's error is ≤ scale·2u·Σ_d|q_d·k_d|, the output's ≤ (e^{2·ΔS} − 1 +
 // 2u)·max|v| (derivation and the checked bound in tests/test_cuda_flash.cpp).
-// Packed KV4 cache: codes 0..15 are exact in fp16, so the kernel never rounds K or V:
-//   S_j   = s_j·(Q·c_j − z_j·ΣQ) (+ Q·k_shift, the same for every key of a row: softmax drops it)
-//   out_d = (Σ_j (p_j·s'_j)·c'_jd − Σ_j p_j·s'_j·z'_j) / Σ_j p_j    (s', z', c': V's)
-// with Q and p·s' rounded to fp16 (ΣQ summed in fp32 from the rounded Q, so it matches
-// the mma's operand) and Σ p·s'·z' accumulated in fp32 from the same rounded p·s'.
+// Packed KV4 cache, two modes (FlashKv4):
+//  - values (default): each element unpacked to the float the fp32 cache holds (kv_unpack's
+//    rounded operations), then rounded to fp16: the same bits as over the fp32 cache, so the
+//    packed cache stays invisible to every reader (CudaModel.PackedKvDecodeIsBitIdentical).
+//  - codes: codes 0..15 are exact in fp16, so K and V are never rounded:
+//      S_j   = s_j·(Q·c_j − z_j·ΣQ) (+ Q·k_shift, the same for every key of a row: dropped)
+//      out_d = (Σ_j (p_j·s'_j)·c'_jd − Σ_j p_j·s'_j·z'_j) / Σ_j p_j    (s', z', c': V's)
+//    with Q and p·s' rounded to fp16 (ΣQ summed in fp32 from the rounded Q, so it matches
+//    the mma's operand) and Σ p·s'·z' accumulated in fp32 from the same rounded p·s'.
 #include <cfloat>
 #include <cmath>
 #include <cstdlib>
@@ -166,38 +170,62 @@ __device__ __forceinline__ void fetch_packed(const KvPacked& pk, int k0, int ken
     }
 }
 
+// Modes of the kernel: the fp32 cache; the packed cache unpacked to the very floats the fp32
+// cache holds (kv_unpack's two rounded operations), then rounded to fp16 like the fp32 cache's
+// values, so both caches give the same bits (CudaModel.PackedKvDecodeIsBitIdentical); the
+// packed cache as exact codes (only Q and p·s rounded; FlashKv4::codes).
+enum Mode { kF32 = 0, kKv4Values = 1, kKv4Codes = 2 };
+
+// (scale, zero) of the prefetched tile into sP: ks, kz, vs, vz [64] each (before the codes:
+// the values mode reads them there).
 template <int HD>
-__device__ __forceinline__ void store_packed(const PackedRegs<HD>& r, float sl2, __half* __restrict__ sK,
-                                             __half* __restrict__ sVt, float* __restrict__ sP) {
+__device__ __forceinline__ void store_params(const PackedRegs<HD>& r, float* __restrict__ sP) {
+    if (threadIdx.x < kFKeys) {
+        const int j = threadIdx.x;
+        sP[j] = r.kp.x, sP[kFKeys + j] = r.kp.y, sP[2 * kFKeys + j] = r.vp.x, sP[3 * kFKeys + j] = r.vp.y;
+    }
+}
+
+template <int HD, int MODE>
+__device__ __forceinline__ void store_packed(const PackedRegs<HD>& r, const float* __restrict__ sh,
+                                             __half* __restrict__ sK, __half* __restrict__ sVt,
+                                             const float* __restrict__ sP) {
 #pragma unroll
     for (int i = 0; i < PackedRegs<HD>::kIt; ++i) {
         const int it = threadIdx.x + i * kFWarps * 32, j0 = 2 * (it % (kFKeys / 2)), c8 = it / (kFKeys / 2);
+        float kf[2][8], vf[2][8];
 #pragma unroll
         for (int p = 0; p < 2; ++p) {
-            const uint32_t w = r.k[i][p];
+            const float ks = sP[j0 + p], kz = sP[kFKeys + j0 + p], vs = sP[2 * kFKeys + j0 + p],
+                        vz = sP[3 * kFKeys + j0 + p];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const int ck = (int)((r.k[i][p] >> (4 * e)) & 15u), cv = (int)((r.v[i][p] >> (4 * e)) & 15u);
+                if constexpr (MODE == kKv4Codes) {
+                    kf[p][e] = (float)ck, vf[p][e] = (float)cv;
+                } else {  // kv_unpack (attention.cu): (code − zero)·scale (+ k_shift), each rounded
+                    const float kr = __fmul_rn((float)(ck - (int)kz), ks);
+                    kf[p][e] = sh ? __fadd_rn(kr, sh[c8 * 8 + e]) : kr;
+                    vf[p][e] = __fmul_rn((float)(cv - (int)vz), vs);
+                }
+            }
             uint4 kq;
-            kq.x = pack_h2((float)(w & 15u), (float)((w >> 4) & 15u));
-            kq.y = pack_h2((float)((w >> 8) & 15u), (float)((w >> 12) & 15u));
-            kq.z = pack_h2((float)((w >> 16) & 15u), (float)((w >> 20) & 15u));
-            kq.w = pack_h2((float)((w >> 24) & 15u), (float)(w >> 28));
+            kq.x = pack_h2(kf[p][0], kf[p][1]), kq.y = pack_h2(kf[p][2], kf[p][3]);
+            kq.z = pack_h2(kf[p][4], kf[p][5]), kq.w = pack_h2(kf[p][6], kf[p][7]);
             *reinterpret_cast<uint4*>(sK + (j0 + p) * (HD + 8) + c8 * 8) = kq;
         }
 #pragma unroll
         for (int e = 0; e < 8; ++e)
-            *reinterpret_cast<uint32_t*>(sVt + (c8 * 8 + e) * kVtLd + j0) =
-                pack_h2((float)((r.v[i][0] >> (4 * e)) & 15u), (float)((r.v[i][1] >> (4 * e)) & 15u));
-    }
-    if (threadIdx.x < kFKeys) {
-        const int j = threadIdx.x;
-        sP[j] = r.kp.x * sl2, sP[kFKeys + j] = r.kp.y, sP[2 * kFKeys + j] = r.vp.x, sP[3 * kFKeys + j] = r.vp.y;
+            *reinterpret_cast<uint32_t*>(sVt + (c8 * 8 + e) * kVtLd + j0) = pack_h2(vf[0][e], vf[1][e]);
     }
 }
 
-template <int HD, bool PACKED>
+template <int HD, int MODE>
 __global__ void __launch_bounds__(kFWarps * 32) attention_flash_kernel(
     const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc, int n, int pos0,
     const int* __restrict__ pos_dev, const int* __restrict__ positions, const int* __restrict__ blocks,
     int heads, int kv_heads, float sl2, float* __restrict__ out, KvPacked pk, bool prefetch) {
+    constexpr bool PACKED = MODE != kF32, CODES = MODE == kKv4Codes;
     extern __shared__ __align__(16) unsigned char fsm[];
     __half* sK = reinterpret_cast<__half*>(fsm);      // [64][HD + 8]
     __half* sVt = sK + kFKeys * (HD + 8);              // [HD][72]
@@ -240,14 +268,14 @@ __global__ void __launch_bounds__(kFWarps * 32) attention_flash_kernel(
                          x3 = *reinterpret_cast<const float2*>(qb + d + 8);
             qf[ks][0] = pack_h2(x0.x, x0.y), qf[ks][1] = pack_h2(x1.x, x1.y);
             qf[ks][2] = pack_h2(x2.x, x2.y), qf[ks][3] = pack_h2(x3.x, x3.y);
-            if constexpr (PACKED) {
+            if constexpr (CODES) {
                 const float2 y0 = unpack_h2(qf[ks][0]), y1 = unpack_h2(qf[ks][1]), y2 = unpack_h2(qf[ks][2]),
                              y3 = unpack_h2(qf[ks][3]);
                 qs_a += (y0.x + y0.y) + (y2.x + y2.y);
                 qs_b += (y1.x + y1.y) + (y3.x + y3.y);
             }
         }
-        if constexpr (PACKED) {
+        if constexpr (CODES) {
             qs_a += __shfl_xor_sync(0xffffffffu, qs_a, 1), qs_a += __shfl_xor_sync(0xffffffffu, qs_a, 2);
             qs_b += __shfl_xor_sync(0xffffffffu, qs_b, 1), qs_b += __shfl_xor_sync(0xffffffffu, qs_b, 2);
         }
@@ -261,6 +289,7 @@ __global__ void __launch_bounds__(kFWarps * 32) attention_flash_kernel(
     float m_a = -1e30f, m_b = -1e30f, l_a = 0.0f, l_b = 0.0f, z_a = 0.0f, z_b = 0.0f;
 
     PackedRegs<HD> pre;
+    const float* sh = pk.k_shift && MODE == kKv4Values ? pk.k_shift + (size_t)g * HD : nullptr;
     if constexpr (PACKED) {
         if (prefetch) fetch_packed<HD>(pk, kstart, kend, kv_heads, g, pre);
     }
@@ -268,7 +297,9 @@ __global__ void __launch_bounds__(kFWarps * 32) attention_flash_kernel(
         __syncthreads();  // the previous tile is consumed
         if constexpr (PACKED) {
             if (!prefetch) fetch_packed<HD>(pk, k0, kend, kv_heads, g, pre);  // A/B: load, then store
-            store_packed<HD>(pre, sl2, sK, sVt, sP);
+            store_params<HD>(pre, sP);
+            __syncthreads();  // sP read by every item below
+            store_packed<HD, MODE>(pre, sh, sK, sVt, sP);
             if (prefetch && k0 + kFKeys < kend) fetch_packed<HD>(pk, k0 + kFKeys, kend, kv_heads, g, pre);  // in flight below
         } else {
             load_tile<HD>(kc, vc, k0, kend, kv_heads, g, sK, sVt);
@@ -299,8 +330,8 @@ __global__ void __launch_bounds__(kFWarps * 32) attention_flash_kernel(
             for (int e = 0; e < 2; ++e) {
                 const int c = nb * 8 + 2 * t4 + e, key = k0 + c;
                 float xa, xb;
-                if constexpr (PACKED) {
-                    const float ksc = sP[c], kz = sP[kFKeys + c];
+                if constexpr (CODES) {
+                    const float ksc = sP[c] * sl2, kz = sP[kFKeys + c];
                     xa = fmaf(-kz, qs_a, s[nb][e]) * ksc;
                     xb = fmaf(-kz, qs_b, s[nb][2 + e]) * ksc;
                 } else {
@@ -334,13 +365,13 @@ __global__ void __launch_bounds__(kFWarps * 32) attention_flash_kernel(
             for (int e = 0; e < 2; ++e) {
                 pa[e] = exp2f(s[nb][e] - mn_a), pb[e] = exp2f(s[nb][2 + e] - mn_b);
                 l_a += pa[e], l_b += pb[e];
-                if constexpr (PACKED) {
+                if constexpr (CODES) {
                     const int c = nb * 8 + 2 * t4 + e;
                     pa[e] *= sP[2 * kFKeys + c], pb[e] *= sP[2 * kFKeys + c];
                 }
             }
             const uint32_t wa = pack_h2(pa[0], pa[1]), wb = pack_h2(pb[0], pb[1]);
-            if constexpr (PACKED) {  // Σ (rounded p·s')·z', as the mma sees p·s'
+            if constexpr (CODES) {  // Σ (rounded p·s')·z', as the mma sees p·s'
                 const int c = nb * 8 + 2 * t4;
                 const float2 ra2 = unpack_h2(wa), rb2 = unpack_h2(wb);
                 const float vz0 = sP[3 * kFKeys + c], vz1 = sP[3 * kFKeys + c + 1];
@@ -364,7 +395,7 @@ __global__ void __launch_bounds__(kFWarps * 32) attention_flash_kernel(
     if (!active) return;
     l_a += __shfl_xor_sync(0xffffffffu, l_a, 1), l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
     l_b += __shfl_xor_sync(0xffffffffu, l_b, 1), l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
-    if constexpr (PACKED) {
+    if constexpr (CODES) {
         z_a += __shfl_xor_sync(0xffffffffu, z_a, 1), z_a += __shfl_xor_sync(0xffffffffu, z_a, 2);
         z_b += __shfl_xor_sync(0xffffffffu, z_b, 1), z_b += __shfl_xor_sync(0xffffffffu, z_b, 2);
     }
@@ -392,7 +423,20 @@ bool flash_prefetch() {
     return on;
 }
 
-template <int HD, bool PACKED>
+// SQ_CUDA_FLASH_KV4 (read once): values (default: the packed cache read as the fp32 cache's
+// floats, the same bits as with the fp32 cache) or codes (exact codes, fewer roundings).
+FlashKv4 flash_kv4_env() {
+    static const FlashKv4 m = [] {
+        const char* e = std::getenv("SQ_CUDA_FLASH_KV4");
+        if (!e || !*e) return FlashKv4::values;
+        const std::string v = e;
+        SQ_CHECK(v == "values" || v == "codes", "SQ_CUDA_FLASH_KV4 must be values or codes, got '", v, "'");
+        return v == "codes" ? FlashKv4::codes : FlashKv4::values;
+    }();
+    return m;
+}
+
+template <int HD, int MODE>
 void launch_flash(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev,
                   const int* positions, const int* blocks, int n_blocks, int heads, int kv_heads, float* out,
                   cudaStream_t s, const KvPacked& pk) {
@@ -401,23 +445,29 @@ void launch_flash(const float* q, const float* kc, const float* vc, int n, int p
     const int group = heads / kv_heads;
     const dim3 grid((unsigned)(blocks ? n_blocks : (n * group + kFRows - 1) / kFRows), (unsigned)kv_heads);
     const float sl2 = kLog2e / std::sqrt((float)HD);
-    attention_flash_kernel<HD, PACKED><<<grid, kFWarps * 32, smem, s>>>(q, kc, vc, n, pos0, pos_dev, positions, blocks,
-                                                                       heads, kv_heads, sl2, out, pk,
-                                                                       flash_prefetch());
+    attention_flash_kernel<HD, MODE><<<grid, kFWarps * 32, smem, s>>>(q, kc, vc, n, pos0, pos_dev, positions, blocks,
+                                                                     heads, kv_heads, sl2, out, pk, flash_prefetch());
     SQ_CUDA_LAUNCH("attention_flash");
 }
 
 void flash_dispatch(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev,
                     const int* positions, const int* blocks, int n_blocks, int heads, int kv_heads, int hd, float* out,
-                    cudaStream_t s, const KvPacked& pk) {
+                    cudaStream_t s, const KvPacked& pk, FlashKv4 kv4) {
     if (n <= 0) return;
     SQ_CHECK(pk || (kc && vc), "CUDA attention_flash: no KV cache (fp32 or packed)");
     SQ_CHECK(kv_heads > 0 && heads % kv_heads == 0, "CUDA attention_flash: ", heads, " heads not a multiple of ",
              kv_heads, " KV heads");
     SQ_CHECK(attention_flash_supported(hd), "CUDA attention_flash: head_dim ", hd, " unsupported (64 or 128)");
+    if (kv4 == FlashKv4::env) kv4 = flash_kv4_env();
+    const int mode = !pk ? kF32 : kv4 == FlashKv4::codes ? kKv4Codes : kKv4Values;
     auto go = [&](auto fn) { fn(q, kc, vc, n, pos0, pos_dev, positions, blocks, n_blocks, heads, kv_heads, out, s, pk); };
-    if (hd == 64) pk ? go(launch_flash<64, true>) : go(launch_flash<64, false>);
-    else pk ? go(launch_flash<128, true>) : go(launch_flash<128, false>);
+    if (hd == 64) {
+        mode == kF32 ? go(launch_flash<64, kF32>)
+                     : mode == kKv4Codes ? go(launch_flash<64, kKv4Codes>) : go(launch_flash<64, kKv4Values>);
+    } else {
+        mode == kF32 ? go(launch_flash<128, kF32>)
+                     : mode == kKv4Codes ? go(launch_flash<128, kKv4Codes>) : go(launch_flash<128, kKv4Values>);
+    }
 }
 
 }  // namespace
@@ -436,12 +486,12 @@ bool prefill_attention_flash() {
 }
 
 void attention_flash(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
-                     int kv_heads, int hd, float* out, cudaStream_t s, const KvPacked& pk) {
+                     int kv_heads, int hd, float* out, cudaStream_t s, const KvPacked& pk, FlashKv4 kv4) {
     if (!attention_flash_supported(hd)) {  // other head sizes: the FP32 kernel (same semantics)
         attention(q, kc, vc, n, pos0, pos_dev, heads, kv_heads, hd, out, s, pk);
         return;
     }
-    flash_dispatch(q, kc, vc, n, pos0, pos_dev, nullptr, nullptr, 0, heads, kv_heads, hd, out, s, pk);
+    flash_dispatch(q, kc, vc, n, pos0, pos_dev, nullptr, nullptr, 0, heads, kv_heads, hd, out, s, pk, kv4);
 }
 
 std::vector<int> attention_flash_blocks(const std::vector<int>& seq_lens, int group) {
@@ -459,7 +509,7 @@ std::vector<int> attention_flash_blocks(const std::vector<int>& seq_lens, int gr
 
 void attention_flash_varlen(const float* q, const float* kc, const float* vc, int n, const int* positions, int heads,
                             int kv_heads, int hd, float* out, cudaStream_t s, const int* blocks, int n_blocks,
-                            const KvPacked& pk) {
+                            const KvPacked& pk, FlashKv4 kv4) {
     SQ_CHECK(positions, "CUDA attention_flash_varlen: no positions");
     SQ_CHECK(!blocks || n_blocks > 0, "CUDA attention_flash_varlen: empty block table");
     if (!attention_flash_supported(hd)) {
@@ -468,7 +518,7 @@ void attention_flash_varlen(const float* q, const float* kc, const float* vc, in
         attention_varlen(q, kc, vc, n, positions, heads, kv_heads, hd, out, s, nullptr, 0, pk);
         return;
     }
-    flash_dispatch(q, kc, vc, n, 0, nullptr, positions, blocks, n_blocks, heads, kv_heads, hd, out, s, pk);
+    flash_dispatch(q, kc, vc, n, 0, nullptr, positions, blocks, n_blocks, heads, kv_heads, hd, out, s, pk, kv4);
 }
 
 }  // namespace sq::cuda
