@@ -8,9 +8,10 @@
 # recreated on the device as a link to the checkout, for SQ_TEST_DATA / SQ_SOURCE_DIR):
 #   cmake -S . -B build-gpu -DSPECQUANT_CUDA=ON -DCMAKE_BUILD_TYPE=Release
 #   cmake --build build-gpu -j2 --target specquant specquant_tests
-#   scripts/gpu_flash.sh pack D1 D2 MODEL.gguf   # D1: binaries + data + model part aa; D2: part ab
+#   scripts/gpu_flash.sh pack D1 D2 MODEL.gguf   # D1: binaries + data + model part aa (46.5 MiB); D2: part ab
 # On the device (repository root; D1 carried in call 1, D2 in call 2 while the machine is warm):
 #   bash D1/gpu_flash.sh tests D1        # unpack, CUDA tests, bench f32 vs flash, keep part aa
+#   bash D1/gpu_flash.sh unpack D1       # or only unpack + keep part aa (seconds)
 #   bash D2/gpu_flash.sh ppl D2          # part ab: assemble, quantize, ppl (FP, W4A4KV4) × 2 kernels
 # Logs and JSON go to $OUT.
 set -uo pipefail
@@ -55,9 +56,8 @@ pack)
     cp /work/shared/data/calib/c4.utf8 /work/shared/data/calib/wiki.utf8 /work/shared/data/wikitext2/wiki.test.raw $P/
     pwd >$P/worktree
     tar -C $P -I 'xz -T2' -cf "$D1/bundle.tar.xz" .
-    split -b 45M "$MODEL" $P/model.part.
-    mv $P/model.part.aa "$D1/" && mv $P/model.part.ab "$D2/"
-    test ! -e $P/model.part.ac || { echo "model needs 3 parts" >&2; exit 1; }
+    # 64 MiB per call: the tree (~5 MB) + bundle (~13 MB) + part aa in call 1, the rest in call 2
+    head -c 48758784 "$MODEL" >"$D1/model.part.aa" && tail -c +48758785 "$MODEL" >"$D2/model.part.ab" || exit 1
     cp scripts/gpu_flash.sh "$D1/" && cp scripts/gpu_flash.sh "$D2/"
     du -sh "$D1" "$D2"
     rm -rf $P
@@ -75,6 +75,9 @@ tests)
     step bench_flash 150 $SQ $B --json $OUT/bench_flash.json
     cat "$OUT/bench_f32.log" "$OUT/bench_flash.log" | grep -v '^\s*$' | head -80
     ;;
+unpack)  # the bundle and part aa only (when `tests` already ran in an earlier lease)
+    rm -rf $S && mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" && cp "$2/model.part.aa" $S/ || exit 1
+    ;;
 ppl)
     test -x $S/bin/specquant || { echo "no unpacked bundle (machine went cold?)"; exit 1; }
     env_setup
@@ -90,7 +93,7 @@ ppl)
     done
     ;;
 *)
-    echo "usage: $0 pack D1 D2 MODEL | tests D1 | ppl D2" >&2
+    echo "usage: $0 pack D1 D2 MODEL | tests D1 | unpack D1 | ppl D2" >&2
     exit 2
     ;;
 esac
