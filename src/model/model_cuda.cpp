@@ -239,6 +239,8 @@ struct ModelCuda::Impl {
     std::map<int, cudaGraphExec_t> graphs;  // by token count (one-document calls; varlen calls run eagerly)
     bool use_graphs = true;
     bool att_codes = false;            // v5 decode attention makes o's codes (SQ_CUDA_ATT_CODES=1; else act_quant)
+    // Prefill / scoring attention on tensor cores (attention_flash.cu; SQ_CUDA_PREFILL_ATT=f32: FP32 kernel)
+    static bool flash_att(int hd) { return cuda::prefill_attention_flash() && cuda::attention_flash_supported(hd); }
     DevBuf<int> q_rows, q_targets;     // [queries]: grown on demand
     DevBuf<double> q_lp;
     DevBuf<uint8_t> q_greedy;
@@ -743,8 +745,13 @@ struct ModelCuda::Impl {
             {
                 const ProfScope ps = prof("attention");
                 if (mode == Mode::varlen) {
-                    cuda::attention_varlen(qa, kc_l, vc_l, n, positions.get(), H, KV, hd, att.get(), stream,
-                                           att_blocks.get(), att_nblocks, pk_l);
+                    // flash: tensor cores, 64-row table; f32: the FP32 kernel, 16-row table (forward_score_varlen)
+                    if (flash_att(hd))
+                        cuda::attention_flash_varlen(qa, kc_l, vc_l, n, positions.get(), H, KV, hd, att.get(), stream,
+                                                     att_blocks.get(), att_nblocks, pk_l);
+                    else
+                        cuda::attention_varlen(qa, kc_l, vc_l, n, positions.get(), H, KV, hd, att.get(), stream,
+                                               att_blocks.get(), att_nblocks, pk_l);
                 } else if (mode == Mode::batch && opts.decode_v5) {
                     // v5: one kernel; its last block per sequence also makes o's codes (or bf16 input).
                     cuda::RowQuant rq = row_quant_for(&L.o);
@@ -757,6 +764,8 @@ struct ModelCuda::Impl {
                     // o's codes come from act_quant: v4's one-block-per-sequence merge was slower (v4c, notes).
                     cuda::attention_decode(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, dec_cap,
                                            dec_part.get(), att.get(), stream);
+                } else if (flash_att(hd)) {  // prefill: tensor cores (SQ_CUDA_PREFILL_ATT=f32: the FP32 kernel)
+                    cuda::attention_flash(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream, pk_l);
                 } else {
                     cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream, pk_l);
                 }
@@ -1367,7 +1376,9 @@ std::vector<RowScore> ModelCuda::forward_score_varlen(const int* tokens, const s
         SQ_CHECK(t.row >= 0 && t.row < n, "forward_score_varlen: row ", t.row, " outside [0, ", n, ")");
         SQ_CHECK(t.target >= 0 && t.target < V, "token id ", t.target, " out of range [0, ", V, ")");
     }
-    const std::vector<int> blocks = cuda::attention_blocks(seq_lens, m.cfg.n_heads / m.cfg.n_kv_heads);
+    const int group = m.cfg.n_heads / m.cfg.n_kv_heads;  // the table of the kernel run_layers picks
+    const std::vector<int> blocks = m.flash_att(m.cfg.head_dim) ? cuda::attention_flash_blocks(seq_lens, group)
+                                                                : cuda::attention_blocks(seq_lens, group);
     SQ_CHECK(blocks.size() <= m.att_blocks.size(), "forward_score_varlen: attention block table overflow");
     m.att_nblocks = (int)blocks.size() / 2;
     SQ_CUDA(cudaMemcpyAsync(m.att_blocks.get(), blocks.data(), blocks.size() * sizeof(int), cudaMemcpyHostToDevice,

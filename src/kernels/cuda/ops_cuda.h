@@ -225,4 +225,27 @@ void f32_to_bf16(const float* x, int64_t count, uint16_t* y, cudaStream_t s);
 // (w [w4g_bytes(n, k)], pads zero) and their row sums [n].
 void w4g_fill_random(uint8_t* w, int64_t n, int64_t k, uint64_t seed, int32_t* rowsum, cudaStream_t s);
 
+// ---- tensor-core flash attention for prefill and scoring (attention_flash.cu) ----
+// Same semantics as attention() / attention_varlen(), with Q·Kᵀ and P·V on fp16 tensor cores
+// (fp32 accumulation, fp32 online softmax): not bit-identical to the FP32 kernel; error
+// bound derived and checked in tests/test_cuda_flash.cpp. hd 64 and 128; other head sizes run
+// the FP32 kernel (attention_flash_supported()).
+// Packed cache (kv4): `values` reads the floats the fp32 cache would hold (rounded to fp16 as
+// those: same bits with either cache), `codes` the exact codes (S = s·(Q·c − z·ΣQ), only Q and
+// p·scale rounded); `env`: SQ_CUDA_FLASH_KV4 = values (default) | codes, read once.
+enum class FlashKv4 { env, values, codes };
+bool attention_flash_supported(int hd);
+// SQ_CUDA_PREFILL_ATT (read once): "flash" (default) or "f32" (the FP32 kernel, bitwise as before).
+bool prefill_attention_flash();
+void attention_flash(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
+                     int kv_heads, int hd, float* out, cudaStream_t s, const KvPacked& pk = KvPacked{},
+                     FlashKv4 kv4 = FlashKv4::env);
+// Varlen as attention_varlen; blocks: attention_flash_blocks() (64-row blocks cut per sequence:
+// each sequence's outputs are then bit for bit those of attention_flash on it alone). An
+// unsupported hd runs attention_varlen without a table (a 64-row table is not its format).
+void attention_flash_varlen(const float* q, const float* kc, const float* vc, int n, const int* positions, int heads,
+                            int kv_heads, int hd, float* out, cudaStream_t s, const int* blocks = nullptr,
+                            int n_blocks = 0, const KvPacked& pk = KvPacked{}, FlashKv4 kv4 = FlashKv4::env);
+std::vector<int> attention_flash_blocks(const std::vector<int>& seq_lens, int group);
+
 }  // namespace sq::cuda
