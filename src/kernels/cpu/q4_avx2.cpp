@@ -96,15 +96,8 @@ void q4_gemv(const float* x, int64_t m, const BlockQ4* w, int64_t n, int64_t k, 
         return;
     }
     const int64_t nb = k / Q4_BLOCK;
-    // Groups of 4 rows (rows are independent), in 64 contiguous chunks claimed
-    // dynamically: with a static split the lm_head GEMV (SmolLM2: 12288
-    // groups, ~1 ms) waited for the slower thread whenever a neighbour took
-    // one core; chunks of ≥ 192 groups keep each thread's reads sequential.
-    const int64_t groups = (n + 3) / 4, per = std::max<int64_t>(1, (groups + 63) / 64);
-    parallel_for_dynamic((groups + per - 1) / per, [&](int64_t c) {
-        for (int64_t g = c * per; g < std::min(groups, (c + 1) * per); ++g)
-            group(x, m, w, nb, n, g * 4, std::min(n, g * 4 + 4), y);
-    });
+    // Groups of 4 rows, a contiguous range per thread (rows are independent).
+    parallel_for((n + 3) / 4, [&](int64_t g) { group(x, m, w, nb, n, g * 4, std::min(n, g * 4 + 4), y); });
 }
 
 }  // namespace sq

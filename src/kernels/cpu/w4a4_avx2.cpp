@@ -34,7 +34,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
-#include <string>
 
 #include "core/error.h"
 #include "core/threads.h"
@@ -521,30 +520,6 @@ void run_jobs(const Job* jobs, int count, int64_t m, const std::function<void(in
         }
     }
     const int nt_max = std::max(1, threads_count());
-    // GEMV work split. Chunks of equal bytes, not of equal groups: the
-    // spectral rows are sorted longest first, so the first groups of a layer
-    // read up to twice the bytes of the last (SmolLM2 q at k̄ 32: 1152 code
-    // bytes + up to 1024 of C per group). Default: kGemvChunks chunks per
-    // thread claimed in order from one atomic counter, so a thread that loses
-    // its core to a neighbour for a while leaves its remaining chunks to the
-    // other (a static split made every thread wait for the slowest at the
-    // join: 19% of decode samples spinning). SQ_W4A4_GEMV_SPLIT=static: one
-    // contiguous range per thread (the round 4 split), for A/B runs.
-    // Which thread computes a group cannot change a bit.
-    static const bool split_static = [] {
-        const char* e = std::getenv("SQ_W4A4_GEMV_SPLIT");
-        return e && std::string(e) == "static";
-    }();
-    constexpr int64_t kGemvChunks = 8;
-    std::vector<int64_t> chunk;  // chunk c = units [chunk[c], chunk[c + 1])
-    if (m <= w4a4_gemv_max_m) {
-        const int64_t nc = split_static ? nt_max : std::min<int64_t>(total, nt_max * kGemvChunks);
-        chunk.resize(nc + 1);
-        for (int64_t c = 0; c <= nc; ++c)
-            chunk[c] = std::lower_bound(cost.begin(), cost.end(), cost.back() * c / nc) - cost.begin();
-        chunk[nc] = total;
-    }
-    std::atomic<int64_t> next_chunk{0};
 #pragma omp parallel num_threads(nt_max)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -553,20 +528,21 @@ void run_jobs(const Job* jobs, int count, int64_t m, const std::function<void(in
 #pragma omp barrier
         }
         if (m <= w4a4_gemv_max_m) {
-            const int64_t nc = (int64_t)chunk.size() - 1;
-            auto run_chunk = [&](int64_t c) {
-                int i = 0;
-                for (int64_t u = chunk[c]; u < chunk[c + 1]; ++u) {
-                    while (u >= first[i + 1]) ++i;
-                    run_rows<true>(jobs[i], 0, m, u - first[i]);
-                }
-            };
-            if (split_static) {
-                for (int64_t c = t; c < nc; c += nt) run_chunk(c);
-            } else {
-                for (int64_t c = next_chunk.fetch_add(1, std::memory_order_relaxed); c < nc;
-                     c = next_chunk.fetch_add(1, std::memory_order_relaxed))
-                    run_chunk(c);
+            // Contiguous ranges of equal bytes, not of equal groups: the
+            // spectral rows are sorted longest first, so the first groups of
+            // a layer read up to twice the bytes of the last (SmolLM2 q at
+            // k̄ 32: 1152 code bytes + up to 1024 of C per group). Chunks
+            // claimed dynamically (8 per thread, for robustness when a
+            // neighbour takes a core) measured 164–172 decode t/s against
+            // 190–196 for this split, alternating runs at load 5.7–5.9
+            // (likely because SmolLM2's chunks are ~19 KB and each one
+            // restarts the hardware prefetch stream; not profiled).
+            const int64_t u0 = std::lower_bound(cost.begin(), cost.end(), cost.back() * t / nt) - cost.begin(),
+                          u1 = std::lower_bound(cost.begin(), cost.end(), cost.back() * (t + 1) / nt) - cost.begin();
+            int i = 0;
+            for (int64_t u = u0; u < std::min(u1, total); ++u) {
+                while (u >= first[i + 1]) ++i;
+                run_rows<true>(jobs[i], 0, m, u - first[i]);
             }
         } else {
 #pragma omp for schedule(dynamic, 1)
