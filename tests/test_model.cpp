@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "test_random.h"
+#include "test_w4a4_data.h"
 
 #include <cmath>
 #include <fstream>
@@ -13,6 +14,9 @@
 #include "core/error.h"
 #include "io/checkpoint.h"
 #include "io/tokenizer.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/w4a4_avx2.h"
+#include "model/linear_w4a4_cpu.h"
 #include "model/model.h"
 #include "model/sampler.h"
 
@@ -155,4 +159,91 @@ TEST(ModelKvQ4, LogitsBitwiseFloatCache) {
     std::vector<float> logits(plain.config().vocab);
     EXPECT_THROW(plain.forward(t.data(), 2, q4, logits.data(), false), Error);
     EXPECT_THROW(KVCache(plain.config(), 8, 3), Error);
+}
+
+namespace {
+// Model::forward's steps written out over all n rows in one call (what
+// forward did before the chunking): float cache, all logits.
+std::vector<float> forward_unchunked(const Model& model, const std::vector<int>& toks, bool all_logits = true) {
+    const ModelWeights& w = model.weights();
+    const ModelConfig& c = w.cfg;
+    const int n = (int)toks.size();
+    const int64_t d = c.d_model, qd = (int64_t)c.n_heads * c.head_dim, ff = c.d_ff;
+    const std::vector<float> inv = rope_inv_freq(c);
+    KVCache cache(c, n);
+    std::vector<float> h(n * d), x(n * d), att(n * qd), proj(n * d), act(n * ff);
+    embed_tokens(w, toks.data(), n, h.data());  // (the float cache holds fake-quantized K/V when kv_bits < 16)
+    for (int l = 0; l < c.n_layers; ++l) {
+        const LayerWeights& L = w.layers[l];
+        rmsnorm_f32(h.data(), L.attn_norm.data(), n, d, c.rms_eps, x.data());
+        attention_block(w, l, inv.data(), x.data(), n, 0, cache.k_at(l, 0), cache.v_at(l, 0), att.data());
+        L.o->forward(att.data(), n, proj.data());
+        for (int64_t i = 0; i < n * d; ++i) h[i] += proj[i];
+        rmsnorm_f32(h.data(), L.ffn_norm.data(), n, d, c.rms_eps, x.data());
+        mlp_block(L, ff, x.data(), n, act.data());
+        L.down->forward(act.data(), n, proj.data());
+        for (int64_t i = 0; i < n * d; ++i) h[i] += proj[i];
+    }
+    const int first = all_logits ? 0 : n - 1;  // the lm_head sees the rows forward gives it
+    rmsnorm_f32(&h[first * d], w.final_norm.data(), n - first, d, c.rms_eps, x.data());
+    std::vector<float> logits((size_t)(n - first) * c.vocab, NAN);
+    w.lm_head->forward(x.data(), n - first, logits.data());
+    return logits;
+}
+}  // namespace
+
+// Model::forward runs long prompts as chunks of ≤ kPrefillChunk (+16)
+// tokens (peak memory): the logits are the same bits as the steps written out
+// over all rows at once, for the float model, and for W4A4 layers (AVX2 and
+// reference backends, spectral branch on) with a float and a 4-bit KV cache
+// (and a Q4_0 tied lm_head when the width allows), at lengths around the
+// chunk boundaries (145 = 128 + 17, 160 = 128 + 32, 300 = 128 + 128 + 44).
+TEST(ModelPrefillChunks, LogitsBitwiseOneCall) {
+    Checkpoint ck = checkpoint_open(std::string(SQ_TEST_DATA) + "/models/tiny_llama");
+    std::mt19937 rng(test_seed() + 91);
+    for (int n : {1, 16, 17, 128, 144}) EXPECT_EQ(prefill_chunk_len(n, 0), n);  // one chunk
+    for (int n : {145, 160, 273, 300, 401}) {  // the chunks cover n, > 16 tokens each, all but the last 128
+        int64_t t0 = 0;
+        while (t0 < n) {
+            const int64_t r = prefill_chunk_len(n, t0);
+            EXPECT_GT(r, 16) << n << " at " << t0;
+            if (t0 + r < n) EXPECT_EQ(r, kPrefillChunk) << n << " at " << t0;
+            else EXPECT_LE(r, kPrefillChunk + 16) << n;
+            t0 += r;
+        }
+        EXPECT_EQ(t0, n);
+    }
+    for (const char* backend : {"float", "avx2", "ref", "avx2-kv4"}) {
+        ModelWeights w = model_load_f32(ck, false);
+        const ModelConfig& c = w.cfg;
+        const std::string be_name = backend;
+        if (be_name != "float") {
+            const W4A4Backend be = be_name == "ref" ? W4A4Backend::kRef : W4A4Backend::kAvx2;
+            if (be == W4A4Backend::kAvx2 && !w4a4_avx2_available()) continue;
+            for (auto& L : w.layers)
+                for (std::unique_ptr<Linear>* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) {
+                    const int64_t in = (*p)->in, out = (*p)->out;
+                    *p = make_linear_w4a4(random_qlinear(in, out, 4, (int)std::min<int64_t>(in, 9), false, rng), be);
+                }
+            if (be_name == "avx2-kv4") w.kv_bits = 4, w.kv_clip = 0.95f;
+            if (c.d_model % 32 == 0) model_embed_quant(w, 4);
+        }
+        Model model(std::move(w));
+        for (int n : {17, 128, 130, 145, 160, 288, 300}) {
+            std::vector<int> toks(n);
+            for (int& t : toks) t = (int)(rng() % (uint32_t)c.vocab);
+            KVCache cache = model.make_cache(n + 1);
+            std::vector<float> got((size_t)n * c.vocab, NAN);
+            model.forward(toks.data(), n, cache, got.data(), true);
+            const std::vector<float> want = forward_unchunked(model, toks);
+            ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * 4)) << backend << " n " << n;
+            // last-token logits only (the lm_head on one row: its GEMV path)
+            std::vector<float> last(c.vocab, NAN);
+            KVCache c2 = model.make_cache(n + 1);
+            model.forward(toks.data(), n, c2, last.data(), false);
+            const std::vector<float> want_last = forward_unchunked(model, toks, false);
+            ASSERT_EQ(0, std::memcmp(last.data(), want_last.data(), c.vocab * 4)) << backend << " n " << n;
+            EXPECT_EQ(c2.pos, n);
+        }
+    }
 }

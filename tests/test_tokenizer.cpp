@@ -335,3 +335,32 @@ TEST(TokenizerWiki, WholeFileMatchesHf) {
         }
     }
 }
+
+// The compact tables (string arenas, sorted ids, merges by id) give back
+// exactly the TokenizerData they were built from, and a Tokenizer rebuilt
+// from that encodes the same ids, for every kind of tokenizer we load.
+TEST(TokenizerCompact, DataRoundTripsExactly) {
+    for (const char* name : {"smollm2", "tiny_bpe", "tiny_bpe_llama3", "tiny_bpe_qwen2", "tiny_spm"}) {
+        const TokenizerData in = tokenizer_data_from_json(kDir + std::string(name) + "/tokenizer.json");
+        const Tokenizer tok{TokenizerData(in)};
+        const TokenizerData out = tok.data();
+        EXPECT_EQ(out.tokens, in.tokens) << name;
+        EXPECT_EQ(out.merges, in.merges) << name;
+        EXPECT_EQ(out.token_types, in.token_types) << name;
+        EXPECT_EQ(out.scores, in.scores) << name;
+        EXPECT_EQ(out.kind, in.kind) << name;
+        EXPECT_EQ(out.pre, in.pre) << name;
+        EXPECT_EQ(out.bos, in.bos) << name;
+        EXPECT_EQ(out.eos, in.eos) << name;
+        EXPECT_EQ(out.unk, in.unk) << name;
+        EXPECT_EQ(out.add_bos, in.add_bos) << name;
+        EXPECT_EQ(out.add_space_prefix, in.add_space_prefix) << name;
+        EXPECT_EQ(out.ignore_merges, in.ignore_merges) << name;
+        EXPECT_EQ(tok.vocab_size(), (int)in.tokens.size()) << name;
+        const Tokenizer again(tok.data());
+        const std::string text = "Hello world! The year 2024, naïve café — <|im_start|>x  y\n\n  123456 ok";
+        EXPECT_EQ(again.encode(text, true), tok.encode(text, true)) << name;
+        EXPECT_EQ(again.decode(tok.encode(text)), tok.decode(tok.encode(text))) << name;
+        for (int id = 0; id < tok.vocab_size(); id += 97) EXPECT_EQ(again.token_bytes(id), tok.token_bytes(id)) << name;
+    }
+}

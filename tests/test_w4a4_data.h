@@ -43,7 +43,7 @@ QLinearData random_qlinear(int64_t in, int64_t out, int a_bits, int rank, bool b
     return d;
 }
 
-std::vector<float> random_x(int64_t n, int64_t k, std::mt19937& rng) {
+[[maybe_unused]] std::vector<float> random_x(int64_t n, int64_t k, std::mt19937& rng) {
     auto x = gaussian(n * k, rng);
     x[0] = 25.0f;  // an outlier, as real activations have
     return x;

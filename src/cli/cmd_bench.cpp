@@ -161,6 +161,8 @@ BenchResult bench_one(const std::string& path, int prefill, int decode, int reps
     r.hwm = proc_status_kb("VmHWM");
     std::fprintf(stderr, "bench: %s: after load RSS %.1f MB (peak %.1f); KV cache %.1f MB (%d-bit, %d positions)\n",
                  path.c_str(), r.load_rss / 1e6, r.load_hwm / 1e6, r.kv_bytes / 1e6, r.kv_bits, prefill + decode + 1);
+    std::fprintf(stderr, "bench: %s: end RssAnon %.1f MB, RssFile %.1f MB, VmRSS %.1f, VmHWM %.1f\n", path.c_str(),
+                 proc_status_kb("RssAnon") / 1e6, proc_status_kb("RssFile") / 1e6, r.rss / 1e6, r.hwm / 1e6);
     return r;
 }
 

@@ -1,5 +1,9 @@
 #include "cli/common.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include <chrono>
 #include <filesystem>
 
@@ -24,6 +28,11 @@ LoadedModel model_open(const std::string& path, bool progress) {
         m.quant = pm.quant;
         m.tok = std::make_unique<Tokenizer>(std::move(pm.tokenizer));  // a copy would hold a second vocab until pm dies
         m.model = std::make_unique<Model>(std::move(pm.weights));
+#ifdef __GLIBC__
+        // The tokenizer's strings (TokenizerData: ~100k small blocks) were
+        // freed once its compact tables were built: hand the pages back.
+        malloc_trim(0);
+#endif
     } else {
         m.ck = checkpoint_open(path);
         m.quant = {{"method", "fp"}, {"w_bits", 16}, {"a_bits", 16}, {"kv_bits", 16}};

@@ -169,18 +169,66 @@ const char* pretokenizer_regex(const std::string& pre) {
     return nullptr;
 }
 
+// Strings of a vocabulary in one arena: string i is arena[off[i], off[i + 1]).
+// SmolLM2's 49152 tokens: ~0.6 MB, where a std::vector<std::string> plus a
+// node-based hash map of them took ~5 MB (32 B per string, ~60 B per node,
+// heap headers).
+struct StrTable {
+    std::string arena;
+    std::vector<uint32_t> off{0};
+    void add(std::string_view s) {
+        arena.append(s);
+        SQ_CHECK(arena.size() < UINT32_MAX, "tokenizer: vocabulary text over 4 GB");
+        off.push_back(static_cast<uint32_t>(arena.size()));
+    }
+    std::string_view at(int i) const { return {arena.data() + off[i], off[i + 1] - off[i]}; }
+    void shrink() {
+        arena.shrink_to_fit();
+        off.shrink_to_fit();
+    }
+};
+
+// Ids sorted by their string in a StrTable (ties by id): lookup by binary
+// search, 4 B per entry. find() returns the smallest id spelled s, as the hash
+// map did ("first id wins on duplicates"), or -1.
+struct StrIndex {
+    std::vector<int32_t> ids;
+    template <class Keep>
+    void build(const StrTable& t, int n, Keep&& keep) {
+        ids.clear();
+        for (int i = 0; i < n; ++i)
+            if (keep(i)) ids.push_back(i);
+        std::stable_sort(ids.begin(), ids.end(), [&](int a, int b) { return t.at(a) < t.at(b); });
+        ids.shrink_to_fit();
+    }
+    int find(const StrTable& t, std::string_view s) const {
+        auto it = std::lower_bound(ids.begin(), ids.end(), s, [&](int id, std::string_view v) { return t.at(id) < v; });
+        return it != ids.end() && t.at(*it) == s ? *it : -1;
+    }
+};
+
 struct Tokenizer::Impl {
+    // Everything of the TokenizerData but the per-token arrays, which live in
+    // the compact tables below (d.tokens, d.merges, d.token_types are empty;
+    // data() rebuilds them). d.scores is kept (SPM only; 4 B per token).
     TokenizerData d;
-    StrMap<int> vocab;                    // token text -> id (first id wins on duplicates)
-    std::vector<std::string> bytes;       // id -> what decode emits for it
+    int n = 0;                            // vocabulary size
+    StrTable tok_text;                    // id -> token text
+    StrIndex vocab;                       // token text -> id
+    StrTable bytes;                       // id -> what decode emits for it
+    std::vector<uint8_t> types;           // TokenType per id, or empty (all normal)
     std::array<int, 256> byte_id{};       // byte-level: initial token of each byte; SPM: <0xXX>
+    // Merges in rank order (left id, right id, merged id), and the ranks
+    // sorted by pair key (left << 32 | right) for lookup, the lowest rank of a
+    // repeated pair first: 16 B per merge (the hash map of pairs: ~40).
     struct Merge {
-        int rank, id;
+        int32_t left, right, id;
     };
-    std::unordered_map<uint64_t, Merge> merges;  // (left id, right id) -> rank, merged id
+    std::vector<Merge> merge_list;
+    std::vector<int32_t> merge_index;
     bool use_scores = false;                      // SPM from GGUF: no merges, scores decide
     bool ignore_merges = false;
-    StrMap<int> raw_vocab;                        // ignore_merges: raw bytes -> id
+    StrIndex raw_vocab;                           // ignore_merges: raw bytes (in `bytes` / `text`) -> id
     std::array<std::vector<int>, 256> specials;   // by first byte, longest first
     bool digits_first = false;                    // smollm
     std::optional<Regex> re, re_digit;
@@ -189,13 +237,23 @@ struct Tokenizer::Impl {
     mutable StrMap<std::vector<int>> cache;  // byte-level word (raw bytes) -> ids
 
     bool byte_level() const { return d.kind == TOKENIZER_BPE_BYTE; }
-    TokenType type(int id) const {
-        return d.token_types.empty() ? TOKEN_NORMAL : static_cast<TokenType>(d.token_types[id]);
+    TokenType type(int id) const { return types.empty() ? TOKEN_NORMAL : static_cast<TokenType>(types[id]); }
+    std::string_view token(int id) const { return tok_text.at(id); }
+    int find_token(std::string_view t) const { return vocab.find(tok_text, t); }
+    // The merge of the pair (a, b): rank and merged id, or false.
+    bool find_merge(int a, int b, int& rank, int& id) const {
+        const uint64_t key = pair_key(a, b);
+        auto key_of = [&](int r) { return pair_key(merge_list[r].left, merge_list[r].right); };
+        auto it = std::lower_bound(merge_index.begin(), merge_index.end(), key,
+                                   [&](int r, uint64_t k) { return key_of(r) < k; });
+        if (it == merge_index.end() || key_of(*it) != key) return false;
+        rank = *it, id = merge_list[*it].id;
+        return true;
     }
 
     explicit Impl(TokenizerData data) : d(std::move(data)) {
         const std::string& src = d.source;
-        const int n = static_cast<int>(d.tokens.size());
+        n = static_cast<int>(d.tokens.size());
         SQ_CHECK(n > 0, src, ": tokenizer has no tokens");
         SQ_CHECK(d.token_types.empty() || static_cast<int>(d.token_types.size()) == n, src, ": ",
                  d.token_types.size(), " token types for ", n, " tokens");
@@ -203,67 +261,93 @@ struct Tokenizer::Impl {
                  " scores for ", n, " tokens");
         for (int* id : {&d.bos, &d.eos, &d.unk, &d.pad})
             SQ_CHECK(*id < n, src, ": special token id ", *id, " out of range (", n, " tokens)");
-        vocab.reserve(n);
-        for (int i = 0; i < n; ++i) vocab.emplace(d.tokens[i], i);
+        if (!d.token_types.empty()) {
+            types.resize(n);
+            for (int i = 0; i < n; ++i) {
+                SQ_CHECK(d.token_types[i] >= 0 && d.token_types[i] <= 255, src, ": token ", i, " has type ",
+                         d.token_types[i], " (0..255 expected)");
+                types[i] = static_cast<uint8_t>(d.token_types[i]);
+            }
+        }
+        std::vector<int>().swap(d.token_types);
+        tok_text.arena.reserve([&] {
+            size_t s = 0;
+            for (const auto& t : d.tokens) s += t.size();
+            return s;
+        }());
+        tok_text.off.reserve(n + 1);
+        for (const auto& t : d.tokens) tok_text.add(t);
+        std::vector<std::string>().swap(d.tokens);
+        vocab.build(tok_text, n, [](int) { return true; });
 
         // What each token decodes to.
-        bytes.resize(n);
+        bytes.off.reserve(n + 1);
+        std::string b;
         for (int i = 0; i < n; ++i) {
-            const std::string& t = d.tokens[i];
+            const std::string_view t = token(i);
             const TokenType ty = type(i);
+            b.clear();
             if (ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED || ty == TOKEN_UNKNOWN) {
-                bytes[i] = t;
+                b = t;
             } else if (byte_level()) {
-                if (!gpt2_text_to_bytes(t, bytes[i])) bytes[i] = t;
-            } else if (const int v = byte_token_value(t); v >= 0) {
-                bytes[i] = static_cast<char>(v);
+                if (!gpt2_text_to_bytes(std::string(t), b)) b = t;
+            } else if (const int v = byte_token_value(std::string(t)); v >= 0) {
+                b = static_cast<char>(v);
             } else {
                 for (size_t p = 0; p < t.size();) {
                     if (t.compare(p, 3, SPM_SPACE) == 0) {
-                        bytes[i] += ' ';
+                        b += ' ';
                         p += 3;
                     } else {
-                        bytes[i] += t[p++];
+                        b += t[p++];
                     }
                 }
             }
+            bytes.add(b);
         }
+        bytes.shrink();
 
         // Initial tokens of bytes.
         byte_id.fill(-1);
-        for (int b = 0; b < 256; ++b) {
+        for (int c = 0; c < 256; ++c) {
             std::string t;
             if (byte_level()) {
-                utf8_append(t, gpt2_byte_to_codepoint(static_cast<uint8_t>(b)));
+                utf8_append(t, gpt2_byte_to_codepoint(static_cast<uint8_t>(c)));
             } else {
                 static const char hex[] = "0123456789ABCDEF";
-                t = std::string("<0x") + hex[b >> 4] + hex[b & 15] + ">";
+                t = std::string("<0x") + hex[c >> 4] + hex[c & 15] + ">";
             }
-            if (auto it = vocab.find(t); it != vocab.end()) byte_id[b] = it->second;
+            byte_id[c] = find_token(t);
         }
 
         // Merges in rank order; the first occurrence of a pair wins.
-        merges.reserve(d.merges.size());
+        merge_list.reserve(d.merges.size());
         for (size_t r = 0; r < d.merges.size(); ++r) {
-            const auto& [a, b] = d.merges[r];
-            auto ia = vocab.find(a), ib = vocab.find(b), im = vocab.find(a + b);
-            SQ_CHECK(ia != vocab.end() && ib != vocab.end() && im != vocab.end(), src, ": merge ", r, " '", a, " ",
-                     b, "' uses a token that is not in the vocabulary");
-            merges.emplace(pair_key(ia->second, ib->second), Merge{static_cast<int>(r), im->second});
+            const auto& [a, b2] = d.merges[r];
+            const int ia = find_token(a), ib = find_token(b2), im = find_token(a + b2);
+            SQ_CHECK(ia >= 0 && ib >= 0 && im >= 0, src, ": merge ", r, " '", a, " ", b2,
+                     "' uses a token that is not in the vocabulary");
+            merge_list.push_back(Merge{ia, ib, im});
         }
-        use_scores = !byte_level() && d.merges.empty();
+        const bool has_merges = !d.merges.empty();
+        std::vector<std::pair<std::string, std::string>>().swap(d.merges);
+        merge_index.resize(merge_list.size());
+        for (size_t r = 0; r < merge_list.size(); ++r) merge_index[r] = static_cast<int32_t>(r);
+        std::stable_sort(merge_index.begin(), merge_index.end(), [&](int x, int y) {
+            return pair_key(merge_list[x].left, merge_list[x].right) < pair_key(merge_list[y].left, merge_list[y].right);
+        });
+        use_scores = !byte_level() && !has_merges;
         SQ_CHECK(!use_scores || !d.scores.empty(), src, ": SentencePiece tokenizer has neither merges nor scores");
-        SQ_CHECK(!byte_level() || !d.merges.empty(), src, ": byte-level BPE tokenizer has no merges");
+        SQ_CHECK(!byte_level() || has_merges, src, ": byte-level BPE tokenizer has no merges");
 
         // Tokens matched verbatim in the text.
         for (int i = 0; i < n; ++i) {
             const TokenType ty = type(i);
-            if ((ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED || ty == TOKEN_UNKNOWN) && !d.tokens[i].empty())
-                specials[static_cast<uint8_t>(d.tokens[i][0])].push_back(i);
+            if ((ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED || ty == TOKEN_UNKNOWN) && !token(i).empty())
+                specials[static_cast<uint8_t>(token(i)[0])].push_back(i);
         }
         for (auto& v : specials)
-            std::stable_sort(v.begin(), v.end(),
-                             [&](int a, int b) { return d.tokens[a].size() > d.tokens[b].size(); });
+            std::stable_sort(v.begin(), v.end(), [&](int x, int y) { return token(x).size() > token(y).size(); });
 
         if (byte_level()) {
             const char* pattern = pretokenizer_regex(d.pre);
@@ -276,18 +360,28 @@ struct Tokenizer::Impl {
         } else {
             ignore_merges = d.ignore_merges;
         }
-        if (ignore_merges) {
-            for (int i = 0; i < n; ++i)
-                if (type(i) == TOKEN_NORMAL) raw_vocab.emplace(byte_level() ? bytes[i] : d.tokens[i], i);
-        }
+        if (ignore_merges)
+            raw_vocab.build(byte_level() ? bytes : tok_text, n, [&](int i) { return type(i) == TOKEN_NORMAL; });
+    }
+    int find_raw(std::string_view w) const { return raw_vocab.find(byte_level() ? bytes : tok_text, w); }
+
+    // The TokenizerData this was built from (tests, saving).
+    TokenizerData data() const {
+        TokenizerData o = d;
+        o.tokens.reserve(n);
+        for (int i = 0; i < n; ++i) o.tokens.emplace_back(token(i));
+        o.token_types.assign(types.begin(), types.end());
+        o.merges.reserve(merge_list.size());
+        for (const Merge& m : merge_list) o.merges.emplace_back(std::string(token(m.left)), std::string(token(m.right)));
+        return o;
     }
 
     // ---- byte-level ------------------------------------------------------------
 
     void bpe_bytes(std::string_view w, std::vector<int>& out) const {
         if (ignore_merges) {
-            if (auto it = raw_vocab.find(w); it != raw_vocab.end()) {
-                out.push_back(it->second);
+            if (const int id = find_raw(w); id >= 0) {
+                out.push_back(id);
                 return;
             }
         }
@@ -301,9 +395,9 @@ struct Tokenizer::Impl {
                        static_cast<uint32_t>(i), 1};
         }
         bpe_merge(s, [&](const Sym& l, const Sym& r, double& rank, int& id) {
-            auto it = merges.find(pair_key(l.id, r.id));
-            if (it == merges.end()) return false;
-            rank = it->second.rank, id = it->second.id;
+            int rk;
+            if (!find_merge(l.id, r.id, rk, id)) return false;
+            rank = rk;
             return true;
         });
         for (int i = 0; i >= 0; i = s[i].next) out.push_back(s[i].id);
@@ -343,10 +437,10 @@ struct Tokenizer::Impl {
 
     // A piece of text as a token; control and unknown tokens only come from split_specials.
     int piece_id(std::string_view p) const {
-        auto it = vocab.find(p);
-        if (it == vocab.end()) return -1;
-        const TokenType ty = type(it->second);
-        return ty == TOKEN_CONTROL || ty == TOKEN_UNKNOWN ? -1 : it->second;
+        const int id = find_token(p);
+        if (id < 0) return -1;
+        const TokenType ty = type(id);
+        return ty == TOKEN_CONTROL || ty == TOKEN_UNKNOWN ? -1 : id;
     }
 
     void encode_spm(std::string_view t, std::vector<int>& out) const {
@@ -361,7 +455,7 @@ struct Tokenizer::Impl {
                 w += c;
         }
         if (ignore_merges) {
-            if (auto it = raw_vocab.find(w); it != raw_vocab.end()) return out.push_back(it->second);
+            if (const int id = find_raw(w); id >= 0) return out.push_back(id);
         }
         // One symbol per character; a character that is not a token is -1 here.
         std::vector<Sym> s;
@@ -399,9 +493,9 @@ struct Tokenizer::Impl {
         } else {
             bpe_merge(s, [&](const Sym& l, const Sym& r, double& rank, int& id) {
                 if (l.id < 0 || r.id < 0) return false;
-                auto it = merges.find(pair_key(l.id, r.id));
-                if (it == merges.end()) return false;
-                rank = it->second.rank, id = it->second.id;
+                int rk;
+                if (!find_merge(l.id, r.id, rk, id)) return false;
+                rank = rk;
                 return true;
             });
         }
@@ -435,7 +529,7 @@ struct Tokenizer::Impl {
         for (size_t i = 0; i < text.size();) {
             int hit = -1;
             for (int id : specials[static_cast<uint8_t>(text[i])]) {
-                if (text.compare(i, d.tokens[id].size(), d.tokens[id]) == 0) {
+                if (text.compare(i, token(id).size(), token(id)) == 0) {
                     hit = id;
                     break;
                 }
@@ -446,7 +540,7 @@ struct Tokenizer::Impl {
             }
             if (i > start) f(text.substr(start, i - start));
             g(hit);
-            i += d.tokens[hit].size();
+            i += token(hit).size();
             start = i;
         }
         if (start < text.size()) f(text.substr(start));
@@ -486,7 +580,7 @@ std::string Tokenizer::decode(const std::vector<int>& ids) const {
         SQ_CHECK(id >= 0 && id < vocab_size(), "decode: token id ", id, " out of range (", vocab_size(), " tokens)");
         const TokenType ty = m.type(id);
         if (ty == TOKEN_CONTROL || ty == TOKEN_UNKNOWN) continue;
-        out += m.bytes[id];
+        out += m.bytes.at(id);
     }
     // HF's LLaMA decoder ends with Strip(" ", 1, 0): the space the "▁" prefix added.
     if (!m.byte_level() && m.d.add_space_prefix && !out.empty() && out[0] == ' ') out.erase(0, 1);
@@ -495,14 +589,14 @@ std::string Tokenizer::decode(const std::vector<int>& ids) const {
 
 std::string Tokenizer::token_bytes(int id) const {
     SQ_CHECK(id >= 0 && id < vocab_size(), "token_bytes: token id ", id, " out of range (", vocab_size(), " tokens)");
-    return impl_->bytes[id];
+    return std::string(impl_->bytes.at(id));
 }
 
 int Tokenizer::bos() const { return impl_->d.bos; }
 int Tokenizer::eos() const { return impl_->d.eos; }
 bool Tokenizer::add_bos_default() const { return impl_->d.add_bos; }
-int Tokenizer::vocab_size() const { return static_cast<int>(impl_->d.tokens.size()); }
-const TokenizerData& Tokenizer::data() const { return impl_->d; }
+int Tokenizer::vocab_size() const { return impl_->n; }
+TokenizerData Tokenizer::data() const { return impl_->data(); }
 TokenType Tokenizer::token_type(int id) const {
     SQ_CHECK(id >= 0 && id < vocab_size(), "token_type: token id ", id, " out of range (", vocab_size(), " tokens)");
     return impl_->type(id);

@@ -28,7 +28,9 @@ public:
     int eos() const;
     bool add_bos_default() const;  // what the checkpoint asks for
     int vocab_size() const;
-    const TokenizerData& data() const;
+    // The data it was built from, rebuilt from the compact tables (a copy: the
+    // vocabulary and merges as strings, ~10 MB for a 49k vocabulary).
+    TokenizerData data() const;
     TokenType token_type(int id) const;  // TOKEN_NORMAL when the data has no types
 
 private:

@@ -1,12 +1,15 @@
 #include "model/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/threads.h"
+#include "kernels/cpu/gemm_f32.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/w4a4_avx2.h"
 #include "kernels/ref/attention_ref.h"
 #include "kernels/ref/w4a4_ref.h"
 #include "quant/hadamard.h"
@@ -232,6 +235,19 @@ void mlp_block(const LayerWeights& L, int64_t ff, const float* x, int64_t n, flo
     silu_mul_f32(act, up.data(), n * ff);
 }
 
+// The GEMM entry points switch to their GEMV form at ≤ 16 rows (gemv_f32,
+// W4A4 / W4A16 GEMV) and the attention to its decode kernel below 16 query
+// rows, which sum in other orders: no chunk may be that short unless n is.
+// Chunks start at multiples of 64, the prefill attention's query block, so
+// every block sees the same keys and GEMM shapes as in one call.
+static_assert(gemv_f32_max_m == 16 && w4a4_gemv_max_m == 16, "prefill_chunk_len: GEMV row limit changed");
+static_assert(kPrefillChunk % 64 == 0, "prefill chunks must start on attention query blocks");
+
+int64_t prefill_chunk_len(int64_t n, int64_t t0) {
+    const int64_t left = n - t0, short_rows = 16;
+    return left <= kPrefillChunk + short_rows ? left : kPrefillChunk;
+}
+
 void model_embed_quant(ModelWeights& w, int bits) {
     const ModelConfig& c = w.cfg;
     SQ_CHECK(bits == 8 || bits == 4, "--embed-bits ", bits, ": the table is quantized to 8 or 4 bits");
@@ -281,6 +297,43 @@ std::vector<float> embed_f32(const ModelWeights& w) {
     return w.embed;
 }
 
+namespace {
+// Model::forward for one chunk of n tokens at cache.pos; logits: [n, vocab]
+// when all_logits, [1, vocab] for the last token, or null (not the last chunk).
+void forward_rows(const ModelWeights& w, const float* inv_freq, const int* tokens, int n, KVCache& cache, float* logits,
+                  bool all_logits) {
+    const ModelConfig& c = w.cfg;
+    const int64_t d = c.d_model, qd = (int64_t)c.n_heads * c.head_dim, ff = c.d_ff;
+    const int pos0 = cache.pos;
+
+    // Named intermediates, [n, width] row-major.
+    std::vector<float> h(n * d), x(n * d), att(n * qd), proj(n * d), act(n * ff);
+    embed_tokens(w, tokens, n, h.data());
+
+    for (int l = 0; l < c.n_layers; ++l) {
+        const LayerWeights& L = w.layers[l];
+        rmsnorm_f32(h.data(), L.attn_norm.data(), n, d, c.rms_eps, x.data());
+        if (cache.bits == 4)
+            attention_block_q4(w, l, inv_freq, x.data(), n, pos0, cache, att.data());
+        else
+            attention_block(w, l, inv_freq, x.data(), n, pos0, cache.k_at(l, 0), cache.v_at(l, 0), att.data());
+        L.o->forward(att.data(), n, proj.data());
+        for (int64_t i = 0; i < n * d; ++i) h[i] += proj[i];
+        rmsnorm_f32(h.data(), L.ffn_norm.data(), n, d, c.rms_eps, x.data());
+        mlp_block(L, ff, x.data(), n, act.data());
+        L.down->forward(act.data(), n, proj.data());
+        for (int64_t i = 0; i < n * d; ++i) h[i] += proj[i];
+    }
+    cache.pos = pos0 + n;
+    if (!logits) return;
+
+    const int first = all_logits ? 0 : n - 1;
+    const int rows = n - first;
+    rmsnorm_f32(&h[first * d], w.final_norm.data(), rows, d, c.rms_eps, x.data());
+    w.lm_head->forward(x.data(), rows, logits);
+}
+}  // namespace
+
 void Model::forward(const int* tokens, int n, KVCache& cache, float* logits, bool all_logits) const {
     const ModelConfig& c = w_.cfg;
     SQ_CHECK(n > 0, "forward: no tokens");
@@ -290,38 +343,21 @@ void Model::forward(const int* tokens, int n, KVCache& cache, float* logits, boo
              "forward: KV cache shape does not match the model");
     SQ_CHECK(cache.bits == 16 || cache.bits == w_.kv_bits, "forward: ", cache.bits, "-bit KV cache for a model with kv_bits ",
              w_.kv_bits, " (use Model::make_cache)");
-    const int64_t d = c.d_model, qd = (int64_t)c.n_heads * c.head_dim, ff = c.d_ff;
-    const int pos0 = cache.pos;
-
-    // Named intermediates, [n, width] row-major.
-    std::vector<float> h(n * d), x(n * d), att(n * qd), proj(n * d), act(n * ff);
     for (int t = 0; t < n; ++t) {
         SQ_CHECK(tokens[t] >= 0 && tokens[t] < c.vocab, "forward: token id ", tokens[t], " out of range [0, ",
                  c.vocab, ")");
     }
-    embed_tokens(w_, tokens, n, h.data());
-
-    for (int l = 0; l < c.n_layers; ++l) {
-        const LayerWeights& L = w_.layers[l];
-        rmsnorm_f32(h.data(), L.attn_norm.data(), n, d, c.rms_eps, x.data());
-        if (cache.bits == 4)
-            attention_block_q4(w_, l, rope_inv_freq_.data(), x.data(), n, pos0, cache, att.data());
-        else
-            attention_block(w_, l, rope_inv_freq_.data(), x.data(), n, pos0, cache.k_at(l, 0), cache.v_at(l, 0),
-                            att.data());
-        L.o->forward(att.data(), n, proj.data());
-        for (int64_t i = 0; i < n * d; ++i) h[i] += proj[i];
-        rmsnorm_f32(h.data(), L.ffn_norm.data(), n, d, c.rms_eps, x.data());
-        mlp_block(L, ff, x.data(), n, act.data());
-        L.down->forward(act.data(), n, proj.data());
-        for (int64_t i = 0; i < n * d; ++i) h[i] += proj[i];
+    // A long prompt runs as chunks of ≤ kPrefillChunk (+16) tokens, each
+    // attending to the cache the earlier ones filled: the working set is that
+    // of one chunk (SmolLM2 at 512 tokens: ~9 MB of activations, q/k/v, the
+    // MLP halves and kernel scratch → ~2.5 MB) and the logits are the same
+    // bits as in one call (prefill_chunk_len; test ModelPrefillChunks.*).
+    for (int t0 = 0; t0 < n;) {
+        const int r = (int)prefill_chunk_len(n, t0);
+        float* out = all_logits ? logits + (size_t)t0 * c.vocab : t0 + r == n ? logits : nullptr;
+        forward_rows(w_, rope_inv_freq_.data(), tokens + t0, r, cache, out, all_logits);
+        t0 += r;
     }
-    cache.pos = pos0 + n;
-
-    const int first = all_logits ? 0 : n - 1;
-    const int rows = n - first;
-    rmsnorm_f32(&h[first * d], w_.final_norm.data(), rows, d, c.rms_eps, x.data());
-    w_.lm_head->forward(x.data(), rows, logits);
 }
 
 }  // namespace sq

@@ -82,6 +82,15 @@ std::vector<float> key_mean(const ModelWeights& w, int l, const float* inv_freq,
 // The MLP half up to the down_proj input: act [n, ff] = silu(x·Wgᵀ) ⊙ (x·Wuᵀ).
 void mlp_block(const LayerWeights& L, int64_t ff, const float* x, int64_t n, float* act);
 
+// Model::forward runs n tokens as chunks: the chunk starting at token t0 has
+// prefill_chunk_len(n, t0) tokens — kPrefillChunk, or all that are left when
+// that is ≤ kPrefillChunk + 16 — so every chunk but the last starts and ends
+// on the prefill attention's 64-row query blocks and each has more than 16
+// tokens whenever n has: every GEMM and the attention take the path and the
+// shapes they take in one call, and the logits are the same bits.
+inline constexpr int64_t kPrefillChunk = 128;
+int64_t prefill_chunk_len(int64_t n, int64_t t0);
+
 // Builds float32 weights from a checkpoint (progress bar per layer). With
 // layers = false only the embedding, final norm and lm_head are loaded and
 // w.layers holds n_layers empty entries, to be filled one at a time by

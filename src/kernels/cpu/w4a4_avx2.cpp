@@ -492,12 +492,16 @@ void run_jobs(const Job* jobs, int count, int64_t m, const std::function<void(in
     std::vector<int64_t> first(count + 1, 0);  // first[i]: index of job i's first unit (group or task)
     const int64_t kp = jobs[0].w->kp;
     const int64_t mc_max = std::clamp<int64_t>((512 << 10) / kp / kMR * kMR, kMR, 144);
-    const int64_t gc_max = 16;
     const int64_t mb = (m + mc_max - 1) / mc_max;
     const int64_t mc = ((m + mb - 1) / mb + kMR - 1) / kMR * kMR;
+    // Tasks of ≤ 16 groups, fewer when a layer would get less than 8 tasks
+    // per thread: a 128-token prefill chunk (one row block) of SmolLM2's o
+    // and down (144 groups) gave 9 tasks, 5 on one thread and 4 on the other.
+    const int64_t nt_tasks = 8 * std::max(1, threads_count());
     std::vector<int64_t> nbs(count), gcs(count);
     for (int i = 0; i < count; ++i) {
         const int64_t groups = jobs[i].w->groups;
+        const int64_t gc_max = std::clamp<int64_t>(groups * mb / nt_tasks, 4, 16);
         nbs[i] = (groups + gc_max - 1) / gc_max;
         gcs[i] = (groups + nbs[i] - 1) / nbs[i];
         first[i + 1] = first[i] + (m <= w4a4_gemv_max_m ? groups : mb * nbs[i]);
@@ -527,7 +531,12 @@ void run_jobs(const Job* jobs, int count, int64_t m, const std::function<void(in
             // Contiguous ranges of equal bytes, not of equal groups: the
             // spectral rows are sorted longest first, so the first groups of
             // a layer read up to twice the bytes of the last (SmolLM2 q at
-            // k̄ 32: 1152 code bytes + up to 1024 of C per group).
+            // k̄ 32: 1152 code bytes + up to 1024 of C per group). Chunks
+            // claimed dynamically (8 per thread, for robustness when a
+            // neighbour takes a core) measured 164–172 decode t/s against
+            // 190–196 for this split, alternating runs at load 5.7–5.9
+            // (likely because SmolLM2's chunks are ~19 KB and each one
+            // restarts the hardware prefetch stream; not profiled).
             const int64_t u0 = std::lower_bound(cost.begin(), cost.end(), cost.back() * t / nt) - cost.begin(),
                           u1 = std::lower_bound(cost.begin(), cost.end(), cost.back() * (t + 1) / nt) - cost.begin();
             int i = 0;
