@@ -29,6 +29,7 @@
 #include "kernels/cuda/w4a4_gemm.h"
 #include "kernels/ref/w4a4_ref.h"
 #include "kernels/w4a4_format.h"
+#include "model/linear_q8.h"
 #include "model/linear_w4a4.h"
 #include "model/linear_w4a4_cpu.h"
 #include "model/model.h"
@@ -1374,6 +1375,66 @@ TEST(CudaDiag, RealModelAgreement) {
     stats("gpu vs cpu", cpu_nll, gpu_nll);
     stats("gpu vs gpu(embed+1ulp)", gpu_nll, pert_nll);
     stats("gpu vs gpu varlen batch", gpu_nll, var_nll);
+}
+
+// Decode v6: a model whose lm_head is Q8_0 (model_embed_quant 8, what packed files hold by
+// default) keeps it on the device as Q8_0 too and reads it with q8_gemv in calls of ≤ 8 rows
+// (forward_logits of 7 tokens, a batched decode step of 3), the float32 copy elsewhere. The
+// hidden state is the same bits either way (lm_head is the last op), so logits differ only by
+// the two float summation orders, each within γ_{d+1}·Σ|x·w| of the exact product, and
+// Σ|x·w| ≤ ‖x‖₂‖w_j‖₂ ≤ √d·max|final_norm|·‖w_j‖₂ (x = RMSNorm(h)·g: ‖RMSNorm(h)‖₂ ≤ √d).
+TEST(CudaModel, Q8LmHeadMatchesFloat32Copy) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 29);
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    ModelWeights w = model_load_f32(ck, false);
+    model_embed_quant(w, 8);
+    const auto* lq = dynamic_cast<const LinearQ8*>(w.lm_head.get());
+    ASSERT_NE(lq, nullptr);
+    const int V = w.cfg.vocab, d = w.cfg.d_model;
+    const std::vector<float> W = lq->matrix()->dequant();
+    float gmax = 0;
+    for (float g : w.final_norm) gmax = std::max(gmax, std::fabs(g));
+    const double u = std::ldexp(1.0, -24), gam = (d + 1) * u / (1 - (d + 1) * u);
+    std::vector<double> bar(V);
+    for (int j = 0; j < V; ++j) {
+        double nw = 0;
+        for (int i = 0; i < d; ++i) nw += (double)W[(size_t)j * d + i] * W[(size_t)j * d + i];
+        bar[j] = 2 * gam * std::sqrt((double)d) * gmax * std::sqrt(nw) * (1 + 1e-6);  // 1e-6: eps of RMSNorm
+    }
+    ModelCudaOptions on, off;
+    off.lm_head_q8 = false;
+    ModelCuda a(w, 96, on), b(w, 96, off);
+    EXPECT_GT(a.memory().total, b.memory().total) << "no Q8_0 copy of the lm_head on the device";
+    std::uniform_int_distribution<int> tok(0, V - 1);
+    std::vector<int> toks(12);
+    for (int& t : toks) t = tok(rng);
+    auto check = [&](const std::vector<float>& la, const std::vector<float>& lb, const char* what) {
+        int over = 0, same = 0;
+        double worst = 0;
+        for (size_t i = 0; i < la.size(); ++i) {
+            const double e = std::fabs((double)la[i] - lb[i]);
+            over += !(e <= bar[i % V]);
+            same += la[i] == lb[i];
+            worst = std::max(worst, e / bar[i % V]);
+        }
+        EXPECT_EQ(over, 0) << what;
+        std::printf("[cuda] Q8 lm_head %s: %zu logits, %d bit-equal to the f32 GEMM's, worst %.3f of the bound\n",
+                    what, la.size(), same, worst);
+    };
+    const int n = 7;
+    std::vector<float> la((size_t)n * V), lb((size_t)n * V);
+    a.forward_logits(toks.data(), n, la.data(), true);
+    b.forward_logits(toks.data(), n, lb.data(), true);
+    check(la, lb, "forward_logits, 7 rows");
+    a.decode_setup(3, 32), b.decode_setup(3, 32);
+    for (int s = 0; s < 3; ++s) a.decode_prefill(s, toks.data() + s, 4 + s, nullptr), b.decode_prefill(s, toks.data() + s, 4 + s, nullptr);
+    std::vector<float> da((size_t)3 * V), db((size_t)3 * V);
+    for (int step = 0; step < 2; ++step) {
+        a.decode_step(toks.data() + 5 + step, da.data());
+        b.decode_step(toks.data() + 5 + step, db.data());
+    }
+    check(da, db, "batched decode step, 3 sequences");
 }
 
 }  // namespace
