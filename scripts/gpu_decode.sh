@@ -89,6 +89,32 @@ memcheck5)  # decode v5: the new tests under memcheck and racecheck (shared-memo
         --gtest_filter='CudaKv4.DecodeAttentionV5IsBitIdentical:CudaFused.SiluMulQuantEqualsReference'
     tail -n 3 "$OUT/racecheck_v5.log"
     ;;
+v6)  # decode v6 in one device call: every CUDA test, the bench after (v6 attention; + Q8_0 lm_head) and
+    # before (SQ_CUDA_DECODE_ATT=v5) in the same binary, sanitizers on the new tests, ncu of the new kernels
+    mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" || exit 1
+    env_setup
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee $OUT/gpu.txt
+    step tests_cuda 150 $T --gtest_filter='Cuda*:-CudaDiag.*'
+    grep -E '^\[cuda\] (decode v6|q8_gemv|Q8 lm_head)|FAILED|PASSED|Failure|Expected|Which is|differ' "$OUT/tests_cuda.log" | head -60
+    PL=${PL:-256,2048}
+    step bench_v6 150 $SQ bench --device cuda --shape llama3-8b --rank 31 --kv-bits 4 --prefill-lens $PL \
+        --json "$OUT/bench_v6.json"
+    step bench_v5 120 env SQ_CUDA_DECODE_ATT=v5 $SQ bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 \
+        --prefill-lens 256 --json "$OUT/bench_v5.json"
+    step bench_v6q8 120 $SQ bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 256 \
+        --lm-head-bits 8 --json "$OUT/bench_v6q8.json"
+    for b in v6 v5 v6q8; do grep -v '^bench:' "$OUT/bench_$b.log" | head -30; done
+    NEW='CudaKv4.DecodeAttentionV6IsBitIdentical:CudaQ8.*:CudaModel.Q8LmHeadMatchesFloat32Copy'
+    step memcheck_v6 100 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T --gtest_filter="$NEW"
+    tail -n 3 "$OUT/memcheck_v6.log"
+    B1="bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 1 --reps 1 --batches 1 --decode 4 --lm-head-bits 8"
+    step ncu_v6 90 ncu --metrics gpu__time_duration.sum --cache-control none --clock-control none --csv \
+        --kernel-name regex:'attention_decode|q8_gemv' --launch-count 48 $SQ $B1
+    step racecheck_v6 100 compute-sanitizer --tool racecheck --error-exitcode 9 $T \
+        --gtest_filter='CudaKv4.DecodeAttentionV6IsBitIdentical'
+    tail -n 3 "$OUT/racecheck_v6.log"
+    cat $OUT/summary.txt
+    ;;
 profile)  # per-kernel time of the graph-replayed decode step (B = 1), nsys if present
     env_setup
     if command -v nsys >/dev/null; then
@@ -137,7 +163,7 @@ gemm1)  # one launch after an L2 flush (the method of docs/perf.md "CUDA W4A4 GE
     step gemm_single${GTAG:-} 240 $G --reps 30
     ;;
 *)
-    echo "usage: $0 pack DIR | tests DIR | memcheck | memcheck5 | profile | bench | gemm | gemm1" >&2
+    echo "usage: $0 pack DIR | tests DIR | v6 DIR | memcheck | memcheck5 | profile | bench | gemm | gemm1" >&2
     exit 2
     ;;
 esac
