@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -1378,8 +1379,8 @@ TEST(CudaDiag, RealModelAgreement) {
 }
 
 // Decode v6: a model whose lm_head is Q8_0 (model_embed_quant 8, what packed files hold by
-// default) keeps it on the device as Q8_0 too and reads it with q8_gemv in calls of ≤ 8 rows
-// (forward_logits of 7 tokens, a batched decode step of 3), the float32 copy elsewhere. The
+// default) keeps it on the device as Q8_0 too and reads it with q8_gemv in one-row calls (a
+// prompt's last row, one-sequence decode steps, graph-replayed), the float32 copy elsewhere. The
 // hidden state is the same bits either way (lm_head is the last op), so logits differ only by
 // the two float summation orders, each within γ_{d+1}·Σ|x·w| of the exact product, and
 // Σ|x·w| ≤ ‖x‖₂‖w_j‖₂ ≤ √d·max|final_norm|·‖w_j‖₂ (x = RMSNorm(h)·g: ‖RMSNorm(h)‖₂ ≤ √d).
@@ -1422,19 +1423,26 @@ TEST(CudaModel, Q8LmHeadMatchesFloat32Copy) {
         std::printf("[cuda] Q8 lm_head %s: %zu logits, %d bit-equal to the f32 GEMM's, worst %.3f of the bound\n",
                     what, la.size(), same, worst);
     };
-    const int n = 7;
-    std::vector<float> la((size_t)n * V), lb((size_t)n * V);
-    a.forward_logits(toks.data(), n, la.data(), true);
-    b.forward_logits(toks.data(), n, lb.data(), true);
-    check(la, lb, "forward_logits, 7 rows");
-    a.decode_setup(3, 32), b.decode_setup(3, 32);
-    for (int s = 0; s < 3; ++s) a.decode_prefill(s, toks.data() + s, 4 + s, nullptr), b.decode_prefill(s, toks.data() + s, 4 + s, nullptr);
-    std::vector<float> da((size_t)3 * V), db((size_t)3 * V);
-    for (int step = 0; step < 2; ++step) {
-        a.decode_step(toks.data() + 5 + step, da.data());
-        b.decode_step(toks.data() + 5 + step, db.data());
+    std::vector<float> la(V), lb(V);
+    a.forward_logits(toks.data(), 7, la.data(), false);  // lm_head on the last row only
+    b.forward_logits(toks.data(), 7, lb.data(), false);
+    check(la, lb, "forward_logits, last of 7 rows");
+    a.decode_setup(1, 32), b.decode_setup(1, 32);
+    a.decode_prefill(0, toks.data(), 5, nullptr), b.decode_prefill(0, toks.data(), 5, nullptr);
+    std::vector<float> da, db;
+    for (int step = 0; step < 3; ++step) {  // the first step captures the graph, the next replay it
+        a.decode_step(toks.data() + 5 + step, la.data());
+        b.decode_step(toks.data() + 5 + step, lb.data());
+        da.insert(da.end(), la.begin(), la.end()), db.insert(db.end(), lb.begin(), lb.end());
     }
-    check(da, db, "batched decode step, 3 sequences");
+    check(da, db, "decode steps, batch 1");
+    // Above one row the float32 copy runs in both: the same bits.
+    a.decode_setup(2, 32), b.decode_setup(2, 32);
+    for (int s = 0; s < 2; ++s) a.decode_prefill(s, toks.data() + s, 4, nullptr), b.decode_prefill(s, toks.data() + s, 4, nullptr);
+    std::vector<float> ea((size_t)2 * V), eb((size_t)2 * V);
+    a.decode_step(toks.data() + 6, ea.data());
+    b.decode_step(toks.data() + 6, eb.data());
+    EXPECT_EQ(std::memcmp(ea.data(), eb.data(), ea.size() * 4), 0) << "batch 2 must not take the Q8_0 path";
 }
 
 }  // namespace

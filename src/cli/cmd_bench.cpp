@@ -355,8 +355,8 @@ int cuda_bench(const CudaBenchOpts& o) {
                 : o.spectral == "cublas" ? "2 cuBLAS FP32 GEMMs"
                                          : "fused into the GEMV epilogue in decode, 2 cuBLAS FP32 GEMMs in prefill");
     if (!o.shape.empty())
-        std::printf("lm_head: %s\n", o.lm_head_bits == 8 ? "W4A4 runs Q8_0 (q8_gemv) in decode steps of <= 8 sequences, "
-                                                           "bf16 (same matrix) above; BF16 run bf16"
+        std::printf("lm_head: %s\n", o.lm_head_bits == 8 ? "W4A4 runs Q8_0 (q8_gemv) in one-sequence decode steps and "
+                                                           "a prompt's last row, bf16 (same matrix) above; BF16 run bf16"
                                                          : "bf16 in every run");
     std::printf("| metric |");
     for (const auto& v : res) std::printf(" %s |", v.name.c_str());
@@ -464,7 +464,7 @@ static CommandAction bench_setup(CLI::App& app) {
         ->check(CLI::Range(0, 1))
         ->capture_default_str();
     app.add_option("--lm-head-bits", co->lm_head_bits,
-                   "cuda --shape: the W4A4 variants' lm_head in decode steps of ≤ 8 sequences: 16 (bf16, as the "
+                   "cuda --shape: the W4A4 variants' lm_head in one-row calls (decode at B = 1): 16 (bf16, as the "
                    "BF16 run) or 8 (Q8_0, as packed files with --embed-bits 8; the bf16 copy serves larger calls)")
         ->check(CLI::IsMember({8, 16}))
         ->capture_default_str();
