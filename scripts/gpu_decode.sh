@@ -147,6 +147,32 @@ v6b)  # decode v6, second call: every CUDA test, the bench with the bf16 lm_head
     cat $OUT/summary.txt
     (cd $OUT && tar -czf logs.tar.gz *.log summary.txt && rm -f *.log)
     ;;
+v6c)  # decode v6, third call: the varlen flake at SQ_TEST_SEED=2177115845 with main's test binary
+     # ($2/main_tests, optional) and ours, every CUDA test at a fresh seed, the bench with the GEMV
+     # NT rule (default now) and the Q8_0 / bf16 lm_head, bench_cuda_gemm --stream; logs in one tarball
+    mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" || exit 1
+    env_setup
+    if [ -e "$2/main_tests" ]; then
+        [ -e /work/main/tests ] || { mkdir -p /work && ln -sfn "$PWD" /work/main; }
+        step flake_main 90 env SQ_TEST_SEED=2177115845 "$2/main_tests" \
+            --gtest_filter=CudaBatch.VarlenForwardMatchesSequencesAlone
+    fi
+    step flake_ours 90 env SQ_TEST_SEED=2177115845 $T --gtest_filter=CudaBatch.VarlenForwardMatchesSequencesAlone
+    grep -h 'varlen tiny_llama W4A4KV4' "$OUT"/flake_*.log
+    step tests_cuda 150 $T --gtest_filter='Cuda*:-CudaDiag.*'
+    grep -E '^\[tests\]|^\[  PASSED|^\[  FAILED|FAILED  \]' "$OUT/tests_cuda.log" | tee $OUT/tests_short.txt
+    step bench_q8 120 $SQ bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 256,2048 \
+        --lm-head-bits 8 --json "$OUT/bench_q8.json"
+    step bench_bf16lm 120 $SQ bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 256 \
+        --json "$OUT/bench_bf16lm.json"
+    step gemm_final 100 $G --stream --reps 15
+    grep -v '^bench:' "$OUT/bench_q8.log" | head -14
+    grep -E '^\| decode|^\| prefill' "$OUT/bench_bf16lm.log"
+    grep -h 'decode step B=1' "$OUT/bench_q8.log"
+    grep -E '\| +(1|4|8) +\| W4A4 gemv strm' "$OUT/gemm_final.log"
+    cat $OUT/summary.txt
+    (cd $OUT && tar -czf logs.tar.gz *.log summary.txt && rm -f *.log)
+    ;;
 profile)  # per-kernel time of the graph-replayed decode step (B = 1), nsys if present
     env_setup
     if command -v nsys >/dev/null; then
@@ -195,7 +221,7 @@ gemm1)  # one launch after an L2 flush (the method of docs/perf.md "CUDA W4A4 GE
     step gemm_single${GTAG:-} 240 $G --reps 30
     ;;
 *)
-    echo "usage: $0 pack DIR | tests DIR | v6 DIR | memcheck | memcheck5 | profile | bench | gemm | gemm1" >&2
+    echo "usage: $0 pack DIR | tests DIR | v6 DIR | v6b DIR | v6c DIR | memcheck | memcheck5 | profile | bench | gemm | gemm1" >&2
     exit 2
     ;;
 esac

@@ -545,6 +545,11 @@ void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
     const int64_t slots = 3 * (int64_t)sms;
     int nt = a.m > 8 ? 2 : 1;
     while (nt < 4 && (nb + nt - 1) / nt > slots) nt *= 2;
+    // Several waves even at NT = 4 (gu of LLaMA-3-8B: 896 blocks on 396 slots, the last wave 26%
+    // full): at m ≤ 4 NT = 2 halves the tail's granularity (1792 blocks, 4.5 waves). H100, --stream:
+    // gu m = 1 24.5 → 22.3 µs (80 → 88% of HBM), m = 4 24.6 → 23.2; at m = 8 it lost (25.8 → 27.2),
+    // so not there (docs/perf.md "Decode v6").
+    if (a.m <= 4 && nt == 4 && (nb + 3) / 4 > slots) nt = 2;
     if (gemv_nt_override()) nt = gemv_nt_override();
     switch (cfg * 4 + nt) {
         case 0 * 4 + 1: launch_gemv<1, 2>(a, s); break;  // default: U = 2
