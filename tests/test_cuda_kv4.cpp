@@ -222,7 +222,8 @@ TEST(CudaKv4, DecodeAttentionV5IsBitIdentical) {
 // Decode v6 (one thread-block cluster of 8 blocks per (sequence, KV head), partials merged over
 // distributed shared memory) = v4 bit for bit, over the fp32 and the packed cache, at lengths
 // that give each block several chunks (up to 35 chunks: 5 per block, staged in rounds of 3 for
-// ≤ 4 sequences, of 1 for 8), plus its bf16 copy of the output; v6 refuses o's codes.
+// ≤ 4 sequences, of 1 for 8), plus its bf16 copy of the output; with o's codes asked, variant 6
+// runs v5 (same outputs and codes as variant 5).
 TEST(CudaKv4, DecodeAttentionV6IsBitIdentical) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 61);
@@ -287,15 +288,36 @@ TEST(CudaKv4, DecodeAttentionV6IsBitIdentical) {
         std::printf("[cuda] decode v6 %s: %d / %d / %d of %zu outputs differ from v4 (fp32, packed, 3 seqs), bf16 %d\n",
                     what.c_str(), d6, d6p, d6p3, a4.size(), dbf);
     }
-    // o's codes are v5's: variant 6 with q8 is an error, variant 0 takes v5 then.
-    DevBuf<float> x(4096), sc(1);
-    DevBuf<int32_t> zp(1);
-    DevBuf<uint8_t> q8(64);
+    // o's codes are v5's: variant 6 with q8 runs v5 (outputs and codes equal to variant 5's).
+    {
+        std::mt19937 r2(test_seed() + 62);
+        const int heads = 8, kv = 2, hd = 32, S = 80, B = 2, qd = heads * hd, kvd = kv * hd;
+        const std::vector<float> q = gaussian((size_t)B * qd, r2), k = gaussian((size_t)B * S * kvd, r2),
+                                 v = gaussian((size_t)B * S * kvd, r2);
+        DevBuf<float> dq(q), dk(k), dv(v), kc((size_t)B * S * kvd), vc((size_t)B * S * kvd);
+        cuda::kv_store(dk.p, dv.p, B * S, kv, hd, 4, 0.95f, kc.p, vc.p, nullptr, nullptr);
+        DevBuf<int> drows(std::vector<int>{40, S + 79}), dpos(std::vector<int>{40, 79});
+        DevBuf<int> cnt(std::vector<int>(cuda::attention_decode_counters(B, kv), 0));
+        DevBuf<float> part(cuda::attention_decode_scratch(B, heads, hd, S));
+        std::vector<std::vector<float>> outs;
+        std::vector<std::vector<uint8_t>> codes;
+        for (int variant : {5, 6}) {
+            DevBuf<float> o((size_t)B * qd), sc(B);
+            DevBuf<int32_t> zp(B);
+            DevBuf<uint8_t> q8((size_t)B * qd);
+            cuda::RowQuant rq;
+            rq.bits = 4, rq.clip = 0.9f, rq.q8 = q8.p, rq.scale = sc.p, rq.zero = zp.p;
+            cuda::attention_decode(dq.p, kc.p, vc.p, B, drows.p, dpos.p, heads, kv, hd, S, part.p, o.p, nullptr, rq,
+                                   cnt.p, cuda::KvPacked{}, variant);
+            outs.push_back(o.get()), codes.push_back(q8.get());
+        }
+        EXPECT_EQ(std::memcmp(outs[0].data(), outs[1].data(), outs[0].size() * 4), 0) << "variant 6 with codes";
+        EXPECT_EQ(codes[0], codes[1]) << "variant 6 with codes: o's codes";
+    }
+    DevBuf<float> x(64);
     DevBuf<int> r1(std::vector<int>{0}), p1(std::vector<int>{0}), c1(std::vector<int>(2, 0));
-    cuda::RowQuant rq;
-    rq.bits = 4, rq.clip = 0.9f, rq.q8 = q8.p, rq.scale = sc.p, rq.zero = zp.p;
-    EXPECT_THROW(cuda::attention_decode(x.p, x.p, x.p, 1, r1.p, p1.p, 4, 1, 16, 1, x.p, x.p + 2048, nullptr, rq, c1.p,
-                                        cuda::KvPacked{}, 6),
-                 Error);
+    EXPECT_THROW(cuda::attention_decode(x.p, x.p, x.p, 1, r1.p, p1.p, 4, 1, 16, 1, x.p, x.p, nullptr, cuda::RowQuant{},
+                                        c1.p, cuda::KvPacked{}, 7),
+                 Error);  // no variant 7
 }
 #endif

@@ -775,7 +775,7 @@ struct ModelCuda::Impl {
                     if (!att_codes && rq.q8) rq = {};  // A/B: o's codes from act_quant instead
                     cuda::attention_decode(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, dec_cap,
                                            dec_part.get(), att.get(), stream, rq, dec_cnt.get(), pk_l,
-                                           opts.decode_cluster ? 0 : 5);
+                                           opts.decode_cluster ? 6 : 5);
                     quant_done(rq, &L.o, att.get(), n);
                     o_ready = rq.q8 || rq.bf16;
                 } else if (mode == Mode::batch) {  // v4: one token per sequence, keys split over blocks

@@ -173,10 +173,11 @@ size_t attention_decode_scratch(int n, int heads, int hd, int max_keys);
 // hence the same output bits (CudaKernels.DecodeAttentionV5IsBitIdentical). counters:
 // attention_decode_counters(n, kv_heads) ints, zero before the first call (each call
 // leaves them zero). pk (v5 only): keys and values from the packed cache.
-// variant (with counters): 0 = v6 where it applies (no o.q8, partials within shared memory),
-// else v5; 5 = v5; 6 = v6 or an error. v6 (decode v6): one thread-block cluster of 8 blocks
+// variant (with counters): 0 or 5 = v5; 6 = v6 where it applies (no o.q8, partials within shared
+// memory, the cluster schedulable), else v5. v6 (decode v6): one thread-block cluster of 8 blocks
 // per (sequence, KV head), v5's chunks and float operations, the merge over distributed shared
-// memory instead of L2 + counters (part and counters untouched); same output bits.
+// memory instead of L2 + counters (part and counters untouched); same output bits, measured slower
+// than v5 (docs/perf.md "Decode v6"), so not the default.
 size_t attention_decode_counters(int n, int kv_heads);
 void attention_decode(const float* q, const float* kc, const float* vc, int n, const int* kv_rows, const int* positions,
                       int heads, int kv_heads, int hd, int max_keys, float* part, float* out, cudaStream_t s,
