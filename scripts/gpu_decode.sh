@@ -89,6 +89,90 @@ memcheck5)  # decode v5: the new tests under memcheck and racecheck (shared-memo
         --gtest_filter='CudaKv4.DecodeAttentionV5IsBitIdentical:CudaFused.SiluMulQuantEqualsReference'
     tail -n 3 "$OUT/racecheck_v5.log"
     ;;
+v6)  # decode v6 in one device call: every CUDA test, the bench after (v6 attention; + Q8_0 lm_head) and
+    # before (SQ_CUDA_DECODE_ATT=v5) in the same binary, sanitizers on the new tests, ncu of the new kernels
+    mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" || exit 1
+    env_setup
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee $OUT/gpu.txt
+    step tests_cuda 150 $T --gtest_filter='Cuda*:-CudaDiag.*'
+    grep -E '^\[cuda\] (decode v6|q8_gemv|Q8 lm_head)|FAILED|PASSED|Failure|Expected|Which is|differ' "$OUT/tests_cuda.log" | head -60
+    PL=${PL:-256,2048}
+    step bench_v6 150 $SQ bench --device cuda --shape llama3-8b --rank 31 --kv-bits 4 --prefill-lens $PL \
+        --json "$OUT/bench_v6.json"
+    step bench_v5 120 env SQ_CUDA_DECODE_ATT=v5 $SQ bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 \
+        --prefill-lens 256 --json "$OUT/bench_v5.json"
+    step bench_v6q8 120 $SQ bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 256 \
+        --lm-head-bits 8 --json "$OUT/bench_v6q8.json"
+    for b in v6 v5 v6q8; do grep -v '^bench:' "$OUT/bench_$b.log" | head -30; done
+    NEW='CudaKv4.DecodeAttentionV6IsBitIdentical:CudaQ8.*:CudaModel.Q8LmHeadMatchesFloat32Copy'
+    step memcheck_v6 100 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T --gtest_filter="$NEW"
+    tail -n 3 "$OUT/memcheck_v6.log"
+    B1="bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 1 --reps 1 --batches 1 --decode 4 --lm-head-bits 8"
+    step ncu_v6 90 ncu --metrics gpu__time_duration.sum --cache-control none --clock-control none --csv \
+        --kernel-name regex:'attention_decode|q8_gemv' --launch-count 48 $SQ $B1
+    step racecheck_v6 100 compute-sanitizer --tool racecheck --error-exitcode 9 $T \
+        --gtest_filter='CudaKv4.DecodeAttentionV6IsBitIdentical'
+    tail -n 3 "$OUT/racecheck_v6.log"
+    cat $OUT/summary.txt
+    ;;
+v6b)  # decode v6, second call: every CUDA test, the bench with the bf16 lm_head (= main's decode path) and
+     # with the Q8_0 lm_head (W4A4 runs) in the same binary, memcheck of the new tests, racecheck of the v6
+     # attention (SQ_TEST_QUICK: 2 shapes); every log in one tarball ($OUT holds at most 8 files)
+    mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" || exit 1
+    env_setup
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader >$OUT/gpu.txt
+    step tests_cuda 150 $T --gtest_filter='Cuda*:-CudaDiag.*'
+    grep -E '^\[  PASSED|^\[  FAILED|FAILED  \]|^\[cuda\] (decode v6|q8_gemv|Q8 lm_head)' "$OUT/tests_cuda.log" | tee $OUT/tests_short.txt
+    step bench_lm16 200 $SQ bench --device cuda --shape llama3-8b --rank 31 --kv-bits 4 --prefill-lens 256,2048,8192 \
+        --json "$OUT/bench_lm16.json"
+    step bench_lm8 150 $SQ bench --device cuda --shape llama3-8b --rank 31 --kv-bits 4 --prefill-lens 256,2048 \
+        --lm-head-bits 8 --json "$OUT/bench_lm8.json"
+    for nt in 2 1; do  # GEMV n8 tiles per block forced (default heuristic: gu at NT = 4, 2.26 waves)
+        step bench_nt$nt 120 env SQ_CUDA_GEMV_NT=$nt $SQ bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 \
+            --prefill-lens 256 --lm-head-bits 8 --json "$OUT/bench_nt$nt.json"
+    done
+    step gemm_nt0 100 $G --stream --reps 15
+    step gemm_nt2 100 env SQ_CUDA_GEMV_NT=2 $G --stream --reps 15
+    step gemm_nt1 100 env SQ_CUDA_GEMV_NT=1 $G --stream --reps 15
+    NEW='CudaKv4.DecodeAttentionV6IsBitIdentical:CudaQ8.*:CudaModel.Q8LmHeadMatchesFloat32Copy'
+    step memcheck_v6 100 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T --gtest_filter="$NEW"
+    step racecheck_v6 150 env SQ_TEST_QUICK=1 compute-sanitizer --tool racecheck --error-exitcode 9 $T \
+        --gtest_filter='CudaKv4.DecodeAttentionV6IsBitIdentical'
+    tail -n 3 "$OUT/memcheck_v6.log" "$OUT/racecheck_v6.log"
+    grep -v '^bench:' "$OUT/bench_lm16.log" | head -16
+    grep -v '^bench:' "$OUT/bench_lm8.log" | head -16
+    for b in nt2 nt1; do grep -E '^\| decode' "$OUT/bench_$b.log"; done
+    grep -h 'decode step B=1' "$OUT/bench_lm16.log" "$OUT/bench_lm8.log" "$OUT/bench_nt2.log"
+    for g in nt0 nt2 nt1; do echo "== gemm $g"; grep -E '\| +(1|8) +\| W4A4 gemv strm' "$OUT/gemm_$g.log" | head -12; done
+    cat $OUT/summary.txt
+    (cd $OUT && tar -czf logs.tar.gz *.log summary.txt && rm -f *.log)
+    ;;
+v6c)  # decode v6, third call: the varlen flake at SQ_TEST_SEED=2177115845 with main's test binary
+     # ($2/main_tests, optional) and ours, every CUDA test at a fresh seed, the bench with the GEMV
+     # NT rule (default now) and the Q8_0 / bf16 lm_head, bench_cuda_gemm --stream; logs in one tarball
+    mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" || exit 1
+    env_setup
+    if [ -e "$2/main_tests" ]; then
+        [ -e /work/main/tests ] || { mkdir -p /work && ln -sfn "$PWD" /work/main; }
+        step flake_main 90 env SQ_TEST_SEED=2177115845 "$2/main_tests" \
+            --gtest_filter=CudaBatch.VarlenForwardMatchesSequencesAlone
+    fi
+    step flake_ours 90 env SQ_TEST_SEED=2177115845 $T --gtest_filter=CudaBatch.VarlenForwardMatchesSequencesAlone
+    grep -h 'varlen tiny_llama W4A4KV4' "$OUT"/flake_*.log
+    step tests_cuda 150 $T --gtest_filter='Cuda*:-CudaDiag.*'
+    grep -E '^\[tests\]|^\[  PASSED|^\[  FAILED|FAILED  \]' "$OUT/tests_cuda.log" | tee $OUT/tests_short.txt
+    step bench_q8 120 $SQ bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 256,2048 \
+        --lm-head-bits 8 --json "$OUT/bench_q8.json"
+    step bench_bf16lm 120 $SQ bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --prefill-lens 256 \
+        --json "$OUT/bench_bf16lm.json"
+    step gemm_final 100 $G --stream --reps 15
+    grep -v '^bench:' "$OUT/bench_q8.log" | head -14
+    grep -E '^\| decode|^\| prefill' "$OUT/bench_bf16lm.log"
+    grep -h 'decode step B=1' "$OUT/bench_q8.log"
+    grep -E '\| +(1|4|8) +\| W4A4 gemv strm' "$OUT/gemm_final.log"
+    cat $OUT/summary.txt
+    (cd $OUT && tar -czf logs.tar.gz *.log summary.txt && rm -f *.log)
+    ;;
 profile)  # per-kernel time of the graph-replayed decode step (B = 1), nsys if present
     env_setup
     if command -v nsys >/dev/null; then
@@ -137,7 +221,7 @@ gemm1)  # one launch after an L2 flush (the method of docs/perf.md "CUDA W4A4 GE
     step gemm_single${GTAG:-} 240 $G --reps 30
     ;;
 *)
-    echo "usage: $0 pack DIR | tests DIR | memcheck | memcheck5 | profile | bench | gemm | gemm1" >&2
+    echo "usage: $0 pack DIR | tests DIR | v6 DIR | v6b DIR | v6c DIR | memcheck | memcheck5 | profile | bench | gemm | gemm1" >&2
     exit 2
     ;;
 esac

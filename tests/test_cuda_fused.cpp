@@ -9,6 +9,8 @@
 //     (one sequence at pos_dev), rope_varlen + kv_store (varlen) and kv_store_rows
 //     (batched decode) and to fake_quant_asym_ref of the rotated k / of v; rows it does
 //     not own stay poisoned.
+//   - q8_gemv (decode v6's Q8_0 lm_head): within the float-summation bound of the exact product,
+//     the same bits at every batch size.
 // Awkward widths (odd, not multiples of 32 or of the block), outputs poisoned first.
 // Compiled only with -DSPECQUANT_CUDA=ON; every test skips without a GPU.
 // Run: build-gpu/specquant_tests --gtest_filter='CudaFused*'
@@ -24,6 +26,8 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/q8_format.h"
+#include "kernels/ref/q8_ref.h"
 #include "kernels/ref/w4a4_ref.h"
 #include "test_cuda_util.h"
 #include "test_random.h"
@@ -285,6 +289,83 @@ TEST(CudaFused, BadArgumentsAreSqErrors) {
     EXPECT_THROW(cuda::rope_kv_store(x.p, 8, x.p, 8, x.p, 8, 1, 1, 1, 8, 0, nullptr, nullptr, rows, x.p, 16, 1.0f, x.p,
                                      x.p, x.p, nullptr),
                  Error);  // rows without positions
+}
+
+// Q8_0 GEMV (decode v6's lm_head, q8_gemv.cu) against the exact product on dequant(W):
+// d·q is exact in float, so the only error is the float summation. Its order (per lane: a
+// 16-term FMA chain, then fma(d, p, acc) over the lane's ceil(k/512) steps, then a 5-level
+// butterfly) has depth D = 16 + ceil(k/512) + 5, hence |y − Σ x·w| ≤ γ_D·Σ|x·w| with
+// γ_D = D·u/(1 − D·u), u = 2^-24 (Higham's bound for a summation tree of depth D; the sum is
+// taken in double here). A row t's outputs are the same bits for every m (batch invariance);
+// outputs poisoned, gaps of the output row stride untouched; pack = q8_dequant_row's values.
+TEST(CudaQ8, GemvWithinFloatBound) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 71);
+    struct Shape { int n, k; };
+    for (Shape sh : {Shape{1, 32}, Shape{7, 64}, Shape{129, 576}, Shape{33, 2080}, Shape{1000, 4096},
+                     Shape{17, 96}, Shape{300, 1536}}) {
+        const int n = sh.n, k = sh.k, kb = k / 32;
+        std::vector<BlockQ8> blocks((size_t)n * kb);
+        std::uniform_int_distribution<int> code(-127, 127);
+        std::uniform_real_distribution<float> scale(-12.0f, -2.0f);
+        for (auto& b : blocks) {
+            b.d = fp32_to_fp16(std::exp2(scale(rng)));
+            for (auto& c : b.q) c = (int8_t)code(rng);
+        }
+        std::vector<int8_t> codes((size_t)n * k);
+        std::vector<uint16_t> sc((size_t)n * kb);
+        cuda::q8_gemv_pack(reinterpret_cast<const uint8_t*>(blocks.data()), n, k, codes.data(), sc.data());
+        std::vector<float> w((size_t)n * k);
+        for (int j = 0; j < n; ++j) q8_dequant_row(blocks.data() + (size_t)j * kb, k, w.data() + (size_t)j * k);
+        int pack_bad = 0;
+        for (size_t i = 0; i < w.size(); ++i)
+            pack_bad += w[i] != fp16_to_fp32(sc[i / 32]) * (float)codes[i];
+        EXPECT_EQ(pack_bad, 0) << "q8_gemv_pack";
+        const int M = 8, ldx = k + 4, ldy = n + 3;
+        std::vector<float> x = gaussian((size_t)M * ldx, rng, 1.5f);
+        DevBuf<int8_t> dc(codes);
+        DevBuf<uint16_t> dd(sc);
+        DevBuf<float> dx(x);
+        std::vector<std::vector<float>> ys;
+        for (int m : {1, 2, 3, 5, 8}) {
+            DevBuf<float> dy((size_t)m * ldy);
+            cuda::q8_gemv(dx.p, ldx, m, dc.p, dd.p, n, k, dy.p, ldy, nullptr);
+            ys.push_back(dy.get());
+        }
+        const int D = 16 + (k + 511) / 512 + 5;
+        const double u = std::ldexp(1.0, -24), gamma = D * u / (1 - D * u);
+        int over = 0, poison = 0, varies = 0;
+        double worst = 0;
+        for (size_t c = 0; c < ys.size(); ++c) {
+            const int m = (int)(ys[c].size() / ldy);
+            for (int t = 0; t < m; ++t) {
+                for (int j = 0; j < n; ++j) {
+                    double sum = 0, mag = 0;
+                    for (int i = 0; i < k; ++i) {
+                        const double p = (double)x[(size_t)t * ldx + i] * w[(size_t)j * k + i];
+                        sum += p, mag += std::fabs(p);
+                    }
+                    const float y = ys[c][(size_t)t * ldy + j];
+                    const double err = std::fabs(y - sum);
+                    over += !(err <= gamma * mag);
+                    worst = std::max(worst, err / (gamma * mag + 1e-300));
+                    varies += std::memcmp(&y, &ys[0][j], 4) != 0 && t == 0;
+                }
+                for (int j = n; j < ldy; ++j) poison += fbits(ys[c][(size_t)t * ldy + j]) != 0xCDCDCDCDu;
+            }
+        }
+        const std::string what = str("n ", n, " k ", k);
+        EXPECT_EQ(over, 0) << what << ": outputs beyond γ_D·Σ|x·w|";
+        EXPECT_EQ(poison, 0) << what << ": writes into the row stride's gap";
+        EXPECT_EQ(varies, 0) << what << ": row 0 differs between batch sizes";
+        std::printf("[cuda] q8_gemv %s: worst error %.3f of the bound, %d over\n", what.c_str(), worst, over);
+    }
+    DevBuf<float> x(64), y(64);
+    DevBuf<int8_t> c(64);
+    DevBuf<uint16_t> d(2);
+    EXPECT_THROW(cuda::q8_gemv(x.p, 32, 9, c.p, d.p, 1, 32, y.p, 1, nullptr), Error);   // m > 8
+    EXPECT_THROW(cuda::q8_gemv(x.p, 48, 1, c.p, d.p, 1, 48, y.p, 1, nullptr), Error);   // k % 32 != 0
+    EXPECT_THROW(cuda::q8_gemv(x.p + 1, 32, 1, c.p, d.p, 1, 32, y.p, 1, nullptr), Error);  // x unaligned
 }
 
 #endif  // SPECQUANT_HAS_CUDA

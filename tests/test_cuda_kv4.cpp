@@ -5,12 +5,14 @@
 //   - attention_decode v5 (one kernel, merge by the last block, o's codes by the last head)
 //     over the fp32 and the packed cache equals v4 (part + merge kernels) bit for bit, and
 //     attention() over the packed cache equals attention() over the fp32 cache.
+//   - attention_decode v6 (decode v6: a cluster per (sequence, KV head), DSMEM merge) = v4.
 // Run: build-gpu/specquant_tests --gtest_filter='CudaKv4.*'
 #ifdef SPECQUANT_HAS_CUDA
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -215,5 +217,107 @@ TEST(CudaKv4, DecodeAttentionV5IsBitIdentical) {
         std::printf("[cuda] decode v5 %s: %d / %d / %d of %zu outputs differ from v4 (fp32, packed, again), codes %d\n",
                     what.c_str(), d5, d5p, d5p2, a4.size(), bad);
     }
+}
+
+// Decode v6 (one thread-block cluster of 8 blocks per (sequence, KV head), partials merged over
+// distributed shared memory) = v4 bit for bit, over the fp32 and the packed cache, at lengths
+// that give each block several chunks (up to 35 chunks: 5 per block, staged in rounds of 3 for
+// ≤ 4 sequences, of 1 for 8), plus its bf16 copy of the output; with o's codes asked, variant 6
+// runs v5 (same outputs and codes as variant 5).
+TEST(CudaKv4, DecodeAttentionV6IsBitIdentical) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 61);
+    const std::vector<int> len = {1, 2, 31, 33, 257, 200, 544, 1100};  // keys per sequence
+    const int B = (int)len.size(), S = 1104, B3 = 3, b3 = B - B3;        // b3..B−1: the 3-sequence call
+    struct Shape { int heads, kv, hd; };
+    std::vector<Shape> shapes = {Shape{4, 2, 16}, Shape{9, 3, 64},    Shape{32, 8, 128}, Shape{4, 4, 40},
+                                 Shape{3, 1, 7},  Shape{16, 1, 256}, Shape{6, 2, 100},  Shape{12, 4, 128}};
+    if (std::getenv("SQ_TEST_QUICK")) shapes = {Shape{32, 8, 128}, Shape{6, 2, 100}};  // racecheck: ~100x slower
+    for (Shape sh : shapes) {
+        const int qd = sh.heads * sh.hd, kvd = sh.kv * sh.hd;
+        const std::vector<float> q = gaussian((size_t)B * qd, rng, 2.0f);
+        const std::vector<float> k = gaussian((size_t)B * S * kvd, rng, 2.0f), v = gaussian((size_t)B * S * kvd, rng),
+                                 shift = gaussian((size_t)kvd, rng);
+        std::vector<int> rows(B), pos(B);
+        for (int b = 0; b < B; ++b) rows[b] = b * S + len[b] - 1, pos[b] = len[b] - 1;
+        DevBuf<float> dq(q), dk(k), dv(v), ds(shift), kc((size_t)B * S * kvd), vc((size_t)B * S * kvd);
+        DevBuf<int> drows(rows), dpos(pos);
+        PackedBufs pb((size_t)B * S * sh.kv, sh.hd);
+        cuda::kv_store(dk.p, dv.p, B * S, sh.kv, sh.hd, 4, 0.95f, kc.p, vc.p, nullptr, nullptr, ds.p, pb.view());
+        DevBuf<float> part(cuda::attention_decode_scratch(B, sh.heads, sh.hd, S));
+        DevBuf<int> cnt(std::vector<int>(cuda::attention_decode_counters(B, sh.kv), 0));
+        auto out = [&] { return DevBuf<float>((size_t)B * qd); };
+        DevBuf<float> o4 = out(), o6 = out(), o6p = out(), o6p3 = out();
+        DevBuf<uint16_t> ob((size_t)B * qd);
+        cuda::attention_decode(dq.p, kc.p, vc.p, B, drows.p, dpos.p, sh.heads, sh.kv, sh.hd, S, part.p, o4.p, nullptr);
+        cuda::attention_decode(dq.p, kc.p, vc.p, B, drows.p, dpos.p, sh.heads, sh.kv, sh.hd, S, part.p, o6.p, nullptr,
+                               cuda::RowQuant{}, cnt.p, cuda::KvPacked{}, 6);
+        cuda::RowQuant rb;
+        rb.bf16 = ob.p;
+        cuda::attention_decode(dq.p, nullptr, nullptr, B, drows.p, dpos.p, sh.heads, sh.kv, sh.hd, S, part.p, o6p.p,
+                               nullptr, rb, cnt.p, pb.view(ds.p), 6);
+        // the last 3 sequences (200, 544, 1100 keys): R = 3 (fewer where shared memory would pass 200 KB)
+        o6p3.poison(0xCD);
+        cuda::attention_decode(dq.p + (size_t)b3 * qd, nullptr, nullptr, B3, drows.p + b3, dpos.p + b3, sh.heads,
+                               sh.kv, sh.hd, S, part.p, o6p3.p + (size_t)b3 * qd, nullptr, cuda::RowQuant{}, cnt.p,
+                               pb.view(ds.p), 6);
+        const auto a4 = o4.get(), a6 = o6.get(), a6p = o6p.get(), a6p3 = o6p3.get();
+        const auto ab = ob.get();
+        int d6 = 0, d6p = 0, d6p3 = 0, dbf = 0, nan = 0;
+        for (size_t i = 0; i < a4.size(); ++i) {
+            d6 += std::memcmp(&a4[i], &a6[i], 4) != 0;
+            d6p += std::memcmp(&a4[i], &a6p[i], 4) != 0;
+            if (i >= (size_t)b3 * qd) d6p3 += std::memcmp(&a4[i], &a6p3[i], 4) != 0;
+            dbf += ab[i] != fp32_to_bf16(a4[i]);
+            nan += a4[i] != a4[i];
+        }
+        // rows before b3 of the 3-sequence call's output were not to be written: poison intact
+        int touched = 0;
+        for (size_t i = 0; i < (size_t)b3 * qd; ++i) {
+            uint32_t u;
+            std::memcpy(&u, &a6p3[i], 4);
+            touched += u != 0xCDCDCDCDu;
+        }
+        const std::string what = str(sh.heads, "/", sh.kv, " heads, hd ", sh.hd);
+        EXPECT_EQ(nan, 0) << what;
+        EXPECT_EQ(d6, 0) << what << ": v6 over fp32 vs v4";
+        EXPECT_EQ(d6p, 0) << what << ": v6 over packed vs v4";
+        EXPECT_EQ(d6p3, 0) << what << ": v6 over packed, 3 sequences, vs v4";
+        EXPECT_EQ(dbf, 0) << what << ": v6 bf16 copy";
+        EXPECT_EQ(touched, 0) << what << ": v6 wrote outside its sequences";
+        std::printf("[cuda] decode v6 %s: %d / %d / %d of %zu outputs differ from v4 (fp32, packed, 3 seqs), bf16 %d\n",
+                    what.c_str(), d6, d6p, d6p3, a4.size(), dbf);
+    }
+    // o's codes are v5's: variant 6 with q8 runs v5 (outputs and codes equal to variant 5's).
+    {
+        std::mt19937 r2(test_seed() + 62);
+        const int heads = 8, kv = 2, hd = 32, S = 80, B = 2, qd = heads * hd, kvd = kv * hd;
+        const std::vector<float> q = gaussian((size_t)B * qd, r2), k = gaussian((size_t)B * S * kvd, r2),
+                                 v = gaussian((size_t)B * S * kvd, r2);
+        DevBuf<float> dq(q), dk(k), dv(v), kc((size_t)B * S * kvd), vc((size_t)B * S * kvd);
+        cuda::kv_store(dk.p, dv.p, B * S, kv, hd, 4, 0.95f, kc.p, vc.p, nullptr, nullptr);
+        DevBuf<int> drows(std::vector<int>{40, S + 79}), dpos(std::vector<int>{40, 79});
+        DevBuf<int> cnt(std::vector<int>(cuda::attention_decode_counters(B, kv), 0));
+        DevBuf<float> part(cuda::attention_decode_scratch(B, heads, hd, S));
+        std::vector<std::vector<float>> outs;
+        std::vector<std::vector<uint8_t>> codes;
+        for (int variant : {5, 6}) {
+            DevBuf<float> o((size_t)B * qd), sc(B);
+            DevBuf<int32_t> zp(B);
+            DevBuf<uint8_t> q8((size_t)B * qd);
+            cuda::RowQuant rq;
+            rq.bits = 4, rq.clip = 0.9f, rq.q8 = q8.p, rq.scale = sc.p, rq.zero = zp.p;
+            cuda::attention_decode(dq.p, kc.p, vc.p, B, drows.p, dpos.p, heads, kv, hd, S, part.p, o.p, nullptr, rq,
+                                   cnt.p, cuda::KvPacked{}, variant);
+            outs.push_back(o.get()), codes.push_back(q8.get());
+        }
+        EXPECT_EQ(std::memcmp(outs[0].data(), outs[1].data(), outs[0].size() * 4), 0) << "variant 6 with codes";
+        EXPECT_EQ(codes[0], codes[1]) << "variant 6 with codes: o's codes";
+    }
+    DevBuf<float> x(64);
+    DevBuf<int> r1(std::vector<int>{0}), p1(std::vector<int>{0}), c1(std::vector<int>(2, 0));
+    EXPECT_THROW(cuda::attention_decode(x.p, x.p, x.p, 1, r1.p, p1.p, 4, 1, 16, 1, x.p, x.p, nullptr, cuda::RowQuant{},
+                                        c1.p, cuda::KvPacked{}, 7),
+                 Error);  // no variant 7
 }
 #endif

@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -29,6 +30,7 @@
 #include "kernels/cuda/w4a4_gemm.h"
 #include "kernels/ref/w4a4_ref.h"
 #include "kernels/w4a4_format.h"
+#include "model/linear_q8.h"
 #include "model/linear_w4a4.h"
 #include "model/linear_w4a4_cpu.h"
 #include "model/model.h"
@@ -1374,6 +1376,73 @@ TEST(CudaDiag, RealModelAgreement) {
     stats("gpu vs cpu", cpu_nll, gpu_nll);
     stats("gpu vs gpu(embed+1ulp)", gpu_nll, pert_nll);
     stats("gpu vs gpu varlen batch", gpu_nll, var_nll);
+}
+
+// Decode v6: a model whose lm_head is Q8_0 (model_embed_quant 8, what packed files hold by
+// default) keeps it on the device as Q8_0 too and reads it with q8_gemv in one-row calls (a
+// prompt's last row, one-sequence decode steps, graph-replayed), the float32 copy elsewhere. The
+// hidden state is the same bits either way (lm_head is the last op), so logits differ only by
+// the two float summation orders, each within γ_{d+1}·Σ|x·w| of the exact product, and
+// Σ|x·w| ≤ ‖x‖₂‖w_j‖₂ ≤ √d·max|final_norm|·‖w_j‖₂ (x = RMSNorm(h)·g: ‖RMSNorm(h)‖₂ ≤ √d).
+TEST(CudaModel, Q8LmHeadMatchesFloat32Copy) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 29);
+    Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
+    ModelWeights w = model_load_f32(ck, false);
+    model_embed_quant(w, 8);
+    const auto* lq = dynamic_cast<const LinearQ8*>(w.lm_head.get());
+    ASSERT_NE(lq, nullptr);
+    const int V = w.cfg.vocab, d = w.cfg.d_model;
+    const std::vector<float> W = lq->matrix()->dequant();
+    float gmax = 0;
+    for (float g : w.final_norm) gmax = std::max(gmax, std::fabs(g));
+    const double u = std::ldexp(1.0, -24), gam = (d + 1) * u / (1 - (d + 1) * u);
+    std::vector<double> bar(V);
+    for (int j = 0; j < V; ++j) {
+        double nw = 0;
+        for (int i = 0; i < d; ++i) nw += (double)W[(size_t)j * d + i] * W[(size_t)j * d + i];
+        bar[j] = 2 * gam * std::sqrt((double)d) * gmax * std::sqrt(nw) * (1 + 1e-6);  // 1e-6: eps of RMSNorm
+    }
+    ModelCudaOptions on, off;
+    off.lm_head_q8 = false;
+    ModelCuda a(w, 96, on), b(w, 96, off);
+    EXPECT_GT(a.memory().total, b.memory().total) << "no Q8_0 copy of the lm_head on the device";
+    std::uniform_int_distribution<int> tok(0, V - 1);
+    std::vector<int> toks(12);
+    for (int& t : toks) t = tok(rng);
+    auto check = [&](const std::vector<float>& la, const std::vector<float>& lb, const char* what) {
+        int over = 0, same = 0;
+        double worst = 0;
+        for (size_t i = 0; i < la.size(); ++i) {
+            const double e = std::fabs((double)la[i] - lb[i]);
+            over += !(e <= bar[i % V]);
+            same += la[i] == lb[i];
+            worst = std::max(worst, e / bar[i % V]);
+        }
+        EXPECT_EQ(over, 0) << what;
+        std::printf("[cuda] Q8 lm_head %s: %zu logits, %d bit-equal to the f32 GEMM's, worst %.3f of the bound\n",
+                    what, la.size(), same, worst);
+    };
+    std::vector<float> la(V), lb(V);
+    a.forward_logits(toks.data(), 7, la.data(), false);  // lm_head on the last row only
+    b.forward_logits(toks.data(), 7, lb.data(), false);
+    check(la, lb, "forward_logits, last of 7 rows");
+    a.decode_setup(1, 32), b.decode_setup(1, 32);
+    a.decode_prefill(0, toks.data(), 5, nullptr), b.decode_prefill(0, toks.data(), 5, nullptr);
+    std::vector<float> da, db;
+    for (int step = 0; step < 3; ++step) {  // the first step captures the graph, the next replay it
+        a.decode_step(toks.data() + 5 + step, la.data());
+        b.decode_step(toks.data() + 5 + step, lb.data());
+        da.insert(da.end(), la.begin(), la.end()), db.insert(db.end(), lb.begin(), lb.end());
+    }
+    check(da, db, "decode steps, batch 1");
+    // Above one row the float32 copy runs in both: the same bits.
+    a.decode_setup(2, 32), b.decode_setup(2, 32);
+    for (int s = 0; s < 2; ++s) a.decode_prefill(s, toks.data() + s, 4, nullptr), b.decode_prefill(s, toks.data() + s, 4, nullptr);
+    std::vector<float> ea((size_t)2 * V), eb((size_t)2 * V);
+    a.decode_step(toks.data() + 6, ea.data());
+    b.decode_step(toks.data() + 6, eb.data());
+    EXPECT_EQ(std::memcmp(ea.data(), eb.data(), ea.size() * 4), 0) << "batch 2 must not take the Q8_0 path";
 }
 
 }  // namespace

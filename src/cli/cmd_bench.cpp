@@ -189,6 +189,7 @@ struct CudaBenchOpts {
     int bf16_kv_bits = -1;  // −1: kv_bits
     std::string spectral = "auto";
     int fuse = 1;
+    int lm_head_bits = 16;  // --shape: 8 = the W4A4 variants' lm_head as Q8_0 in decode (the BF16 run stays BF16)
 };
 
 #ifdef SPECQUANT_HAS_CUDA
@@ -325,9 +326,10 @@ int cuda_bench(const CudaBenchOpts& o) {
         auto run = [&](const std::string& name, bool bf16, int rank) {
             CudaSynthetic s;
             s.bf16 = bf16, s.rank = rank, s.kv_bits = bf16 ? base_kv : o.kv_bits;
-            s.kv_packed = env.kv_packed, s.decode_v5 = env.decode_v5;
+            s.kv_packed = env.kv_packed, s.decode_v5 = env.decode_v5, s.decode_cluster = env.decode_cluster;
             s.spectral_fuse_max_rows = fuse_rows;
             s.fuse = o.fuse != 0;
+            s.lm_head_q8 = !bf16 && o.lm_head_bits == 8;
             res.push_back(cuda_variant(name, o, std::make_unique<ModelCuda>(c, s, cap)));
         };
         run("w4a4", false, 0);
@@ -350,10 +352,14 @@ int cuda_bench(const CudaBenchOpts& o) {
                                                 : "W4A4 " + kv_name(o.kv_bits) + ", BF16 " + kv_name(base_kv);
     std::printf("\n%s on %s, KV cache %s, decode attention %s, decode at context %d..%d, %d steps, decode fusion %s, "
                 "spectral branch %s\n",
-                what.c_str(), prop.name, kv_line.c_str(), env.decode_v5 ? "v5 (one kernel)" : "v4 (part + merge)", o.ctx,
+                what.c_str(), prop.name, kv_line.c_str(), !env.decode_v5 ? "v4 (part + merge)" : env.decode_cluster ? "v6 (one cluster per KV head)" : "v5 (one kernel)", o.ctx,
                 o.ctx + o.decode, o.decode, o.fuse ? "on" : "off", o.spectral == "fused" ? "fused into the GEMM epilogue"
                 : o.spectral == "cublas" ? "2 cuBLAS FP32 GEMMs"
                                          : "fused into the GEMV epilogue in decode, 2 cuBLAS FP32 GEMMs in prefill");
+    if (!o.shape.empty())
+        std::printf("lm_head: %s\n", o.lm_head_bits == 8 ? "W4A4 runs Q8_0 (q8_gemv) in one-sequence decode steps and "
+                                                           "a prompt's last row, bf16 (same matrix) above; BF16 run bf16"
+                                                         : "bf16 in every run");
     std::printf("| metric |");
     for (const auto& v : res) std::printf(" %s |", v.name.c_str());
     for (size_t i = 0; i + 1 < res.size(); ++i) std::printf(" %s vs bf16 |", res[i].name.c_str());
@@ -397,7 +403,7 @@ int cuda_bench(const CudaBenchOpts& o) {
     }
     (void)w4;
     if (!o.json.empty()) {
-        nlohmann::json j = {{"device", prop.name},   {"what", what},         {"kv_bits", o.kv_bits},
+        nlohmann::json j = {{"device", prop.name},   {"what", what},         {"kv_bits", o.kv_bits}, {"lm_head_bits", o.lm_head_bits},
                             {"bf16_kv_bits", base_kv},
                             {"spectral", o.spectral}, {"fuse", o.fuse},
                             {"ctx", o.ctx},          {"decode_steps", o.decode}, {"reps", o.reps},
@@ -458,6 +464,11 @@ static CommandAction bench_setup(CLI::App& app) {
                    "cuda: decode fusion (q/k/v and gate/up as one layer, norm/SwiGLU writing the next codes, "
                    "RoPE + KV store in one kernel) in every variant: 1 (default) or 0 (the unfused engine)")
         ->check(CLI::Range(0, 1))
+        ->capture_default_str();
+    app.add_option("--lm-head-bits", co->lm_head_bits,
+                   "cuda --shape: the W4A4 variants' lm_head in one-row calls (decode at B = 1): 16 (bf16, as the "
+                   "BF16 run) or 8 (Q8_0, as packed files with --embed-bits 8; the bf16 copy serves larger calls)")
+        ->check(CLI::IsMember({8, 16}))
         ->capture_default_str();
     app.add_option("--prefill", o->prefill, "prompt tokens in one forward (0 = skip)")->capture_default_str();
     app.add_option("--decode", o->decode, "tokens generated one at a time after the prompt")->capture_default_str();

@@ -47,6 +47,7 @@
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/w4a4_gemm.h"
 #include "kernels/w4a4_format.h"
+#include "model/linear_q8.h"
 #include "model/linear_w4a4.h"
 #include "model/linear_w4a4_cpu.h"
 #include "quant/hadamard.h"
@@ -135,6 +136,11 @@ struct DLinear {
     DevBuf<float> w;         // [out, in]: f32 weights | scale·code (w4a16) | codes as integer floats (w4a4, f32 codes)
     DevBuf<uint8_t> w8;      // w4a4 on the tensor cores: the codes in the CUDA layout [w4g_bytes(out, in)]
     DevBuf<uint16_t> wb;     // bf16: weights [out, in]
+    // Decode v6: the lm_head also as Q8_0 (cuda::q8_gemv's layout: codes [out, in], fp16 block
+    // scales [out, in/32]), the same matrix as w / wb; linear() takes it for one-row calls when no
+    // fixed GEMM shape is asked (gemm_rows 0: one-sequence decode steps, a prompt's last row).
+    DevBuf<int8_t> q8c;
+    DevBuf<uint16_t> q8d;
     const float* w_shared = nullptr;  // tied lm_head: the embedding table instead of `w`
     DevBuf<float> bias;      // [out] or empty
     int a_bits = 16;
@@ -166,7 +172,7 @@ struct DLinear {
     bool has_bias() const { return biasp() != nullptr; }
     size_t bytes() const {
         return (w.size() + bias.size() + scale.size() + basis_t.size() + coef.size() + had_signs.size()) * 4 +
-               rowsum.size() * 4 + w8.size() + wb.size() * 2;
+               rowsum.size() * 4 + w8.size() + wb.size() * 2 + q8c.size() + q8d.size() * 2;
     }
 };
 
@@ -367,6 +373,16 @@ struct ModelCuda::Impl {
             }
             if (!d.w_shared) d.w.upload(fw.data(), fw.size(), what, &bytes);
             d.bias.upload(fb.data(), fb.size(), what + " bias", &bytes);
+            const auto* lq = dynamic_cast<const LinearQ8*>(&L);
+            if (what == "lm_head" && lq && opts.lm_head_q8) {  // decode steps read 8.5 bits instead of 32 per weight
+                const Q8Matrix& qm = *lq->matrix();
+                std::vector<int8_t> codes((size_t)qm.rows * qm.cols);
+                std::vector<uint16_t> sc((size_t)qm.rows * (qm.cols / Q8_BLOCK));
+                cuda::q8_gemv_pack(reinterpret_cast<const uint8_t*>(qm.blocks.data()), qm.rows, qm.cols, codes.data(),
+                                   sc.data());
+                d.q8c.upload(codes.data(), codes.size(), what + " (Q8_0 codes)", &bytes);
+                d.q8d.upload(sc.data(), sc.size(), what + " (Q8_0 scales)", &bytes);
+            }
             return d;
         }
         QLinearData qd;  // either CPU backend of the packed format (reference or AVX2)
@@ -482,6 +498,14 @@ struct ModelCuda::Impl {
             gemm_xm(rot_a.get(), gm, L.had, L.in, rot_b.get());
             xin = rot_b.get();
             same_input = false;
+        }
+        // One row only: q8_gemv reads each x row from L1 once per 2 output rows, so at 8 rows it is
+        // L1-bound (1.09 ms per LLaMA-3-8B lm_head vs 0.38 for the bf16 GEMM; 1 row: 0.20 ms).
+        if (L.q8c.get() && gemm_rows == 0 && n == 1 && ((uintptr_t)xin & 15) == 0 && L.in % 4 == 0) {
+            const ProfScope ps = prof("gemv q8");
+            cuda::q8_gemv(xin, L.in, n, L.q8c.get(), L.q8d.get(), (int)L.out, (int)L.in, y, L.out, stream);
+            cuda::add_bias(y, nullptr, L.biasp(), n, (int)L.out, stream);
+            return;
         }
         if (L.kind == LinKind::f32) {
             const ProfScope ps = prof("gemm f32");
@@ -757,7 +781,8 @@ struct ModelCuda::Impl {
                     cuda::RowQuant rq = row_quant_for(&L.o);
                     if (!att_codes && rq.q8) rq = {};  // A/B: o's codes from act_quant instead
                     cuda::attention_decode(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, dec_cap,
-                                           dec_part.get(), att.get(), stream, rq, dec_cnt.get(), pk_l);
+                                           dec_part.get(), att.get(), stream, rq, dec_cnt.get(), pk_l,
+                                           opts.decode_cluster ? 6 : 5);
                     quant_done(rq, &L.o, att.get(), n);
                     o_ready = rq.q8 || rq.bf16;
                 } else if (mode == Mode::batch) {  // v4: one token per sequence, keys split over blocks
@@ -1056,10 +1081,16 @@ ModelCudaOptions ModelCudaOptions::from_env() {
                  kv, "'");
         o.kv_packed = std::string(kv) == "packed";
     }
+    if (const char* lh = std::getenv("SQ_CUDA_LM_HEAD"); lh && *lh) {
+        SQ_CHECK(std::string(lh) == "q8" || std::string(lh) == "f32", "SQ_CUDA_LM_HEAD must be q8 or f32, got '", lh,
+                 "'");
+        o.lm_head_q8 = std::string(lh) == "q8";
+    }
     if (da && *da) {
-        SQ_CHECK(std::string(da) == "v5" || std::string(da) == "v4", "SQ_CUDA_DECODE_ATT must be v5 or v4, got '",
-                 da, "'");
-        o.decode_v5 = std::string(da) == "v5";
+        const std::string v = da;
+        SQ_CHECK(v == "v6" || v == "v5" || v == "v4", "SQ_CUDA_DECODE_ATT must be v6, v5 or v4, got '", da, "'");
+        o.decode_v5 = v != "v4";
+        o.decode_cluster = v == "v6";
     }
     if (u && *u) {
         SQ_CHECK(std::string(u) == "0" || std::string(u) == "1", "SQ_CUDA_FUSE must be 0 or 1, got '", u, "'");
@@ -1140,6 +1171,8 @@ ModelCuda::ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity)
     m.opts.fuse = s.fuse;
     m.opts.kv_packed = s.kv_packed;
     m.opts.decode_v5 = s.decode_v5;
+    m.opts.decode_cluster = s.decode_cluster;
+    m.opts.lm_head_q8 = s.lm_head_q8;
     m.init_device(c, capacity, s.kv_bits, 1.0f, false);
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff, V = c.vocab;
@@ -1167,6 +1200,13 @@ ModelCuda::ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity)
         L.down = m.synth_linear(ff, d, s.bf16, s.rank, seed += 8, p + "down");
     }
     m.lm_head = m.synth_linear(d, V, true, 0, seed += 8, "lm_head");  // 16-bit in both (SPEC.md §1)
+    if (s.lm_head_q8 && !s.bf16) {  // decode v6: a Q8_0 lm_head whose bf16 copy is the same matrix (exact)
+        DLinear& h = m.lm_head;
+        h.q8c.alloc((size_t)V * d, "lm_head (Q8_0 codes)", &m.bytes);
+        h.q8d.alloc((size_t)V * (d / 32), "lm_head (Q8_0 scales)", &m.bytes);
+        cuda::q8_fill_random(h.q8c.get(), h.q8d.get(), h.wb.get(), V, d, 1.7320508f / std::sqrt((float)d), seed + 3,
+                             m.stream);
+    }
     m.fuse_layers();
     m.alloc_buffers(std::max({d, qd, ff}), std::max({qd, kvd, d, ff}), s.bf16 ? 0 : s.rank, false, false);
 }

@@ -51,8 +51,21 @@ struct ModelCudaOptions {
     // attention kernel as the same floats (Env: SQ_CUDA_KV=packed|f32); decode attention as
     // one kernel (merge by the last block) instead of v4's part + merge (+ act_quant) kernels
     // (Env: SQ_CUDA_DECODE_ATT=v5|v4). Same bits either way (CudaModel.PackedKvDecodeIsBitIdentical).
+    // decode_cluster (decode v6, with decode_v5): that kernel as a thread-block cluster per
+    // (sequence, KV head) merging through distributed shared memory where it applies (o's codes
+    // from act_quant), same bits. Off by default: measured slower than v5 at B = 1, 8 and 32
+    // (docs/perf.md "Decode v6"). Env: SQ_CUDA_DECODE_ATT=v6.
     bool kv_packed = true;
     bool decode_v5 = true;
+    bool decode_cluster = false;
+    // Decode v6: a Q8_0 lm_head of the file (LinearQ8, `--embed-bits 8`, docs/format.md) is also
+    // kept on the device as Q8_0 and read by cuda::q8_gemv for one-row calls with no fixed GEMM
+    // shape (decode steps of one sequence, a prompt's last row): 8.5 bits per weight instead of the
+    // float32 copy's 32, which still serves every larger call (prefill, scoring, batched decode:
+    // their bits unchanged; q8_gemv at 8 rows was slower than the 16-bit GEMM, docs/perf.md).
+    // Same function, float order of a GEMV (logits within float rounding of the f32 GEMM's).
+    // Env: SQ_CUDA_LM_HEAD=q8|f32.
+    bool lm_head_q8 = true;
     static ModelCudaOptions from_env();
 };
 
@@ -71,6 +84,10 @@ struct CudaSynthetic {
     bool fuse = true;     // see ModelCudaOptions::fuse
     bool kv_packed = true;  // see ModelCudaOptions::kv_packed
     bool decode_v5 = true;  // see ModelCudaOptions::decode_v5
+    bool decode_cluster = false;  // see ModelCudaOptions::decode_cluster
+    // W4A4 variant only: the lm_head as Q8_0 too (power-of-two block scales, so its bf16 copy is the
+    // same matrix), read by q8_gemv in one-row calls (ModelCudaOptions::lm_head_q8).
+    bool lm_head_q8 = false;
     uint64_t seed = 1;
 };
 

@@ -24,7 +24,9 @@
 // sees exactly the tiles, and the result bits, of its sequence run alone.
 #include <algorithm>
 #include <cfloat>
+#include <cstdio>
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/cuda_check.h"
@@ -647,6 +649,295 @@ void launch_v5(const float* q, const float* kc, const float* vc, const KvPacked&
                o.bits, o.clip, o.q8, o.scale, o.zero, reinterpret_cast<__nv_bfloat16*>(o.bf16));
 }
 
+
+// ---- decode v6: a cluster of 8 blocks per (sequence, KV head), the merge through DSMEM ----
+//
+// v5 spent ~12 µs per layer in the graph (15–20 µs eager) for ~0.3 MB of packed K/V: 17
+// blocks per (b, g) at 544 keys, then a global-memory hand-over (partials to L2, a fence, an
+// atomic counter, the last block re-reading 17 partials from L2: four dependent L2 round
+// trips after the slowest block). v6 launches a thread-block cluster of kD6Cluster blocks per
+// (b, g). Block r takes chunks c = r, r + 8, r + 16, … (v5's chunks of 32 keys) and stages up
+// to R of them at once (one round of loads for all their K/V instead of one per block), with
+// v5's per-chunk arithmetic unchanged: the same scores (lane-strided FMA chain + butterfly,
+// × scale), chunk softmax, P·V in key order; the partial (o, m, l) of chunk c stays in block
+// c % 8's shared memory. After one cluster barrier every block merges a slice of the group's
+// outputs reading the partials over DSMEM, with v5's merge formulas in v5's order (M by
+// fmaxf, L and o as FMA chains over c = 0 … nsplit−1, w_c = expf(m_c − M), × 1/L): the same
+// bits as v5 and v4 (CudaKv4.DecodeAttentionV6IsBitIdentical). No scratch, no counters, no
+// second kernel. o's codes (RowQuant::q8) need the whole row of every KV head: v5 does that.
+constexpr int kD6Cluster = 8, kD6Threads = 512, kD6Words = 4;
+
+struct D6Smem {  // float offsets of the dynamic shared memory (same layout in every block)
+    int sk, sv, ss, sml, spart, sw, sl, total;
+    __host__ __device__ D6Smem(int group, int hd, int R, int U, int splits) {
+        const int ld = hd + 1;
+        sk = group * hd;                         // sq [group][hd] at 0
+        sv = sk + R * kDecKeys * ld;             // sk, sv [R][32][ld]
+        ss = sv + R * kDecKeys * ld;             // [R][group][32]: scores, then probabilities
+        sml = ss + R * group * kDecKeys;         // [R][group][2]: chunk (max, sum); then (M, 1/L)
+        spart = sml + R * group * 2;             // [U][group][hd + 2]: partials (o, m, l), read over DSMEM
+        sw = spart + U * group * (hd + 2);       // [group][splits]: m_c, then e^{m_c − M}
+        sl = sw + group * splits;                // [group][splits]: l_c
+        total = sl + group * splits;
+    }
+};
+
+template <int DPL, bool kPacked>
+__global__ void __launch_bounds__(kD6Threads) attention_decode_v6(
+    const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc, KvPacked pk,
+    const int* __restrict__ kv_rows, const int* __restrict__ positions, int heads, int kv_heads, int hd, float scale,
+    int splits, int U, int R, float* __restrict__ out, __nv_bfloat16* __restrict__ ob) {
+    extern __shared__ float sm[];
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    pdl_wait();  // q, the cache, rows: earlier kernels' outputs
+    pdl_trigger();
+    const int r = (int)cluster.block_rank(), g = blockIdx.y, b = blockIdx.z;
+    const int group = heads / kv_heads, kvd = kv_heads * hd, ld = hd + 1;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nwarps = kD6Threads / 32;
+    const int lo = kv_rows[b] - positions[b], hi = kv_rows[b] + 1;
+    const int nsplit = (hi - lo + kDecKeys - 1) / kDecKeys;
+    const int nu = nsplit > r ? (nsplit - r + kD6Cluster - 1) / kD6Cluster : 0;  // my chunks: r + 8u, u < nu
+    const D6Smem L(group, hd, R, U, splits);
+    const size_t pst = (size_t)hd + 2;
+    float *sq = sm, *sk = sm + L.sk, *sv = sm + L.sv, *ss = sm + L.ss, *sml = sm + L.sml, *spart = sm + L.spart;
+    float *sw = sm + L.sw, *sl = sm + L.sl;
+    auto chunk_k0 = [&](int u) { return lo + (r + kD6Cluster * u) * kDecKeys; };
+
+    if (nu > 0)
+        for (int i = tid; i < group * hd; i += kD6Threads) sq[i] = q[((size_t)b * heads + (size_t)g * group) * hd + i];
+    for (int u0 = 0; u0 < nu; u0 += R) {
+        const int nr = min(R, nu - u0);
+        if (kPacked && (hd & 7) == 0) {
+            // kv_tile_packed8's words (a lane per key, 8 codes per 32-bit load) for nr chunks, with
+            // kD6Words words per thread loaded before the first is unpacked (one round trip).
+            const int wpv = hd >> 3, pb = kv_packed_bytes(hd), per = kDecKeys * wpv, total = nr * per;
+            const float* sh = pk.k_shift ? pk.k_shift + (size_t)g * hd : nullptr;
+            for (int w0 = tid; w0 < total; w0 += kD6Words * kD6Threads) {
+                uint32_t kw[kD6Words], vw[kD6Words];
+                float2 kp[kD6Words], vp[kD6Words];
+#pragma unroll
+                for (int e = 0; e < kD6Words; ++e) {
+                    const int w = w0 + e * kD6Threads, t = w / per, wi = w - t * per;
+                    const int key = chunk_k0(u0 + t) + (wi & 31);
+                    kw[e] = vw[e] = 0u, kp[e] = vp[e] = make_float2(0.0f, 0.0f);
+                    if (w < total && key < hi) {
+                        const int64_t vec = (int64_t)key * kv_heads + g;
+                        kw[e] = reinterpret_cast<const uint32_t*>(pk.k + vec * pb)[wi >> 5];
+                        vw[e] = reinterpret_cast<const uint32_t*>(pk.v + vec * pb)[wi >> 5];
+                        kp[e] = pk.kp[vec], vp[e] = pk.vp[vec];
+                    }
+                }
+#pragma unroll
+                for (int e = 0; e < kD6Words; ++e) {
+                    const int w = w0 + e * kD6Threads, t = w / per, wi = w - t * per;
+                    if (w >= total) continue;
+                    const int j = wi & 31, dw = wi >> 5, key = chunk_k0(u0 + t) + j;
+                    float* kd = sk + (t * kDecKeys + j) * ld + dw * 8;
+                    float* vd = sv + (t * kDecKeys + j) * ld + dw * 8;
+                    if (key >= hi) {
+#pragma unroll
+                        for (int x = 0; x < 8; ++x) kd[x] = 0.0f, vd[x] = 0.0f;
+                        continue;
+                    }
+                    const int kz = (int)kp[e].y, vz = (int)vp[e].y;
+#pragma unroll
+                    for (int x = 0; x < 8; ++x) {  // kv_unpack's operations, element dw·8 + x
+                        const float rr = __fmul_rn((float)((int)((kw[e] >> (4 * x)) & 15u) - kz), kp[e].x);
+                        kd[x] = sh ? __fadd_rn(rr, sh[dw * 8 + x]) : rr;
+                        vd[x] = __fmul_rn((float)((int)((vw[e] >> (4 * x)) & 15u) - vz), vp[e].x);
+                    }
+                }
+            }
+        } else {
+            const float* sh = kPacked && pk.k_shift ? pk.k_shift + (size_t)g * hd : nullptr;
+            for (int i = tid; i < nr * kDecKeys * hd; i += kD6Threads) {
+                const int t = i / (kDecKeys * hd), jd = i - t * kDecKeys * hd, j = jd / hd, d = jd - j * hd;
+                const int key = chunk_k0(u0 + t) + j;
+                float kx = 0.0f, vx = 0.0f;
+                if (key < hi) {
+                    const int64_t vec = (int64_t)key * kv_heads + g;
+                    if (kPacked) {
+                        kx = kv_unpack(pk.k, pk.kp[vec], vec, d, hd, sh);
+                        vx = kv_unpack(pk.v, pk.vp[vec], vec, d, hd, nullptr);
+                    } else {
+                        kx = kc[(size_t)key * kvd + (size_t)g * hd + d];
+                        vx = vc[(size_t)key * kvd + (size_t)g * hd + d];
+                    }
+                }
+                sk[(t * kDecKeys + j) * ld + d] = kx;
+                sv[(t * kDecKeys + j) * ld + d] = vx;
+            }
+        }
+        __syncthreads();
+        // Scores: v5's per-key code (4 heads at a time, each its own FMA chain and butterfly).
+        for (int kk = warp; kk < nr * kDecKeys; kk += nwarps) {
+            const int t = kk / kDecKeys, j = kk - t * kDecKeys;
+            if (j >= min(kDecKeys, hi - chunk_k0(u0 + t))) continue;  // warp-uniform
+            const float* skj = sk + (t * kDecKeys + j) * ld;
+            float* sst = ss + t * group * kDecKeys;
+            float kr[DPL];
+#pragma unroll
+            for (int dd = 0; dd < DPL; ++dd) {
+                const int d = lane + 32 * dd;
+                kr[dd] = d < hd ? skj[d] : 0.0f;
+            }
+            for (int h0 = 0; h0 < group; h0 += 4) {
+                float acc[4];
+#pragma unroll
+                for (int hh = 0; hh < 4; ++hh) {
+                    const int h = min(h0 + hh, group - 1);
+                    acc[hh] = 0.0f;
+#pragma unroll
+                    for (int dd = 0; dd < DPL; ++dd) {
+                        const int d = lane + 32 * dd;
+                        if (d < hd) acc[hh] += sq[h * hd + d] * kr[dd];
+                    }
+                }
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+                    for (int hh = 0; hh < 4; ++hh) acc[hh] += __shfl_xor_sync(0xffffffffu, acc[hh], o);
+                }
+                if (lane == 0) {
+#pragma unroll
+                    for (int hh = 0; hh < 4; ++hh)
+                        if (h0 + hh < group) sst[(h0 + hh) * kDecKeys + j] = acc[hh] * scale;
+                }
+            }
+        }
+        __syncthreads();
+        for (int th = warp; th < nr * group; th += nwarps) {  // chunk softmax, one warp per (chunk, head)
+            const int t = th / group;
+            const int nk = min(kDecKeys, hi - chunk_k0(u0 + t));
+            float* row = ss + th * kDecKeys;
+            const float sv_ = lane < nk ? row[lane] : -FLT_MAX;
+            const float m = warp_max(sv_);
+            const float p = lane < nk ? expf(sv_ - m) : 0.0f;
+            row[lane] = p;
+            const float l = warp_sum(p);
+            if (lane == 0) sml[2 * th] = m, sml[2 * th + 1] = l;
+        }
+        __syncthreads();
+        for (int i = tid; i < nr * group * hd; i += kD6Threads) {  // P·V in key order, into spart
+            const int th = i / hd, d = i - th * hd, t = th / group;
+            const int nk = min(kDecKeys, hi - chunk_k0(u0 + t));
+            const float* pr = ss + th * kDecKeys;
+            const float* svt = sv + t * kDecKeys * ld + d;
+            float o = 0.0f;
+#pragma unroll 8
+            for (int j = 0; j < nk; ++j) o += pr[j] * svt[j * ld];
+            float* pp = spart + ((size_t)u0 * group + th) * pst;  // (u0 + t)·group + h = u0·group + th
+            pp[d] = o;
+            if (d == 0) pp[hd] = sml[2 * th], pp[hd + 1] = sml[2 * th + 1];
+        }
+        __syncthreads();  // sk, sv, ss, sml are restaged by the next round
+    }
+    cluster.sync();  // every chunk's partial is in its block's shared memory (release / acquire)
+
+    // merge_stats of v5 (wcache path), once per head in every block: chunk cc lives in block cc % 8
+    // at local slot cc / 8; lane's chunks cc ≡ lane (mod 8), so one mapped base per lane.
+    {
+        const float* rbase = cluster.map_shared_rank(spart, lane & (kD6Cluster - 1));
+        for (int h = warp; h < group; h += nwarps) {
+            float M = -FLT_MAX;
+            for (int cc = lane; cc < nsplit; cc += 32) {
+                const float* p = rbase + ((size_t)(cc / kD6Cluster) * group + h) * pst;
+                const float m = p[hd];
+                sw[h * splits + cc] = m;
+                sl[h * splits + cc] = p[hd + 1];
+                M = fmaxf(M, m);
+            }
+            M = warp_max(M);  // fmaxf: order-free
+            for (int cc = lane; cc < nsplit; cc += 32) sw[h * splits + cc] = expf(sw[h * splits + cc] - M);
+            __syncwarp();
+            if (lane == 0) {
+                float Ls = 0.0f;
+                for (int cc = 0; cc < nsplit; ++cc) Ls += sl[h * splits + cc] * sw[h * splits + cc];
+                sml[2 * h] = M, sml[2 * h + 1] = 1.0f / Ls;
+            }
+        }
+    }
+    __syncthreads();
+    // merge_one of v5, for block r's slice of the group's outputs; 16 chunks' loads in flight,
+    // chunk c0 + e (c0 a multiple of 16) in block e % 8 at slot c0 / 8 + e / 8.
+    const int width = group * hd, slice = (width + kD6Cluster - 1) / kD6Cluster;
+    const int i_end = min(width, (r + 1) * slice);
+    const float* rb[kD6Cluster];
+#pragma unroll
+    for (int k = 0; k < kD6Cluster; ++k) rb[k] = cluster.map_shared_rank(spart, k);
+    for (int i = r * slice + tid; i < i_end; i += kD6Threads) {
+        const int h = i / hd, d = i - h * hd;
+        float o = 0.0f;
+        for (int c0 = 0; c0 < nsplit; c0 += 16) {
+            float pv[16];
+#pragma unroll
+            for (int e = 0; e < 16; ++e)
+                pv[e] = c0 + e < nsplit
+                            ? rb[e % kD6Cluster][((size_t)(c0 / kD6Cluster + e / kD6Cluster) * group + h) * pst + d]
+                            : 0.0f;
+#pragma unroll
+            for (int e = 0; e < 16; ++e)
+                if (c0 + e < nsplit) o += pv[e] * sw[h * splits + c0 + e];
+        }
+        const float val = o * sml[2 * h + 1];
+        const size_t oi = ((size_t)b * heads + (size_t)g * group) * hd + i;
+        out[oi] = val;
+        if (ob) ob[oi] = __float2bfloat16_rn(val);
+    }
+    cluster.sync();  // no block leaves while another still reads its partials
+}
+
+// Chunks per block U (fixed by max_keys, like the grid) and chunks staged at once R: all of
+// them up to kD6Round for a few sequences (latency: one round), one for larger batches (the
+// shared memory of one chunk, ~42 KB at hd = 128, keeps several blocks per SM), fewer where
+// they would pass kD6MaxSmem. The bytes returned exceed kD6MaxSmem only if even R = 1 does
+// (very long max_keys: the partials stay in shared memory): v5 then.
+constexpr int kD6Round = 3;
+constexpr size_t kD6MaxSmem = 200 * 1024;
+size_t d6_smem(int n, int group, int hd, int splits, int* U_out, int* R_out) {
+    const int U = (splits + kD6Cluster - 1) / kD6Cluster;
+    int R = std::min(U, n <= 4 ? kD6Round : 1);
+    auto bytes = [&] { return (size_t)D6Smem(group, hd, R, U, splits).total * sizeof(float); };
+    while (R > 1 && bytes() > kD6MaxSmem) --R;
+    *U_out = U, *R_out = R;
+    return bytes();
+}
+
+// False (nothing launched) when the device cannot hold even one such cluster at once
+// (cudaOccupancyMaxActiveClusters: a host-side query, allowed while a graph is captured).
+template <int DPL, bool kPacked>
+bool launch_v6(const float* q, const float* kc, const float* vc, const KvPacked& pk, int n, const int* kv_rows,
+               const int* positions, int heads, int kv_heads, int hd, int splits, float* out, const RowQuant& o,
+               cudaStream_t s) {
+    int U = 0, R = 0;
+    const size_t smem = d6_smem(n, heads / kv_heads, hd, splits, &U, &R);
+    auto kern = attention_decode_v6<DPL, kPacked>;
+    if (smem > 48 * 1024) SQ_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)kD6Cluster, (unsigned)kv_heads, (unsigned)n);
+    cfg.blockDim = dim3(kD6Threads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[2];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = kD6Cluster, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[1].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+    cfg.attrs = attr;
+    cfg.numAttrs = 2;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kern, &cfg) != cudaSuccess || clusters < 1) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, kern, q, kc, vc, pk, kv_rows, positions, heads, kv_heads, hd,
+                                             1.0f / sqrtf((float)hd), splits, U, R, out,
+                                             reinterpret_cast<__nv_bfloat16*>(o.bf16));
+    if (e != cudaSuccess) ::sq::fail("CUDA: launch of attention_decode_v6 failed: ", cudaGetErrorString(e));
+    return true;
+}
+
 }  // namespace
 
 size_t attention_decode_scratch(int n, int heads, int hd, int max_keys) {
@@ -658,17 +949,36 @@ size_t attention_decode_counters(int n, int kv_heads) { return (size_t)n * kv_he
 
 void attention_decode(const float* q, const float* kc, const float* vc, int n, const int* kv_rows, const int* positions,
                       int heads, int kv_heads, int hd, int max_keys, float* part, float* out, cudaStream_t s,
-                      const RowQuant& o, int* counters, const KvPacked& pk) {
+                      const RowQuant& o, int* counters, const KvPacked& pk, int variant) {
     if (n <= 0) return;
     SQ_CHECK(kv_rows && positions && part, "CUDA attention_decode: no rows, positions or scratch");
     SQ_CHECK(hd >= 1 && hd <= 256 && max_keys >= 1, "CUDA attention_decode: head_dim ", hd, ", max_keys ", max_keys);
     SQ_CHECK(kv_heads > 0 && heads % kv_heads == 0 && heads / kv_heads <= kDecMaxGroup, "CUDA attention_decode: ",
              heads, " heads over ", kv_heads, " KV heads (group ≤ ", kDecMaxGroup, ")");
     const int group = heads / kv_heads, splits = (max_keys + kDecKeys - 1) / kDecKeys;
+    SQ_CHECK(variant == 0 || variant == 5 || variant == 6, "CUDA attention_decode: variant ", variant,
+             " (0 or 5 = v5, 6 = v6 where it applies)");
     if (counters) {  // v5: one kernel (see attention_decode_v5)
         SQ_CHECK(!o.q8 || (o.scale && o.zero && o.bits >= 1 && o.bits <= 8),
                  "CUDA attention_decode: codes need scale, zero and 1..8 bits (", o.bits, ")");
         SQ_CHECK(pk || (kc && vc), "CUDA attention_decode: no KV cache (fp32 or packed)");
+        int U = 0, R = 0;
+        const bool v6_ok = !o.q8 && d6_smem(n, group, hd, splits, &U, &R) <= kD6MaxSmem;
+        if (v6_ok && variant == 6) {  // v6: one cluster per (sequence, KV head), see attention_decode_v6
+            auto go6 = [&](auto fn) {
+                return fn(q, kc, vc, pk, n, kv_rows, positions, heads, kv_heads, hd, splits, out, o, s);
+            };
+            const bool pkd = (bool)pk;
+            bool done;
+            if (hd <= 32) done = pkd ? go6(launch_v6<1, true>) : go6(launch_v6<1, false>);
+            else if (hd <= 64) done = pkd ? go6(launch_v6<2, true>) : go6(launch_v6<2, false>);
+            else if (hd <= 128) done = pkd ? go6(launch_v6<4, true>) : go6(launch_v6<4, false>);
+            else done = pkd ? go6(launch_v6<8, true>) : go6(launch_v6<8, false>);
+            if (done) return;
+            static bool told = false;  // once per process: the bench must not report v5 as v6 unnoticed
+            if (!told) std::fprintf(stderr, "[cuda] attention_decode: v6 cluster not schedulable here, v5 instead\n");
+            told = true;
+        }
         auto go = [&](auto fn) { fn(q, kc, vc, pk, n, kv_rows, positions, heads, kv_heads, hd, splits, part, counters, out, o, s); };
         const bool pkd = (bool)pk;
         if (hd <= 32) pkd ? go(launch_v5<1, true>) : go(launch_v5<1, false>);

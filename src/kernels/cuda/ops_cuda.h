@@ -173,10 +173,16 @@ size_t attention_decode_scratch(int n, int heads, int hd, int max_keys);
 // hence the same output bits (CudaKernels.DecodeAttentionV5IsBitIdentical). counters:
 // attention_decode_counters(n, kv_heads) ints, zero before the first call (each call
 // leaves them zero). pk (v5 only): keys and values from the packed cache.
+// variant (with counters): 0 or 5 = v5; 6 = v6 where it applies (no o.q8, partials within shared
+// memory, the cluster schedulable), else v5. v6 (decode v6): one thread-block cluster of 8 blocks
+// per (sequence, KV head), v5's chunks and float operations, the merge over distributed shared
+// memory instead of L2 + counters (part and counters untouched); same output bits, measured slower
+// than v5 (docs/perf.md "Decode v6"), so not the default.
 size_t attention_decode_counters(int n, int kv_heads);
 void attention_decode(const float* q, const float* kc, const float* vc, int n, const int* kv_rows, const int* positions,
                       int heads, int kv_heads, int hd, int max_keys, float* part, float* out, cudaStream_t s,
-                      const RowQuant& o = RowQuant{}, int* counters = nullptr, const KvPacked& pk = KvPacked{});
+                      const RowQuant& o = RowQuant{}, int* counters = nullptr, const KvPacked& pk = KvPacked{},
+                      int variant = 0);
 
 // The block table of attention_varlen (host side) for sequences of
 // seq_lens[i] tokens and `group` query heads per KV head: row0, row end, ...
@@ -214,6 +220,17 @@ void w4a4_epilogue(const float* acc_f, const int32_t* acc_i, int n, int m, const
 void logprob_gather(const float* logits, int vocab, const int* rows, const int* targets, int nq, double* logprob,
                     uint8_t* greedy, cudaStream_t s);
 
+// ---- Q8_0 lm_head of decode steps (q8_gemv.cu, decode v6) ----
+// Device layout of a Q8_0 matrix [n, k] (kernels/q8_format.h): codes int8 [n][k] and fp16 scale
+// bits [n][k/32]. Host: BlockQ8 blocks [n][k/32] (34 bytes each) → that layout.
+constexpr int kQ8GemvMaxRows = 8;
+void q8_gemv_pack(const uint8_t* blocks, int64_t n, int64_t k, int8_t* codes, uint16_t* scales);
+// y [m, n] (row stride ldy) = x [m, k] (row stride ldx) · dequant(W)ᵀ, m ≤ kQ8GemvMaxRows, k % 32 == 0,
+// x and codes 16-byte aligned. Row t's sums do not depend on m (same bits at any batch). Float
+// order differs from a float32 GEMM on dequant(W): |y − exact| ≤ γ_{k+1}·Σ|x·w| (tests).
+void q8_gemv(const float* x, int64_t ldx, int m, const int8_t* codes, const uint16_t* scales, int n, int k, float* y,
+             int64_t ldy, cudaStream_t s);
+
 // ---- synthetic weights and the BF16 baseline (synth.cu) ----
 // p[i] = center + amp · u, u uniform in [-1, 1) from (seed, i).
 void fill_uniform_f32(float* p, int64_t count, float center, float amp, uint64_t seed, cudaStream_t s);
@@ -221,6 +238,10 @@ void fill_uniform_f32(float* p, int64_t count, float center, float amp, uint64_t
 void fill_uniform_bf16(uint16_t* p, int64_t count, float amp, uint64_t seed, cudaStream_t s);
 // y = bf16(x), round to nearest even (bf16 bits).
 void f32_to_bf16(const float* x, int64_t count, uint16_t* y, cudaStream_t s);
+// Random Q8_0 matrix [n, k] in q8_gemv's layout (|d·q| ≤ amp, power-of-two block scales) and,
+// if bf16 is not null, the same matrix in bf16 (exact: d·q has ≤ 8 significant bits).
+void q8_fill_random(int8_t* codes, uint16_t* scales, uint16_t* bf16, int64_t n, int64_t k, float amp, uint64_t seed,
+                    cudaStream_t s);
 // Random 4-bit codes for an [n, k] weight directly in the CUDA layout
 // (w [w4g_bytes(n, k)], pads zero) and their row sums [n].
 void w4g_fill_random(uint8_t* w, int64_t n, int64_t k, uint64_t seed, int32_t* rowsum, cudaStream_t s);

@@ -5,7 +5,10 @@
 //
 // Random values: splitmix64 of (seed, index), so a buffer's contents depend on
 // its seed and size only (no RNG state, any grid).
+#include <cmath>
+
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <algorithm>
 
@@ -42,6 +45,27 @@ __global__ void fill_bf16_kernel(__nv_bfloat16* p, int64_t count, float amp, uin
 __global__ void f32_to_bf16_kernel(const float* __restrict__ x, int64_t count, __nv_bfloat16* __restrict__ y) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x)
         y[i] = __float2bfloat16_rn(x[i]);
+}
+
+// One thread per Q8_0 block (row j, block b): codes round(127·u) in [-127, 127] and a
+// power-of-two scale 2^e, e ∈ {e0, e0 − 1} by hash, so d·q has ≤ 8 significant bits and the
+// bf16 copy bf16(d·q) is exact: both hold the same matrix.
+__global__ void q8_fill_kernel(int8_t* codes, uint16_t* scales, __nv_bfloat16* wb, int64_t n, int64_t k, int e0,
+                               uint64_t seed) {
+    const int64_t kb = k / 32;
+    for (int64_t blk = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; blk < n * kb;
+         blk += (int64_t)gridDim.x * blockDim.x) {
+        const int e = e0 - (int)(mix64(seed ^ 0x5851F42D4C957F2Dull ^ (uint64_t)blk) & 1);
+        const float dv = ldexpf(1.0f, e);
+        scales[blk] = __half_as_ushort(__float2half_rn(dv));
+        const int64_t j = blk / kb, i0 = (blk - j * kb) * 32;
+        for (int x = 0; x < 32; ++x) {
+            const int64_t i = j * k + i0 + x;
+            const int c = max(-127, min(127, __float2int_rn(127.0f * unit(seed, i))));
+            codes[i] = (int8_t)c;
+            if (wb) wb[i] = __float2bfloat16_rn(dv * (float)c);
+        }
+    }
 }
 
 // One thread per layout byte: (row, k) of its two nibbles by inverting w4g_offset;
@@ -92,6 +116,16 @@ void f32_to_bf16(const float* x, int64_t count, uint16_t* y, cudaStream_t s) {
     if (count <= 0) return;
     f32_to_bf16_kernel<<<grid_for(count), 256, 0, s>>>(x, count, reinterpret_cast<__nv_bfloat16*>(y));
     SQ_CUDA_LAUNCH("f32_to_bf16");
+}
+
+void q8_fill_random(int8_t* codes, uint16_t* scales, uint16_t* bf16, int64_t n, int64_t k, float amp, uint64_t seed,
+                    cudaStream_t s) {
+    SQ_CHECK(n > 0 && k > 0 && k % 32 == 0 && amp > 0.0f, "q8_fill_random: shape ", n, "x", k, ", amp ", amp);
+    const int e0 = (int)std::floor(std::log2(amp / 127.0f));  // |d·q| ≤ amp, like fill_uniform's range
+    SQ_CHECK(e0 - 1 >= -14 && e0 <= 15, "q8_fill_random: amp ", amp, " gives a scale outside fp16's normal range");
+    q8_fill_kernel<<<grid_for(n * k / 32), 256, 0, s>>>(codes, scales, reinterpret_cast<__nv_bfloat16*>(bf16), n, k,
+                                                        e0, seed);
+    SQ_CUDA_LAUNCH("q8_fill_random");
 }
 
 void w4g_fill_random(uint8_t* w, int64_t n, int64_t k, uint64_t seed, int32_t* rowsum, cudaStream_t s) {

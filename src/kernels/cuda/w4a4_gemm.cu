@@ -5,6 +5,7 @@
 // benchmark: bench/bench_cuda_gemm.cu.
 #include "kernels/cuda/w4a4_gemm.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -445,6 +446,19 @@ int gemv_prefetch_blocks() {
     return n;
 }
 
+// SQ_CUDA_GEMV_NT=1|2|4: n8 tiles per GEMV block forced (A/B of docs/perf.md "Decode v6"; 0 or unset:
+// the heuristic of w4a4_gemv_cfg). The double-buffered configuration takes 2 or 4 (1 → 2).
+int gemv_nt_override() {
+    static const int n = [] {
+        const char* e = std::getenv("SQ_CUDA_GEMV_NT");
+        if (!e || !*e) return 0;
+        const int v = std::atoi(e);
+        SQ_CHECK(v == 0 || v == 1 || v == 2 || v == 4, "SQ_CUDA_GEMV_NT must be 0, 1, 2 or 4, got '", e, "'");
+        return v;
+    }();
+    return n;
+}
+
 // The fused spectral branch's C rows of a block go to shared memory when they fit in 32 KB
 // (rank ≤ 256 at NT = 4): read once, coalesced, before the PDL wait, instead of one
 // 4·rank-byte row per output thread in the epilogue (v5).
@@ -523,6 +537,7 @@ void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
     if (cfg == 3) {  // v5: double-buffered, 2 blocks per SM: the fewest NT (≥ 2) that fit one wave of 2·SMs
         int nt = 2;
         while (nt < 4 && (nb + nt - 1) / nt > 2 * (int64_t)sms) nt *= 2;
+        if (gemv_nt_override()) nt = std::max(2, gemv_nt_override());
         if (nt == 2) launch_gemv<2, 2, 1, true>(a, s);
         else launch_gemv<4, 2, 1, true>(a, s);
         return;
@@ -530,6 +545,12 @@ void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
     const int64_t slots = 3 * (int64_t)sms;
     int nt = a.m > 8 ? 2 : 1;
     while (nt < 4 && (nb + nt - 1) / nt > slots) nt *= 2;
+    // Several waves even at NT = 4 (gu of LLaMA-3-8B: 896 blocks on 396 slots, the last wave 26%
+    // full): at m ≤ 4 NT = 2 halves the tail's granularity (1792 blocks, 4.5 waves). H100, --stream:
+    // gu m = 1 24.5 → 22.3 µs (80 → 88% of HBM), m = 4 24.6 → 23.2; at m = 8 it lost (25.8 → 27.2),
+    // so not there (docs/perf.md "Decode v6").
+    if (a.m <= 4 && nt == 4 && (nb + 3) / 4 > slots) nt = 2;
+    if (gemv_nt_override()) nt = gemv_nt_override();
     switch (cfg * 4 + nt) {
         case 0 * 4 + 1: launch_gemv<1, 2>(a, s); break;  // default: U = 2
         case 0 * 4 + 2: launch_gemv<2, 2>(a, s); break;
