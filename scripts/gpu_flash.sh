@@ -87,7 +87,7 @@ ppl)
         --embed-bits 4 --calib $S/wiki.utf8 --calib-n 2 --calib-len 128 -t 16 -o $Q
     for f in $Q $M; do
         b=$(basename $f)
-        step ppl_flash_$b 120 $SQ ppl -m $f -f $W -c 2048 --device cuda
+        step ppl_flash_$b 120 env SQ_CUDA_PREFILL_ATT=flash $SQ ppl -m $f -f $W -c 2048 --device cuda
         step ppl_f32_$b 120 env SQ_CUDA_PREFILL_ATT=f32 $SQ ppl -m $f -f $W -c 2048 --device cuda
         tail -n 3 $OUT/ppl_flash_$b.log $OUT/ppl_f32_$b.log
     done

@@ -245,8 +245,8 @@ struct ModelCuda::Impl {
     std::map<int, cudaGraphExec_t> graphs;  // by token count (one-document calls; varlen calls run eagerly)
     bool use_graphs = true;
     bool att_codes = false;            // v5 decode attention makes o's codes (SQ_CUDA_ATT_CODES=1; else act_quant)
-    // Prefill / scoring attention on tensor cores (attention_flash.cu; SQ_CUDA_PREFILL_ATT=f32: FP32 kernel)
-    static bool flash_att(int hd) { return cuda::prefill_attention_flash() && cuda::attention_flash_supported(hd); }
+    // Prefill / scoring attention on tensor cores (attention_flash.cu) when opts.flash_attention, else the FP32 kernel
+    bool flash_att(int hd) const { return opts.flash_attention && cuda::attention_flash_supported(hd); }
     DevBuf<int> q_rows, q_targets;     // [queries]: grown on demand
     DevBuf<double> q_lp;
     DevBuf<uint8_t> q_greedy;
@@ -789,7 +789,7 @@ struct ModelCuda::Impl {
                     // o's codes come from act_quant: v4's one-block-per-sequence merge was slower (v4c, notes).
                     cuda::attention_decode(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, dec_cap,
                                            dec_part.get(), att.get(), stream);
-                } else if (flash_att(hd)) {  // prefill: tensor cores (SQ_CUDA_PREFILL_ATT=f32: the FP32 kernel)
+                } else if (flash_att(hd)) {  // prefill: tensor cores (ModelCudaOptions::flash_attention)
                     cuda::attention_flash(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream, pk_l);
                 } else {
                     cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream, pk_l);
@@ -1086,6 +1086,11 @@ ModelCudaOptions ModelCudaOptions::from_env() {
                  "'");
         o.lm_head_q8 = std::string(lh) == "q8";
     }
+    if (const char* pa = std::getenv("SQ_CUDA_PREFILL_ATT"); pa && *pa) {
+        SQ_CHECK(std::string(pa) == "flash" || std::string(pa) == "f32", "SQ_CUDA_PREFILL_ATT must be flash or f32, got '",
+                 pa, "'");
+        o.flash_attention = std::string(pa) == "flash";
+    }
     if (da && *da) {
         const std::string v = da;
         SQ_CHECK(v == "v6" || v == "v5" || v == "v4", "SQ_CUDA_DECODE_ATT must be v6, v5 or v4, got '", da, "'");
@@ -1173,6 +1178,7 @@ ModelCuda::ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity)
     m.opts.decode_v5 = s.decode_v5;
     m.opts.decode_cluster = s.decode_cluster;
     m.opts.lm_head_q8 = s.lm_head_q8;
+    m.opts.flash_attention = s.flash_attention;
     m.init_device(c, capacity, s.kv_bits, 1.0f, false);
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff, V = c.vocab;

@@ -66,6 +66,13 @@ struct ModelCudaOptions {
     // Same function, float order of a GEMV (logits within float rounding of the f32 GEMM's).
     // Env: SQ_CUDA_LM_HEAD=q8|f32.
     bool lm_head_q8 = true;
+    // Prefill and scoring attention on fp16 tensor cores (attention_flash.cu, 12–14× the FP32
+    // kernel at 2048 tokens; error bound derived and checked in tests/test_cuda_flash.cpp)
+    // instead of the FP32 kernel. Off for real models until its WikiText-2 agreement with the
+    // CPU engine is measured (the FP32 kernel's: 0.035% over 147 windows, docs/perf.md): the
+    // eval engine's numbers stay those of the measured kernel. On in the synthetic bench
+    // (CudaSynthetic). Env: SQ_CUDA_PREFILL_ATT=flash|f32.
+    bool flash_attention = false;
     static ModelCudaOptions from_env();
 };
 
@@ -88,6 +95,7 @@ struct CudaSynthetic {
     // W4A4 variant only: the lm_head as Q8_0 too (power-of-two block scales, so its bf16 copy is the
     // same matrix), read by q8_gemv in one-row calls (ModelCudaOptions::lm_head_q8).
     bool lm_head_q8 = false;
+    bool flash_attention = true;  // see ModelCudaOptions::flash_attention
     uint64_t seed = 1;
 };
 

@@ -474,17 +474,6 @@ void flash_dispatch(const float* q, const float* kc, const float* vc, int n, int
 
 bool attention_flash_supported(int hd) { return hd == 64 || hd == 128; }
 
-bool prefill_attention_flash() {
-    static const bool on = [] {
-        const char* e = std::getenv("SQ_CUDA_PREFILL_ATT");
-        if (!e || !*e) return true;
-        const std::string v = e;
-        SQ_CHECK(v == "flash" || v == "f32", "SQ_CUDA_PREFILL_ATT must be flash or f32, got '", v, "'");
-        return v == "flash";
-    }();
-    return on;
-}
-
 void attention_flash(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
                      int kv_heads, int hd, float* out, cudaStream_t s, const KvPacked& pk, FlashKv4 kv4) {
     if (!attention_flash_supported(hd)) {  // other head sizes: the FP32 kernel (same semantics)

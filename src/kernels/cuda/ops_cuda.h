@@ -256,8 +256,6 @@ void w4g_fill_random(uint8_t* w, int64_t n, int64_t k, uint64_t seed, int32_t* r
 // p·scale rounded); `env`: SQ_CUDA_FLASH_KV4 = values (default) | codes, read once.
 enum class FlashKv4 { env, values, codes };
 bool attention_flash_supported(int hd);
-// SQ_CUDA_PREFILL_ATT (read once): "flash" (default) or "f32" (the FP32 kernel, bitwise as before).
-bool prefill_attention_flash();
 void attention_flash(const float* q, const float* kc, const float* vc, int n, int pos0, const int* pos_dev, int heads,
                      int kv_heads, int hd, float* out, cudaStream_t s, const KvPacked& pk = KvPacked{},
                      FlashKv4 kv4 = FlashKv4::env);
