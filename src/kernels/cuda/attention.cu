@@ -404,6 +404,44 @@ __global__ void __launch_bounds__(kMergeThreads) attention_decode_merge_rows(
     }
 }
 
+// Scores of one key (row skj of hd floats in shared memory) for the group's heads (q rows
+// sq [group][hd]): per head v4's lane-strided FMA chain and warp butterfly, 4 heads at a
+// time so that their shuffle chains overlap (each sum keeps its own order: same bits);
+// lane 0 stores head h's score at out[h · kDecKeys]. Decode v5 and v6.
+template <int DPL>
+__device__ __forceinline__ void score_key(const float* sq, const float* skj, int hd,
+                                          int group, float scale, int lane, float* out) {
+    float kr[DPL];
+#pragma unroll
+    for (int dd = 0; dd < DPL; ++dd) {
+        const int d = lane + 32 * dd;
+        kr[dd] = d < hd ? skj[d] : 0.0f;
+    }
+    for (int h0 = 0; h0 < group; h0 += 4) {
+        float acc[4];
+#pragma unroll
+        for (int hh = 0; hh < 4; ++hh) {
+            const int h = min(h0 + hh, group - 1);  // past the group: a duplicate, not stored
+            acc[hh] = 0.0f;
+#pragma unroll
+            for (int dd = 0; dd < DPL; ++dd) {
+                const int d = lane + 32 * dd;
+                if (d < hd) acc[hh] += sq[h * hd + d] * kr[dd];
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+            for (int hh = 0; hh < 4; ++hh) acc[hh] += __shfl_xor_sync(0xffffffffu, acc[hh], o);
+        }
+        if (lane == 0) {
+#pragma unroll
+            for (int hh = 0; hh < 4; ++hh)
+                if (h0 + hh < group) out[(h0 + hh) * kDecKeys] = acc[hh] * scale;
+        }
+    }
+}
+
 // ---- decode v5: one kernel, the merge by the last block, optionally over the packed cache ----
 //
 // v4 ran attention_decode_part, then a merge kernel, then act_quant for o's codes: three
@@ -477,37 +515,7 @@ __global__ void __launch_bounds__(kD5Threads) attention_decode_v5(
     __syncthreads();
     // Scores: per key, v4's lane-strided FMA chain and warp_sum for each head, 4 heads at a
     // time so that their shuffle chains overlap (each sum keeps its own order: same bits).
-    for (int j = warp; j < nk; j += nwarps) {
-        float kr[DPL];
-#pragma unroll
-        for (int dd = 0; dd < DPL; ++dd) {
-            const int d = lane + 32 * dd;
-            kr[dd] = d < hd ? sk[j * ld + d] : 0.0f;
-        }
-        for (int h0 = 0; h0 < group; h0 += 4) {
-            float acc[4];
-#pragma unroll
-            for (int hh = 0; hh < 4; ++hh) {
-                const int h = min(h0 + hh, group - 1);  // past the group: a duplicate, not stored
-                acc[hh] = 0.0f;
-#pragma unroll
-                for (int dd = 0; dd < DPL; ++dd) {
-                    const int d = lane + 32 * dd;
-                    if (d < hd) acc[hh] += sq[h * hd + d] * kr[dd];
-                }
-            }
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) {
-#pragma unroll
-                for (int hh = 0; hh < 4; ++hh) acc[hh] += __shfl_xor_sync(0xffffffffu, acc[hh], o);
-            }
-            if (lane == 0) {
-#pragma unroll
-                for (int hh = 0; hh < 4; ++hh)
-                    if (h0 + hh < group) ss[(h0 + hh) * kDecKeys + j] = acc[hh] * scale;
-            }
-        }
-    }
+    for (int j = warp; j < nk; j += nwarps) score_key<DPL>(sq, sk + j * ld, hd, group, scale, lane, ss + j);
     __syncthreads();
     for (int h = warp; h < group; h += nwarps) {
         const float sv_ = lane < nk ? ss[h * kDecKeys + lane] : -FLT_MAX;
@@ -776,35 +784,7 @@ __global__ void __launch_bounds__(kD6Threads) attention_decode_v6(
             if (j >= min(kDecKeys, hi - chunk_k0(u0 + t))) continue;  // warp-uniform
             const float* skj = sk + (t * kDecKeys + j) * ld;
             float* sst = ss + t * group * kDecKeys;
-            float kr[DPL];
-#pragma unroll
-            for (int dd = 0; dd < DPL; ++dd) {
-                const int d = lane + 32 * dd;
-                kr[dd] = d < hd ? skj[d] : 0.0f;
-            }
-            for (int h0 = 0; h0 < group; h0 += 4) {
-                float acc[4];
-#pragma unroll
-                for (int hh = 0; hh < 4; ++hh) {
-                    const int h = min(h0 + hh, group - 1);
-                    acc[hh] = 0.0f;
-#pragma unroll
-                    for (int dd = 0; dd < DPL; ++dd) {
-                        const int d = lane + 32 * dd;
-                        if (d < hd) acc[hh] += sq[h * hd + d] * kr[dd];
-                    }
-                }
-#pragma unroll
-                for (int o = 16; o > 0; o >>= 1) {
-#pragma unroll
-                    for (int hh = 0; hh < 4; ++hh) acc[hh] += __shfl_xor_sync(0xffffffffu, acc[hh], o);
-                }
-                if (lane == 0) {
-#pragma unroll
-                    for (int hh = 0; hh < 4; ++hh)
-                        if (h0 + hh < group) sst[(h0 + hh) * kDecKeys + j] = acc[hh] * scale;
-                }
-            }
+            score_key<DPL>(sq, skj, hd, group, scale, lane, sst + j);
         }
         __syncthreads();
         for (int th = warp; th < nr * group; th += nwarps) {  // chunk softmax, one warp per (chunk, head)
