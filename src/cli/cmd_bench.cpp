@@ -319,6 +319,9 @@ int cuda_bench(const CudaBenchOpts& o) {
                           : "KV" + std::to_string(bits) +
                                 (bits <= 4 && env.kv_packed ? " (packed 4-bit codes)" : " (fake-quantized fp32)");
     };
+    // Prefill attention: the synthetic runs take the tensor-core kernel unless SQ_CUDA_PREFILL_ATT
+    // says otherwise, real models ModelCudaOptions' choice (the FP32 kernel by default).
+    const bool flash = o.shape.empty() || std::getenv("SQ_CUDA_PREFILL_ATT") ? env.flash_attention : true;
     std::vector<VariantResult> res;
     std::string what;
     if (!o.shape.empty()) {
@@ -331,7 +334,7 @@ int cuda_bench(const CudaBenchOpts& o) {
             s.spectral_fuse_max_rows = fuse_rows;
             s.fuse = o.fuse != 0;
             s.lm_head_q8 = !bf16 && o.lm_head_bits == 8;
-            if (std::getenv("SQ_CUDA_PREFILL_ATT")) s.flash_attention = env.flash_attention;  // else flash
+            s.flash_attention = flash;
             res.push_back(cuda_variant(name, o, std::make_unique<ModelCuda>(c, s, cap)));
         };
         run("w4a4", false, 0);
@@ -341,7 +344,7 @@ int cuda_bench(const CudaBenchOpts& o) {
         what = o.model;
         LoadedModel lm = model_open(o.model, false);
         ModelCudaOptions native, bf16;
-        native.flash_attention = bf16.flash_attention = env.flash_attention;  // SQ_CUDA_PREFILL_ATT
+        native.flash_attention = bf16.flash_attention = flash;
         native.spectral_fuse_max_rows = fuse_rows;
         bf16.bf16 = true;
         native.fuse = bf16.fuse = o.fuse != 0;
@@ -363,12 +366,7 @@ int cuda_bench(const CudaBenchOpts& o) {
         std::printf("lm_head: %s\n", o.lm_head_bits == 8 ? "W4A4 runs Q8_0 (q8_gemv) in one-sequence decode steps and "
                                                            "a prompt's last row, bf16 (same matrix) above; BF16 run bf16"
                                                          : "bf16 in every run");
-    {
-        // the synthetic runs default to the tensor-core attention, real models to the FP32 kernel (ModelCudaOptions)
-        const bool flash = o.shape.empty() || std::getenv("SQ_CUDA_PREFILL_ATT") ? env.flash_attention : true;
-        std::printf("prefill attention: %s\n", flash ? "fp16 tensor cores (attention_flash; head_dim 64/128)"
-                                                      : "FP32 kernel");
-    }
+    std::printf("prefill attention: %s\n", flash ? "fp16 tensor cores (attention_flash; head_dim 64/128)" : "FP32 kernel");
     std::printf("| metric |");
     for (const auto& v : res) std::printf(" %s |", v.name.c_str());
     for (size_t i = 0; i + 1 < res.size(); ++i) std::printf(" %s vs bf16 |", res[i].name.c_str());
