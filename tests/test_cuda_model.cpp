@@ -483,24 +483,52 @@ private:
     bool has_q_ = false;
 };
 
+// A CPU model with every linear wrapped in a TieProbe: forward() runs one
+// prefill from an empty cache and returns the index of the first near-tie
+// token (= the number of rows that cannot see a flipped code), logits out.
+class ProbedCpu {
+public:
+    explicit ProbedCpu(ModelWeights w) {
+        for (LayerWeights& L : w.layers) {
+            auto wrap = [&](std::unique_ptr<Linear>& p, int role) {
+                p = std::make_unique<TieProbe>(std::move(p), &log_, w, role);
+            };
+            wrap(L.q, 0), wrap(L.k, 1), wrap(L.v, 2), wrap(L.o, 0), wrap(L.gate, 0), wrap(L.up, 0), wrap(L.down, 0);
+        }
+        cpu_ = std::make_unique<Model>(std::move(w));
+    }
+    // ties: tokens with a near-tie anywhere (first or not), when non-null.
+    int forward(const std::vector<int>& toks, std::vector<float>* logits, int* ties = nullptr) {
+        const int n = (int)toks.size();
+        log_.margin.assign(n, 0.5);
+        KVCache cache(cpu_->config(), n);
+        std::vector<float> scratch;
+        std::vector<float>& out = logits ? *logits : scratch;
+        out.assign((size_t)n * cpu_->config().vocab, 0.0f);
+        cpu_->forward(toks.data(), n, cache, out.data(), true);
+        int t_star = 0;
+        while (t_star < n && log_.margin[t_star] >= kTieRel) ++t_star;
+        if (ties) {
+            *ties = 0;
+            for (int t = 0; t < n; ++t) *ties += log_.margin[t] < kTieRel;
+        }
+        return t_star;
+    }
+
+private:
+    TieLog log_;
+    std::unique_ptr<Model> cpu_;
+};
+
 // GPU (built first, from the packed layers) vs the probed CPU model; returns
 // the number of rows held to `tol` (those before the first near-tie token).
 int compare_flip_aware(ModelWeights w, const std::vector<int>& toks, double tol, const std::string& what) {
     const int n = (int)toks.size(), V = w.cfg.vocab;
     ModelCuda gpu(w, n);
-    TieLog log;
-    log.margin.assign(n, 0.5);
-    for (LayerWeights& L : w.layers) {
-        auto wrap = [&](std::unique_ptr<Linear>& p, int role) { p = std::make_unique<TieProbe>(std::move(p), &log, w, role); };
-        wrap(L.q, 0), wrap(L.k, 1), wrap(L.v, 2), wrap(L.o, 0), wrap(L.gate, 0), wrap(L.up, 0), wrap(L.down, 0);
-    }
-    Model cpu(std::move(w));
-    KVCache cache(cpu.config(), n);
-    std::vector<float> ref((size_t)n * V);
-    cpu.forward(toks.data(), n, cache, ref.data(), true);
-    int t_star = 0, ties = 0;
-    while (t_star < n && log.margin[t_star] >= kTieRel) ++t_star;
-    for (int t = 0; t < n; ++t) ties += log.margin[t] < kTieRel;
+    ProbedCpu cpu(std::move(w));
+    std::vector<float> ref;
+    int ties = 0;
+    const int t_star = cpu.forward(toks, &ref, &ties);
 
     std::vector<float> got((size_t)n * V, NAN);
     gpu.forward_logits(toks.data(), n, got.data(), true);
@@ -1191,58 +1219,83 @@ TEST(CudaBatch, BatchedScoresMatchUnbatchedAndCpu) {
 
 // Every Linear kind and option through the varlen forward: sequences of
 // awkward lengths packed into one call against each sequence alone, all
-// rows scored. Bars as above: FP32 1e-4 per token and exact greedy flags;
-// every model with a quantizer (activations, or the KV cache: a 4-bit KV
-// code moves on a rounding difference just as an activation code does) on
-// the aggregates.
+// rows scored. FP32: 1e-4 per token and exact greedy flags, as above. Every
+// model with a quantizer (activations, or the KV cache: a 4-bit KV code
+// moves on a rounding difference just as an activation code does) is
+// compared flip-aware, as HandQuantizedW4A4MatchesCpu: the same model on the
+// probed CPU finds each sequence's first near-tie token; rows before it see
+// the same codes on both GPU paths and are held to 1e-3 per token, rows from
+// it on are reported only (an aggregate bar there was flaky: seed 2177115845
+// moved one W4A4KV4 token by 0.142 through a flipped code).
 TEST(CudaBatch, VarlenForwardMatchesSequencesAlone) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 13);
     struct Case {
         std::string what;
         ModelWeights w;
-        bool exact;
+        std::unique_ptr<ProbedCpu> probe;  // quantized models: the same weights on the CPU, probed
     };
     std::vector<Case> cases;
     for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_llama_spm"}) {
         Checkpoint ck = checkpoint_open(kData + "/models/" + name);
-        cases.push_back({name, model_load_f32(ck, false), true});
+        cases.push_back({name, model_load_f32(ck, false), nullptr});
     }
-    cases.push_back({"tiny_llama W4A4KV4 rot+spec+had", hand_quantized("tiny_llama", 4, true, true, rng), false});
-    cases.push_back({"tiny_qwen2 W4A8 bias+spec+had", hand_quantized("tiny_qwen2", 8, false, false, rng), false});
-    cases.push_back({"tiny_llama_spm W4A16KV4", hand_quantized("tiny_llama_spm", 16, true, false, rng), false});
+    auto quantized = [&](const char* what, const char* name, int a_bits, bool kv4, bool qk_rotate) {
+        std::mt19937 again = rng;  // hand_quantized draws only from its rng: the same model twice
+        ModelWeights w = hand_quantized(name, a_bits, kv4, qk_rotate, rng);
+        cases.push_back({what, std::move(w),
+                         std::make_unique<ProbedCpu>(hand_quantized(name, a_bits, kv4, qk_rotate, again))});
+    };
+    quantized("tiny_llama W4A4KV4 rot+spec+had", "tiny_llama", 4, true, true);
+    quantized("tiny_qwen2 W4A8 bias+spec+had", "tiny_qwen2", 8, false, false);
+    quantized("tiny_llama_spm W4A16KV4", "tiny_llama_spm", 16, true, false);
     const std::vector<int> lens = {1, 2, 3, 17, 33, 40, 1, 64, 5};
     for (Case& c : cases) {
         const int V = c.w.cfg.vocab;
-        std::vector<int> tokens, seq_lens = lens;
-        std::vector<RowTarget> tq;
-        std::vector<std::vector<int>> seqs;
-        for (int len : lens) {
-            seqs.push_back(some_tokens(V, len, (uint32_t)rng()));
-            for (int i = 0; i < len; ++i) tq.push_back({(int)tokens.size() + i, (int)(rng() % V)});
-            tokens.insert(tokens.end(), seqs.back().begin(), seqs.back().end());
-        }
-        ModelCuda gpu(c.w, (int)tokens.size());
-        const std::vector<RowScore> packed = gpu.forward_score_varlen(tokens.data(), seq_lens, tq);
-        EXPECT_EQ(gpu.pos(), 0);
-        Agreement ag;
-        size_t k = 0;
-        for (const auto& s : seqs) {
-            std::vector<RowTarget> own;
-            for (int i = 0; i < (int)s.size(); ++i) own.push_back({i, tq[k + i].target});
+        ModelCuda gpu(c.w, 166);  // = the lengths' sum
+        Agreement held, after;
+        // Quantized models: fresh tokens until 48 rows were held (at 8-bit activations
+        // the first near-tie comes after ~2 tokens: ~16 held rows per draw measured on
+        // the H100); at most 8 draws, and the test says so if that was not enough.
+        int draws = 0;
+        for (; draws < (c.probe ? 8 : 1) && (draws == 0 || held.tokens < 48); ++draws) {
+            std::vector<int> tokens, seq_lens = lens;
+            std::vector<RowTarget> tq;
+            std::vector<std::vector<int>> seqs;
+            for (int len : lens) {
+                seqs.push_back(some_tokens(V, len, (uint32_t)rng()));
+                for (int i = 0; i < len; ++i) tq.push_back({(int)tokens.size() + i, (int)(rng() % V)});
+                tokens.insert(tokens.end(), seqs.back().begin(), seqs.back().end());
+            }
             gpu.truncate(0);
-            const std::vector<RowScore> alone = gpu.forward_score(s.data(), (int)s.size(), own);
-            for (size_t i = 0; i < alone.size(); ++i, ++k)
-                ag.add(packed[k].logprob, alone[i].logprob, 1, packed[k].greedy, alone[i].greedy);
+            const std::vector<RowScore> packed = gpu.forward_score_varlen(tokens.data(), seq_lens, tq);
+            EXPECT_EQ(gpu.pos(), 0);
+            size_t k = 0;
+            for (const auto& s : seqs) {
+                std::vector<RowTarget> own;
+                for (int i = 0; i < (int)s.size(); ++i) own.push_back({i, tq[k + i].target});
+                gpu.truncate(0);
+                const std::vector<RowScore> alone = gpu.forward_score(s.data(), (int)s.size(), own);
+                const int t_star = c.probe ? c.probe->forward(s, nullptr) : (int)s.size();
+                for (size_t i = 0; i < alone.size(); ++i, ++k)
+                    ((int)i < t_star ? held : after)
+                        .add(packed[k].logprob, alone[i].logprob, 1, packed[k].greedy, alone[i].greedy);
+            }
         }
-        std::printf("[cuda] varlen %s: per-token |dlogprob| max %.2e mean %.2e, greedy flips %lld\n", c.what.c_str(),
-                    ag.worst, ag.mean(), (long long)ag.greedy_diff);
-        if (c.exact) {
-            EXPECT_LE(ag.worst, 1e-4) << c.what;
-            EXPECT_EQ(ag.greedy_diff, 0) << c.what;
+        std::printf("[cuda] varlen %s (%d draws): %lld rows before their sequence's first near-tie: per-token "
+                    "|dlogprob| max %.2e mean %.2e, greedy flips %lld; %lld rows from it on: max %.2e mean %.2e, "
+                    "flips %lld\n",
+                    c.what.c_str(), draws, (long long)held.tokens, held.worst, held.mean(),
+                    (long long)held.greedy_diff, (long long)after.tokens, after.worst, after.mean(),
+                    (long long)after.greedy_diff);
+        if (!c.probe) {
+            EXPECT_EQ(after.tokens, 0) << c.what;
+            EXPECT_LE(held.worst, 1e-4) << c.what;
+            EXPECT_EQ(held.greedy_diff, 0) << c.what;
         } else {
-            EXPECT_LE(ag.mean(), 1e-3) << c.what;
-            EXPECT_LE(ag.worst, 5e-2) << c.what;
+            EXPECT_GE(held.tokens, 48) << c.what << ": near-ties everywhere; " << held.tokens << " rows held in "
+                                       << draws << " draws";
+            EXPECT_LE(held.worst, 1e-3) << c.what;
         }
     }
 }

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Issue 6 on the lent H100, everything of main in two back-to-back device calls:
+#   call 1: every CUDA test, compute-sanitizer (memcheck + racecheck) on the flash attention tests,
+#           `specquant bench --device cuda` (LLaMA-3-8B shape, k̄ 16, KV4; 16- and 8-bit lm_head),
+#           the GEMM micro-benchmarks (bench_cuda_gemm --quick);
+#   call 2: the default model (GGUF, carried in two parts) quantized on the device with the same
+#           command, relative paths and seed as on the CPU machine (its sha256 printed, to compare with
+#           the CPU machine's file), then WikiText-2 PPL (-c 2048) of the FP GGUF and of that .sqm with
+#           the FP32 and the tensor-core (flash) prefill attention, then the full 9-task suite of the .sqm.
+# Built here (the device lacks our -dev packages):
+#   cmake -S . -B build-gpu -DSPECQUANT_CUDA=ON -DCMAKE_BUILD_TYPE=Release            # + build-gpu-gemm with
+#   cmake --build build-gpu -j2 --target specquant specquant_tests                    #   -DSPECQUANT_BENCH=ON
+#   cmake --build build-gpu-gemm -j2 --target bench_cuda_gemm
+#   scripts/gpu_check.sh pack .gpuc1 .gpuc2 models/SmolLM2-135M-Instruct.Q4_1.gguf
+# On the device (repository root), carrying .gpuc1 then .gpuc2:
+#   bash .gpuc1/gpu_check.sh tests .gpuc1
+#   bash .gpuc2/gpu_check.sh model .gpuc2      # needs call 1's unpacked bundle (machine still warm)
+# Logs and JSON go to $OUT; summary.txt has every step's exit code and wall time.
+set -uo pipefail
+OUT=${OUT:-out/gpu-check}
+mkdir -p "$OUT"
+S=/tmp/sqc
+MODEL_REL=models/SmolLM2-135M-Instruct.Q4_1.gguf
+# The .sqm records the model and calibration paths as given: the same relative paths as the CPU run.
+QUANT_OPTS="--method specquant --rotate --basis svd --kv-bits 4 --k-center on --calib-n 8 --calib-len 256"
+
+env_setup() {
+    export LD_LIBRARY_PATH=$S/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+    export PATH=/usr/local/cuda/bin:$PATH
+    WT=$(cat $S/worktree)  # the test binary carries the build tree's paths (tests/data, ../shared/data)
+    if [ ! -e "$WT/tests" ]; then mkdir -p "$(dirname "$WT")" && ln -sfn "$PWD" "$WT"; fi
+    # ../shared/data next to the checkout (paths with .. resolve through the physical parent)
+    local up
+    up=$(cd .. && pwd -P)
+    if [ ! -e "$up/shared/data/tasks" ]; then ln -sfn $S/shared "$up/shared"; fi
+    SQ=$S/bin/specquant
+    T=$S/bin/specquant_tests
+    G=$S/bin/bench_cuda_gemm
+}
+
+# step NAME TIMEOUT CMD...: output to $OUT/NAME.log, rc and wall time to $OUT/summary.txt
+step() {
+    local name=$1 to=$2 t0 t1 rc
+    shift 2
+    t0=$(date +%s%N)
+    timeout "$to" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    t1=$(date +%s%N)
+    echo "$name: rc=$rc wall=$(( (t1 - t0) / 1000000 )) ms ($*)" | tee -a "$OUT/summary.txt"
+}
+
+case "${1:-}" in
+pack)
+    D1=$2 D2=$3 MODEL=$4
+    P=/tmp/sqc_pack.$$
+    rm -rf "$D1" "$D2" $P && mkdir -p "$D1" "$D2" $P/bin $P/lib $P/shared
+    cp build-gpu/specquant build-gpu/specquant_tests build-gpu-gemm/bench_cuda_gemm $P/bin/ || exit 1
+    strip $P/bin/*
+    for lib in $(ldd $P/bin/* | awk '/=>/ {print $3}' | grep -E 'fftw3f|pcre2|gomp' | sort -u); do
+        cp -L "$lib" $P/lib/
+    done
+    cp -r ../shared/data $P/shared/
+    pwd >$P/worktree
+    tar -C $P -I 'xz -T2' -cf "$D1/bundle.tar.xz" . || exit 1
+    # 64 MiB per call: the tree (~5 MB) + the bundle + model part aa in call 1, part ab in call 2
+    local_left=$(( 60 * 1024 * 1024 - $(stat -c %s "$D1/bundle.tar.xz") - 5 * 1024 * 1024 ))
+    head -c $local_left "$MODEL" >"$D1/model.part.aa" && tail -c +$(( local_left + 1 )) "$MODEL" >"$D2/model.part.ab" || exit 1
+    sha256sum "$MODEL" | cut -d' ' -f1 >"$D2/model.sha256"
+    cp scripts/gpu_check.sh "$D1/" && cp scripts/gpu_check.sh "$D2/"
+    du -sh "$D1" "$D2"
+    rm -rf $P
+    ;;
+tests)
+    rm -rf $S && mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" && cp "$2/model.part.aa" $S/ || exit 1
+    env_setup
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee -a "$OUT/summary.txt"
+    step tests_cuda 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
+    grep -E '^\[  FAILED|^\[  PASSED|Failure|Expected|Which is|^\[cuda\] varlen' "$OUT/tests_cuda.log" | head -40
+    step memcheck_flash 150 compute-sanitizer --tool memcheck --error-exitcode 9 $T --gtest_filter='CudaFlash.*'
+    tail -n 2 "$OUT/memcheck_flash.log"
+    step racecheck_flash 200 compute-sanitizer --tool racecheck --error-exitcode 9 $T --gtest_filter='CudaFlash.*'
+    tail -n 2 "$OUT/racecheck_flash.log"
+    B="bench --device cuda --shape llama3-8b --rank 31 --kv-bits 4"
+    step bench 150 $SQ $B --json $OUT/bench.json
+    step bench_lm8 150 $SQ $B --lm-head-bits 8 --batches 1 --prefill-lens 2048 --json $OUT/bench_lm8.json
+    grep -v '^\s*$' "$OUT/bench.log" | tail -40
+    grep -v '^\s*$' "$OUT/bench_lm8.log" | tail -12
+    step gemm_quick 120 $G --quick
+    tail -n 30 "$OUT/gemm_quick.log"
+    ;;
+seeds)  # call 1's unpack, then the Cuda tests, one varlen test over seeds, racecheck on the small flash tests
+    rm -rf $S && mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" && cp "$2/model.part.aa" $S/ || exit 1
+    env_setup
+    step tests_cuda 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
+    grep -E '^\[  FAILED|^\[  PASSED|^\[cuda\] varlen' "$OUT/tests_cuda.log" | head -20
+    for seed in 2177115845 1 2 3 4 5 6 7 8 9; do
+        step varlen_$seed 60 env SQ_TEST_SEED=$seed $T --gtest_filter='CudaBatch.VarlenForwardMatchesSequencesAlone'
+        grep -E '^\[  FAILED|^\[  PASSED|W4A|Failure|Which is|Expected' "$OUT/varlen_$seed.log" | head -12
+    done
+    step racecheck_flash 240 compute-sanitizer --tool racecheck --error-exitcode 9 $T \
+        --gtest_filter='CudaFlash.DevicePositionEqualsHostPosition:CudaFlash.VarlenMatchesReferenceAndSingleSequences'
+    tail -n 3 "$OUT/racecheck_flash.log"
+    ;;
+model)
+    test -x $S/bin/specquant || { echo "no unpacked bundle (the machine went cold?): run call 1 again"; exit 1; }
+    env_setup
+    mkdir -p models && cat $S/model.part.aa "$2/model.part.ab" >$MODEL_REL && rm -f $S/model.part.aa
+    echo "model sha256 $(sha256sum $MODEL_REL | cut -d' ' -f1) (expected $(cat "$2/model.sha256"))" | tee -a "$OUT/summary.txt"
+    Q=$S/sq.sqm W=../shared/data/wikitext2/wiki.test.raw
+    cd "$(cat $S/worktree)" || exit 1  # the CPU machine's path: the .sqm records the paths as given
+    step quantize 300 $SQ quantize -m $MODEL_REL $QUANT_OPTS -t 16 -o $Q
+    echo "sqm sha256 $(sha256sum $Q | cut -d' ' -f1) size $(stat -c %s $Q)" | tee -a "$OUT/summary.txt"
+    for f in $MODEL_REL $Q; do
+        b=$(basename $f)
+        step ppl_f32_$b 120 env SQ_CUDA_PREFILL_ATT=f32 $SQ ppl -m $f -f $W -c 2048 --device cuda
+        step ppl_flash_$b 120 env SQ_CUDA_PREFILL_ATT=flash $SQ ppl -m $f -f $W -c 2048 --device cuda
+        tail -n 2 $OUT/ppl_f32_$b.log $OUT/ppl_flash_$b.log
+    done
+    step eval_sqm 300 $SQ eval -m $Q --tasks all --device cuda --json $OUT/eval_sqm.json
+    tail -n 16 "$OUT/eval_sqm.log"
+    ;;
+requant)  # `model`'s quantization again, calibration read from the CPU machine's path (a real
+          # directory, so the canonical path recorded in the header is the same): whole-file and
+          # tensor-data sha256, to compare with the CPU machine's file (`gpu_check.sh data_sha256 FILE`)
+    test -x $S/bin/specquant || { echo "no unpacked bundle (the machine went cold?): run call 1 again"; exit 1; }
+    env_setup
+    mkdir -p models && cat $S/model.part.aa "$2/model.part.ab" >$MODEL_REL && rm -f $S/model.part.aa
+    echo "model sha256 $(sha256sum $MODEL_REL | cut -d' ' -f1) (expected $(cat "$2/model.sha256"))" | tee -a "$OUT/summary.txt"
+    if [ -L /work/shared ]; then rm /work/shared; fi
+    mkdir -p /work/shared && cp -r $S/shared/data /work/shared/
+    Q=$S/sq.sqm
+    cd "$(cat $S/worktree)" || exit 1
+    step requantize 300 $SQ quantize -m $MODEL_REL $QUANT_OPTS --calib /work/shared/data/calib/wiki.utf8 -t 16 -o $Q
+    grep calibration "$OUT/requantize.log" | head -1
+    echo "sqm sha256 $(sha256sum $Q | cut -d' ' -f1), tensor data sha256 $(bash $2/gpu_check.sh data_sha256 $Q)" |
+        tee -a "$OUT/summary.txt"
+    ;;
+data_sha256)  # sha256 of a .sqm's tensor data (from round_up(24 + H, 64) to the end; docs/format.md)
+    h=$(od -An -t u8 -j 16 -N 8 "$2" | tr -d ' ')
+    tail -c +$(( (24 + h + 63) / 64 * 64 + 1 )) "$2" | sha256sum | cut -d' ' -f1
+    ;;
+*)
+    echo "usage: $0 pack D1 D2 MODEL | tests D1 | seeds D1 | model D2 | requant D2 | data_sha256 FILE.sqm" >&2
+    exit 2
+    ;;
+esac
