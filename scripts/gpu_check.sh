@@ -101,6 +101,13 @@ seeds)  # call 1's unpack, then the Cuda tests, one varlen test over seeds, race
         --gtest_filter='CudaFlash.DevicePositionEqualsHostPosition:CudaFlash.VarlenMatchesReferenceAndSingleSequences'
     tail -n 3 "$OUT/racecheck_flash.log"
     ;;
+memcheck)  # call 1's unpack, then compute-sanitizer memcheck over every CUDA test but CudaFlash.* (call 1 has those)
+    rm -rf $S && mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" || exit 1
+    env_setup
+    step memcheck_all ${TIMEOUT:-470} compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T \
+        --gtest_filter='Cuda*:-CudaDiag.*:CudaFlash.*'
+    grep -E '^\[       OK|^\[  FAILED|^\[  PASSED|ERROR SUMMARY|LEAK SUMMARY|bytes leaked' "$OUT/memcheck_all.log" | tail -60
+    ;;
 model)
     test -x $S/bin/specquant || { echo "no unpacked bundle (the machine went cold?): run call 1 again"; exit 1; }
     env_setup
@@ -140,7 +147,7 @@ data_sha256)  # sha256 of a .sqm's tensor data (from round_up(24 + H, 64) to the
     tail -c +$(( (24 + h + 63) / 64 * 64 + 1 )) "$2" | sha256sum | cut -d' ' -f1
     ;;
 *)
-    echo "usage: $0 pack D1 D2 MODEL | tests D1 | seeds D1 | model D2 | requant D2 | data_sha256 FILE.sqm" >&2
+    echo "usage: $0 pack D1 D2 MODEL | tests D1 | seeds D1 | memcheck D1 | model D2 | requant D2 | data_sha256 FILE.sqm" >&2
     exit 2
     ;;
 esac

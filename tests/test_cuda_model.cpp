@@ -392,6 +392,11 @@ ModelWeights hand_quantized(const std::string& name, int a_bits, bool kv4, bool 
     }
     if (kv4) w.kv_bits = 4, w.kv_clip = 0.95f;
     w.qk_rotate = qk_rotate;
+    // --k-center: with the rotation (the form real files take), keys are stored around a
+    // per-(KV head, dim) shift; the CPU and GPU engines must apply it the same way.
+    if (kv4 && qk_rotate)
+        for (LayerWeights& L : w.layers)
+            L.k_shift = gaussian((size_t)w.cfg.n_kv_heads * w.cfg.head_dim, rng, 0.5f);
     return w;
 }
 
@@ -440,9 +445,11 @@ double quant_margin(const float* x, int64_t k, int bits, float clip) {
 // rotation), 2 = v; positions start at 0 (one prefill from an empty cache).
 class TieProbe : public Linear {
 public:
-    TieProbe(std::unique_ptr<Linear> inner, TieLog* log, const ModelWeights& w, int kv_role)
+    TieProbe(std::unique_ptr<Linear> inner, TieLog* log, const ModelWeights& w, int kv_role,
+             std::vector<float> k_shift = {})
         : inner_(std::move(inner)), log_(log), kv_role_(kv_role), kv_bits_(w.kv_bits), kv_clip_(w.kv_clip),
-          qk_rotate_(w.qk_rotate), kv_heads_(w.cfg.n_kv_heads), hd_(w.cfg.head_dim), inv_freq_(rope_inv_freq(w.cfg)) {
+          qk_rotate_(w.qk_rotate), kv_heads_(w.cfg.n_kv_heads), hd_(w.cfg.head_dim), inv_freq_(rope_inv_freq(w.cfg)),
+          k_shift_(std::move(k_shift)) {
         in = inner_->in, out = inner_->out;
         has_q_ = linear_w4a4_data(*inner_, &d_) && d_.a_bits < 16;
         if (has_q_ && d_.had_in) signs_ = hadamard_signs(d_.had_in, d_.had_seed);
@@ -459,6 +466,8 @@ public:
             if (kv_role_ == 1) {
                 rope_f32(kv.data(), n, kv_heads_, hd_, 0, inv_freq_.data());
                 if (qk_rotate_) hadamard_transform(kv.data(), n * kv_heads_, hd_);
+                if (!k_shift_.empty())  // the key quantizer sees k − shift (kv_fake_quant_ref)
+                    for (int64_t i = 0; i < n * out; ++i) kv[i] -= k_shift_[i % out];
             }
             for (int64_t t = 0; t < n; ++t)
                 for (int h = 0; h < kv_heads_; ++h)
@@ -478,7 +487,7 @@ private:
     float kv_clip_;
     bool qk_rotate_;
     int kv_heads_, hd_;
-    std::vector<float> inv_freq_, signs_;
+    std::vector<float> inv_freq_, k_shift_, signs_;
     QLinearData d_;
     bool has_q_ = false;
 };
@@ -491,7 +500,7 @@ public:
     explicit ProbedCpu(ModelWeights w) {
         for (LayerWeights& L : w.layers) {
             auto wrap = [&](std::unique_ptr<Linear>& p, int role) {
-                p = std::make_unique<TieProbe>(std::move(p), &log_, w, role);
+                p = std::make_unique<TieProbe>(std::move(p), &log_, w, role, role == 1 ? L.k_shift : std::vector<float>{});
             };
             wrap(L.q, 0), wrap(L.k, 1), wrap(L.v, 2), wrap(L.o, 0), wrap(L.gate, 0), wrap(L.up, 0), wrap(L.down, 0);
         }
@@ -562,8 +571,10 @@ int compare_flip_aware(ModelWeights w, const std::vector<int>& toks, double tol,
 // moves by a whole step (seed 3060848257: 7.6e-2). So the comparison is
 // flip-aware, as PipelineQuantizedMatchesCpu: rows before the first near-tie
 // token are held to the bar; fresh models and tokens until 32 rows per case were
-// (at most 32 draws: at 8-bit activations the first near-tie comes early, ~2
-// held rows per draw measured on the H100, so 8 draws were too few).
+// (at most 128 draws: at 8-bit activations the first near-tie comes early, ~2
+// held rows per draw measured on the H100, and some seeds give fewer: at
+// SQ_TEST_SEED=3358671405 32 draws held 20 rows of W4A8 (0.6 per draw), so 32
+// draws were too few too; passing seeds stop at 32 rows as before).
 TEST(CudaModel, HandQuantizedW4A4MatchesCpu) {
     SKIP_WITHOUT_GPU();
     struct Case {
@@ -579,7 +590,7 @@ TEST(CudaModel, HandQuantizedW4A4MatchesCpu) {
     std::mt19937 rng(test_seed() + 4);
     for (const Case& c : cases) {
         int held = 0, draws = 0;
-        for (; draws < 32 && held < 32; ++draws) {  // each draw: a fresh hand-quantized model and fresh tokens
+        for (; draws < 128 && held < 32; ++draws) {  // each draw: a fresh hand-quantized model and fresh tokens
             ModelWeights w = hand_quantized(c.name, c.a_bits, c.kv4, c.qk_rotate, rng);
             const int V = w.cfg.vocab;
             held += compare_flip_aware(std::move(w), some_tokens(V, 33, test_seed() + 5 + 101 * draws), c.tol, c.what);
@@ -1255,10 +1266,11 @@ TEST(CudaBatch, VarlenForwardMatchesSequencesAlone) {
         ModelCuda gpu(c.w, 166);  // = the lengths' sum
         Agreement held, after;
         // Quantized models: fresh tokens until 48 rows were held (at 8-bit activations
-        // the first near-tie comes after ~2 tokens: ~16 held rows per draw measured on
-        // the H100); at most 8 draws, and the test says so if that was not enough.
+        // the first near-tie comes after ~2 tokens: 10-15 held rows per draw measured on
+        // the H100, 4-5 draws at 11 seeds); at most 32 draws, and the test says so if that
+        // was not enough.
         int draws = 0;
-        for (; draws < (c.probe ? 8 : 1) && (draws == 0 || held.tokens < 48); ++draws) {
+        for (; draws < (c.probe ? 32 : 1) && (draws == 0 || held.tokens < 48); ++draws) {
             std::vector<int> tokens, seq_lens = lens;
             std::vector<RowTarget> tq;
             std::vector<std::vector<int>> seqs;
