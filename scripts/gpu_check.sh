@@ -15,6 +15,10 @@
 # On the device (repository root), carrying .gpuc1 then .gpuc2:
 #   bash .gpuc1/gpu_check.sh tests .gpuc1
 #   bash .gpuc2/gpu_check.sh model .gpuc2      # needs call 1's unpacked bundle (machine still warm)
+# or, instead of `model`, the CPU machine's quantization reproduced and its PPL compared window by
+# window with the CPU's (pack with CPU_WINDOWS=ppl_cpu_windows.json, from `ppl -m sq.sqm -c 2048 --json`):
+#   bash .gpuc2/gpu_check.sh requant .gpuc2
+# Also: `seeds D1` (tests, one test over 10 seeds, racecheck), `memcheck D1` (memcheck, all tests).
 # Logs and JSON go to $OUT; summary.txt has every step's exit code and wall time.
 set -uo pipefail
 OUT=${OUT:-out/gpu-check}
@@ -66,6 +70,8 @@ pack)
     local_left=$(( 60 * 1024 * 1024 - $(stat -c %s "$D1/bundle.tar.xz") - 5 * 1024 * 1024 ))
     head -c $local_left "$MODEL" >"$D1/model.part.aa" && tail -c +$(( local_left + 1 )) "$MODEL" >"$D2/model.part.ab" || exit 1
     sha256sum "$MODEL" | cut -d' ' -f1 >"$D2/model.sha256"
+    # for `requant`: the CPU machine's per-window NLLs of its .sqm (ppl --json), compared on the GPU
+    if [ -n "${CPU_WINDOWS:-}" ]; then cp "$CPU_WINDOWS" "$D2/ppl_cpu_windows.json" || exit 1; fi
     cp scripts/gpu_check.sh "$D1/" && cp scripts/gpu_check.sh "$D2/"
     du -sh "$D1" "$D2"
     rm -rf $P
@@ -119,9 +125,11 @@ model)
     echo "sqm sha256 $(sha256sum $Q | cut -d' ' -f1) size $(stat -c %s $Q)" | tee -a "$OUT/summary.txt"
     for f in $MODEL_REL $Q; do
         b=$(basename $f)
-        step ppl_f32_$b 120 env SQ_CUDA_PREFILL_ATT=f32 $SQ ppl -m $f -f $W -c 2048 --device cuda
-        step ppl_flash_$b 120 env SQ_CUDA_PREFILL_ATT=flash $SQ ppl -m $f -f $W -c 2048 --device cuda
-        tail -n 2 $OUT/ppl_f32_$b.log $OUT/ppl_flash_$b.log
+        step ppl_f32_$b 120 env SQ_CUDA_PREFILL_ATT=f32 $SQ ppl -m $f -f $W -c 2048 --device cuda \
+            --json $OUT/ppl_f32_$b.json
+        step ppl_flash_$b 120 env SQ_CUDA_PREFILL_ATT=flash $SQ ppl -m $f -f $W -c 2048 --device cuda \
+            --paired $OUT/ppl_f32_$b.json
+        tail -n 3 $OUT/ppl_f32_$b.log $OUT/ppl_flash_$b.log
     done
     step eval_sqm 300 $SQ eval -m $Q --tasks all --device cuda --json $OUT/eval_sqm.json
     tail -n 16 "$OUT/eval_sqm.log"
@@ -141,6 +149,13 @@ requant)  # `model`'s quantization again, calibration read from the CPU machine'
     grep calibration "$OUT/requantize.log" | head -1
     echo "sqm sha256 $(sha256sum $Q | cut -d' ' -f1), tensor data sha256 $(bash $2/gpu_check.sh data_sha256 $Q)" |
         tee -a "$OUT/summary.txt"
+    # GPU against the CPU machine's per-window NLLs of the same file (carried as D2/ppl_cpu_windows.json:
+    # `ppl -m sq.sqm -c 2048 --json`), window by window
+    if [ -f "$2/ppl_cpu_windows.json" ]; then
+        step ppl_paired_cpu 120 $SQ ppl -m $Q -f ../shared/data/wikitext2/wiki.test.raw -c 2048 --device cuda \
+            --json $OUT/ppl_gpu_windows.json --paired "$2/ppl_cpu_windows.json"
+        tail -n 3 "$OUT/ppl_paired_cpu.log"
+    fi
     ;;
 data_sha256)  # sha256 of a .sqm's tensor data (from round_up(24 + H, 64) to the end; docs/format.md)
     h=$(od -An -t u8 -j 16 -N 8 "$2" | tr -d ' ')

@@ -459,6 +459,24 @@ TEST(EvalPerplexity, WindowMeansAndDeltaMethod) {
     EXPECT_TRUE(std::isnan(ppl_from_windows({1.0}, 8, 5, 7).ppl_se));
 }
 
+TEST(EvalPerplexity, WindowsKeptForPairedComparison) {
+    EXPECT_EQ(ppl_from_windows({1.0, 2.0, 4.0}, 8, 5, 21).window_nll, (std::vector<double>{1.0, 2.0, 4.0}));
+    // d = a − b = {0.1, 0.3}: mean 0.2, sd 0.1414, se 0.1; ratio e^0.2, interval e^(0.2 ± 0.196).
+    const PplPaired p = ppl_paired({1.1, 2.3}, {1.0, 2.0});
+    EXPECT_EQ(p.windows, 2);
+    EXPECT_NEAR(p.dnll, 0.2, 1e-12);
+    EXPECT_NEAR(p.dnll_se, 0.1, 1e-12);
+    EXPECT_NEAR(p.ratio, std::exp(0.2), 1e-12);
+    EXPECT_NEAR(p.ratio_lo, std::exp(0.2 - 0.196), 1e-12);
+    EXPECT_NEAR(p.ratio_hi, std::exp(0.2 + 0.196), 1e-12);
+    // Pairing removes the spread between windows: a constant shift has zero stderr.
+    const PplPaired q = ppl_paired({3.0, 5.0, 9.0}, {2.99, 4.99, 8.99});
+    EXPECT_NEAR(q.dnll, 0.01, 1e-12);
+    EXPECT_NEAR(q.dnll_se, 0.0, 1e-12);
+    EXPECT_NE(error_of([] { ppl_paired({1.0}, {1.0, 2.0}); }).find("the same windows"), std::string::npos);
+    EXPECT_THROW(ppl_paired({}, {}), Error);
+}
+
 TEST(EvalPerplexity, WikitextTextJoinsLinesWithBlankLines) {
     const fs::path dir = temp_dir("wiki");
     write(dir / "w.raw", " = T = \r\n line one \r\n last\r\n");
@@ -620,6 +638,22 @@ TEST(EvalReport, EndToEndJsonWithHashesAndHeadline) {
     const fs::path out = dir / "r.json";
     write_file_atomic(out.string(), report_json(info, o, r));
     EXPECT_TRUE(fs::exists(out));
+    // Per-window NLLs, read back for `ppl --paired`; the report must match ctx and text.
+    ASSERT_EQ(j["tasks"]["wikitext2"]["window_nll"].size(), 5u);
+    const std::string text_sha = r.runs[0].sha256;
+    EXPECT_EQ(report_window_nll(out.string(), 8, text_sha), r.runs[0].ppl.window_nll);
+    EXPECT_NE(error_of([&] { report_window_nll(out.string(), 16, text_sha); }).find("ctx 8, this run 16"),
+              std::string::npos);
+    EXPECT_NE(error_of([&] { report_window_nll(out.string(), 8, "abc"); }).find("scored another text"),
+              std::string::npos);
+    EXPECT_NE(error_of([&] { report_window_nll((dir / "none.json").string(), 8, text_sha); }).find("cannot open"),
+              std::string::npos);
+    write(dir / "bad.json", "{\"ctx\": 8, \"tasks\": {}}");
+    EXPECT_NE(error_of([&] { report_window_nll((dir / "bad.json").string(), 8, text_sha); }).find("bad.json: no tasks.wikitext2"),
+              std::string::npos);
+    write(dir / "junk.json", "{not json");
+    EXPECT_NE(error_of([&] { report_window_nll((dir / "junk.json").string(), 8, text_sha); }).find("not a JSON report"),
+              std::string::npos);
     for (auto& e : fs::directory_iterator(dir)) EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos);
     EXPECT_NE(error_of([&] { write_file_atomic((dir / "no" / "such" / "r.json").string(), "{}"); }).find("cannot create"),
               std::string::npos);

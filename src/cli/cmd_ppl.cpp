@@ -1,9 +1,12 @@
-// specquant ppl -m PATH [-f FILE] [-c CTX] [--chunks N] [-t T] [--json OUT]
+// specquant ppl -m PATH [-f FILE] [-c CTX] [--chunks N] [-t T] [--json OUT] [--paired REPORT.json]
 // WikiText-2 perplexity (docs/eval.md): windows of CTX tokens, every token but
 // the first of each window scored; prints PPL ± stderr (delta method over
 // window means). FILE defaults to <data>/wikitext2/wiki.test.raw, <data> being
 // ../shared/data relative to the working directory, else to the repository.
+// --paired: the PPL ratio against another run over the same windows (another
+// engine, kernel or model), window by window (ppl_paired), with its 95% interval.
 #include <cstdio>
+#include <filesystem>
 
 #include "cli/common.h"
 #include "core/error.h"
@@ -18,7 +21,7 @@ namespace sq {
 namespace {
 
 struct PplArgs {
-    std::string model, file, json_out, device = "cpu";
+    std::string model, file, json_out, paired, device = "cpu";
     int ctx = 2048, chunks = 0, threads = 0;
 };
 
@@ -30,6 +33,8 @@ CommandAction ppl_setup(CLI::App& app) {
     app.add_option("--chunks", a->chunks, "score only the first N windows (0 = all)")->capture_default_str();
     app.add_option("-t,--threads", a->threads, "threads (0 = all)")->capture_default_str();
     app.add_option("--json", a->json_out, "also write the report as JSON to this file");
+    app.add_option("--paired", a->paired,
+                   "a JSON report (ppl/eval --json) over the same windows: print the PPL ratio window by window");
     app.add_option("--device", a->device, "where the model runs: cpu, or cuda (a build with -DSPECQUANT_CUDA=ON)")
         ->check(CLI::IsMember({"cpu", "cuda"}))
         ->capture_default_str();
@@ -44,6 +49,10 @@ CommandAction ppl_setup(CLI::App& app) {
         o.ppl_file = a->file;
         threads_set(a->threads);
 
+        if (!a->paired.empty()) {  // before a run of minutes: the report exists, has windows and this ctx
+            SQ_CHECK(std::filesystem::exists(a->paired), a->paired, ": no such file");
+            report_window_nll(a->paired, a->ctx, "");
+        }
         LoadedModel lm = model_open(a->model);
         SQ_CHECK(o.ctx >= 2 && o.ctx <= lm.model->config().max_ctx, "-c ", o.ctx, " outside [2, ",
                  lm.model->config().max_ctx, "] (the model's context)");
@@ -59,6 +68,16 @@ CommandAction ppl_setup(CLI::App& app) {
                         p.ppl, p.ppl_se, p.nll, p.nll_se);
         else
             std::printf("PPL = %.4f  (mean NLL %.5f nats; stderr needs >= 2 windows)\n", p.ppl, p.nll);
+        if (!a->paired.empty()) {
+            const std::vector<double> other = report_window_nll(a->paired, p.ctx, r.runs[0].sha256);
+            SQ_CHECK(other.size() == p.window_nll.size(), a->paired, ": ", other.size(), " windows, this run ",
+                     p.window_nll.size(), " (use the same --chunks)");
+            const PplPaired d = ppl_paired(p.window_nll, other);
+            std::printf("paired with %s (%d windows): PPL ratio %.5f = %+.3f%% (95%% interval %+.3f%% .. %+.3f%%); "
+                        "mean dNLL %+.6f +/- %.6f nats\n",
+                        a->paired.c_str(), d.windows, d.ratio, 100.0 * (d.ratio - 1.0), 100.0 * (d.ratio_lo - 1.0),
+                        100.0 * (d.ratio_hi - 1.0), d.dnll, d.dnll_se);
+        }
         if (!a->json_out.empty()) {
             RunInfo info;
             info.model = a->model;

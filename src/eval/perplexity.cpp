@@ -50,7 +50,24 @@ PplResult ppl_from_windows(const std::vector<double>& w, int ctx, int windows_to
     r.nll_se = mean_stderr(w);
     r.ppl = std::exp(r.nll);
     r.ppl_se = r.ppl * r.nll_se;
+    r.window_nll = w;
     return r;
+}
+
+PplPaired ppl_paired(const std::vector<double>& a, const std::vector<double>& b) {
+    SQ_CHECK(!a.empty() && a.size() == b.size(), "paired perplexity: ", a.size(), " windows against ", b.size(),
+             " (the runs must score the same windows)");
+    std::vector<double> d(a.size());
+    for (size_t i = 0; i < a.size(); ++i) d[i] = a[i] - b[i];
+    PplPaired p;
+    p.windows = (int)d.size();
+    for (double v : d) p.dnll += v;
+    p.dnll /= (double)d.size();
+    p.dnll_se = mean_stderr(d);
+    p.ratio = std::exp(p.dnll);
+    p.ratio_lo = std::exp(p.dnll - 1.96 * p.dnll_se);
+    p.ratio_hi = std::exp(p.dnll + 1.96 * p.dnll_se);
+    return p;
 }
 
 PplResult perplexity_eval(LoglikSource& src, const std::vector<int>& tokens, int ctx, int max_windows,

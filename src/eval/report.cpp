@@ -119,6 +119,7 @@ std::string report_json(const RunInfo& info, const EvalOptions& o, const EvalRes
             t["windows_total"] = run.ppl.windows_total;
             t["tokens_scored"] = run.ppl.tokens_scored;
             t["nll"] = {{"value", num(run.ppl.nll)}, {"stderr", num(run.ppl.nll_se)}};
+            t["window_nll"] = run.ppl.window_nll;  // for paired comparisons (ppl --paired)
         }
         tasks[run.task] = t;
     }
@@ -147,6 +148,30 @@ std::string report_json(const RunInfo& info, const EvalOptions& o, const EvalRes
                   {"prepare_seconds", r.prepare_seconds},
                   {"load_seconds", info.load_seconds}};
     return j.dump(2) + "\n";
+}
+
+std::vector<double> report_window_nll(const std::string& path, int ctx, const std::string& text_sha256) {
+    std::ifstream f(path, std::ios::binary);
+    SQ_CHECK(f, path, ": cannot open");
+    std::stringstream ss;
+    ss << f.rdbuf();
+    const nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, false);
+    SQ_CHECK(!j.is_discarded() && j.is_object(), path, ": not a JSON report");
+    SQ_CHECK(j.contains("ctx") && j["ctx"].is_number_integer(), path, ": no integer \"ctx\" (not a ppl/eval report?)");
+    SQ_CHECK(j["ctx"].get<int>() == ctx, path, ": ctx ", j["ctx"].get<int>(), ", this run ", ctx);
+    const nlohmann::json* t = j.contains("tasks") && j["tasks"].contains("wikitext2") ? &j["tasks"]["wikitext2"] : nullptr;
+    SQ_CHECK(t, path, ": no tasks.wikitext2 (a report of ppl or of eval with wikitext2)");
+    SQ_CHECK(text_sha256.empty() || (t->contains("sha256") && (*t)["sha256"] == text_sha256), path,
+             ": scored another text (sha256 ",
+             t->value("sha256", std::string("none")), ", this run ", text_sha256, ")");
+    SQ_CHECK(t->contains("window_nll") && (*t)["window_nll"].is_array(), path,
+             ": no tasks.wikitext2.window_nll (written before per-window NLLs were reported)");
+    std::vector<double> w;
+    for (const auto& v : (*t)["window_nll"]) {
+        SQ_CHECK(v.is_number(), path, ": window_nll holds a non-number");
+        w.push_back(v.get<double>());
+    }
+    return w;
 }
 
 std::string report_samples_jsonl(const EvalResult& r) {

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "eval/eval.h"
 
@@ -23,6 +24,13 @@ struct RunInfo {
 void report_print(const RunInfo& info, const EvalOptions& o, const EvalResult& r, FILE* out);
 
 std::string report_json(const RunInfo& info, const EvalOptions& o, const EvalResult& r);
+
+// The WikiText-2 window NLLs of a report written by `ppl --json` or `eval --json`
+// (tasks.wikitext2.window_nll), for a paired comparison with a run over the same
+// windows: the report's ctx and text sha256 must equal `ctx` and `text_sha256`
+// (empty: not checked, for a check before the run).
+// Throws sq::Error naming the file and what does not match.
+std::vector<double> report_window_nll(const std::string& path, int ctx, const std::string& text_sha256);
 
 // One JSON line per scored document: task, line (1-based, in the task file),
 // gold, and per request the summed log-likelihood and the greedy flag, so
