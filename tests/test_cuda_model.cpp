@@ -845,11 +845,13 @@ TEST(CudaModel, SyntheticWeightsAreValid) {
 TEST(CudaModel, FusedDecodeIsBitIdentical) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 31);
+    bool long_prefill = false;  // also 100 rows: above the GEMV's 64 (the prefill GEMM, spectral by cuBLAS)
     auto run_all = [&](ModelCuda& m, const std::vector<int>& toks, std::vector<float>& out,
                        std::vector<RowScore>& scores) {
         const int V = m.config().vocab;
         out.clear();
-        for (int n : {9, 20}) {
+        for (int n : {9, 20, 100}) {
+            if (n > 64 && !long_prefill) continue;
             std::vector<float> l((size_t)n * V);
             m.truncate(0);
             m.forward_logits(toks.data(), n, l.data(), true);
@@ -868,7 +870,7 @@ TEST(CudaModel, FusedDecodeIsBitIdentical) {
         scores = m.forward_score_varlen(toks.data(), lens, tg);
     };
     auto compare = [&](ModelCuda& on, ModelCuda& off, const std::string& what, double bar) {
-        const std::vector<int> toks = some_tokens(on.config().vocab, 40, (uint32_t)rng());
+        const std::vector<int> toks = some_tokens(on.config().vocab, 100, (uint32_t)rng());
         std::vector<float> a, b;
         std::vector<RowScore> sa, sb;
         run_all(on, toks, a, sa);
@@ -901,6 +903,16 @@ TEST(CudaModel, FusedDecodeIsBitIdentical) {
         u.fuse = false;
         ModelCuda on(c, s, 160), off(c, u, 160);
         compare(on, off, str(bf16 ? "synthetic BF16" : "synthetic W4A4", " rank ", rank, " KV", kvb), bf16 ? 1e-5 : 0);
+    }
+    {  // spectral_parts: fused layers with the two-GEMM spectral branch (prefill, varlen) against unfused layers
+        CudaSynthetic s;
+        s.rank = 7, s.kv_bits = 4, s.seed = 6, s.spectral_parts = true;
+        CudaSynthetic u = s;
+        u.fuse = false, u.spectral_parts = false;
+        ModelCuda on(c, s, 160), off(c, u, 160);
+        long_prefill = true;
+        compare(on, off, "synthetic W4A4 rank 7 KV4, spectral branch per part in fused layers", 0);
+        long_prefill = false;
     }
     Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
     ModelWeights w = model_load_f32(ck, false);

@@ -335,6 +335,7 @@ int cuda_bench(const CudaBenchOpts& o) {
             s.fuse = o.fuse != 0;
             s.lm_head_q8 = !bf16 && o.lm_head_bits == 8;
             s.flash_attention = flash;
+            s.spectral_parts = env.spectral_parts;
             res.push_back(cuda_variant(name, o, std::make_unique<ModelCuda>(c, s, cap)));
         };
         run("w4a4", false, 0);
@@ -346,6 +347,7 @@ int cuda_bench(const CudaBenchOpts& o) {
         ModelCudaOptions native, bf16;
         native.flash_attention = bf16.flash_attention = flash;
         native.spectral_fuse_max_rows = fuse_rows;
+        native.spectral_parts = env.spectral_parts;
         bf16.bf16 = true;
         native.fuse = bf16.fuse = o.fuse != 0;
         res.push_back(cuda_variant("native", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, native)));
@@ -362,6 +364,9 @@ int cuda_bench(const CudaBenchOpts& o) {
                 o.ctx + o.decode, o.decode, o.fuse ? "on" : "off", o.spectral == "fused" ? "fused into the GEMM epilogue"
                 : o.spectral == "cublas" ? "2 cuBLAS FP32 GEMMs"
                                          : "fused into the GEMV epilogue in decode, 2 cuBLAS FP32 GEMMs in prefill");
+    if (env.spectral_parts)
+        std::printf("spectral branch in fused q|k|v and gate|up layers at prefill too (SQ_CUDA_SPECTRAL_PARTS=1: "
+                    "z·Cᵀ per part)\n");
     if (!o.shape.empty())
         std::printf("lm_head: %s\n", o.lm_head_bits == 8 ? "W4A4 runs Q8_0 (q8_gemv) in one-sequence decode steps and "
                                                            "a prompt's last row, bf16 (same matrix) above; BF16 run bf16"

@@ -161,6 +161,7 @@ struct DLinear {
     const uint16_t* wb_view = nullptr;
     const float *scale_view = nullptr, *coef_view = nullptr, *bias_view = nullptr;
     const int32_t* rowsum_view = nullptr;
+    std::vector<int64_t> part_out;  // a fused layer (Impl::fuse_rows): its parts' widths, in row order
     const float* weight() const { return w_shared ? w_shared : w.get(); }
     const float* basis() const { return basis_shared ? basis_shared : basis_t.get(); }
     const uint8_t* w8p() const { return w8.get() ? w8.get() : w8_view; }
@@ -470,11 +471,11 @@ struct ModelCuda::Impl {
 
     // y [n, out] = x [n, in] · W [out, in]ᵀ, row-major FP32, leading dims in floats.
     void gemm_xwt(const float* x, int64_t n, const float* W, int64_t out, int64_t in, float* y, int64_t ldx,
-                  int64_t ldw) {
+                  int64_t ldw, int64_t ldy = 0) {
         const float one = 1.0f, zero = 0.0f;
         SQ_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)n, (int)in, &one, W, CUDA_R_32F,
-                               (int)ldw, x, CUDA_R_32F, (int)ldx, &zero, y, CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F,
-                               CUBLAS_GEMM_DEFAULT));
+                               (int)ldw, x, CUDA_R_32F, (int)ldx, &zero, y, CUDA_R_32F, (int)(ldy ? ldy : out),
+                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
     void gemm_xwt(const float* x, int64_t n, const float* W, int64_t out, int64_t in, float* y) {
         gemm_xwt(x, n, W, out, in, y, in, in);
@@ -539,7 +540,16 @@ struct ModelCuda::Impl {
                 zb_src = fuse ? xin : nullptr, zb_basis = L.basis(), zb_n = n;
             }
             if (!fuse) {
-                gemm_xwt(zb.get(), gm, L.coefp(), L.out, L.rank, spec.get());
+                if (L.part_out.size() > 1) {  // a fused layer (spectral_parts): each part's own z·Cᵀ GEMM
+                    int64_t off = 0;
+                    for (int64_t po : L.part_out) {
+                        gemm_xwt(zb.get(), gm, L.coefp() + off * L.rank, po, L.rank, spec.get() + off, L.rank, L.rank,
+                                 L.out);
+                        off += po;
+                    }
+                } else {
+                    gemm_xwt(zb.get(), gm, L.coefp(), L.out, L.rank, spec.get());
+                }
                 sp = spec.get();
             }
         }
@@ -654,7 +664,7 @@ struct ModelCuda::Impl {
     // spec = z·Cᵀ with the concatenated C, whose algorithm (and bits) cuBLAS picks by width.
     bool fused_runs(const DLinear& F, int n) const {
         if (F.out == 0) return false;
-        return F.kind == LinKind::bf16 || F.rank == 0 || n <= opts.spectral_fuse_max_rows;
+        return F.kind == LinKind::bf16 || F.rank == 0 || n <= opts.spectral_fuse_max_rows || opts.spectral_parts;
     }
     // The layer that reads x first in layer l (its q projection, fused or not).
     const DLinear* first_linear(int l, int n) const {
@@ -866,6 +876,8 @@ struct ModelCuda::Impl {
         }
         F->kind = a.kind, F->in = a.in, F->out = out, F->a_bits = a.a_bits, F->a_clip = a.a_clip;
         F->rank = a.rank, F->basis_shared = a.basis();
+        F->part_out.clear();
+        for (const DLinear* p : parts) F->part_out.push_back(p->out);
         auto cat = [&](auto member, auto& dst, size_t per_row, const char* field) {
             using T = std::remove_reference_t<decltype(*(a.*member).get())>;
             if (!(a.*member).get()) return;
@@ -975,8 +987,13 @@ struct ModelCuda::Impl {
         a_scale.alloc(C, "activation scales", &bytes);
         a_zero.alloc(C, "activation zero points", &bytes);
         if (max_rank > 0) {
+            size_t spec_elems = acc_elems;  // spectral_parts: a fused layer's spec is its whole width
+            if (opts.spectral_parts)
+                for (const DLayer& L : layers)
+                    for (const DLinear* F : {&L.qkv, &L.gu})
+                        if (F->rank > 0) spec_elems = std::max(spec_elems, C * (size_t)F->out);
             zb.alloc(C * max_rank, "spectral branch", &bytes);
-            spec.alloc(acc_elems, "spectral branch output", &bytes);
+            spec.alloc(spec_elems, "spectral branch output", &bytes);
         }
         logits.alloc(lm_rows * c.vocab, "logits", &bytes);
         tokens.alloc(C, "tokens", &bytes);
@@ -1101,6 +1118,11 @@ ModelCudaOptions ModelCudaOptions::from_env() {
         SQ_CHECK(std::string(u) == "0" || std::string(u) == "1", "SQ_CUDA_FUSE must be 0 or 1, got '", u, "'");
         o.fuse = std::string(u) == "1";
     }
+    if (const char* sp = std::getenv("SQ_CUDA_SPECTRAL_PARTS"); sp && *sp) {
+        SQ_CHECK(std::string(sp) == "0" || std::string(sp) == "1", "SQ_CUDA_SPECTRAL_PARTS must be 0 or 1, got '", sp,
+                 "'");
+        o.spectral_parts = std::string(sp) == "1";
+    }
     if (f && *f) {
         o.spectral_fuse_max_rows = spectral_fuse_rows_from_name(f, "SQ_CUDA_SPECTRAL");
     }
@@ -1179,6 +1201,7 @@ ModelCuda::ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity)
     m.opts.decode_cluster = s.decode_cluster;
     m.opts.lm_head_q8 = s.lm_head_q8;
     m.opts.flash_attention = s.flash_attention;
+    m.opts.spectral_parts = s.spectral_parts;
     m.init_device(c, capacity, s.kv_bits, 1.0f, false);
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff, V = c.vocab;

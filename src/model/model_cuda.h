@@ -41,6 +41,14 @@ struct ModelCudaOptions {
     // slower than cuBLAS in the prefill GEMM, docs/perf.md), INT_MAX = always.
     // Env: SQ_CUDA_SPECTRAL=cublas|auto|fused.
     int spectral_fuse_max_rows = 0;
+    // The fused [q; k; v] and [gate; up] layers (fuse) also where the spectral branch is two cuBLAS
+    // GEMMs (calls above spectral_fuse_max_rows: prefill, scoring): x·B once per fused layer, z·Cᵀ
+    // per part with that part's own GEMM shape into its columns of the fused output (so the same
+    // cuBLAS algorithm as the part alone, ldc aside), one activation quantizer and one W4A4 GEMM
+    // of the fused width. Off by default: not yet run on a GPU (docs/kernels-cuda-notes.md "The
+    // spectral branch at prefill"); CudaModel.FusedDecodeIsBitIdentical checks it against the
+    // unfused layers bit for bit. Env: SQ_CUDA_SPECTRAL_PARTS=0|1.
+    bool spectral_parts = false;
     // Decode fusion (docs/kernels-cuda-notes.md "Decode v4"): q/k/v and gate/up as one
     // layer each (weights concatenated once at load, no second copy), the norm and SwiGLU
     // kernels writing the next layer's activation codes (BF16: its bf16 input), RoPE and
@@ -96,6 +104,7 @@ struct CudaSynthetic {
     // same matrix), read by q8_gemv in one-row calls (ModelCudaOptions::lm_head_q8).
     bool lm_head_q8 = false;
     bool flash_attention = true;  // see ModelCudaOptions::flash_attention
+    bool spectral_parts = false;  // see ModelCudaOptions::spectral_parts
     uint64_t seed = 1;
 };
 
