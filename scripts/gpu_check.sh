@@ -53,6 +53,13 @@ step() {
     echo "$name: rc=$rc wall=$(( (t1 - t0) / 1000000 )) ms ($*)" | tee -a "$OUT/summary.txt"
 }
 
+# At most 8 files come back from $OUT: every log and JSON of a call goes into one NAME.tgz (and
+# summary.txt stays beside it).
+bundle_out() {
+    (cd "$OUT" && ls *.log *.json >/dev/null 2>&1 && tar -czf "$1.tgz" $(ls *.log *.json 2>/dev/null) &&
+        rm -f *.log *.json)
+}
+
 case "${1:-}" in
 pack)
     D1=$2 D2=$3 MODEL=$4
@@ -89,10 +96,14 @@ tests)
     B="bench --device cuda --shape llama3-8b --rank 31 --kv-bits 4"
     step bench 150 $SQ $B --json $OUT/bench.json
     step bench_lm8 150 $SQ $B --lm-head-bits 8 --batches 1 --prefill-lens 2048 --json $OUT/bench_lm8.json
+    # the spectral branch in fused layers at prefill (ModelCudaOptions::spectral_parts), against `bench` above
+    step bench_parts 150 env SQ_CUDA_SPECTRAL_PARTS=1 $SQ $B --batches 1 --prefill-lens 256 2048 --json $OUT/bench_parts.json
     grep -v '^\s*$' "$OUT/bench.log" | tail -40
     grep -v '^\s*$' "$OUT/bench_lm8.log" | tail -12
+    grep -E '^\| prefill|^w4a4\+spec.* prefill 2048' "$OUT/bench_parts.log"
     step gemm_quick 120 $G --quick
     tail -n 30 "$OUT/gemm_quick.log"
+    bundle_out call_tests
     ;;
 seeds)  # call 1's unpack, then the Cuda tests, one varlen test over seeds, racecheck on the small flash tests
     rm -rf $S && mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" && cp "$2/model.part.aa" $S/ || exit 1
@@ -106,6 +117,7 @@ seeds)  # call 1's unpack, then the Cuda tests, one varlen test over seeds, race
     step racecheck_flash 240 compute-sanitizer --tool racecheck --error-exitcode 9 $T \
         --gtest_filter='CudaFlash.DevicePositionEqualsHostPosition:CudaFlash.VarlenMatchesReferenceAndSingleSequences'
     tail -n 3 "$OUT/racecheck_flash.log"
+    bundle_out call_seeds
     ;;
 memcheck)  # call 1's unpack, then compute-sanitizer memcheck over every CUDA test but CudaFlash.* (call 1 has those)
     rm -rf $S && mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" || exit 1
@@ -113,6 +125,7 @@ memcheck)  # call 1's unpack, then compute-sanitizer memcheck over every CUDA te
     step memcheck_all ${TIMEOUT:-470} compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T \
         --gtest_filter='Cuda*:-CudaDiag.*:CudaFlash.*'
     grep -E '^\[       OK|^\[  FAILED|^\[  PASSED|ERROR SUMMARY|LEAK SUMMARY|bytes leaked' "$OUT/memcheck_all.log" | tail -60
+    bundle_out call_memcheck
     ;;
 model)
     test -x $S/bin/specquant || { echo "no unpacked bundle (the machine went cold?): run call 1 again"; exit 1; }
@@ -133,6 +146,7 @@ model)
     done
     step eval_sqm 300 $SQ eval -m $Q --tasks all --device cuda --json $OUT/eval_sqm.json
     tail -n 16 "$OUT/eval_sqm.log"
+    bundle_out call_model
     ;;
 requant)  # `model`'s quantization again, calibration read from the CPU machine's path (a real
           # directory, so the canonical path recorded in the header is the same): whole-file and
@@ -156,6 +170,7 @@ requant)  # `model`'s quantization again, calibration read from the CPU machine'
             --json $OUT/ppl_gpu_windows.json --paired "$2/ppl_cpu_windows.json"
         tail -n 3 "$OUT/ppl_paired_cpu.log"
     fi
+    bundle_out call_requant
     ;;
 data_sha256)  # sha256 of a .sqm's tensor data (from round_up(24 + H, 64) to the end; docs/format.md)
     h=$(od -An -t u8 -j 16 -N 8 "$2" | tr -d ' ')
