@@ -144,7 +144,8 @@ model)
             --paired $OUT/ppl_f32_$b.json
         tail -n 3 $OUT/ppl_f32_$b.log $OUT/ppl_flash_$b.log
     done
-    step eval_sqm 300 $SQ eval -m $Q --tasks all --device cuda --json $OUT/eval_sqm.json
+    step eval_sqm 300 $SQ eval -m $Q --tasks all --device cuda --json $OUT/eval_sqm.json \
+        --samples $OUT/eval_sqm_samples.json  # .json: bundle_out takes it (JSON lines)
     tail -n 16 "$OUT/eval_sqm.log"
     bundle_out call_model
     ;;
@@ -170,6 +171,10 @@ requant)  # `model`'s quantization again, calibration read from the CPU machine'
             --json $OUT/ppl_gpu_windows.json --paired "$2/ppl_cpu_windows.json"
         tail -n 3 "$OUT/ppl_paired_cpu.log"
     fi
+    # the full suite with per-document samples, for scripts/compare_samples.py against the CPU's
+    step eval_samples 300 $SQ eval -m $Q --tasks all --device cuda --json $OUT/eval_gpu.json \
+        --samples $OUT/eval_gpu_samples.json
+    tail -n 4 "$OUT/eval_samples.log"
     bundle_out call_requant
     ;;
 data_sha256)  # sha256 of a .sqm's tensor data (from round_up(24 + H, 64) to the end; docs/format.md)
