@@ -53,6 +53,12 @@ step() {
     echo "$name: rc=$rc wall=$(( (t1 - t0) / 1000000 )) ms ($*)" | tee -a "$OUT/summary.txt"
 }
 
+# Call 1's bundle (binaries, libs, data) into $S, and model part aa when the carried folder has it.
+unpack() {
+    rm -rf $S && mkdir -p $S && tar -C $S -xJf "$1/bundle.tar.xz" || exit 1
+    if [ -f "$1/model.part.aa" ]; then cp "$1/model.part.aa" $S/ || exit 1; fi
+}
+
 # At most 8 files come back from $OUT: every log and JSON of a call goes into one NAME.tgz (and
 # summary.txt stays beside it).
 bundle_out() {
@@ -84,7 +90,7 @@ pack)
     rm -rf $P
     ;;
 tests)
-    rm -rf $S && mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" && cp "$2/model.part.aa" $S/ || exit 1
+    unpack "$2"
     env_setup
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee -a "$OUT/summary.txt"
     step tests_cuda 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
@@ -106,7 +112,7 @@ tests)
     bundle_out call_tests
     ;;
 seeds)  # call 1's unpack, then the Cuda tests, one varlen test over seeds, racecheck on the small flash tests
-    rm -rf $S && mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" && cp "$2/model.part.aa" $S/ || exit 1
+    unpack "$2"
     env_setup
     step tests_cuda 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
     grep -E '^\[  FAILED|^\[  PASSED|^\[cuda\] varlen' "$OUT/tests_cuda.log" | head -20
@@ -120,7 +126,7 @@ seeds)  # call 1's unpack, then the Cuda tests, one varlen test over seeds, race
     bundle_out call_seeds
     ;;
 memcheck)  # call 1's unpack, then compute-sanitizer memcheck over every CUDA test but CudaFlash.* (call 1 has those)
-    rm -rf $S && mkdir -p $S && tar -C $S -xJf "$2/bundle.tar.xz" || exit 1
+    unpack "$2"
     env_setup
     step memcheck_all ${TIMEOUT:-470} compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T \
         --gtest_filter='Cuda*:-CudaDiag.*:CudaFlash.*'

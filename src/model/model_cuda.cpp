@@ -540,15 +540,14 @@ struct ModelCuda::Impl {
                 zb_src = fuse ? xin : nullptr, zb_basis = L.basis(), zb_n = n;
             }
             if (!fuse) {
-                if (L.part_out.size() > 1) {  // a fused layer (spectral_parts): each part's own z·Cᵀ GEMM
-                    int64_t off = 0;
-                    for (int64_t po : L.part_out) {
-                        gemm_xwt(zb.get(), gm, L.coefp() + off * L.rank, po, L.rank, spec.get() + off, L.rank, L.rank,
-                                 L.out);
-                        off += po;
-                    }
-                } else {
-                    gemm_xwt(zb.get(), gm, L.coefp(), L.out, L.rank, spec.get());
+                // z·Cᵀ per part (a fused layer under spectral_parts: each part's own GEMM shape, into its
+                // columns; any other layer is its one part, the same call as always)
+                const std::vector<int64_t> whole{L.out};
+                int64_t off = 0;
+                for (int64_t po : L.part_out.empty() ? whole : L.part_out) {
+                    gemm_xwt(zb.get(), gm, L.coefp() + off * L.rank, po, L.rank, spec.get() + off, L.rank, L.rank,
+                             L.out);
+                    off += po;
                 }
                 sp = spec.get();
             }
