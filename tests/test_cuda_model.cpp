@@ -904,14 +904,15 @@ TEST(CudaModel, FusedDecodeIsBitIdentical) {
         ModelCuda on(c, s, 160), off(c, u, 160);
         compare(on, off, str(bf16 ? "synthetic BF16" : "synthetic W4A4", " rank ", rank, " KV", kvb), bf16 ? 1e-5 : 0);
     }
-    {  // spectral_parts: fused layers with the two-GEMM spectral branch (prefill, varlen) against unfused layers
+    {  // the spectral branch at prefill (100 rows, varlen): fused layers with z·Cᵀ as its own [n, out] pass
+       // against unfused layers with it in the GEMM epilogue in every call (spectral_zc vs spec_dot)
         CudaSynthetic s;
-        s.rank = 7, s.kv_bits = 4, s.seed = 6, s.spectral_parts = true;
+        s.rank = 7, s.kv_bits = 4, s.seed = 6, s.spectral_fuse_max_rows = 0;
         CudaSynthetic u = s;
-        u.fuse = false, u.spectral_parts = false;
+        u.fuse = false, u.spectral_fuse_max_rows = std::numeric_limits<int>::max();
         ModelCuda on(c, s, 160), off(c, u, 160);
         long_prefill = true;
-        compare(on, off, "synthetic W4A4 rank 7 KV4, spectral branch per part in fused layers", 0);
+        compare(on, off, "synthetic W4A4 rank 7 KV4, fused layers + separate z·Cᵀ vs unfused + epilogue", 0);
         long_prefill = false;
     }
     Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");

@@ -12,7 +12,7 @@
 //
 // specquant bench --device cuda (--shape llama3-8b|llama2-7b|smollm2 | -m MODEL) [--prefill-lens 256,2048,8192]
 //                 [--batches 1,8,32] [--ctx 512] [--decode 32] [--rank 31] [--kv-bits 16] [--reps 3]
-//                 [--spectral auto|fused|cublas] [--fuse 1|0] [--bf16-kv-bits N] [--json FILE]
+//                 [--spectral auto|fused|separate] [--fuse 1|0] [--bf16-kv-bits N] [--json FILE]
 // (built with -DSPECQUANT_CUDA=ON): the GPU engine (model/model_cuda.h) in the
 // same process for W4A4 on the INT8 tensor cores (spectral branch off and,
 // with --rank R > 0, on at rank R), and every linear layer in BF16 through
@@ -335,7 +335,6 @@ int cuda_bench(const CudaBenchOpts& o) {
             s.fuse = o.fuse != 0;
             s.lm_head_q8 = !bf16 && o.lm_head_bits == 8;
             s.flash_attention = flash;
-            s.spectral_parts = env.spectral_parts;
             res.push_back(cuda_variant(name, o, std::make_unique<ModelCuda>(c, s, cap)));
         };
         run("w4a4", false, 0);
@@ -347,7 +346,6 @@ int cuda_bench(const CudaBenchOpts& o) {
         ModelCudaOptions native, bf16;
         native.flash_attention = bf16.flash_attention = flash;
         native.spectral_fuse_max_rows = fuse_rows;
-        native.spectral_parts = env.spectral_parts;
         bf16.bf16 = true;
         native.fuse = bf16.fuse = o.fuse != 0;
         res.push_back(cuda_variant("native", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, native)));
@@ -361,12 +359,9 @@ int cuda_bench(const CudaBenchOpts& o) {
     std::printf("\n%s on %s, KV cache %s, decode attention %s, decode at context %d..%d, %d steps, decode fusion %s, "
                 "spectral branch %s\n",
                 what.c_str(), prop.name, kv_line.c_str(), !env.decode_v5 ? "v4 (part + merge)" : env.decode_cluster ? "v6 (one cluster per KV head)" : "v5 (one kernel)", o.ctx,
-                o.ctx + o.decode, o.decode, o.fuse ? "on" : "off", o.spectral == "fused" ? "fused into the GEMM epilogue"
-                : o.spectral == "cublas" ? "2 cuBLAS FP32 GEMMs"
-                                         : "fused into the GEMV epilogue in decode, 2 cuBLAS FP32 GEMMs in prefill");
-    if (env.spectral_parts)
-        std::printf("spectral branch in fused q|k|v and gate|up layers at prefill too (SQ_CUDA_SPECTRAL_PARTS=1: "
-                    "z·Cᵀ per part)\n");
+                o.ctx + o.decode, o.decode, o.fuse ? "on" : "off", o.spectral == "fused" ? "x·B kernel, ·Cᵀ fused into the GEMM epilogue"
+                : o.spectral == "separate" ? "x·B and ·Cᵀ kernels"
+                                           : "x·B kernel, ·Cᵀ fused into the GEMV epilogue in decode, its own kernel in prefill");
     if (!o.shape.empty())
         std::printf("lm_head: %s\n", o.lm_head_bits == 8 ? "W4A4 runs Q8_0 (q8_gemv) in one-sequence decode steps and "
                                                            "a prompt's last row, bf16 (same matrix) above; BF16 run bf16"
@@ -469,8 +464,8 @@ static CommandAction bench_setup(CLI::App& app) {
         ->capture_default_str();
     app.add_option("--bf16-kv-bits", co->bf16_kv_bits, "cuda --shape: the BF16 baseline's KV bits (default: --kv-bits)");
     app.add_option("--spectral", co->spectral,
-                   "cuda: W4A4 spectral branch ·Cᵀ fused into the GEMM epilogue (fused), two cuBLAS GEMMs (cublas), "
-                   "or fused in the GEMV calls of ≤ 64 rows only, i.e. decode (auto)")
+                   "cuda: W4A4 spectral branch: ·Cᵀ fused into the GEMM epilogue (fused), its own [n, out] kernel "
+                   "(separate), or fused in the GEMV calls of ≤ 64 rows only, i.e. decode (auto); same bits")
         ->capture_default_str();
     app.add_option("--fuse", co->fuse,
                    "cuda: decode fusion (q/k/v and gate/up as one layer, norm/SwiGLU writing the next codes, "

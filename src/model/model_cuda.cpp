@@ -129,6 +129,11 @@ struct RowsReset {
     int& rows;
     ~RowsReset() { rows = 0; }
 };
+// The same for Impl::xb_rows (per-call x·B row orders).
+struct XbRowsReset {
+    cuda::SpectralXbRows& rows;
+    ~XbRowsReset() { rows = cuda::SpectralXbRows{}; }
+};
 
 struct DLinear {
     LinKind kind = LinKind::f32;
@@ -161,7 +166,6 @@ struct DLinear {
     const uint16_t* wb_view = nullptr;
     const float *scale_view = nullptr, *coef_view = nullptr, *bias_view = nullptr;
     const int32_t* rowsum_view = nullptr;
-    std::vector<int64_t> part_out;  // a fused layer (Impl::fuse_rows): its parts' widths, in row order
     const float* weight() const { return w_shared ? w_shared : w.get(); }
     const float* basis() const { return basis_shared ? basis_shared : basis_t.get(); }
     const uint8_t* w8p() const { return w8.get() ? w8.get() : w8_view; }
@@ -229,7 +233,13 @@ struct ModelCuda::Impl {
     DevBuf<int32_t> a_zero;            // [rows]
     DevBuf<float> acc;                 // [rows, max_out] integer-valued float accumulators
     DevBuf<int32_t> acc_i;             // [rows, max_out] when K is split
-    DevBuf<float> zb, spec;            // [rows, max_rank], [rows, max_out]
+    DevBuf<float> zb, spec;            // [rows, max_rank], [rows, widest spectral layer]
+    DevBuf<float> zb_part;             // cuda::spectral_xb's k-block sums (its scratch)
+    // Rows of this call that take the CPU's whole-k x·B order (cuda::SpectralXbRows): all in batched decode
+    // (each row a CPU call of one token), varlen's rows of sequences of ≤ 16 tokens (xb_short).
+    cuda::SpectralXbRows xb_rows;
+    DevBuf<int> xb_short;              // [cap]
+    int xb_short_n = 0;                // varlen: rows listed in xb_short (set by forward_score_varlen)
     DevBuf<float> logits;              // [kLogitRows, vocab]
     DevBuf<int> tokens;                // [cap]
     DevBuf<int> pos_dev;               // [1]: the cache position of this call's first token
@@ -299,7 +309,7 @@ struct ModelCuda::Impl {
     const float* quant_src = nullptr;
     int quant_n = 0, quant_bits = 0;
     float quant_clip = 0.0f;
-    // The same for the spectral branch's x·B (fused path): reused while input and basis are the same.
+    // The same for the spectral branch's x·B: reused while input and basis are the same.
     const float* zb_src = nullptr;
     const float* zb_basis = nullptr;
     int zb_n = 0;
@@ -530,25 +540,19 @@ struct ModelCuda::Impl {
         }
         const float* sp = nullptr;
         const bool int8 = L.w8p() != nullptr;
-        // Fused (tensor-core path, n ≤ opts.spectral_fuse_max_rows): only x·B here, reused by the layers that share
-        // input and basis; ·Cᵀ runs in the GEMM epilogue (spectral_dot_ref order). Else two FP32 GEMMs.
+        // The spectral branch in the CPU engine's bits (cuda::spectral_xb, spectral_zc): z = x·Bᵀ, reused by the
+        // layers that share input and basis; spec = z·Cᵀ fused into the GEMM epilogue (tensor-core path, n ≤
+        // opts.spectral_fuse_max_rows) or as its own [n, out] pass: the same bits either way.
         const bool fuse = int8 && L.rank > 0 && n <= opts.spectral_fuse_max_rows;
         if (L.rank > 0) {
             const ProfScope ps = prof(fuse ? "spectral x·B" : "spectral");
-            if (!(fuse && same_input && zb_src == xin && zb_basis == L.basis() && zb_n == n)) {
-                gemm_xwt(xin, gm, L.basis(), L.rank, L.in, zb.get());
-                zb_src = fuse ? xin : nullptr, zb_basis = L.basis(), zb_n = n;
+            if (!(same_input && zb_src == xin && zb_basis == L.basis() && zb_n == n)) {
+                cuda::spectral_xb(xin, L.in, n, L.basis(), (int)L.rank, (int)L.in, zb.get(), xb_rows, zb_part.get(),
+                                  zb_part.size(), stream);
+                zb_src = xin, zb_basis = L.basis(), zb_n = n;
             }
             if (!fuse) {
-                // z·Cᵀ per part (a fused layer under spectral_parts: each part's own GEMM shape, into its
-                // columns; any other layer is its one part, the same call as always)
-                const std::vector<int64_t> whole{L.out};
-                int64_t off = 0;
-                for (int64_t po : L.part_out.empty() ? whole : L.part_out) {
-                    gemm_xwt(zb.get(), gm, L.coefp() + off * L.rank, po, L.rank, spec.get() + off, L.rank, L.rank,
-                             L.out);
-                    off += po;
-                }
+                cuda::spectral_zc(zb.get(), n, L.coefp(), (int)L.out, (int)L.rank, spec.get(), L.out, stream);
                 sp = spec.get();
             }
         }
@@ -658,13 +662,9 @@ struct ModelCuda::Impl {
     // row kv_row0), or (varlen) the per-token positions from `positions` and the
     // cache filled from row 0, or (batch) token t at positions[t] with its K/V
     // at cache row dec_rows[t].
-    // A fused layer (qkv, gu) runs for this call: W4A4 only where its spectral branch is
-    // fused into the GEMV epilogue (or absent): the two-cuBLAS-GEMM branch would compute
-    // spec = z·Cᵀ with the concatenated C, whose algorithm (and bits) cuBLAS picks by width.
-    bool fused_runs(const DLinear& F, int n) const {
-        if (F.out == 0) return false;
-        return F.kind == LinKind::bf16 || F.rank == 0 || n <= opts.spectral_fuse_max_rows || opts.spectral_parts;
-    }
+    // A fused layer (qkv, gu) runs for this call whenever it exists: its spectral branch (if any) gives
+    // every output the bits of its part alone (spectral_zc / spec_dot: one order per element).
+    bool fused_runs(const DLinear& F, int) const { return F.out != 0; }
     // The layer that reads x first in layer l (its q projection, fused or not).
     const DLinear* first_linear(int l, int n) const {
         const DLayer& L = layers[l];
@@ -717,6 +717,9 @@ struct ModelCuda::Impl {
         const bool varlen = mode == Mode::varlen;
         gemm_rows = varlen ? cap : 0;
         const RowsReset reset{gemm_rows};
+        if (mode == Mode::batch) xb_rows.all = true;
+        if (varlen) xb_rows.rows = xb_short.get(), xb_rows.n_rows = xb_short_n;
+        const XbRowsReset xb_reset{xb_rows};
         const int gm = varlen ? cap : n;
         {
             const ProfScope ps = prof("embed + norm");
@@ -875,8 +878,6 @@ struct ModelCuda::Impl {
         }
         F->kind = a.kind, F->in = a.in, F->out = out, F->a_bits = a.a_bits, F->a_clip = a.a_clip;
         F->rank = a.rank, F->basis_shared = a.basis();
-        F->part_out.clear();
-        for (const DLinear* p : parts) F->part_out.push_back(p->out);
         auto cat = [&](auto member, auto& dst, size_t per_row, const char* field) {
             using T = std::remove_reference_t<decltype(*(a.*member).get())>;
             if (!(a.*member).get()) return;
@@ -986,12 +987,18 @@ struct ModelCuda::Impl {
         a_scale.alloc(C, "activation scales", &bytes);
         a_zero.alloc(C, "activation zero points", &bytes);
         if (max_rank > 0) {
-            size_t spec_elems = acc_elems;  // spectral_parts: a fused layer's spec is its whole width
-            if (opts.spectral_parts)
-                for (const DLayer& L : layers)
-                    for (const DLinear* F : {&L.qkv, &L.gu})
-                        if (F->rank > 0) spec_elems = std::max(spec_elems, C * (size_t)F->out);
+            size_t spec_elems = acc_elems, part_elems = 0;  // a fused layer's spec is its whole width
+            auto widest = [&](const DLinear& F) {
+                if (F.rank == 0) return;
+                spec_elems = std::max(spec_elems, C * (size_t)F.out);
+                part_elems = std::max(part_elems, cuda::spectral_xb_scratch((int)C, (int)F.rank, (int)F.in));
+            };
+            for (const DLayer& L : layers)
+                for (const DLinear* F : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down, &L.qkv, &L.gu}) widest(*F);
+            widest(lm_head);
             zb.alloc(C * max_rank, "spectral branch", &bytes);
+            if (part_elems) zb_part.alloc(part_elems, "spectral branch k-block sums", &bytes);
+            xb_short.alloc(C, "spectral branch short rows", &bytes);
             spec.alloc(spec_elems, "spectral branch output", &bytes);
         }
         logits.alloc(lm_rows * c.vocab, "logits", &bytes);
@@ -1078,10 +1085,10 @@ struct ModelCuda::Impl {
 };
 
 int spectral_fuse_rows_from_name(const std::string& v, const std::string& what) {
-    if (v == "cublas") return 0;
+    if (v == "separate") return 0;
     if (v == "auto") return cuda::W4G_GEMV_MAX_M;  // every GEMV call (decode up to 64 rows), not the tiled GEMM
     if (v == "fused") return std::numeric_limits<int>::max();
-    fail(what, " must be cublas, auto or fused, got '", v, "'");
+    fail(what, " must be separate, auto or fused, got '", v, "'");
 }
 
 ModelCudaOptions ModelCudaOptions::from_env() {
@@ -1116,11 +1123,6 @@ ModelCudaOptions ModelCudaOptions::from_env() {
     if (u && *u) {
         SQ_CHECK(std::string(u) == "0" || std::string(u) == "1", "SQ_CUDA_FUSE must be 0 or 1, got '", u, "'");
         o.fuse = std::string(u) == "1";
-    }
-    if (const char* sp = std::getenv("SQ_CUDA_SPECTRAL_PARTS"); sp && *sp) {
-        SQ_CHECK(std::string(sp) == "0" || std::string(sp) == "1", "SQ_CUDA_SPECTRAL_PARTS must be 0 or 1, got '", sp,
-                 "'");
-        o.spectral_parts = std::string(sp) == "1";
     }
     if (f && *f) {
         o.spectral_fuse_max_rows = spectral_fuse_rows_from_name(f, "SQ_CUDA_SPECTRAL");
@@ -1200,7 +1202,6 @@ ModelCuda::ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity)
     m.opts.decode_cluster = s.decode_cluster;
     m.opts.lm_head_q8 = s.lm_head_q8;
     m.opts.flash_attention = s.flash_attention;
-    m.opts.spectral_parts = s.spectral_parts;
     m.init_device(c, capacity, s.kv_bits, 1.0f, false);
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff, V = c.vocab;
@@ -1451,6 +1452,16 @@ std::vector<RowScore> ModelCuda::forward_score_varlen(const int* tokens, const s
     m.att_nblocks = (int)blocks.size() / 2;
     SQ_CUDA(cudaMemcpyAsync(m.att_blocks.get(), blocks.data(), blocks.size() * sizeof(int), cudaMemcpyHostToDevice,
                             m.stream));
+    // The spectral x·B of the rows of sequences of ≤ 16 tokens in the CPU's order for such a call (whole k)
+    std::vector<int> short_rows;
+    if (m.xb_short.get() && n > 16)
+        for (int s = 0, t = 0; s < (int)seq_lens.size(); t += seq_lens[s++])
+            if (seq_lens[s] <= 16)
+                for (int i = 0; i < seq_lens[s]; ++i) short_rows.push_back(t + i);
+    m.xb_short_n = (int)short_rows.size();
+    if (!short_rows.empty())
+        SQ_CUDA(cudaMemcpyAsync(m.xb_short.get(), short_rows.data(), short_rows.size() * sizeof(int),
+                                cudaMemcpyHostToDevice, m.stream));
     m.run_layers(tokens, n, positions.data());
     std::vector<RowScore> out(targets.size());
     if (targets.empty()) {

@@ -32,23 +32,13 @@ struct ModelCudaOptions {
     // quantized; online Hadamard kept). The speed baseline of `bench`, not
     // the quantized model. Env: SQ_CUDA_LINEARS=bf16.
     bool bf16 = false;
-    // Spectral branch of W4A4 layers on the tensor-core path: x·B by cuBLAS
-    // (reused across layers with the same input and basis), ·Cᵀ fused into the
-    // GEMM epilogue in spectral_dot_ref's order, instead of two FP32 cuBLAS
-    // GEMMs and an [n, out] pass, for calls of at most spectral_fuse_max_rows
-    // rows: 0 = never (the default: the eval engine's bits stay those of the
-    // first engine), 64 = the GEMV calls only, i.e. decode (measured faster there and
-    // slower than cuBLAS in the prefill GEMM, docs/perf.md), INT_MAX = always.
-    // Env: SQ_CUDA_SPECTRAL=cublas|auto|fused.
-    int spectral_fuse_max_rows = 0;
-    // The fused [q; k; v] and [gate; up] layers (fuse) also where the spectral branch is two cuBLAS
-    // GEMMs (calls above spectral_fuse_max_rows: prefill, scoring): x·B once per fused layer, z·Cᵀ
-    // per part with that part's own GEMM shape into its columns of the fused output (so the same
-    // cuBLAS algorithm as the part alone, ldc aside), one activation quantizer and one W4A4 GEMM
-    // of the fused width. Off by default: not yet run on a GPU (docs/kernels-cuda-notes.md "The
-    // spectral branch at prefill"); CudaModel.FusedDecodeIsBitIdentical checks it against the
-    // unfused layers bit for bit. Env: SQ_CUDA_SPECTRAL_PARTS=0|1.
-    bool spectral_parts = false;
+    // Spectral branch (x·Bᵀ)·Cᵀ of W4A4 layers, always in the CPU engine's bits (cuda::spectral_xb,
+    // spectral_zc: x·B reused across layers with the same input and basis). Where ·Cᵀ runs, a speed
+    // choice only: fused into the tensor-core GEMM epilogue (spec_dot, the same order) for calls of
+    // at most spectral_fuse_max_rows rows, else its own [n, out] pass read by the epilogue.
+    // 0 = never, 64 = the GEMV calls only, i.e. decode, INT_MAX = always.
+    // Env: SQ_CUDA_SPECTRAL=separate|auto|fused.
+    int spectral_fuse_max_rows = 64;
     // Decode fusion (docs/kernels-cuda-notes.md "Decode v4"): q/k/v and gate/up as one
     // layer each (weights concatenated once at load, no second copy), the norm and SwiGLU
     // kernels writing the next layer's activation codes (BF16: its bf16 input), RoPE and
@@ -84,7 +74,7 @@ struct ModelCudaOptions {
     static ModelCudaOptions from_env();
 };
 
-// "cublas" → 0, "auto" → 64 (the GEMV's rows, W4G_GEMV_MAX_M; 16 before decode v4), "fused" → INT_MAX
+// "separate" → 0, "auto" → 64 (the GEMV's rows, W4G_GEMV_MAX_M; 16 before decode v4), "fused" → INT_MAX
 // (spectral_fuse_max_rows);
 // anything else is an error naming `what`.
 int spectral_fuse_rows_from_name(const std::string& v, const std::string& what);
@@ -104,7 +94,6 @@ struct CudaSynthetic {
     // same matrix), read by q8_gemv in one-row calls (ModelCudaOptions::lm_head_q8).
     bool lm_head_q8 = false;
     bool flash_attention = true;  // see ModelCudaOptions::flash_attention
-    bool spectral_parts = false;  // see ModelCudaOptions::spectral_parts
     uint64_t seed = 1;
 };
 

@@ -220,6 +220,25 @@ void w4a4_epilogue(const float* acc_f, const int32_t* acc_i, int n, int m, const
 void logprob_gather(const float* logits, int vocab, const int* rows, const int* targets, int nq, double* logprob,
                     uint8_t* greedy, cudaStream_t s);
 
+// ---- the spectral branch (x·Bᵀ)·Cᵀ of a W4A4 linear, in the CPU engine's bits (spectral.cu) ----
+// z [m, rank] = x [m, k] (row stride ldx) · bt [rank, k]ᵀ, each output rounded exactly as the CPU
+// engine's x·B of a call of m rows: gemv_f32 (whole k) for m ≤ 16, else gemm_f32 (k-blocks of
+// pick_kc(k, 576), kernels/cpu/gemm_f32.cpp), so z does not depend on how rows are batched or
+// tiled. A GPU call that packs several CPU calls (varlen scoring: one per sequence; batched decode:
+// one row each) says which rows take the whole-k order: all, or the n_rows rows listed (device).
+struct SpectralXbRows {
+    bool all = false;
+    const int* rows = nullptr;
+    int n_rows = 0;
+};
+// scratch: spectral_xb_scratch(m, rank, k) floats (0: none needed).
+size_t spectral_xb_scratch(int m, int rank, int k);
+void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, int k, float* z,
+                 const SpectralXbRows& whole, float* scratch, size_t scratch_elems, cudaStream_t s);
+// spec [m, n] (row stride ld) = z [m, rank] · c [n, rank]ᵀ, each output spectral_dot_ref(z_t, c_j, rank)
+// bit for bit (the fused GEMM epilogues' spec_dot).
+void spectral_zc(const float* z, int m, const float* c, int n, int rank, float* spec, int64_t ld, cudaStream_t s);
+
 // ---- Q8_0 lm_head of decode steps (q8_gemv.cu, decode v6) ----
 // Device layout of a Q8_0 matrix [n, k] (kernels/q8_format.h): codes int8 [n][k] and fp16 scale
 // bits [n][k/32]. Host: BlockQ8 blocks [n][k/32] (34 bytes each) → that layout.

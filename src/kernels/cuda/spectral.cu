@@ -1,0 +1,255 @@
+// The spectral branch of a W4A4 linear layer, (x·Bᵀ)·Cᵀ, in the CPU engine's rounding
+// (ops_cuda.h, "Spectral branch"). Build: cmake -DSPECQUANT_CUDA=ON; tests:
+// specquant_tests --gtest_filter='CudaSpectral*' (tests/test_cuda_spectral.cpp).
+//
+// x·Bᵀ: the CPU's gemm_f32 / gemv_f32 (kernels/cpu/gemm_f32.cpp) give every output the same
+// order whatever the tiling: the k range in blocks [p0, p0 + kb) (kb = kc but the last; kc =
+// whole k for calls of ≤ 16 rows, else pick_kc(k, 576)), in each block 8 fma lanes (lane l
+// takes p ≡ l mod 8, in order; the last group of a block not a multiple of 8 runs the masked
+// lanes as fma(0, 0, acc)), the lanes summed ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)),
+// and the block sums added to the running output in block order (s + y). Both kernels below
+// compute exactly that:
+//   - xb_lanes (few rows, decode): 8 threads per output, one per lane, which meet by
+//     shuffles in the hadd order;
+//   - xb_tiles (prefill): 16 rows × 32 basis rows per block of 4 warps, k staged through
+//     shared memory in tiles of 64, each thread 4 rows × 8 lanes in registers; one grid
+//     column per k-block, whose sums a second kernel adds in block order.
+// z·Cᵀ (zc_kernel): spec_dot (spectral_dot_ref's order) per output, C's rows in registers.
+#include <algorithm>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/w4a4_spec_dot.cuh"
+
+namespace sq::cuda {
+
+namespace {
+
+// gemm_f32's k-block (kernels/cpu/gemm_f32.cpp pick_kc with its default kc_max 576).
+constexpr int kCpuKcMax = 576;
+constexpr int kCpuGemvMaxRows = 16;  // gemv_f32_max_m: calls of ≤ 16 rows take whole-k rows
+
+int pick_kc(int k) {
+    const int nb = std::max(1, (k + kCpuKcMax - 1) / kCpuKcMax);
+    const int kc = (k + nb - 1) / nb;
+    return (kc + 7) / 8 * 8;
+}
+
+// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), hsum4_ps's order
+__device__ __forceinline__ float lane_sum(const float* a) {
+    return __fadd_rn(__fadd_rn(__fadd_rn(a[0], a[1]), __fadd_rn(a[2], a[3])),
+                     __fadd_rn(__fadd_rn(a[4], a[5]), __fadd_rn(a[6], a[7])));
+}
+
+// 8 threads per output (t, r), thread l the fma lane l of every k-block. Rows: all m rows
+// (rows null) or rows[i] for i < m. kc: the k-block (k for whole rows).
+constexpr int kLaneThreads = 256;
+__global__ void __launch_bounds__(kLaneThreads) xb_lanes_kernel(const float* __restrict__ x, int64_t ldx, int m,
+                                                                const int* __restrict__ rows,
+                                                                const float* __restrict__ bt, int rank, int k, int kc,
+                                                                float* __restrict__ z) {
+    pdl_wait();
+    pdl_trigger();
+    const int64_t g = (int64_t)blockIdx.x * kLaneThreads + threadIdx.x;
+    const int l = threadIdx.x & 7;
+    const int64_t o = g >> 3;
+    const bool live = o < (int64_t)m * rank;  // the whole 8-thread group is live or not
+    const int i = live ? (int)(o / rank) : 0, r = live ? (int)(o % rank) : 0;
+    const int t = rows ? rows[i] : i;
+    const float* xr = x + (int64_t)t * ldx;
+    const float* br = bt + (int64_t)r * k;
+    float y = 0.0f;
+    for (int p0 = 0; p0 < k; p0 += kc) {
+        const int kb = min(kc, k - p0), groups = (kb + 7) >> 3;
+        float a = 0.0f;
+        if (live)
+#pragma unroll 4
+            for (int q = 0; q < groups; ++q) {
+                const int p = q * 8 + l;
+                const float xv = p < kb ? xr[p0 + p] : 0.0f, wv = p < kb ? br[p0 + p] : 0.0f;
+                a = __fmaf_rn(xv, wv, a);
+            }
+        // lanes of one output are threads 8j..8j+7 of a warp: (l0+l1), then (..)+(..), then halves
+        const float s1 = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 1));
+        const float s2 = __fadd_rn(s1, __shfl_xor_sync(0xffffffffu, s1, 2));
+        const float s3 = __fadd_rn(s2, __shfl_xor_sync(0xffffffffu, s2, 4));
+        y = p0 == 0 ? s3 : __fadd_rn(s3, y);
+    }
+    if (live && l == 0) z[(int64_t)t * rank + r] = y;
+}
+
+// Block: 4 warps × 4 rows = 16 rows of x, lane = basis row r0 + lane; grid (row tiles, k-blocks,
+// basis-row tiles of 32). Each block computes its k-block's sum and writes it to part[b][t][r]
+// (or, with one k-block, to z directly).
+constexpr int kTileRows = 16, kTileRowsPerWarp = 4, kTileK = 64, kTileLd = kTileK + 4;
+__global__ void __launch_bounds__(128) xb_tiles_kernel(const float* __restrict__ x, int64_t ldx, int m,
+                                                       const float* __restrict__ bt, int rank, int k, int kc,
+                                                       float* __restrict__ out, int64_t out_block_stride) {
+    __shared__ __align__(16) float xs[kTileRows][kTileLd];
+    __shared__ __align__(16) float bs[32][kTileLd];
+    pdl_wait();
+    pdl_trigger();
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int t0 = blockIdx.x * kTileRows, b = blockIdx.y, r0 = blockIdx.z * 32;
+    const int p0 = b * kc, kb = min(kc, k - p0), kend8 = (kb + 7) & ~7;
+    float acc[kTileRowsPerWarp][8];
+#pragma unroll
+    for (int i = 0; i < kTileRowsPerWarp; ++i)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[i][e] = 0.0f;
+    for (int pt = 0; pt < kend8; pt += kTileK) {
+        // stage x [16][64] and Bᵀ [32][64] of k range [p0 + pt, ..), zeros past the block's end
+        for (int e = tid; e < kTileRows * kTileK; e += 128) {
+            const int rr = e / kTileK, c = e % kTileK, t = t0 + rr, p = pt + c;
+            xs[rr][c] = t < m && p < kb ? x[(int64_t)t * ldx + p0 + p] : 0.0f;
+        }
+        for (int e = tid; e < 32 * kTileK; e += 128) {
+            const int rr = e / kTileK, c = e % kTileK, r = r0 + rr, p = pt + c;
+            bs[rr][c] = r < rank && p < kb ? bt[(int64_t)r * k + p0 + p] : 0.0f;
+        }
+        __syncthreads();
+        const int groups = min(kTileK, kend8 - pt) >> 3;
+        for (int q = 0; q < groups; ++q) {
+            const float4 w0 = *reinterpret_cast<const float4*>(&bs[lane][q * 8]);
+            const float4 w1 = *reinterpret_cast<const float4*>(&bs[lane][q * 8 + 4]);
+#pragma unroll
+            for (int i = 0; i < kTileRowsPerWarp; ++i) {
+                const float* xr = &xs[warp * kTileRowsPerWarp + i][q * 8];
+                const float4 x0 = *reinterpret_cast<const float4*>(xr);
+                const float4 x1 = *reinterpret_cast<const float4*>(xr + 4);
+                acc[i][0] = __fmaf_rn(x0.x, w0.x, acc[i][0]), acc[i][1] = __fmaf_rn(x0.y, w0.y, acc[i][1]);
+                acc[i][2] = __fmaf_rn(x0.z, w0.z, acc[i][2]), acc[i][3] = __fmaf_rn(x0.w, w0.w, acc[i][3]);
+                acc[i][4] = __fmaf_rn(x1.x, w1.x, acc[i][4]), acc[i][5] = __fmaf_rn(x1.y, w1.y, acc[i][5]);
+                acc[i][6] = __fmaf_rn(x1.z, w1.z, acc[i][6]), acc[i][7] = __fmaf_rn(x1.w, w1.w, acc[i][7]);
+            }
+        }
+        __syncthreads();
+    }
+    const int r = r0 + lane;
+    if (r >= rank) return;
+#pragma unroll
+    for (int i = 0; i < kTileRowsPerWarp; ++i) {
+        const int t = t0 + warp * kTileRowsPerWarp + i;
+        if (t < m) out[(int64_t)b * out_block_stride + (int64_t)t * rank + r] = lane_sum(acc[i]);
+    }
+}
+
+// z[t, r] = Σ over k-blocks in order of part[b][t][r] (y = s_b + y).
+__global__ void xb_blocks_sum_kernel(const float* __restrict__ part, int64_t count, int nb, float* __restrict__ z) {
+    pdl_wait();
+    pdl_trigger();
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    float y = part[i];
+    for (int b = 1; b < nb; ++b) y = __fadd_rn(part[(int64_t)b * count + i], y);
+    z[i] = y;
+}
+
+// spec[t, j] = spec_dot(z[t, :], c[j, :], rank): block 256 threads = 64 column pairs (j, j + 64)
+// × 4 row groups of 8 rows t; the two C rows in registers (rank ≤ R), z rows from shared memory
+// (float4 broadcasts).
+constexpr int kZcCols = 128, kZcRows = 32;
+template <int R>
+__global__ void __launch_bounds__(256) zc_kernel(const float* __restrict__ z, int m, const float* __restrict__ c, int n,
+                                                 int rank, float* __restrict__ spec, int64_t ld) {
+    __shared__ __align__(16) float zs[kZcRows][R];
+    pdl_wait();
+    pdl_trigger();
+    const int tid = threadIdx.x, grp = tid >> 6;
+    const int ja = blockIdx.x * kZcCols + (tid & 63), jb = ja + 64;
+    const int t0 = blockIdx.y * kZcRows;
+    for (int e = tid; e < kZcRows * R; e += 256) {
+        const int rr = e / R, q = e % R;
+        zs[rr][q] = t0 + rr < m && q < rank ? z[(int64_t)(t0 + rr) * rank + q] : 0.0f;
+    }
+    float ca[R], cb[R];
+#pragma unroll
+    for (int q = 0; q < R; ++q) {
+        ca[q] = ja < n && q < rank ? c[(int64_t)ja * rank + q] : 0.0f;
+        cb[q] = jb < n && q < rank ? c[(int64_t)jb * rank + q] : 0.0f;
+    }
+    __syncthreads();
+    if (ja >= n) return;
+    for (int i = 0; i < kZcRows / 4; ++i) {
+        const int rr = grp * (kZcRows / 4) + i, t = t0 + rr;
+        if (t >= m) break;
+        float la[8] = {}, lb[8] = {};
+#pragma unroll
+        for (int q4 = 0; q4 < R; q4 += 4) {
+            const float4 zv = *reinterpret_cast<const float4*>(&zs[rr][q4]);
+            const float zq[4] = {zv.x, zv.y, zv.z, zv.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int q = q4 + e;  // spectral_dot_ref: lane q mod 8, q < rank only
+                if (q < rank) la[q & 7] = __fmaf_rn(zq[e], ca[q], la[q & 7]), lb[q & 7] = __fmaf_rn(zq[e], cb[q], lb[q & 7]);
+            }
+        }
+        spec[(int64_t)t * ld + ja] = lane_sum(la);
+        if (jb < n) spec[(int64_t)t * ld + jb] = lane_sum(lb);
+    }
+}
+
+// Larger ranks: spec_dot straight from global memory, one output per thread.
+__global__ void zc_plain_kernel(const float* __restrict__ z, int m, const float* __restrict__ c, int n, int rank,
+                                float* __restrict__ spec, int64_t ld) {
+    pdl_wait();
+    pdl_trigger();
+    const int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= (int64_t)m * n) return;
+    const int t = (int)(o / n), j = (int)(o % n);
+    spec[(int64_t)t * ld + j] = spec_dot(z + (int64_t)t * rank, c + (int64_t)j * rank, rank);
+}
+
+unsigned blocks_of(int64_t count, int threads) { return (unsigned)((count + threads - 1) / threads); }
+
+}  // namespace
+
+size_t spectral_xb_scratch(int m, int rank, int k) {
+    if (m <= kCpuGemvMaxRows || k <= 0) return 0;
+    const int nb = (k + pick_kc(k) - 1) / pick_kc(k);
+    return nb > 1 ? (size_t)nb * (size_t)m * (size_t)rank : 0;
+}
+
+void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, int k, float* z,
+                 const SpectralXbRows& whole, float* scratch, size_t scratch_elems, cudaStream_t s) {
+    SQ_CHECK(m >= 0 && rank >= 1 && k >= 1 && ldx >= k, "spectral_xb: bad shape m=", m, " rank=", rank, " k=", k,
+             " ldx=", ldx);
+    if (m == 0) return;
+    if (m <= kCpuGemvMaxRows || whole.all) {  // gemv_f32's order: one k-block
+        launch_pdl("spectral_xb_lanes", xb_lanes_kernel, dim3(blocks_of((int64_t)m * rank * 8, kLaneThreads)),
+                   dim3(kLaneThreads), 0, s, x, ldx, m, (const int*)nullptr, bt, rank, k, k, z);
+        return;
+    }
+    const int kc = pick_kc(k), nb = (k + kc - 1) / kc;
+    const size_t need = spectral_xb_scratch(m, rank, k);
+    SQ_CHECK(scratch_elems >= need, "spectral_xb: scratch of ", scratch_elems, " floats < ", need);
+    float* out = nb > 1 ? scratch : z;
+    const dim3 grid((unsigned)((m + kTileRows - 1) / kTileRows), (unsigned)nb, (unsigned)((rank + 31) / 32));
+    launch_pdl("spectral_xb_tiles", xb_tiles_kernel, grid, dim3(128), 0, s, x, ldx, m, bt, rank, k, kc, out,
+               (int64_t)m * rank);
+    if (nb > 1) {
+        const int64_t count = (int64_t)m * rank;
+        launch_pdl("spectral_xb_sum", xb_blocks_sum_kernel, dim3(blocks_of(count, 256)), dim3(256), 0, s,
+                   (const float*)scratch, count, nb, z);
+    }
+    // rows of short sequences in a varlen call: gemv's whole-k order, over what the tiles wrote
+    if (whole.n_rows > 0)
+        launch_pdl("spectral_xb_lanes", xb_lanes_kernel, dim3(blocks_of((int64_t)whole.n_rows * rank * 8, kLaneThreads)),
+                   dim3(kLaneThreads), 0, s, x, ldx, whole.n_rows, whole.rows, bt, rank, k, k, z);
+}
+
+void spectral_zc(const float* z, int m, const float* c, int n, int rank, float* spec, int64_t ld, cudaStream_t s) {
+    SQ_CHECK(m >= 0 && n >= 0 && rank >= 1 && ld >= n, "spectral_zc: bad shape m=", m, " n=", n, " rank=", rank);
+    if (m == 0 || n == 0) return;
+    const dim3 grid((unsigned)((n + kZcCols - 1) / kZcCols), (unsigned)((m + kZcRows - 1) / kZcRows));
+    if (rank <= 32)
+        launch_pdl("spectral_zc", zc_kernel<32>, grid, dim3(256), 0, s, z, m, c, n, rank, spec, ld);
+    else if (rank <= 64)
+        launch_pdl("spectral_zc", zc_kernel<64>, grid, dim3(256), 0, s, z, m, c, n, rank, spec, ld);
+    else
+        launch_pdl("spectral_zc_plain", zc_plain_kernel, dim3(blocks_of((int64_t)m * n, 256)), dim3(256), 0, s, z, m,
+                   c, n, rank, spec, ld);
+}
+
+}  // namespace sq::cuda

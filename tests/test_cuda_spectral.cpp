@@ -1,0 +1,127 @@
+// The GPU spectral branch (kernels/cuda/spectral.cu) against the CPU engine bit for bit:
+// x·Bᵀ against gemv_f32 (calls of ≤ 16 rows) and gemm_f32 (above), z·Cᵀ against
+// spectral_dot_ref, over awkward shapes, poisoned outputs.
+#ifdef SPECQUANT_HAS_CUDA
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/cpu/gemm_f32.h"
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/ref/w4a4_ref.h"
+#include "test_cuda_util.h"
+#include "test_random.h"
+
+using namespace sq;
+
+namespace {
+
+int bits_differ(const std::vector<float>& a, const std::vector<float>& b) {
+    int bad = 0;
+    for (size_t i = 0; i < a.size(); ++i) bad += std::memcmp(&a[i], &b[i], 4) != 0;
+    return bad;
+}
+
+// The CPU engine's x·B of one call of m rows (kernels/cpu/gemm_f32.h; linear_w4a4_cpu.cpp gemm_any).
+std::vector<float> cpu_xb(const std::vector<float>& x, int m, const std::vector<float>& bt, int rank, int k) {
+    std::vector<float> z((size_t)m * rank);
+    const PackedF32 w = gemm_f32_view(bt.data(), rank, k);
+    if (m <= gemv_f32_max_m) gemv_f32(x.data(), m, w, z.data());
+    else gemm_f32(x.data(), m, w, z.data());
+    return z;
+}
+
+}  // namespace
+
+TEST(CudaSpectral, XbEqualsCpuEngine) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 41);
+    // k: one k-block (≤ 576), several equal blocks, a last block shorter, tails not a multiple of 8
+    for (auto [m, k, rank] : {std::tuple{1, 576, 31}, {5, 4096, 31}, {16, 1536, 7}, {17, 1536, 31}, {100, 576, 31},
+                              {300, 1000, 33}, {64, 4100, 1}, {33, 14336, 31}, {2, 13, 3}, {40, 13, 40},
+                              {129, 2051, 64}}) {
+        SCOPED_TRACE(str("m=", m, " k=", k, " rank=", rank));
+        const std::vector<float> x = gaussian((size_t)m * k, rng), bt = gaussian((size_t)rank * k, rng, 0.05f);
+        const std::vector<float> ref = cpu_xb(x, m, bt, rank, k);
+        DevBuf<float> dx(x), db(bt), dz((size_t)m * rank);
+        DevBuf<float> part(std::max<size_t>(1, cuda::spectral_xb_scratch(m, rank, k)));
+        cuda::spectral_xb(dx.p, k, m, db.p, rank, k, dz.p, cuda::SpectralXbRows{}, part.p, part.n, nullptr);
+        EXPECT_EQ(bits_differ(dz.get(), ref), 0);
+        // every row as a call of its own (batched decode): gemv's whole-k order for all rows
+        std::vector<float> ref1((size_t)m * rank);
+        for (int t = 0; t < m; ++t) {
+            const std::vector<float> xt(x.begin() + (size_t)t * k, x.begin() + (size_t)(t + 1) * k);
+            const std::vector<float> zt = cpu_xb(xt, 1, bt, rank, k);
+            std::copy(zt.begin(), zt.end(), ref1.begin() + (size_t)t * rank);
+        }
+        dz.poison();
+        cuda::SpectralXbRows all;
+        all.all = true;
+        cuda::spectral_xb(dx.p, k, m, db.p, rank, k, dz.p, all, nullptr, 0, nullptr);
+        EXPECT_EQ(bits_differ(dz.get(), ref1), 0) << "whole-k rows";
+    }
+}
+
+TEST(CudaSpectral, XbVarlenShortSequencesTakeTheirOwnOrder) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 42);
+    const int k = 1536, rank = 31;
+    const std::vector<int> lens = {40, 3, 16, 17, 1, 60};  // CPU calls: ≤ 16 rows take gemv's order
+    int m = 0;
+    for (int l : lens) m += l;
+    const std::vector<float> x = gaussian((size_t)m * k, rng), bt = gaussian((size_t)rank * k, rng, 0.05f);
+    std::vector<float> ref((size_t)m * rank);
+    std::vector<int> short_rows;
+    for (int s = 0, t0 = 0; s < (int)lens.size(); t0 += lens[s++]) {
+        const std::vector<float> xs(x.begin() + (size_t)t0 * k, x.begin() + (size_t)(t0 + lens[s]) * k);
+        const std::vector<float> zs = cpu_xb(xs, lens[s], bt, rank, k);
+        std::copy(zs.begin(), zs.end(), ref.begin() + (size_t)t0 * rank);
+        if (lens[s] <= 16)
+            for (int i = 0; i < lens[s]; ++i) short_rows.push_back(t0 + i);
+    }
+    DevBuf<float> dx(x), db(bt), dz((size_t)m * rank), part(cuda::spectral_xb_scratch(m, rank, k));
+    DevBuf<int> drows(short_rows);
+    cuda::SpectralXbRows rows;
+    rows.rows = drows.p, rows.n_rows = (int)short_rows.size();
+    cuda::spectral_xb(dx.p, k, m, db.p, rank, k, dz.p, rows, part.p, part.n, nullptr);
+    EXPECT_EQ(bits_differ(dz.get(), ref), 0);
+    // the gemv and gemm orders do differ at this k (else the test above proves nothing)
+    const std::vector<float> one = cpu_xb(std::vector<float>(x.begin(), x.begin() + 17 * k), 17, bt, rank, k);
+    const std::vector<float> each = cpu_xb(std::vector<float>(x.begin(), x.begin() + 16 * k), 16, bt, rank, k);
+    EXPECT_GT(bits_differ(std::vector<float>(one.begin(), one.begin() + 16 * rank), each), 0);
+}
+
+TEST(CudaSpectral, ZcEqualsSpectralDotRef) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 43);
+    for (auto [m, n, rank] : {std::tuple{1, 100, 31}, {33, 6144, 31}, {300, 200, 7}, {17, 129, 32}, {5, 64, 33},
+                              {70, 300, 64}, {3, 1000, 65}, {40, 1, 1}}) {
+        SCOPED_TRACE(str("m=", m, " n=", n, " rank=", rank));
+        const std::vector<float> z = gaussian((size_t)m * rank, rng), c = gaussian((size_t)n * rank, rng, 0.05f);
+        const int64_t ld = n + 3;  // a wider destination (the fused layers' spec): columns past n untouched
+        std::vector<float> ref((size_t)m * ld);
+        std::memset(ref.data(), 0xCD, ref.size() * 4);  // DevBuf's poison byte
+        for (int t = 0; t < m; ++t)
+            for (int j = 0; j < n; ++j)
+                ref[(size_t)t * ld + j] = spectral_dot_ref(&z[(size_t)t * rank], &c[(size_t)j * rank], rank);
+        DevBuf<float> dz(z), dc(c), ds((size_t)m * ld);
+        cuda::spectral_zc(dz.p, m, dc.p, n, rank, ds.p, ld, nullptr);
+        EXPECT_EQ(bits_differ(ds.get(), ref), 0);
+    }
+}
+
+TEST(CudaSpectral, BadArgumentsAreSqErrors) {
+    SKIP_WITHOUT_GPU();
+    DevBuf<float> x(64 * 1000), b(31 * 1000), z(64 * 31);
+    EXPECT_THROW(cuda::spectral_xb(x.p, 1000, 64, b.p, 0, 1000, z.p, {}, nullptr, 0, nullptr), Error);
+    EXPECT_THROW(cuda::spectral_xb(x.p, 999, 64, b.p, 31, 1000, z.p, {}, nullptr, 0, nullptr), Error);
+    // 64 rows at k = 1000 need k-block scratch
+    EXPECT_THROW(cuda::spectral_xb(x.p, 1000, 64, b.p, 31, 1000, z.p, {}, nullptr, 0, nullptr), Error);
+    EXPECT_THROW(cuda::spectral_zc(z.p, 64, b.p, 10, 31, x.p, 9, nullptr), Error);
+}
+
+#endif
