@@ -905,7 +905,7 @@ TEST(CudaModel, FusedDecodeIsBitIdentical) {
         compare(on, off, str(bf16 ? "synthetic BF16" : "synthetic W4A4", " rank ", rank, " KV", kvb), bf16 ? 1e-5 : 0);
     }
     {  // the spectral branch at prefill (100 rows, varlen): fused layers with z·Cᵀ as its own [n, out] pass
-       // against unfused layers with it in the GEMM epilogue in every call (spectral_zc vs spec_dot)
+       // against unfused layers with it in the GEMM epilogue in every call (spectral_zc_add vs spec_dot)
         CudaSynthetic s;
         s.rank = 7, s.kv_bits = 4, s.seed = 6, s.spectral_fuse_max_rows = 0;
         CudaSynthetic u = s;

@@ -1,6 +1,6 @@
 // The GPU spectral branch (kernels/cuda/spectral.cu) against the CPU engine bit for bit:
-// x·Bᵀ against gemv_f32 (calls of ≤ 16 rows) and gemm_f32 (above), z·Cᵀ against
-// spectral_dot_ref, over awkward shapes, poisoned outputs.
+// x·Bᵀ against gemv_f32 (calls of ≤ 16 rows) and gemm_f32 (above), the ·Cᵀ pass against
+// spectral_dot_ref added in the W4A4 epilogue's order, over awkward shapes, poisoned outputs.
 #ifdef SPECQUANT_HAS_CUDA
 #include <gtest/gtest.h>
 
@@ -95,22 +95,27 @@ TEST(CudaSpectral, XbVarlenShortSequencesTakeTheirOwnOrder) {
     EXPECT_GT(bits_differ(std::vector<float>(one.begin(), one.begin() + 16 * rank), each), 0);
 }
 
-TEST(CudaSpectral, ZcEqualsSpectralDotRef) {
+TEST(CudaSpectral, ZcAddEqualsEpilogueOrder) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 43);
-    for (auto [m, n, rank] : {std::tuple{1, 100, 31}, {33, 6144, 31}, {300, 200, 7}, {17, 129, 32}, {5, 64, 33},
-                              {70, 300, 64}, {3, 1000, 65}, {40, 1, 1}}) {
-        SCOPED_TRACE(str("m=", m, " n=", n, " rank=", rank));
+    for (auto [m, n, rank, with_bias] : {std::tuple{1, 100, 31, true}, {33, 6144, 31, false}, {300, 200, 7, true},
+                                         {17, 129, 32, false}, {5, 64, 33, true}, {70, 300, 64, true},
+                                         {3, 1000, 65, true}, {40, 1, 1, false}}) {
+        SCOPED_TRACE(str("m=", m, " n=", n, " rank=", rank, " bias=", with_bias));
         const std::vector<float> z = gaussian((size_t)m * rank, rng), c = gaussian((size_t)n * rank, rng, 0.05f);
-        const int64_t ld = n + 3;  // a wider destination (the fused layers' spec): columns past n untouched
-        std::vector<float> ref((size_t)m * ld);
-        std::memset(ref.data(), 0xCD, ref.size() * 4);  // DevBuf's poison byte
+        const std::vector<float> bias = gaussian(n, rng, 0.1f);
+        const int64_t ld = n + 3;  // a wider output (a fused layer's part): columns past n untouched
+        const std::vector<float> y0 = gaussian((size_t)m * ld, rng);
+        std::vector<float> ref = y0;
         for (int t = 0; t < m; ++t)
-            for (int j = 0; j < n; ++j)
-                ref[(size_t)t * ld + j] = spectral_dot_ref(&z[(size_t)t * rank], &c[(size_t)j * rank], rank);
-        DevBuf<float> dz(z), dc(c), ds((size_t)m * ld);
-        cuda::spectral_zc(dz.p, m, dc.p, n, rank, ds.p, ld, nullptr);
-        EXPECT_EQ(bits_differ(ds.get(), ref), 0);
+            for (int j = 0; j < n; ++j) {  // the W4A4 epilogue's order: (y + spec) + bias
+                float& v = ref[(size_t)t * ld + j];
+                v = v + spectral_dot_ref(&z[(size_t)t * rank], &c[(size_t)j * rank], rank);
+                if (with_bias) v = v + bias[j];
+            }
+        DevBuf<float> dz(z), dc(c), db(bias), dy(y0);
+        cuda::spectral_zc_add(dz.p, m, dc.p, n, rank, dy.p, ld, with_bias ? db.p : nullptr, nullptr);
+        EXPECT_EQ(bits_differ(dy.get(), ref), 0);
     }
 }
 
@@ -121,7 +126,7 @@ TEST(CudaSpectral, BadArgumentsAreSqErrors) {
     EXPECT_THROW(cuda::spectral_xb(x.p, 999, 64, b.p, 31, 1000, z.p, {}, nullptr, 0, nullptr), Error);
     // 64 rows at k = 1000 need k-block scratch
     EXPECT_THROW(cuda::spectral_xb(x.p, 1000, 64, b.p, 31, 1000, z.p, {}, nullptr, 0, nullptr), Error);
-    EXPECT_THROW(cuda::spectral_zc(z.p, 64, b.p, 10, 31, x.p, 9, nullptr), Error);
+    EXPECT_THROW(cuda::spectral_zc_add(z.p, 64, b.p, 10, 31, x.p, 9, nullptr, nullptr), Error);
 }
 
 #endif

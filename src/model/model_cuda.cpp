@@ -233,7 +233,7 @@ struct ModelCuda::Impl {
     DevBuf<int32_t> a_zero;            // [rows]
     DevBuf<float> acc;                 // [rows, max_out] integer-valued float accumulators
     DevBuf<int32_t> acc_i;             // [rows, max_out] when K is split
-    DevBuf<float> zb, spec;            // [rows, max_rank], [rows, widest spectral layer]
+    DevBuf<float> zb;                  // [rows, max_rank]: the spectral branch's x·Bᵀ
     DevBuf<float> zb_part;             // cuda::spectral_xb's k-block sums (its scratch)
     // Rows of this call that take the CPU's whole-k x·B order (cuda::SpectralXbRows): all in batched decode
     // (each row a CPU call of one token), varlen's rows of sequences of ≤ 16 tokens (xb_short).
@@ -538,28 +538,34 @@ struct ModelCuda::Impl {
             cuda::add_bias(y, nullptr, L.biasp(), n, (int)L.out, stream);
             return;
         }
-        const float* sp = nullptr;
         const bool int8 = L.w8p() != nullptr;
-        // The spectral branch in the CPU engine's bits (cuda::spectral_xb, spectral_zc): z = x·Bᵀ, reused by the
-        // layers that share input and basis; spec = z·Cᵀ fused into the GEMM epilogue (tensor-core path, n ≤
-        // opts.spectral_fuse_max_rows) or as its own [n, out] pass: the same bits either way.
+        // The spectral branch in the CPU engine's bits (cuda::spectral_xb, spectral_zc_add): z = x·Bᵀ, reused by
+        // the layers that share input and basis; ·Cᵀ fused into the GEMM epilogue (tensor-core path, n ≤
+        // opts.spectral_fuse_max_rows) or added (with the bias) to the GEMM's output by its own pass: the same
+        // bits either way.
         const bool fuse = int8 && L.rank > 0 && n <= opts.spectral_fuse_max_rows;
+        const bool after = L.rank > 0 && !fuse;  // spectral_zc_add adds the branch and the bias after the GEMM
+        const float* bias = after ? nullptr : L.biasp();
         if (L.rank > 0) {
-            const ProfScope ps = prof(fuse ? "spectral x·B" : "spectral");
+            const ProfScope ps = prof("spectral x·B");
             if (!(same_input && zb_src == xin && zb_basis == L.basis() && zb_n == n)) {
                 cuda::spectral_xb(xin, L.in, n, L.basis(), (int)L.rank, (int)L.in, zb.get(), xb_rows, zb_part.get(),
                                   zb_part.size(), stream);
                 zb_src = xin, zb_basis = L.basis(), zb_n = n;
             }
-            if (!fuse) {
-                cuda::spectral_zc(zb.get(), n, L.coefp(), (int)L.out, (int)L.rank, spec.get(), L.out, stream);
-                sp = spec.get();
-            }
         }
+        const auto branch_after = [&] {
+            if (!after) return;
+            const ProfScope ps = prof("spectral ·Cᵀ");
+            cuda::spectral_zc_add(zb.get(), n, L.coefp(), (int)L.out, (int)L.rank, y, L.out, L.biasp(), stream);
+        };
         if (L.kind == LinKind::w4a16) {
-            const ProfScope ps = prof("gemm w4a16");
-            gemm_xwt(xin, gm, L.w.get(), L.out, L.in, y);
-            cuda::add_bias(y, sp, L.biasp(), n, (int)L.out, stream);
+            {
+                const ProfScope ps = prof("gemm w4a16");
+                gemm_xwt(xin, gm, L.w.get(), L.out, L.in, y);
+                cuda::add_bias(y, nullptr, bias, n, (int)L.out, stream);
+            }
+            branch_after();
             return;
         }
         if (!(same_input && quant_src == xin && quant_n == n && quant_bits == L.a_bits && quant_clip == L.a_clip)) {
@@ -569,29 +575,35 @@ struct ModelCuda::Impl {
             quant_src = xin, quant_n = n, quant_bits = L.a_bits, quant_clip = L.a_clip;
         }
         if (int8) {  // exact int32 accumulators on the tensor cores, the same epilogue fused
-            const ProfScope ps = prof(n <= 16 ? "gemm w4a4 (gemv)" : "gemm w4a4");
-            cuda::W4GemmArgs a;
-            a.q = q8.get(), a.m = n, a.k = (int)L.in, a.n = (int)L.out, a.w = L.w8p();
-            a.act_scale = a_scale.get(), a.act_zero = a_zero.get(), a.w_scale = L.scalep();
-            a.w_rowsum = L.rowsump(), a.spec = sp, a.bias = L.biasp(), a.y = y;
-            if (fuse) a.spec_z = zb.get(), a.spec_c = L.coefp(), a.spec_rank = L.rank;
-            cuda::w4a4_gemm(a, stream);
+            {
+                const ProfScope ps = prof(n <= 16 ? "gemm w4a4 (gemv)" : "gemm w4a4");
+                cuda::W4GemmArgs a;
+                a.q = q8.get(), a.m = n, a.k = (int)L.in, a.n = (int)L.out, a.w = L.w8p();
+                a.act_scale = a_scale.get(), a.act_zero = a_zero.get(), a.w_scale = L.scalep();
+                a.w_rowsum = L.rowsump(), a.bias = bias, a.y = y;
+                if (fuse) a.spec_z = zb.get(), a.spec_c = L.coefp(), a.spec_rank = L.rank;
+                cuda::w4a4_gemm(a, stream);
+            }
+            branch_after();
             return;
         }
-        const ProfScope ps = prof("gemm w4a4 f32 codes");
-        if (L.k_chunk >= L.in) {
-            gemm_xwt(qf.get(), gm, L.w.get(), L.out, L.in, acc.get());
-            cuda::w4a4_epilogue(acc.get(), nullptr, n, (int)L.out, a_scale.get(), a_zero.get(), L.scalep(),
-                                L.rowsump(), sp, L.biasp(), y, stream);
-            return;
+        {
+            const ProfScope ps = prof("gemm w4a4 f32 codes");
+            if (L.k_chunk >= L.in) {
+                gemm_xwt(qf.get(), gm, L.w.get(), L.out, L.in, acc.get());
+                cuda::w4a4_epilogue(acc.get(), nullptr, n, (int)L.out, a_scale.get(), a_zero.get(), L.scalep(),
+                                    L.rowsump(), nullptr, bias, y, stream);
+            } else {
+                for (int64_t k0 = 0; k0 < L.in; k0 += L.k_chunk) {  // each chunk's float sums are exact integers
+                    const int64_t kcols = std::min(L.k_chunk, L.in - k0);
+                    gemm_xwt(qf.get() + k0, gm, L.w.get() + k0, L.out, kcols, acc.get(), L.in, L.in);
+                    cuda::acc_add_i32(acc.get(), (int64_t)n * L.out, k0 == 0, acc_i.get(), stream);
+                }
+                cuda::w4a4_epilogue(nullptr, acc_i.get(), n, (int)L.out, a_scale.get(), a_zero.get(), L.scalep(),
+                                    L.rowsump(), nullptr, bias, y, stream);
+            }
         }
-        for (int64_t k0 = 0; k0 < L.in; k0 += L.k_chunk) {  // each chunk's float sums are exact integers
-            const int64_t kcols = std::min(L.k_chunk, L.in - k0);
-            gemm_xwt(qf.get() + k0, gm, L.w.get() + k0, L.out, kcols, acc.get(), L.in, L.in);
-            cuda::acc_add_i32(acc.get(), (int64_t)n * L.out, k0 == 0, acc_i.get(), stream);
-        }
-        cuda::w4a4_epilogue(nullptr, acc_i.get(), n, (int)L.out, a_scale.get(), a_zero.get(), L.scalep(),
-                            L.rowsump(), sp, L.biasp(), y, stream);
+        branch_after();
     }
 
     // All layers for n tokens at pos; leaves the final-normed hidden states in x.
@@ -663,7 +675,7 @@ struct ModelCuda::Impl {
     // cache filled from row 0, or (batch) token t at positions[t] with its K/V
     // at cache row dec_rows[t].
     // A fused layer (qkv, gu) runs for this call whenever it exists: its spectral branch (if any) gives
-    // every output the bits of its part alone (spectral_zc / spec_dot: one order per element).
+    // every output the bits of its part alone (spectral_zc_add / spec_dot: one order per element).
     bool fused_runs(const DLinear& F, int) const { return F.out != 0; }
     // The layer that reads x first in layer l (its q projection, fused or not).
     const DLinear* first_linear(int l, int n) const {
@@ -987,19 +999,16 @@ struct ModelCuda::Impl {
         a_scale.alloc(C, "activation scales", &bytes);
         a_zero.alloc(C, "activation zero points", &bytes);
         if (max_rank > 0) {
-            size_t spec_elems = acc_elems, part_elems = 0;  // a fused layer's spec is its whole width
-            auto widest = [&](const DLinear& F) {
-                if (F.rank == 0) return;
-                spec_elems = std::max(spec_elems, C * (size_t)F.out);
-                part_elems = std::max(part_elems, cuda::spectral_xb_scratch((int)C, (int)F.rank, (int)F.in));
+            size_t part_elems = 0;  // x·B's k-block sums (fused layers: their parts' in and rank)
+            auto need = [&](const DLinear& F) {
+                if (F.rank > 0) part_elems = std::max(part_elems, cuda::spectral_xb_scratch((int)C, (int)F.rank, (int)F.in));
             };
             for (const DLayer& L : layers)
-                for (const DLinear* F : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down, &L.qkv, &L.gu}) widest(*F);
-            widest(lm_head);
+                for (const DLinear* F : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) need(*F);
+            need(lm_head);
             zb.alloc(C * max_rank, "spectral branch", &bytes);
             if (part_elems) zb_part.alloc(part_elems, "spectral branch k-block sums", &bytes);
             xb_short.alloc(C, "spectral branch short rows", &bytes);
-            spec.alloc(spec_elems, "spectral branch output", &bytes);
         }
         logits.alloc(lm_rows * c.vocab, "logits", &bytes);
         tokens.alloc(C, "tokens", &bytes);

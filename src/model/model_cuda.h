@@ -33,9 +33,9 @@ struct ModelCudaOptions {
     // the quantized model. Env: SQ_CUDA_LINEARS=bf16.
     bool bf16 = false;
     // Spectral branch (x·Bᵀ)·Cᵀ of W4A4 layers, always in the CPU engine's bits (cuda::spectral_xb,
-    // spectral_zc: x·B reused across layers with the same input and basis). Where ·Cᵀ runs, a speed
+    // spectral_zc_add: x·B reused across layers with the same input and basis). Where ·Cᵀ runs, a speed
     // choice only: fused into the tensor-core GEMM epilogue (spec_dot, the same order) for calls of
-    // at most spectral_fuse_max_rows rows, else its own [n, out] pass read by the epilogue.
+    // at most spectral_fuse_max_rows rows, else its own pass over the GEMM's [n, out] output.
     // 0 = never, 64 = the GEMV calls only, i.e. decode, INT_MAX = always.
     // Env: SQ_CUDA_SPECTRAL=separate|auto|fused.
     int spectral_fuse_max_rows = 64;

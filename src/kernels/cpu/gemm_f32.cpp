@@ -130,14 +130,6 @@ const TileFn tile_table_gemv[kMR][kNR] = {
     {tile<3, 1, true>, tile<3, 2, true>, tile<3, 3, true>, tile<3, 4, true>},
 };
 
-// k-blocks of equal size (multiple of 8) not above kc_max, so every element
-// sees the same block boundaries whatever m and the thread count are.
-int64_t pick_kc(int64_t k, int64_t kc_max) {
-    const int64_t nb = std::max<int64_t>(1, (k + kc_max - 1) / kc_max);
-    const int64_t kc = (k + nb - 1) / nb;
-    return (kc + 7) / 8 * 8;
-}
-
 // One task of gemm_f32: rows [i0, i1) of x against rows [j0, j1) of W.
 // Loop order (outer→inner): k-block, W strip of 4 rows (stays in L1 while
 // the 3-row x strips of the mc block stream from L2), x strip. While one W
@@ -240,7 +232,7 @@ void gemm_f32(const float* x, int64_t m, const PackedF32& w, float* y, const Gem
         gemm_f32_ref(x, m, wd, n, k, y);
         return;
     }
-    const int64_t kc = pick_kc(k, b.kc_max);
+    const int64_t kc = gemm_f32_kc(k, b.kc_max);
     // Equal-sized blocks not above mc × nc (multiples of the 3×4 tile), so no
     // short task is left for one thread at the end: with n = 576, nc = 128
     // gave 4.5 W blocks per x block and cost ~10% on 2 threads.

@@ -46,6 +46,15 @@ struct GemmF32Blocking {
     int64_t nc = 128;      // W rows per task (multiple of 4): the unit of work per thread
 };
 
+// gemm_f32's k-block for a given k: blocks of equal size (a multiple of 8) not above kc_max,
+// so every element sees the same block boundaries whatever m and the thread count are (the
+// last block may be shorter). The GPU's spectral x·B follows it (kernels/cuda/spectral.cu).
+inline int64_t gemm_f32_kc(int64_t k, int64_t kc_max = GemmF32Blocking{}.kc_max) {
+    const int64_t nb = k > kc_max ? (k + kc_max - 1) / kc_max : 1;
+    const int64_t kc = (k + nb - 1) / nb;
+    return (kc + 7) / 8 * 8;
+}
+
 // Cache-blocked GEMM for prefill (m large). Any m >= 0; x [m, k], y [m, n]
 // row-major, y overwritten. Threads: tasks of (mc rows of x) × (nc rows of W).
 void gemm_f32(const float* x, int64_t m, const PackedF32& w, float* y);

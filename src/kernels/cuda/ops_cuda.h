@@ -235,9 +235,12 @@ struct SpectralXbRows {
 size_t spectral_xb_scratch(int m, int rank, int k);
 void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, int k, float* z,
                  const SpectralXbRows& whole, float* scratch, size_t scratch_elems, cudaStream_t s);
-// spec [m, n] (row stride ld) = z [m, rank] · c [n, rank]ᵀ, each output spectral_dot_ref(z_t, c_j, rank)
-// bit for bit (the fused GEMM epilogues' spec_dot).
-void spectral_zc(const float* z, int m, const float* c, int n, int rank, float* spec, int64_t ld, cudaStream_t s);
+// The branch added to a layer's output y [m, n] (row stride ld) after its GEMM (run without spec and bias):
+// y[t, j] = (y[t, j] + spectral_dot_ref(z_t, c_j, rank)) + bias[j] (bias may be null), z [m, rank],
+// c [n, rank]: the W4A4 epilogue's order, bit for bit what the GEMM with spec (or the fused GEMM
+// epilogues' spec_dot) gives.
+void spectral_zc_add(const float* z, int m, const float* c, int n, int rank, float* y, int64_t ld, const float* bias,
+                     cudaStream_t s);
 
 // ---- Q8_0 lm_head of decode steps (q8_gemv.cu, decode v6) ----
 // Device layout of a Q8_0 matrix [n, k] (kernels/q8_format.h): codes int8 [n][k] and fp16 scale

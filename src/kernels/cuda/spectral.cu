@@ -14,9 +14,13 @@
 //   - xb_tiles (prefill): 16 rows × 32 basis rows per block of 4 warps, k staged through
 //     shared memory in tiles of 64, each thread 4 rows × 8 lanes in registers; one grid
 //     column per k-block, whose sums a second kernel adds in block order.
-// z·Cᵀ (zc_kernel): spec_dot (spectral_dot_ref's order) per output, C's rows in registers.
+// z·Cᵀ (zc_kernel): spec_dot (spectral_dot_ref's order) per output, C's rows in registers, added
+// to the layer's output after its GEMM (y = (y + spec) + bias: the epilogue's order, so the GEMM
+// itself runs without the branch; reading spec [m, n] in the persistent GEMM's epilogue warps
+// doubled its time, docs/kernels-cuda-notes.md).
 #include <algorithm>
 
+#include "kernels/cpu/gemm_f32.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/pdl.cuh"
@@ -26,15 +30,8 @@ namespace sq::cuda {
 
 namespace {
 
-// gemm_f32's k-block (kernels/cpu/gemm_f32.cpp pick_kc with its default kc_max 576).
-constexpr int kCpuKcMax = 576;
-constexpr int kCpuGemvMaxRows = 16;  // gemv_f32_max_m: calls of ≤ 16 rows take whole-k rows
-
-int pick_kc(int k) {
-    const int nb = std::max(1, (k + kCpuKcMax - 1) / kCpuKcMax);
-    const int kc = (k + nb - 1) / nb;
-    return (kc + 7) / 8 * 8;
-}
+constexpr int kCpuGemvMaxRows = (int)gemv_f32_max_m;  // calls of ≤ 16 rows take whole-k rows
+int pick_kc(int k) { return (int)gemm_f32_kc(k); }    // gemm_f32's k-block, default blocking
 
 // ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), hsum4_ps's order
 __device__ __forceinline__ float lane_sum(const float* a) {
@@ -146,13 +143,14 @@ __global__ void xb_blocks_sum_kernel(const float* __restrict__ part, int64_t cou
     z[i] = y;
 }
 
-// spec[t, j] = spec_dot(z[t, :], c[j, :], rank): block 256 threads = 64 column pairs (j, j + 64)
+// y[t, j] = (y[t, j] + spec_dot(z[t, :], c[j, :], rank)) + bias[j]: block 256 threads = 64 column pairs (j, j + 64)
 // × 4 row groups of 8 rows t; the two C rows in registers (rank ≤ R), z rows from shared memory
 // (float4 broadcasts).
 constexpr int kZcCols = 128, kZcRows = 32;
 template <int R>
 __global__ void __launch_bounds__(256) zc_kernel(const float* __restrict__ z, int m, const float* __restrict__ c, int n,
-                                                 int rank, float* __restrict__ spec, int64_t ld) {
+                                                 int rank, float* __restrict__ y, int64_t ld,
+                                                 const float* __restrict__ bias) {
     __shared__ __align__(16) float zs[kZcRows][R];
     pdl_wait();
     pdl_trigger();
@@ -169,6 +167,7 @@ __global__ void __launch_bounds__(256) zc_kernel(const float* __restrict__ z, in
         ca[q] = ja < n && q < rank ? c[(int64_t)ja * rank + q] : 0.0f;
         cb[q] = jb < n && q < rank ? c[(int64_t)jb * rank + q] : 0.0f;
     }
+    const float ba = bias && ja < n ? bias[ja] : 0.0f, bb = bias && jb < n ? bias[jb] : 0.0f;
     __syncthreads();
     if (ja >= n) return;
     for (int i = 0; i < kZcRows / 4; ++i) {
@@ -185,20 +184,26 @@ __global__ void __launch_bounds__(256) zc_kernel(const float* __restrict__ z, in
                 if (q < rank) la[q & 7] = __fmaf_rn(zq[e], ca[q], la[q & 7]), lb[q & 7] = __fmaf_rn(zq[e], cb[q], lb[q & 7]);
             }
         }
-        spec[(int64_t)t * ld + ja] = lane_sum(la);
-        if (jb < n) spec[(int64_t)t * ld + jb] = lane_sum(lb);
+        float* yr = y + (int64_t)t * ld;
+        const float ya = yr[ja], yb = jb < n ? yr[jb] : 0.0f;
+        float va = __fadd_rn(ya, lane_sum(la)), vb = __fadd_rn(yb, lane_sum(lb));
+        if (bias) va = __fadd_rn(va, ba), vb = __fadd_rn(vb, bb);
+        yr[ja] = va;
+        if (jb < n) yr[jb] = vb;
     }
 }
 
 // Larger ranks: spec_dot straight from global memory, one output per thread.
 __global__ void zc_plain_kernel(const float* __restrict__ z, int m, const float* __restrict__ c, int n, int rank,
-                                float* __restrict__ spec, int64_t ld) {
+                                float* __restrict__ y, int64_t ld, const float* __restrict__ bias) {
     pdl_wait();
     pdl_trigger();
     const int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (o >= (int64_t)m * n) return;
     const int t = (int)(o / n), j = (int)(o % n);
-    spec[(int64_t)t * ld + j] = spec_dot(z + (int64_t)t * rank, c + (int64_t)j * rank, rank);
+    float v = __fadd_rn(y[(int64_t)t * ld + j], spec_dot(z + (int64_t)t * rank, c + (int64_t)j * rank, rank));
+    if (bias) v = __fadd_rn(v, bias[j]);
+    y[(int64_t)t * ld + j] = v;
 }
 
 unsigned blocks_of(int64_t count, int threads) { return (unsigned)((count + threads - 1) / threads); }
@@ -239,17 +244,18 @@ void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, 
                    dim3(kLaneThreads), 0, s, x, ldx, whole.n_rows, whole.rows, bt, rank, k, k, z);
 }
 
-void spectral_zc(const float* z, int m, const float* c, int n, int rank, float* spec, int64_t ld, cudaStream_t s) {
-    SQ_CHECK(m >= 0 && n >= 0 && rank >= 1 && ld >= n, "spectral_zc: bad shape m=", m, " n=", n, " rank=", rank);
+void spectral_zc_add(const float* z, int m, const float* c, int n, int rank, float* y, int64_t ld, const float* bias,
+                     cudaStream_t s) {
+    SQ_CHECK(m >= 0 && n >= 0 && rank >= 1 && ld >= n, "spectral_zc_add: bad shape m=", m, " n=", n, " rank=", rank);
     if (m == 0 || n == 0) return;
     const dim3 grid((unsigned)((n + kZcCols - 1) / kZcCols), (unsigned)((m + kZcRows - 1) / kZcRows));
     if (rank <= 32)
-        launch_pdl("spectral_zc", zc_kernel<32>, grid, dim3(256), 0, s, z, m, c, n, rank, spec, ld);
+        launch_pdl("spectral_zc", zc_kernel<32>, grid, dim3(256), 0, s, z, m, c, n, rank, y, ld, bias);
     else if (rank <= 64)
-        launch_pdl("spectral_zc", zc_kernel<64>, grid, dim3(256), 0, s, z, m, c, n, rank, spec, ld);
+        launch_pdl("spectral_zc", zc_kernel<64>, grid, dim3(256), 0, s, z, m, c, n, rank, y, ld, bias);
     else
         launch_pdl("spectral_zc_plain", zc_plain_kernel, dim3(blocks_of((int64_t)m * n, 256)), dim3(256), 0, s, z, m,
-                   c, n, rank, spec, ld);
+                   c, n, rank, y, ld, bias);
 }
 
 }  // namespace sq::cuda
