@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 6 on the lent H100, everything of main in two back-to-back device calls:
-#   call 1: every CUDA test, compute-sanitizer (memcheck + racecheck) on the flash attention tests,
+#   call 1: every CUDA test, compute-sanitizer (memcheck on the spectral branch's tests, racecheck on
+#           two flash attention tests),
 #           `specquant bench --device cuda` (LLaMA-3-8B shape, k̄ 16, KV4; 16- and 8-bit lm_head),
 #           the GEMM micro-benchmarks (bench_cuda_gemm --quick);
 #   call 2: the default model (GGUF, carried in two parts) quantized on the device with the same
@@ -97,8 +98,9 @@ tests)
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee -a "$OUT/summary.txt"
     step tests_cuda 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
     grep -E '^\[  FAILED|^\[  PASSED|Failure|Expected|Which is|^\[cuda\] varlen' "$OUT/tests_cuda.log" | head -40
-    step memcheck_flash 150 compute-sanitizer --tool memcheck --error-exitcode 9 $T --gtest_filter='CudaFlash.*'
-    tail -n 2 "$OUT/memcheck_flash.log"
+    step memcheck_spectral 150 compute-sanitizer --tool memcheck --error-exitcode 9 $T \
+        --gtest_filter='CudaSpectral.*:CudaModel.FusedDecodeIsBitIdentical:CudaModel.HandQuantizedW4A4MatchesCpu'
+    tail -n 2 "$OUT/memcheck_spectral.log"
     # racecheck on all of CudaFlash.* does not finish in 200 s (session 8): the two small ones
     step racecheck_flash 120 compute-sanitizer --tool racecheck --error-exitcode 9 $T \
         --gtest_filter='CudaFlash.DevicePositionEqualsHostPosition:CudaFlash.VarlenMatchesReferenceAndSingleSequences'
@@ -106,11 +108,8 @@ tests)
     B="bench --device cuda --shape llama3-8b --rank 31 --kv-bits 4"
     step bench 150 $SQ $B --json $OUT/bench.json
     step bench_lm8 150 $SQ $B --lm-head-bits 8 --batches 1 --prefill-lens 2048 --json $OUT/bench_lm8.json
-    # the spectral branch in fused layers at prefill (ModelCudaOptions::spectral_parts), against `bench` above
-    step bench_parts 150 env SQ_CUDA_SPECTRAL_PARTS=1 $SQ $B --batches 1 --prefill-lens 256 2048 --json $OUT/bench_parts.json
     grep -v '^\s*$' "$OUT/bench.log" | tail -40
     grep -v '^\s*$' "$OUT/bench_lm8.log" | tail -12
-    grep -E '^\| prefill|^w4a4\+spec.* prefill 2048' "$OUT/bench_parts.log"
     step gemm_quick 120 $G --quick
     tail -n 30 "$OUT/gemm_quick.log"
     bundle_out call_tests

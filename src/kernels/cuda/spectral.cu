@@ -9,8 +9,8 @@
 // lanes as fma(0, 0, acc)), the lanes summed ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)),
 // and the block sums added to the running output in block order (s + y). Both kernels below
 // compute exactly that:
-//   - xb_lanes (few rows, decode): 8 threads per output, one per lane, which meet by
-//     shuffles in the hadd order;
+//   - xb_row (few rows, decode): one block per output, x[t] and Bᵀ[r] staged in shared
+//     memory, 8 threads for the 8 lanes, which meet by shuffles in the hadd order;
 //   - xb_tiles (prefill): 16 rows × 32 basis rows per block of 4 warps, k staged through
 //     shared memory in tiles of 64, each thread 4 rows × 8 lanes in registers; one grid
 //     column per k-block, whose sums a second kernel adds in block order.
@@ -39,41 +39,43 @@ __device__ __forceinline__ float lane_sum(const float* a) {
                      __fadd_rn(__fadd_rn(a[4], a[5]), __fadd_rn(a[6], a[7])));
 }
 
-// 8 threads per output (t, r), thread l the fma lane l of every k-block. Rows: all m rows
-// (rows null) or rows[i] for i < m. kc: the k-block (k for whole rows).
-constexpr int kLaneThreads = 256;
-__global__ void __launch_bounds__(kLaneThreads) xb_lanes_kernel(const float* __restrict__ x, int64_t ldx, int m,
-                                                                const int* __restrict__ rows,
-                                                                const float* __restrict__ bt, int rank, int k, int kc,
-                                                                float* __restrict__ z) {
+// One block per output (t, r) in gemv_f32's whole-k order: the block stages x[t] and Bᵀ[r] through
+// shared memory in chunks of kRowChunk (a multiple of 8: a chunk holds whole 8-lane groups), and
+// threads 0..7 run the 8 fma lanes over it (the loads are off the dependent chain), then meet by
+// shuffles in the hadd order. Rows: all m rows (rows null) or rows[i] for i < m. Decode work is a
+// few hundred outputs; one block each spreads the reads of Bᵀ over the SMs.
+constexpr int kRowThreads = 128, kRowChunk = 6144;  // 2 × 24 KB of shared memory
+__global__ void __launch_bounds__(kRowThreads) xb_row_kernel(const float* __restrict__ x, int64_t ldx,
+                                                             const int* __restrict__ rows,
+                                                             const float* __restrict__ bt, int rank, int k,
+                                                             float* __restrict__ z) {
+    __shared__ float xs[kRowChunk], bs[kRowChunk];
+    const int i = blockIdx.x / rank, r = blockIdx.x % rank, tid = threadIdx.x;
     pdl_wait();
     pdl_trigger();
-    const int64_t g = (int64_t)blockIdx.x * kLaneThreads + threadIdx.x;
-    const int l = threadIdx.x & 7;
-    const int64_t o = g >> 3;
-    const bool live = o < (int64_t)m * rank;  // the whole 8-thread group is live or not
-    const int i = live ? (int)(o / rank) : 0, r = live ? (int)(o % rank) : 0;
     const int t = rows ? rows[i] : i;
     const float* xr = x + (int64_t)t * ldx;
     const float* br = bt + (int64_t)r * k;
-    float y = 0.0f;
-    for (int p0 = 0; p0 < k; p0 += kc) {
-        const int kb = min(kc, k - p0), groups = (kb + 7) >> 3;
-        float a = 0.0f;
-        if (live)
+    float a = 0.0f;  // thread l < 8: fma lane l
+    for (int c0 = 0; c0 < k; c0 += kRowChunk) {
+        const int len = min(kRowChunk, k - c0), len8 = (len + 7) & ~7;
 #pragma unroll 4
-            for (int q = 0; q < groups; ++q) {
-                const int p = q * 8 + l;
-                const float xv = p < kb ? xr[p0 + p] : 0.0f, wv = p < kb ? br[p0 + p] : 0.0f;
-                a = __fmaf_rn(xv, wv, a);
-            }
-        // lanes of one output are threads 8j..8j+7 of a warp: (l0+l1), then (..)+(..), then halves
-        const float s1 = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 1));
-        const float s2 = __fadd_rn(s1, __shfl_xor_sync(0xffffffffu, s1, 2));
-        const float s3 = __fadd_rn(s2, __shfl_xor_sync(0xffffffffu, s2, 4));
-        y = p0 == 0 ? s3 : __fadd_rn(s3, y);
+        for (int e = tid; e < len8; e += kRowThreads) {
+            xs[e] = e < len ? xr[c0 + e] : 0.0f;  // past k: the masked lanes' fma(0, 0, acc)
+            bs[e] = e < len ? br[c0 + e] : 0.0f;
+        }
+        __syncthreads();
+        if (tid < 8)
+#pragma unroll 8
+            for (int p = tid; p < len8; p += 8) a = __fmaf_rn(xs[p], bs[p], a);
+        __syncthreads();
     }
-    if (live && l == 0) z[(int64_t)t * rank + r] = y;
+    if (tid >= 32) return;
+    // lanes 0..7: (l0+l1), then (..)+(..), then the halves (lanes 8..31 carry zeros along)
+    const float s1 = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 1));
+    const float s2 = __fadd_rn(s1, __shfl_xor_sync(0xffffffffu, s1, 2));
+    const float s3 = __fadd_rn(s2, __shfl_xor_sync(0xffffffffu, s2, 4));
+    if (tid == 0) z[(int64_t)t * rank + r] = s3;
 }
 
 // Block: 4 warps × 4 rows = 16 rows of x, lane = basis row r0 + lane; grid (row tiles, k-blocks,
@@ -211,7 +213,7 @@ unsigned blocks_of(int64_t count, int threads) { return (unsigned)((count + thre
 }  // namespace
 
 size_t spectral_xb_scratch(int m, int rank, int k) {
-    if (m <= kCpuGemvMaxRows || k <= 0) return 0;
+    if (m <= kCpuGemvMaxRows || k <= 0) return 0;  // (whole.all calls need none either)
     const int nb = (k + pick_kc(k) - 1) / pick_kc(k);
     return nb > 1 ? (size_t)nb * (size_t)m * (size_t)rank : 0;
 }
@@ -221,13 +223,14 @@ void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, 
     SQ_CHECK(m >= 0 && rank >= 1 && k >= 1 && ldx >= k, "spectral_xb: bad shape m=", m, " rank=", rank, " k=", k,
              " ldx=", ldx);
     if (m == 0) return;
-    if (m <= kCpuGemvMaxRows || whole.all) {  // gemv_f32's order: one k-block
-        launch_pdl("spectral_xb_lanes", xb_lanes_kernel, dim3(blocks_of((int64_t)m * rank * 8, kLaneThreads)),
-                   dim3(kLaneThreads), 0, s, x, ldx, m, (const int*)nullptr, bt, rank, k, k, z);
+    const int kc = pick_kc(k), nb = (k + kc - 1) / kc;  // gemm_f32's k-blocks (one: the orders agree)
+    const bool all_whole = m <= kCpuGemvMaxRows || whole.all;
+    if (all_whole && (nb > 1 || m <= kCpuGemvMaxRows)) {  // gemv_f32's order, one block per output
+        launch_pdl("spectral_xb_rows", xb_row_kernel, dim3((unsigned)((int64_t)m * rank)), dim3(kRowThreads), 0, s, x,
+                   ldx, (const int*)nullptr, bt, rank, k, z);
         return;
     }
-    const int kc = pick_kc(k), nb = (k + kc - 1) / kc;
-    const size_t need = spectral_xb_scratch(m, rank, k);
+    const size_t need = nb > 1 ? spectral_xb_scratch(m, rank, k) : 0;
     SQ_CHECK(scratch_elems >= need, "spectral_xb: scratch of ", scratch_elems, " floats < ", need);
     float* out = nb > 1 ? scratch : z;
     const dim3 grid((unsigned)((m + kTileRows - 1) / kTileRows), (unsigned)nb, (unsigned)((rank + 31) / 32));
@@ -237,11 +240,11 @@ void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, 
         const int64_t count = (int64_t)m * rank;
         launch_pdl("spectral_xb_sum", xb_blocks_sum_kernel, dim3(blocks_of(count, 256)), dim3(256), 0, s,
                    (const float*)scratch, count, nb, z);
+        // rows of short sequences in a varlen call: gemv's whole-k order, over what the tiles wrote
+        if (whole.n_rows > 0)
+            launch_pdl("spectral_xb_rows", xb_row_kernel, dim3((unsigned)((int64_t)whole.n_rows * rank)),
+                       dim3(kRowThreads), 0, s, x, ldx, whole.rows, bt, rank, k, z);
     }
-    // rows of short sequences in a varlen call: gemv's whole-k order, over what the tiles wrote
-    if (whole.n_rows > 0)
-        launch_pdl("spectral_xb_lanes", xb_lanes_kernel, dim3(blocks_of((int64_t)whole.n_rows * rank * 8, kLaneThreads)),
-                   dim3(kLaneThreads), 0, s, x, ldx, whole.n_rows, whole.rows, bt, rank, k, k, z);
 }
 
 void spectral_zc_add(const float* z, int m, const float* c, int n, int rank, float* y, int64_t ld, const float* bias,
