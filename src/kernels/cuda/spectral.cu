@@ -39,30 +39,47 @@ __device__ __forceinline__ float lane_sum(const float* a) {
                      __fadd_rn(__fadd_rn(a[4], a[5]), __fadd_rn(a[6], a[7])));
 }
 
+// 4 consecutive elements p..p+3 of a row, zeros from `len` on; one 16-byte load when `vec` (the
+// row and p 16-byte aligned) and all four are in range.
+__device__ __forceinline__ float4 load4(const float* __restrict__ row, int p, int len, bool vec) {
+    if (vec && p + 3 < len) return *reinterpret_cast<const float4*>(row + p);
+    return make_float4(p < len ? row[p] : 0.0f, p + 1 < len ? row[p + 1] : 0.0f, p + 2 < len ? row[p + 2] : 0.0f,
+                       p + 3 < len ? row[p + 3] : 0.0f);
+}
+
 // One block per output (t, r) in gemv_f32's whole-k order: the block stages x[t] and Bᵀ[r] through
-// shared memory in chunks of kRowChunk (a multiple of 8: a chunk holds whole 8-lane groups), and
-// threads 0..7 run the 8 fma lanes over it (the loads are off the dependent chain), then meet by
-// shuffles in the hadd order. Rows: all m rows (rows null) or rows[i] for i < m. Decode work is a
-// few hundred outputs; one block each spreads the reads of Bᵀ over the SMs.
-constexpr int kRowThreads = 128, kRowChunk = 6144;  // 2 × 24 KB of shared memory
+// shared memory in chunks of kRowChunk (a multiple of 8: a chunk holds whole 8-lane groups; all of
+// a chunk's loads in flight at once), and threads 0..7 run the 8 fma lanes over it (the loads are
+// off the dependent chain), then meet by shuffles in the hadd order. Rows: all m rows (rows null)
+// or rows[i] for i < m. Decode work is a few hundred outputs; one block each spreads the reads of
+// Bᵀ over the SMs.
+constexpr int kRowThreads = 256, kRowChunk = 4096;  // 2 × 16 KB of shared memory, 4 float4 per thread
 __global__ void __launch_bounds__(kRowThreads) xb_row_kernel(const float* __restrict__ x, int64_t ldx,
                                                              const int* __restrict__ rows,
                                                              const float* __restrict__ bt, int rank, int k,
                                                              float* __restrict__ z) {
-    __shared__ float xs[kRowChunk], bs[kRowChunk];
+    __shared__ __align__(16) float xs[kRowChunk], bs[kRowChunk];
     const int i = blockIdx.x / rank, r = blockIdx.x % rank, tid = threadIdx.x;
     pdl_wait();
     pdl_trigger();
     const int t = rows ? rows[i] : i;
     const float* xr = x + (int64_t)t * ldx;
     const float* br = bt + (int64_t)r * k;
+    const bool vec = ((ldx | k) & 3) == 0 && (((uintptr_t)x | (uintptr_t)bt) & 15) == 0;
     float a = 0.0f;  // thread l < 8: fma lane l
     for (int c0 = 0; c0 < k; c0 += kRowChunk) {
         const int len = min(kRowChunk, k - c0), len8 = (len + 7) & ~7;
-#pragma unroll 4
-        for (int e = tid; e < len8; e += kRowThreads) {
-            xs[e] = e < len ? xr[c0 + e] : 0.0f;  // past k: the masked lanes' fma(0, 0, acc)
-            bs[e] = e < len ? br[c0 + e] : 0.0f;
+        float4 xv[kRowChunk / 4 / kRowThreads], bv[kRowChunk / 4 / kRowThreads];
+#pragma unroll
+        for (int u = 0; u < kRowChunk / 4 / kRowThreads; ++u) {  // past k: the masked lanes' fma(0, 0, acc)
+            const int e = (u * kRowThreads + tid) * 4;
+            xv[u] = load4(xr + c0, e, len, vec), bv[u] = load4(br + c0, e, len, vec);
+        }
+#pragma unroll
+        for (int u = 0; u < kRowChunk / 4 / kRowThreads; ++u) {
+            const int e = (u * kRowThreads + tid) * 4;
+            *reinterpret_cast<float4*>(&xs[e]) = xv[u];
+            *reinterpret_cast<float4*>(&bs[e]) = bv[u];
         }
         __syncthreads();
         if (tid < 8)
@@ -80,41 +97,61 @@ __global__ void __launch_bounds__(kRowThreads) xb_row_kernel(const float* __rest
 
 // Block: 4 warps × 4 rows = 16 rows of x, lane = basis row r0 + lane; grid (row tiles, k-blocks,
 // basis-row tiles of 32). Each block computes its k-block's sum and writes it to part[b][t][r]
-// (or, with one k-block, to z directly).
+// (or, with one k-block, to z directly). k tiles of 64 through two shared-memory buffers, the next
+// tile's loads in registers while this one is computed (one barrier per tile).
 constexpr int kTileRows = 16, kTileRowsPerWarp = 4, kTileK = 64, kTileLd = kTileK + 4;
+constexpr int kTileX4 = kTileRows * kTileK / 4 / 128, kTileB4 = 32 * kTileK / 4 / 128;  // float4 per thread
 __global__ void __launch_bounds__(128) xb_tiles_kernel(const float* __restrict__ x, int64_t ldx, int m,
                                                        const float* __restrict__ bt, int rank, int k, int kc,
                                                        float* __restrict__ out, int64_t out_block_stride) {
-    __shared__ __align__(16) float xs[kTileRows][kTileLd];
-    __shared__ __align__(16) float bs[32][kTileLd];
+    __shared__ __align__(16) float xs[2][kTileRows][kTileLd];
+    __shared__ __align__(16) float bs[2][32][kTileLd];
     pdl_wait();
     pdl_trigger();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int t0 = blockIdx.x * kTileRows, b = blockIdx.y, r0 = blockIdx.z * 32;
     const int p0 = b * kc, kb = min(kc, k - p0), kend8 = (kb + 7) & ~7;
+    const bool vec = ((ldx | k | p0) & 3) == 0 && (((uintptr_t)x | (uintptr_t)bt) & 15) == 0;
+    float4 xv[kTileX4], bv[kTileB4];
+    // the tile of k range [p0 + pt, +64) into registers, zeros past the block's end or the rows' end
+    auto fetch = [&](int pt) {
+#pragma unroll
+        for (int u = 0; u < kTileX4; ++u) {
+            const int e = u * 128 + tid, rr = e / (kTileK / 4), c = (e % (kTileK / 4)) * 4, t = t0 + rr;
+            xv[u] = t < m ? load4(x + (int64_t)t * ldx + p0, pt + c, kb, vec) : make_float4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < kTileB4; ++u) {
+            const int e = u * 128 + tid, rr = e / (kTileK / 4), c = (e % (kTileK / 4)) * 4, r = r0 + rr;
+            bv[u] = r < rank ? load4(bt + (int64_t)r * k + p0, pt + c, kb, vec) : make_float4(0, 0, 0, 0);
+        }
+    };
     float acc[kTileRowsPerWarp][8];
 #pragma unroll
     for (int i = 0; i < kTileRowsPerWarp; ++i)
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc[i][e] = 0.0f;
-    for (int pt = 0; pt < kend8; pt += kTileK) {
-        // stage x [16][64] and Bᵀ [32][64] of k range [p0 + pt, ..), zeros past the block's end
-        for (int e = tid; e < kTileRows * kTileK; e += 128) {
-            const int rr = e / kTileK, c = e % kTileK, t = t0 + rr, p = pt + c;
-            xs[rr][c] = t < m && p < kb ? x[(int64_t)t * ldx + p0 + p] : 0.0f;
+    fetch(0);
+    for (int pt = 0, buf = 0; pt < kend8; pt += kTileK, buf ^= 1) {
+#pragma unroll
+        for (int u = 0; u < kTileX4; ++u) {
+            const int e = u * 128 + tid;
+            *reinterpret_cast<float4*>(&xs[buf][e / (kTileK / 4)][(e % (kTileK / 4)) * 4]) = xv[u];
         }
-        for (int e = tid; e < 32 * kTileK; e += 128) {
-            const int rr = e / kTileK, c = e % kTileK, r = r0 + rr, p = pt + c;
-            bs[rr][c] = r < rank && p < kb ? bt[(int64_t)r * k + p0 + p] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < kTileB4; ++u) {
+            const int e = u * 128 + tid;
+            *reinterpret_cast<float4*>(&bs[buf][e / (kTileK / 4)][(e % (kTileK / 4)) * 4]) = bv[u];
         }
         __syncthreads();
+        if (pt + kTileK < kend8) fetch(pt + kTileK);
         const int groups = min(kTileK, kend8 - pt) >> 3;
         for (int q = 0; q < groups; ++q) {
-            const float4 w0 = *reinterpret_cast<const float4*>(&bs[lane][q * 8]);
-            const float4 w1 = *reinterpret_cast<const float4*>(&bs[lane][q * 8 + 4]);
+            const float4 w0 = *reinterpret_cast<const float4*>(&bs[buf][lane][q * 8]);
+            const float4 w1 = *reinterpret_cast<const float4*>(&bs[buf][lane][q * 8 + 4]);
 #pragma unroll
             for (int i = 0; i < kTileRowsPerWarp; ++i) {
-                const float* xr = &xs[warp * kTileRowsPerWarp + i][q * 8];
+                const float* xr = &xs[buf][warp * kTileRowsPerWarp + i][q * 8];
                 const float4 x0 = *reinterpret_cast<const float4*>(xr);
                 const float4 x1 = *reinterpret_cast<const float4*>(xr + 4);
                 acc[i][0] = __fmaf_rn(x0.x, w0.x, acc[i][0]), acc[i][1] = __fmaf_rn(x0.y, w0.y, acc[i][1]);
@@ -123,7 +160,6 @@ __global__ void __launch_bounds__(128) xb_tiles_kernel(const float* __restrict__
                 acc[i][6] = __fmaf_rn(x1.z, w1.z, acc[i][6]), acc[i][7] = __fmaf_rn(x1.w, w1.w, acc[i][7]);
             }
         }
-        __syncthreads();
     }
     const int r = r0 + lane;
     if (r >= rank) return;
@@ -148,20 +184,28 @@ __global__ void xb_blocks_sum_kernel(const float* __restrict__ part, int64_t cou
 // y[t, j] = (y[t, j] + spec_dot(z[t, :], c[j, :], rank)) + bias[j]: block 256 threads = 64 column pairs (j, j + 64)
 // × 4 row groups of 8 rows t; the two C rows in registers (rank ≤ R), z rows from shared memory
 // (float4 broadcasts).
-constexpr int kZcCols = 128, kZcRows = 32;
+constexpr int kZcCols = 128, kZcRows = 32, kZcRowsPerThread = kZcRows / 4;
 template <int R>
-__global__ void __launch_bounds__(256) zc_kernel(const float* __restrict__ z, int m, const float* __restrict__ c, int n,
-                                                 int rank, float* __restrict__ y, int64_t ld,
-                                                 const float* __restrict__ bias) {
+__global__ void __launch_bounds__(256, R <= 32 ? 2 : 1) zc_kernel(const float* __restrict__ z, int m, const float* __restrict__ c,
+                                                    int n, int rank, float* __restrict__ y, int64_t ld,
+                                                    const float* __restrict__ bias) {
     __shared__ __align__(16) float zs[kZcRows][R];
     pdl_wait();
     pdl_trigger();
     const int tid = threadIdx.x, grp = tid >> 6;
     const int ja = blockIdx.x * kZcCols + (tid & 63), jb = ja + 64;
-    const int t0 = blockIdx.y * kZcRows;
+    const int t0 = blockIdx.y * kZcRows + grp * kZcRowsPerThread;  // this thread's first row
+    // the thread's outputs of y first (all in flight while C and z are fetched)
+    float ya[kZcRowsPerThread], yb[kZcRowsPerThread];
+#pragma unroll
+    for (int i = 0; i < kZcRowsPerThread; ++i) {
+        const bool in = t0 + i < m;
+        ya[i] = in && ja < n ? y[(int64_t)(t0 + i) * ld + ja] : 0.0f;
+        yb[i] = in && jb < n ? y[(int64_t)(t0 + i) * ld + jb] : 0.0f;
+    }
     for (int e = tid; e < kZcRows * R; e += 256) {
-        const int rr = e / R, q = e % R;
-        zs[rr][q] = t0 + rr < m && q < rank ? z[(int64_t)(t0 + rr) * rank + q] : 0.0f;
+        const int rr = e / R, q = e % R, t = blockIdx.y * kZcRows + rr;
+        zs[rr][q] = t < m && q < rank ? z[(int64_t)t * rank + q] : 0.0f;
     }
     float ca[R], cb[R];
 #pragma unroll
@@ -172,8 +216,9 @@ __global__ void __launch_bounds__(256) zc_kernel(const float* __restrict__ z, in
     const float ba = bias && ja < n ? bias[ja] : 0.0f, bb = bias && jb < n ? bias[jb] : 0.0f;
     __syncthreads();
     if (ja >= n) return;
-    for (int i = 0; i < kZcRows / 4; ++i) {
-        const int rr = grp * (kZcRows / 4) + i, t = t0 + rr;
+#pragma unroll
+    for (int i = 0; i < kZcRowsPerThread; ++i) {
+        const int rr = grp * kZcRowsPerThread + i, t = t0 + i;
         if (t >= m) break;
         float la[8] = {}, lb[8] = {};
 #pragma unroll
@@ -186,10 +231,9 @@ __global__ void __launch_bounds__(256) zc_kernel(const float* __restrict__ z, in
                 if (q < rank) la[q & 7] = __fmaf_rn(zq[e], ca[q], la[q & 7]), lb[q & 7] = __fmaf_rn(zq[e], cb[q], lb[q & 7]);
             }
         }
-        float* yr = y + (int64_t)t * ld;
-        const float ya = yr[ja], yb = jb < n ? yr[jb] : 0.0f;
-        float va = __fadd_rn(ya, lane_sum(la)), vb = __fadd_rn(yb, lane_sum(lb));
+        float va = __fadd_rn(ya[i], lane_sum(la)), vb = __fadd_rn(yb[i], lane_sum(lb));
         if (bias) va = __fadd_rn(va, ba), vb = __fadd_rn(vb, bb);
+        float* yr = y + (int64_t)t * ld;
         yr[ja] = va;
         if (jb < n) yr[jb] = vb;
     }
