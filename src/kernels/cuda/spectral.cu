@@ -190,6 +190,7 @@ __global__ void __launch_bounds__(256, R <= 32 ? 2 : 1) zc_kernel(const float* _
                                                     int n, int rank, float* __restrict__ y, int64_t ld,
                                                     const float* __restrict__ bias) {
     __shared__ __align__(16) float zs[kZcRows][R];
+    __shared__ float cs[kZcCols][R + 1];  // the block's C rows (+1: a thread's row reads hit distinct banks)
     pdl_wait();
     pdl_trigger();
     const int tid = threadIdx.x, grp = tid >> 6;
@@ -207,14 +208,18 @@ __global__ void __launch_bounds__(256, R <= 32 ? 2 : 1) zc_kernel(const float* _
         const int rr = e / R, q = e % R, t = blockIdx.y * kZcRows + rr;
         zs[rr][q] = t < m && q < rank ? z[(int64_t)t * rank + q] : 0.0f;
     }
+    // C's rows of this block's 128 columns are one contiguous run of C: coalesced into shared memory
+    const int jb0 = blockIdx.x * kZcCols;
+    const int64_t c_count = (int64_t)min(kZcCols, n - jb0) * rank;
+    for (int e = tid; e < kZcCols * rank; e += 256) cs[e / rank][e % rank] = e < c_count ? c[(int64_t)jb0 * rank + e] : 0.0f;
+    const float ba = bias && ja < n ? bias[ja] : 0.0f, bb = bias && jb < n ? bias[jb] : 0.0f;
+    __syncthreads();
     float ca[R], cb[R];
 #pragma unroll
     for (int q = 0; q < R; ++q) {
-        ca[q] = ja < n && q < rank ? c[(int64_t)ja * rank + q] : 0.0f;
-        cb[q] = jb < n && q < rank ? c[(int64_t)jb * rank + q] : 0.0f;
+        ca[q] = q < rank ? cs[tid & 63][q] : 0.0f;
+        cb[q] = q < rank ? cs[(tid & 63) + 64][q] : 0.0f;
     }
-    const float ba = bias && ja < n ? bias[ja] : 0.0f, bb = bias && jb < n ? bias[jb] : 0.0f;
-    __syncthreads();
     if (ja >= n) return;
 #pragma unroll
     for (int i = 0; i < kZcRowsPerThread; ++i) {
