@@ -156,6 +156,24 @@ TEST(GemmF32, BitwiseIndependentOfThreadsAndTiling) {
     sq::threads_set(saved);
 }
 
+// gemv_f32 sums each output in gemm_f32's k-blocks: the same bits for every m (so a row's
+// result does not depend on how many rows its call has; the GPU's spectral x·B relies on it).
+TEST(GemmF32, GemvEqualsGemmBitForBit) {
+    std::mt19937 rng(test_seed() + 7);
+    for (int64_t k : {13, 576, 577, 1000, 1536, 4100}) {
+        const int64_t n = 11, m = 7;
+        const auto x = rand_signed(m * k, rng), wv = rand_signed(n * k, rng);
+        const PackedF32 w = sq::gemm_f32_view(wv.data(), n, k);
+        std::vector<float> g = poisoned(m * n), y = poisoned(m * n), r = poisoned(m * n);
+        sq::gemv_f32(x.data(), m, w, g.data());
+        sq::gemm_f32(x.data(), m, w, y.data());
+        sq::gemv_f32_rows(x.data(), m, w, r.data(), 4, n);
+        EXPECT_EQ(0, std::memcmp(g.data(), y.data(), g.size() * 4)) << "k=" << k;
+        for (int64_t t = 0; t < m; ++t)
+            EXPECT_EQ(0, std::memcmp(&g[t * n + 4], &r[t * n + 4], (n - 4) * 4)) << "rows, k=" << k;
+    }
+}
+
 TEST(GemmF32, PackOwnsCopyViewBorrows) {
     std::mt19937 rng(test_seed() + 3);
     const int64_t m = 4, n = 9, k = 19;

@@ -235,9 +235,9 @@ void mlp_block(const LayerWeights& L, int64_t ff, const float* x, int64_t n, flo
     silu_mul_f32(act, up.data(), n * ff);
 }
 
-// The GEMM entry points switch to their GEMV form at ≤ 16 rows (gemv_f32,
-// W4A4 / W4A16 GEMV) and the attention to its decode kernel below 16 query
-// rows, which sum in other orders: no chunk may be that short unless n is.
+// The W4A4 / W4A16 entry points switch to their GEMV form at ≤ 16 rows and the
+// attention to its decode kernel below 16 query rows, which sum in other
+// orders: no chunk may be that short unless n is (gemv_f32 / gemm_f32 agree).
 // Chunks start at multiples of 64, the prefill attention's query block, so
 // every block sees the same keys and GEMM shapes as in one call.
 static_assert(gemv_f32_max_m == 16 && w4a4_gemv_max_m == 16, "prefill_chunk_len: GEMV row limit changed");

@@ -129,11 +129,6 @@ struct RowsReset {
     int& rows;
     ~RowsReset() { rows = 0; }
 };
-// The same for Impl::xb_rows (per-call x·B row orders).
-struct XbRowsReset {
-    cuda::SpectralXbRows& rows;
-    ~XbRowsReset() { rows = cuda::SpectralXbRows{}; }
-};
 
 struct DLinear {
     LinKind kind = LinKind::f32;
@@ -235,11 +230,6 @@ struct ModelCuda::Impl {
     DevBuf<int32_t> acc_i;             // [rows, max_out] when K is split
     DevBuf<float> zb;                  // [rows, max_rank]: the spectral branch's x·Bᵀ
     DevBuf<float> zb_part;             // cuda::spectral_xb's k-block sums (its scratch)
-    // Rows of this call that take the CPU's whole-k x·B order (cuda::SpectralXbRows): all in batched decode
-    // (each row a CPU call of one token), varlen's rows of sequences of ≤ 16 tokens (xb_short).
-    cuda::SpectralXbRows xb_rows;
-    DevBuf<int> xb_short;              // [cap]
-    int xb_short_n = 0;                // varlen: rows listed in xb_short (set by forward_score_varlen)
     DevBuf<float> logits;              // [kLogitRows, vocab]
     DevBuf<int> tokens;                // [cap]
     DevBuf<int> pos_dev;               // [1]: the cache position of this call's first token
@@ -549,7 +539,7 @@ struct ModelCuda::Impl {
         if (L.rank > 0) {
             const ProfScope ps = prof("spectral x·B");
             if (!(same_input && zb_src == xin && zb_basis == L.basis() && zb_n == n)) {
-                cuda::spectral_xb(xin, L.in, n, L.basis(), (int)L.rank, (int)L.in, zb.get(), xb_rows, zb_part.get(),
+                cuda::spectral_xb(xin, L.in, n, L.basis(), (int)L.rank, (int)L.in, zb.get(), zb_part.get(),
                                   zb_part.size(), stream);
                 zb_src = xin, zb_basis = L.basis(), zb_n = n;
             }
@@ -729,9 +719,6 @@ struct ModelCuda::Impl {
         const bool varlen = mode == Mode::varlen;
         gemm_rows = varlen ? cap : 0;
         const RowsReset reset{gemm_rows};
-        if (mode == Mode::batch) xb_rows.all = true;
-        if (varlen) xb_rows.rows = xb_short.get(), xb_rows.n_rows = xb_short_n;
-        const XbRowsReset xb_reset{xb_rows};
         const int gm = varlen ? cap : n;
         {
             const ProfScope ps = prof("embed + norm");
@@ -1008,7 +995,6 @@ struct ModelCuda::Impl {
             need(lm_head);
             zb.alloc(C * max_rank, "spectral branch", &bytes);
             if (part_elems) zb_part.alloc(part_elems, "spectral branch k-block sums", &bytes);
-            xb_short.alloc(C, "spectral branch short rows", &bytes);
         }
         logits.alloc(lm_rows * c.vocab, "logits", &bytes);
         tokens.alloc(C, "tokens", &bytes);
@@ -1461,16 +1447,6 @@ std::vector<RowScore> ModelCuda::forward_score_varlen(const int* tokens, const s
     m.att_nblocks = (int)blocks.size() / 2;
     SQ_CUDA(cudaMemcpyAsync(m.att_blocks.get(), blocks.data(), blocks.size() * sizeof(int), cudaMemcpyHostToDevice,
                             m.stream));
-    // The spectral x·B of the rows of sequences of ≤ 16 tokens in the CPU's order for such a call (whole k)
-    std::vector<int> short_rows;
-    if (m.xb_short.get() && n > 16)
-        for (int s = 0, t = 0; s < (int)seq_lens.size(); t += seq_lens[s++])
-            if (seq_lens[s] <= 16)
-                for (int i = 0; i < seq_lens[s]; ++i) short_rows.push_back(t + i);
-    m.xb_short_n = (int)short_rows.size();
-    if (!short_rows.empty())
-        SQ_CUDA(cudaMemcpyAsync(m.xb_short.get(), short_rows.data(), short_rows.size() * sizeof(int),
-                                cudaMemcpyHostToDevice, m.stream));
     m.run_layers(tokens, n, positions.data());
     std::vector<RowScore> out(targets.size());
     if (targets.empty()) {

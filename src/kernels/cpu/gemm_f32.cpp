@@ -176,14 +176,19 @@ SQ_AVX2 void gemm_task(const float* x, const float* w, float* y, int64_t n, int6
 const auto& gemv_tiles(const float*) { return tile_table_gemv; }
 const auto& gemv_tiles(const uint16_t*) { return tile_table_gemv16; }
 
+// Each 4-row group of W is streamed front to back once, k-block after k-block (gemm_f32's blocks,
+// gemm_f32_kc: every output gets gemm_f32's bits, whatever m).
 template <class T>
 SQ_AVX2 void gemv_rows(const float* x, int64_t m, const T* w, float* y, int64_t n, int64_t k, int64_t j0, int64_t j1) {
     const auto& table = gemv_tiles(w);
+    const int64_t kc = gemm_f32_kc(k);
     for (int64_t j = j0; j < j1; j += kNR) {
         const int64_t nr = std::min(kNR, j1 - j);
         for (int64_t i = 0; i < m; i += kMR) {
             const int64_t mr = std::min(kMR, m - i);
-            table[mr - 1][nr - 1](x + i * k, k, w + j * k, k, k, y + i * n + j, n, false);
+            for (int64_t p0 = 0; p0 < k; p0 += kc)
+                table[mr - 1][nr - 1](x + i * k + p0, k, w + j * k + p0, k, std::min(kc, k - p0), y + i * n + j, n,
+                                      p0 > 0);
         }
     }
 }

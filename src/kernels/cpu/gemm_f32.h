@@ -72,13 +72,15 @@ void gemm_f32_rows(const float* x, int64_t m, int64_t n, int64_t k,
 // prefetched), and every 4-row group is applied to all m rows of x while it
 // sits in L1/L2. Correct for any m; faster than gemm_f32 up to about m = 16
 // on the measured shapes (bench: BM_GemvF32 vs BM_GemvViaGemmF32), beyond
-// which gemm_f32's k-blocking wins as the work turns compute-bound.
+// which gemm_f32's cache blocking wins as the work turns compute-bound. Each
+// row's k range is summed in gemm_f32's k-blocks (gemm_f32_kc), so every output
+// has gemm_f32's bits: the result does not depend on m or on which one runs.
 void gemv_f32(const float* x, int64_t m, const PackedF32& w, float* y);
 inline constexpr int64_t gemv_f32_max_m = 16;
 
 // Rows [j0, j1) of gemv_f32's output (j0 a multiple of 4), on the calling
 // thread only, y [m, w.n] row-major: bitwise the same elements as gemv_f32
-// (every output is one whole-k dot tile whatever the row range). For work
+// (and gemm_f32) whatever the row range. For work
 // split by hand inside a parallel region (x·B of a decode W4A4 layer).
 void gemv_f32_rows(const float* x, int64_t m, const PackedF32& w, float* y, int64_t j0, int64_t j1);
 

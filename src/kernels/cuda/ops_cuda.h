@@ -222,19 +222,12 @@ void logprob_gather(const float* logits, int vocab, const int* rows, const int* 
 
 // ---- the spectral branch (x·Bᵀ)·Cᵀ of a W4A4 linear, in the CPU engine's bits (spectral.cu) ----
 // z [m, rank] = x [m, k] (row stride ldx) · bt [rank, k]ᵀ, each output rounded exactly as the CPU
-// engine's x·B of a call of m rows: gemv_f32 (whole k) for m ≤ 16, else gemm_f32 (k-blocks of
-// pick_kc(k, 576), kernels/cpu/gemm_f32.cpp), so z does not depend on how rows are batched or
-// tiled. A GPU call that packs several CPU calls (varlen scoring: one per sequence; batched decode:
-// one row each) says which rows take the whole-k order: all, or the n_rows rows listed (device).
-struct SpectralXbRows {
-    bool all = false;
-    const int* rows = nullptr;
-    int n_rows = 0;
-};
+// engine's gemm_f32 / gemv_f32 (the same for every m: k-blocks of gemm_f32_kc(k),
+// kernels/cpu/gemm_f32.h), so z does not depend on how rows are batched or tiled.
 // scratch: spectral_xb_scratch(m, rank, k) floats (0: none needed).
 size_t spectral_xb_scratch(int m, int rank, int k);
-void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, int k, float* z,
-                 const SpectralXbRows& whole, float* scratch, size_t scratch_elems, cudaStream_t s);
+void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, int k, float* z, float* scratch,
+                 size_t scratch_elems, cudaStream_t s);
 // The branch added to a layer's output y [m, n] (row stride ld) after its GEMM (run without spec and bias):
 // y[t, j] = (y[t, j] + spectral_dot_ref(z_t, c_j, rank)) + bias[j] (bias may be null), z [m, rank],
 // c [n, rank]: the W4A4 epilogue's order, bit for bit what the GEMM with spec (or the fused GEMM

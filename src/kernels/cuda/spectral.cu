@@ -2,15 +2,14 @@
 // (ops_cuda.h, "Spectral branch"). Build: cmake -DSPECQUANT_CUDA=ON; tests:
 // specquant_tests --gtest_filter='CudaSpectral*' (tests/test_cuda_spectral.cpp).
 //
-// x·Bᵀ: the CPU's gemm_f32 / gemv_f32 (kernels/cpu/gemm_f32.cpp) give every output the same
-// order whatever the tiling: the k range in blocks [p0, p0 + kb) (kb = kc but the last; kc =
-// whole k for calls of ≤ 16 rows, else pick_kc(k, 576)), in each block 8 fma lanes (lane l
-// takes p ≡ l mod 8, in order; the last group of a block not a multiple of 8 runs the masked
-// lanes as fma(0, 0, acc)), the lanes summed ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)),
-// and the block sums added to the running output in block order (s + y). Both kernels below
-// compute exactly that:
-//   - xb_row (few rows, decode): one block per output, x[t] and Bᵀ[r] staged in shared
-//     memory, 8 threads for the 8 lanes, which meet by shuffles in the hadd order;
+// x·Bᵀ: the CPU's gemm_f32 / gemv_f32 (kernels/cpu/gemm_f32.cpp) give every output one order
+// whatever m and the tiling: the k range in blocks [p0, p0 + kb) (kb = kc = gemm_f32_kc(k) but the
+// last), in each block 8 fma lanes (lane l takes p ≡ l mod 8, in order; the last group of a block
+// not a multiple of 8 runs the masked lanes as fma(0, 0, acc)), the lanes summed ((l0 + l1) +
+// (l2 + l3)) + ((l4 + l5) + (l6 + l7)), and the block sums added to the running output in block
+// order (s + y). Both kernels below compute exactly that:
+//   - xb_row (≤ 16 rows, decode): one block per output, x[t] and Bᵀ[r] staged in shared memory,
+//     8 threads per k-block, which meet by shuffles in the hadd order;
 //   - xb_tiles (prefill): 16 rows × 32 basis rows per block of 4 warps, k staged through
 //     shared memory in tiles of 64, each thread 4 rows × 8 lanes in registers; one grid
 //     column per k-block, whose sums a second kernel adds in block order.
@@ -30,7 +29,7 @@ namespace sq::cuda {
 
 namespace {
 
-constexpr int kCpuGemvMaxRows = (int)gemv_f32_max_m;  // calls of ≤ 16 rows take whole-k rows
+constexpr int kCpuGemvMaxRows = (int)gemv_f32_max_m;  // calls of ≤ 16 rows: the per-output kernel
 int pick_kc(int k) { return (int)gemm_f32_kc(k); }    // gemm_f32's k-block, default blocking
 
 // ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), hsum4_ps's order
@@ -47,52 +46,52 @@ __device__ __forceinline__ float4 load4(const float* __restrict__ row, int p, in
                        p + 3 < len ? row[p + 3] : 0.0f);
 }
 
-// One block per output (t, r) in gemv_f32's whole-k order: the block stages x[t] and Bᵀ[r] through
-// shared memory in chunks of kRowChunk (a multiple of 8: a chunk holds whole 8-lane groups; all of
-// a chunk's loads in flight at once), and threads 0..7 run the 8 fma lanes over it (the loads are
-// off the dependent chain), then meet by shuffles in the hadd order. Rows: all m rows (rows null)
-// or rows[i] for i < m. Decode work is a few hundred outputs; one block each spreads the reads of
-// Bᵀ over the SMs.
-constexpr int kRowThreads = 256, kRowChunk = 4096;  // 2 × 16 KB of shared memory, 4 float4 per thread
+// One block per output (t, r), for calls of few rows (decode): x[t] and Bᵀ[r] staged through
+// shared memory in chunks of whole k-blocks (all of a chunk's loads in flight at once); 8 threads
+// per k-block run its 8 fma lanes (the loads are off the dependent chain: kc/8 ≤ 72 steps) and
+// meet by shuffles in the hadd order; thread 0 adds the block sums in order. Decode work is a few
+// hundred outputs; one block each spreads the reads of Bᵀ over the SMs.
+constexpr int kRowThreads = 256, kRowChunk = 4096, kRowMaxBlocks = 256;  // 2 × 16 KB of shared memory
 __global__ void __launch_bounds__(kRowThreads) xb_row_kernel(const float* __restrict__ x, int64_t ldx,
-                                                             const int* __restrict__ rows,
-                                                             const float* __restrict__ bt, int rank, int k,
+                                                             const float* __restrict__ bt, int rank, int k, int kc,
                                                              float* __restrict__ z) {
     __shared__ __align__(16) float xs[kRowChunk], bs[kRowChunk];
-    const int i = blockIdx.x / rank, r = blockIdx.x % rank, tid = threadIdx.x;
+    __shared__ float sums[kRowMaxBlocks];
+    const int t = blockIdx.x / rank, r = blockIdx.x % rank, tid = threadIdx.x, grp = tid >> 3, l = tid & 7;
     pdl_wait();
     pdl_trigger();
-    const int t = rows ? rows[i] : i;
     const float* xr = x + (int64_t)t * ldx;
     const float* br = bt + (int64_t)r * k;
     const bool vec = ((ldx | k) & 3) == 0 && (((uintptr_t)x | (uintptr_t)bt) & 15) == 0;
-    float a = 0.0f;  // thread l < 8: fma lane l
-    for (int c0 = 0; c0 < k; c0 += kRowChunk) {
-        const int len = min(kRowChunk, k - c0), len8 = (len + 7) & ~7;
-        float4 xv[kRowChunk / 4 / kRowThreads], bv[kRowChunk / 4 / kRowThreads];
-#pragma unroll
-        for (int u = 0; u < kRowChunk / 4 / kRowThreads; ++u) {  // past k: the masked lanes' fma(0, 0, acc)
-            const int e = (u * kRowThreads + tid) * 4;
-            xv[u] = load4(xr + c0, e, len, vec), bv[u] = load4(br + c0, e, len, vec);
-        }
-#pragma unroll
-        for (int u = 0; u < kRowChunk / 4 / kRowThreads; ++u) {
-            const int e = (u * kRowThreads + tid) * 4;
-            *reinterpret_cast<float4*>(&xs[e]) = xv[u];
-            *reinterpret_cast<float4*>(&bs[e]) = bv[u];
+    const int chunk = max(1, kRowChunk / kc) * kc;  // whole k-blocks (kc ≤ kRowChunk)
+    for (int c0 = 0; c0 < k; c0 += chunk) {
+        const int len = min(chunk, k - c0), len8 = (len + 7) & ~7;
+        for (int e = tid * 4; e < len8; e += kRowThreads * 4) {  // past k: the masked lanes' fma(0, 0, acc)
+            *reinterpret_cast<float4*>(&xs[e]) = load4(xr + c0, e, len, vec);
+            *reinterpret_cast<float4*>(&bs[e]) = load4(br + c0, e, len, vec);
         }
         __syncthreads();
-        if (tid < 8)
+        const int nbc = (len + kc - 1) / kc;
+        for (int b0 = 0; b0 < nbc; b0 += kRowThreads / 8) {  // warp-uniform trip count (shuffles below)
+            const int bl = b0 + grp, q0 = bl * kc, qe = min(len8, q0 + kc);
+            float a = 0.0f;
+            if (bl < nbc)
 #pragma unroll 8
-            for (int p = tid; p < len8; p += 8) a = __fmaf_rn(xs[p], bs[p], a);
+                for (int p = q0 + l; p < qe; p += 8) a = __fmaf_rn(xs[p], bs[p], a);
+            // (l0+l1), then (..)+(..), then the halves: hsum4_ps's order
+            const float s1 = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 1));
+            const float s2 = __fadd_rn(s1, __shfl_xor_sync(0xffffffffu, s1, 2));
+            const float s3 = __fadd_rn(s2, __shfl_xor_sync(0xffffffffu, s2, 4));
+            if (bl < nbc && l == 0) sums[c0 / kc + bl] = s3;
+        }
         __syncthreads();
     }
-    if (tid >= 32) return;
-    // lanes 0..7: (l0+l1), then (..)+(..), then the halves (lanes 8..31 carry zeros along)
-    const float s1 = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 1));
-    const float s2 = __fadd_rn(s1, __shfl_xor_sync(0xffffffffu, s1, 2));
-    const float s3 = __fadd_rn(s2, __shfl_xor_sync(0xffffffffu, s2, 4));
-    if (tid == 0) z[(int64_t)t * rank + r] = s3;
+    if (tid == 0) {
+        const int nb = (k + kc - 1) / kc;
+        float y = sums[0];
+        for (int i = 1; i < nb; ++i) y = __fadd_rn(sums[i], y);  // gemm_f32: s + y, block after block
+        z[(int64_t)t * rank + r] = y;
+    }
 }
 
 // Block: 4 warps × 4 rows = 16 rows of x, lane = basis row r0 + lane; grid (row tiles, k-blocks,
@@ -262,21 +261,21 @@ unsigned blocks_of(int64_t count, int threads) { return (unsigned)((count + thre
 }  // namespace
 
 size_t spectral_xb_scratch(int m, int rank, int k) {
-    if (m <= kCpuGemvMaxRows || k <= 0) return 0;  // (whole.all calls need none either)
+    if (m <= kCpuGemvMaxRows || k <= 0) return 0;
     const int nb = (k + pick_kc(k) - 1) / pick_kc(k);
     return nb > 1 ? (size_t)nb * (size_t)m * (size_t)rank : 0;
 }
 
-void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, int k, float* z,
-                 const SpectralXbRows& whole, float* scratch, size_t scratch_elems, cudaStream_t s) {
+void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, int k, float* z, float* scratch,
+                 size_t scratch_elems, cudaStream_t s) {
     SQ_CHECK(m >= 0 && rank >= 1 && k >= 1 && ldx >= k, "spectral_xb: bad shape m=", m, " rank=", rank, " k=", k,
              " ldx=", ldx);
     if (m == 0) return;
-    const int kc = pick_kc(k), nb = (k + kc - 1) / kc;  // gemm_f32's k-blocks (one: the orders agree)
-    const bool all_whole = m <= kCpuGemvMaxRows || whole.all;
-    if (all_whole && (nb > 1 || m <= kCpuGemvMaxRows)) {  // gemv_f32's order, one block per output
+    const int kc = pick_kc(k), nb = (k + kc - 1) / kc;  // gemm_f32's k-blocks
+    SQ_CHECK(nb <= kRowMaxBlocks && kc <= kRowChunk, "spectral_xb: k=", k, " has ", nb, " k-blocks of ", kc);
+    if (m <= kCpuGemvMaxRows) {  // few rows: one block per output
         launch_pdl("spectral_xb_rows", xb_row_kernel, dim3((unsigned)((int64_t)m * rank)), dim3(kRowThreads), 0, s, x,
-                   ldx, (const int*)nullptr, bt, rank, k, z);
+                   ldx, bt, rank, k, kc, z);
         return;
     }
     const size_t need = nb > 1 ? spectral_xb_scratch(m, rank, k) : 0;
@@ -289,10 +288,6 @@ void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, 
         const int64_t count = (int64_t)m * rank;
         launch_pdl("spectral_xb_sum", xb_blocks_sum_kernel, dim3(blocks_of(count, 256)), dim3(256), 0, s,
                    (const float*)scratch, count, nb, z);
-        // rows of short sequences in a varlen call: gemv's whole-k order, over what the tiles wrote
-        if (whole.n_rows > 0)
-            launch_pdl("spectral_xb_rows", xb_row_kernel, dim3((unsigned)((int64_t)whole.n_rows * rank)),
-                       dim3(kRowThreads), 0, s, x, ldx, whole.rows, bt, rank, k, z);
     }
 }
 
