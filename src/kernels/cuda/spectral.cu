@@ -66,9 +66,18 @@ __global__ void __launch_bounds__(kRowThreads) xb_row_kernel(const float* __rest
     const int chunk = max(1, kRowChunk / kc) * kc;  // whole k-blocks (kc ≤ kRowChunk)
     for (int c0 = 0; c0 < k; c0 += chunk) {
         const int len = min(chunk, k - c0), len8 = (len + 7) & ~7;
-        for (int e = tid * 4; e < len8; e += kRowThreads * 4) {  // past k: the masked lanes' fma(0, 0, acc)
-            *reinterpret_cast<float4*>(&xs[e]) = load4(xr + c0, e, len, vec);
-            *reinterpret_cast<float4*>(&bs[e]) = load4(br + c0, e, len, vec);
+        constexpr int U = kRowChunk / 4 / kRowThreads;  // float4 per thread and array: all loads first
+        float4 xv[U], bv[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {  // past k: zeros, the masked lanes' fma(0, 0, acc)
+            const int e = (u * kRowThreads + tid) * 4;
+            xv[u] = e < len8 ? load4(xr + c0, e, len, vec) : make_float4(0, 0, 0, 0);
+            bv[u] = e < len8 ? load4(br + c0, e, len, vec) : make_float4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int e = (u * kRowThreads + tid) * 4;
+            if (e < len8) *reinterpret_cast<float4*>(&xs[e]) = xv[u], *reinterpret_cast<float4*>(&bs[e]) = bv[u];
         }
         __syncthreads();
         const int nbc = (len + kc - 1) / kc;
