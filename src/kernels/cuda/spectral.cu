@@ -32,12 +32,6 @@ namespace {
 constexpr int kCpuGemvMaxRows = (int)gemv_f32_max_m;  // calls of ≤ 16 rows: the per-output kernel
 int pick_kc(int k) { return (int)gemm_f32_kc(k); }    // gemm_f32's k-block, default blocking
 
-// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), hsum4_ps's order
-__device__ __forceinline__ float lane_sum(const float* a) {
-    return __fadd_rn(__fadd_rn(__fadd_rn(a[0], a[1]), __fadd_rn(a[2], a[3])),
-                     __fadd_rn(__fadd_rn(a[4], a[5]), __fadd_rn(a[6], a[7])));
-}
-
 // 4 consecutive elements p..p+3 of a row, zeros from `len` on; one 16-byte load when `vec` (the
 // row and p 16-byte aligned) and all four are in range.
 __device__ __forceinline__ float4 load4(const float* __restrict__ row, int p, int len, bool vec) {
@@ -271,7 +265,7 @@ unsigned blocks_of(int64_t count, int threads) { return (unsigned)((count + thre
 
 size_t spectral_xb_scratch(int m, int rank, int k) {
     if (m <= kCpuGemvMaxRows || k <= 0) return 0;
-    const int nb = (k + pick_kc(k) - 1) / pick_kc(k);
+    const int kc = pick_kc(k), nb = (k + kc - 1) / kc;
     return nb > 1 ? (size_t)nb * (size_t)m * (size_t)rank : 0;
 }
 

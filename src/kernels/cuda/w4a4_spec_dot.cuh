@@ -4,6 +4,13 @@
 
 namespace sq::cuda {
 
+// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)): the 8 fma lanes' sum of spectral_dot_ref and of
+// the CPU's gemm_f32 tiles (hsum4_ps), rounded at every step.
+__device__ __forceinline__ float lane_sum(const float* a) {
+    return __fadd_rn(__fadd_rn(__fadd_rn(a[0], a[1]), __fadd_rn(a[2], a[3])),
+                     __fadd_rn(__fadd_rn(a[4], a[5]), __fadd_rn(a[6], a[7])));
+}
+
 // spectral_dot_ref (kernels/ref/w4a4_ref.cpp) bit for bit: 8 fma lanes by r mod 8, pairwise sum.
 __device__ __forceinline__ float spec_dot(const float* __restrict__ z, const float* __restrict__ c, int len) {
     float l0 = 0.0f, l1 = 0.0f, l2 = 0.0f, l3 = 0.0f, l4 = 0.0f, l5 = 0.0f, l6 = 0.0f, l7 = 0.0f;
@@ -21,7 +28,8 @@ __device__ __forceinline__ float spec_dot(const float* __restrict__ z, const flo
     if (r + 4 < len) l4 = __fmaf_rn(z[r + 4], c[r + 4], l4);
     if (r + 5 < len) l5 = __fmaf_rn(z[r + 5], c[r + 5], l5);
     if (r + 6 < len) l6 = __fmaf_rn(z[r + 6], c[r + 6], l6);
-    return __fadd_rn(__fadd_rn(__fadd_rn(l0, l1), __fadd_rn(l2, l3)), __fadd_rn(__fadd_rn(l4, l5), __fadd_rn(l6, l7)));
+    const float l[8] = {l0, l1, l2, l3, l4, l5, l6, l7};
+    return lane_sum(l);
 }
 
 }  // namespace sq::cuda
