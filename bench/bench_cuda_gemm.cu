@@ -23,7 +23,9 @@
 // BF16 and the W4A4 GEMV (default configuration) only, M = 64, 32, 16, 8, 4, 1.
 //
 // Build: cmake -S . -B build-gpu-gemm -DSPECQUANT_CUDA=ON && cmake --build build-gpu-gemm --target bench_cuda_gemm
-// Run:   build-gpu-gemm/bench_cuda_gemm [--reps 30] [--quick] [--stream] [--sweep]
+// --spectral: the spectral branch's x·B and ·Cᵀ passes instead (bench_spectral).
+//
+// Run:   build-gpu-gemm/bench_cuda_gemm [--reps 30] [--quick] [--stream] [--sweep] [--spectral]
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
@@ -39,6 +41,7 @@
 #include "core/error.h"
 #include "kernels/cuda/cublas_check.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/w4a4_gemm.h"
 #include "kernels/cuda/w4a4_wgmma.h"
 
@@ -235,18 +238,75 @@ void print_row(const Row& r, double bf16_us, double fp8_us) {
                 r.kernel.c_str(), r.us, tops, 100.0 * tops / kPeakTops, gbs, 100.0 * gbs / kHbmGBs, vb, vf);
 }
 
+// --spectral: the rank-31 spectral branch's two passes (spectral.cu) at the LLaMA-3-8B shapes, each
+// configuration in the same process: x·Bᵀ (z [M, 31] = x [M, K] · Bᵀ; bytes = x + Bᵀ once) and ·Cᵀ
+// (y [M, N] += z·Cᵀ + bias; bytes = y read and written + C). GFMA/s counts M·N·31 (·Cᵀ) or M·K·31 (x·B).
+void bench_spectral(Timer& timer, const std::vector<int>& ms) {
+    constexpr int rank = 31;
+    struct Shape {
+        const char* name;
+        int n, k;
+    };
+    const Shape shapes[] = {{"qkv 6144x4096", 6144, 4096}, {"o 4096x4096", 4096, 4096},
+                            {"gu 28672x4096", 28672, 4096}, {"down 4096x14336", 4096, 14336}};
+    std::printf("| pass | shape (N x K) | M | cfg | time (us) | GB/s | GFMA/s | vs cfg 1 |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for (const Shape& sh : shapes) {
+        const int mmax = *std::max_element(ms.begin(), ms.end());
+        float *x, *bt, *z, *part, *y, *c, *bias;
+        const size_t part_n = std::max<size_t>(1, cuda::spectral_xb_scratch(mmax, rank, sh.k));
+        SQ_CUDA(cudaMalloc(&x, (size_t)mmax * sh.k * 4));
+        SQ_CUDA(cudaMalloc(&bt, (size_t)rank * sh.k * 4));
+        SQ_CUDA(cudaMalloc(&z, (size_t)mmax * rank * 4));
+        SQ_CUDA(cudaMalloc(&part, part_n * 4));
+        SQ_CUDA(cudaMalloc(&y, (size_t)mmax * sh.n * 4));
+        SQ_CUDA(cudaMalloc(&c, (size_t)sh.n * rank * 4));
+        SQ_CUDA(cudaMalloc(&bias, (size_t)sh.n * 4));
+        fill(x, (int64_t)mmax * sh.k, 4, 21);
+        fill(bt, (int64_t)rank * sh.k, 4, 22);
+        fill(z, (int64_t)mmax * rank, 4, 23);
+        fill(y, (int64_t)mmax * sh.n, 4, 24);
+        fill(c, (int64_t)sh.n * rank, 4, 25);
+        fill(bias, sh.n, 4, 26);
+        SQ_CUDA(cudaDeviceSynchronize());
+        for (int m : ms) {
+            double base = 0;
+            for (int cfg : {1, 0, 2}) {
+                if (cfg == 2 && m > 16) continue;  // the split decode kernel
+                const double us = timer.median_us(
+                    [&] { cuda::spectral_xb_cfg(x, sh.k, m, bt, rank, sh.k, z, part, part_n, nullptr, cfg); });
+                if (cfg == 1) base = us;
+                const double bytes = 4.0 * ((double)m * sh.k + (double)rank * sh.k), fma = (double)m * sh.k * rank;
+                std::printf("| x·B | %s | %d | %d | %.1f | %.0f | %.0f | %.2fx |\n", sh.name, m, cfg, us,
+                            bytes / us * 1e-3, fma / us * 1e-3, base / us);
+            }
+            if (m <= 16) continue;  // decode: ·Cᵀ is in the GEMV's epilogue
+            for (int cfg : {1, 0, 2}) {
+                const double us = timer.median_us(
+                    [&] { cuda::spectral_zc_add_cfg(z, m, c, sh.n, rank, y, sh.n, bias, nullptr, cfg); });
+                if (cfg == 1) base = us;
+                const double bytes = 4.0 * (2.0 * m * sh.n + (double)rank * sh.n), fma = (double)m * sh.n * rank;
+                std::printf("| ·Cᵀ | %s | %d | %d | %.1f | %.0f | %.0f | %.2fx |\n", sh.name, m, cfg, us,
+                            bytes / us * 1e-3, fma / us * 1e-3, base / us);
+            }
+            std::fflush(stdout);
+        }
+        for (float* p : {x, bt, z, part, y, c, bias}) SQ_CUDA(cudaFree(p));
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     int reps = 30;
-    bool quick = false, stream = false, sweep = false;
+    bool quick = false, stream = false, sweep = false, spectral = false;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--quick")) quick = true;
         else if (!std::strcmp(argv[i], "--stream")) stream = true;
         else if (!std::strcmp(argv[i], "--sweep")) sweep = true;
+        else if (!std::strcmp(argv[i], "--spectral")) spectral = true;
         else {
-            std::fprintf(stderr, "usage: %s [--reps N] [--quick] [--stream] [--sweep]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--reps N] [--quick] [--stream] [--sweep] [--spectral]\n", argv[0]);
             return 2;
         }
     }
@@ -268,6 +328,12 @@ int main(int argc, char** argv) {
             SQ_CUDA_LAUNCH("empty");
         });
         std::printf("timing floor (an empty kernel, same method): %.1f us\n", floor_us);
+        if (spectral) {
+            bench_spectral(timer, quick ? std::vector<int>{2048, 1} : std::vector<int>{2048, 512, 16, 1});
+            SQ_CUDA(cudaFree(ws));
+            cublasLtDestroy(lt);
+            return 0;
+        }
 
         struct Shape {
             const char* name;

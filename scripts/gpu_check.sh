@@ -65,8 +65,7 @@ unpack() {
 # At most 8 files come back from $OUT: every log and JSON of a call goes into one NAME.tgz (and
 # summary.txt stays beside it).
 bundle_out() {
-    (cd "$OUT" && ls *.log *.json >/dev/null 2>&1 && tar -czf "$1.tgz" $(ls *.log *.json 2>/dev/null) &&
-        rm -f *.log *.json)
+    (cd "$OUT" && f=$(ls *.log *.json 2>/dev/null) && [ -n "$f" ] && tar -czf "$1.tgz" $f && rm -f $f) || true
 }
 
 case "${1:-}" in
@@ -113,6 +112,46 @@ tests)
     step gemm_quick 120 $G --quick
     tail -n 30 "$OUT/gemm_quick.log"
     bundle_out call_tests
+    ;;
+profile)  # call 1's unpack, then every kernel of a W4A4 (rank 0) and a BF16 decode at B=1 under ncu
+          # (graph nodes one by one, clocks and caches left alone): gpu_check.sh's `ncu_table` reads the CSV
+    unpack "$2"
+    env_setup
+    B="bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --lm-head-bits 8 --batches 1"
+    step bench_b1 150 $SQ $B --prefill-lens 2048
+    grep -v '^\s*$' "$OUT/bench_b1.log" | tail -14
+    step ncu_decode ${TIMEOUT:-400} ncu --clock-control none --cache-control none --graph-profiling node \
+        --metrics gpu__time_duration.sum --csv --print-units base $SQ $B --prefill-lens 16 --decode 2 --reps 1 --ctx 512
+    tail -n 3 "$OUT/ncu_decode.log"
+    bundle_out call_profile
+    ;;
+spectral)  # call 1's unpack, then the spectral branch's tests, memcheck on them, its passes' micro-benchmarks
+           # (every configuration, one process) and the end-to-end bench at rank 31
+    unpack "$2"
+    env_setup
+    step tests_cuda 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
+    grep -E '^\[  FAILED|^\[  PASSED|Failure|Expected|Which is' "$OUT/tests_cuda.log" | head -30
+    step memcheck_spectral 150 compute-sanitizer --tool memcheck --error-exitcode 9 $T \
+        --gtest_filter='CudaSpectral.*:CudaModel.FusedDecodeIsBitIdentical'
+    tail -n 2 "$OUT/memcheck_spectral.log"
+    step gemm_spectral 150 $G --spectral --reps 20
+    grep -E '^\|' "$OUT/gemm_spectral.log"
+    if [ -n "${NCU:-}" ]; then  # NCU="kernel-regex ...": each kernel's first launch under ncu, and the SASS
+        for kr in $NCU; do
+            step ncu_$kr 120 ncu --clock-control none -k regex:$kr -c 1 --section SpeedOfLight \
+                --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats $G --spectral --reps 1
+        done
+        cuobjdump -sass $G | awk '/Function : /{p = /spectral_cu/} p' | gzip > "$OUT/spectral_sass.txt.gz"
+    fi
+    B="bench --device cuda --shape llama3-8b --rank 31 --kv-bits 4"
+    step bench 200 $SQ $B --batches 1,8 --prefill-lens 256,2048 --json $OUT/bench.json
+    grep -v '^\s*$' "$OUT/bench.log" | tail -24
+    step bench_lm8 150 $SQ $B --lm-head-bits 8 --batches 1 --prefill-lens 2048
+    grep -v '^\s*$' "$OUT/bench_lm8.log" | grep -E 'decode B=1|prefill 2048' | head -4
+    # A/B: the decode x·B split over k-blocks instead of one block per output
+    step bench_xb_split 150 env SQ_CUDA_XB_DECODE=split $SQ $B --batches 1,8 --prefill-lens 256
+    grep -v '^\s*$' "$OUT/bench_xb_split.log" | grep -E 'decode B=|spec31 decode' | head -6
+    bundle_out call_spectral
     ;;
 seeds)  # call 1's unpack, then the Cuda tests, one varlen test over seeds, racecheck on the small flash tests
     unpack "$2"

@@ -994,7 +994,10 @@ struct ModelCuda::Impl {
                 for (const DLinear* F : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) need(*F);
             need(lm_head);
             zb.alloc(C * max_rank, "spectral branch", &bytes);
-            if (part_elems) zb_part.alloc(part_elems, "spectral branch k-block sums", &bytes);
+            if (part_elems) {
+                zb_part.alloc(part_elems, "spectral branch k-block sums", &bytes);
+                SQ_CUDA(cudaMemsetAsync(zb_part.get(), 0, part_elems * sizeof(float), stream));  // its counter
+            }
         }
         logits.alloc(lm_rows * c.vocab, "logits", &bytes);
         tokens.alloc(C, "tokens", &bytes);

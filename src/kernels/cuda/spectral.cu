@@ -18,6 +18,8 @@
 // itself runs without the branch; reading spec [m, n] in the persistent GEMM's epilogue warps
 // doubled its time, docs/kernels-cuda-notes.md).
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/cpu/gemm_f32.h"
 #include "kernels/cuda/cuda_check.h"
@@ -52,21 +54,33 @@ __global__ void __launch_bounds__(kRowThreads) xb_row_kernel(const float* __rest
     __shared__ __align__(16) float xs[kRowChunk], bs[kRowChunk];
     __shared__ float sums[kRowMaxBlocks];
     const int t = blockIdx.x / rank, r = blockIdx.x % rank, tid = threadIdx.x, grp = tid >> 3, l = tid & 7;
-    pdl_wait();
-    pdl_trigger();
     const float* xr = x + (int64_t)t * ldx;
     const float* br = bt + (int64_t)r * k;
     const bool vec = ((ldx | k) & 3) == 0 && (((uintptr_t)x | (uintptr_t)bt) & 15) == 0;
     const int chunk = max(1, kRowChunk / kc) * kc;  // whole k-blocks (kc ≤ kRowChunk)
-    for (int c0 = 0; c0 < k; c0 += chunk) {
-        const int len = min(chunk, k - c0), len8 = (len + 7) & ~7;
-        constexpr int U = kRowChunk / 4 / kRowThreads;  // float4 per thread and array: all loads first
-        float4 xv[U], bv[U];
+    constexpr int U = kRowChunk / 4 / kRowThreads;  // float4 per thread and array: all loads first
+    float4 xv[U], bv[U];
+    // Bᵀ is a weight: its first chunk is loaded (the rest of the row prefetched into L2) before the
+    // PDL wait, under the previous kernel's tail.
+    auto load_b = [&](int c0, int len, int len8) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {  // past k: zeros, the masked lanes' fma(0, 0, acc)
             const int e = (u * kRowThreads + tid) * 4;
-            xv[u] = e < len8 ? load4(xr + c0, e, len, vec) : make_float4(0, 0, 0, 0);
             bv[u] = e < len8 ? load4(br + c0, e, len, vec) : make_float4(0, 0, 0, 0);
+        }
+    };
+    load_b(0, min(chunk, k), (min(chunk, k) + 7) & ~7);
+    for (int e = chunk + tid * 32; e < k; e += kRowThreads * 32)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(br + e));
+    pdl_wait();  // x: the previous kernel's output
+    pdl_trigger();
+    for (int c0 = 0; c0 < k; c0 += chunk) {
+        const int len = min(chunk, k - c0), len8 = (len + 7) & ~7;
+        if (c0 > 0) load_b(c0, len, len8);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int e = (u * kRowThreads + tid) * 4;
+            xv[u] = e < len8 ? load4(xr + c0, e, len, vec) : make_float4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -94,6 +108,72 @@ __global__ void __launch_bounds__(kRowThreads) xb_row_kernel(const float* __rest
         float y = sums[0];
         for (int i = 1; i < nb; ++i) y = __fadd_rn(sums[i], y);  // gemm_f32: s + y, block after block
         z[(int64_t)t * rank + r] = y;
+    }
+}
+
+// Decode v2 (session 10, calls of ≤ 16 rows): block (k-block b, basis rows r0..r0 + 3), every row
+// of the call. Bᵀ's rows of the k-block are weights: staged in shared memory before the PDL wait,
+// so only x (the previous kernel's output, 2.3 KB per row) is read after it. 8 threads per output
+// run the k-block's 8 fma lanes and meet by shuffles in the hadd order; with several k-blocks each
+// block stores its sums to part [nb][m][rank], and the block that finishes last (a counter that it
+// returns to zero) adds them in block order (s + y). v1 (one block per output, the k range in
+// chunks, 31 blocks at rank 31) took ~8 µs per call: a quarter of a decode step at rank 31.
+constexpr int kDecThreads = 256, kDecBasis = 4;
+__global__ void __launch_bounds__(kDecThreads) xb_dec_kernel(const float* __restrict__ x, int64_t ldx, int m,
+                                                             const float* __restrict__ bt, int rank, int k, int kc,
+                                                             float* __restrict__ part, unsigned* __restrict__ counter,
+                                                             float* __restrict__ z) {
+    extern __shared__ __align__(16) float dsm[];
+    __shared__ bool s_last;
+    const int b = blockIdx.x, nb = gridDim.x, r0 = blockIdx.y * kDecBasis, tid = threadIdx.x;
+    const int p0 = b * kc, kb = min(kc, k - p0), q4 = ((kb + 7) & ~7) / 4;  // float4 per row, masked lanes' zeros included
+    float* bs = dsm;                   // [kDecBasis][kc]
+    float* xs = dsm + kDecBasis * kc;  // [m][kc]
+    const bool vec = ((ldx | k) & 3) == 0 && (((uintptr_t)x | (uintptr_t)bt) & 15) == 0;
+    for (int e = tid; e < kDecBasis * q4; e += kDecThreads) {
+        const int rr = e / q4, c = (e % q4) * 4, r = r0 + rr;
+        *reinterpret_cast<float4*>(&bs[rr * kc + c]) =
+            r < rank ? load4(bt + (int64_t)r * k + p0, c, kb, vec) : make_float4(0, 0, 0, 0);
+    }
+    pdl_wait();  // x: the previous kernel's output
+    pdl_trigger();
+    for (int e = tid; e < m * q4; e += kDecThreads) {
+        const int t = e / q4, c = (e % q4) * 4;
+        *reinterpret_cast<float4*>(&xs[t * kc + c]) = load4(x + (int64_t)t * ldx + p0, c, kb, vec);
+    }
+    __syncthreads();
+    const int grp = tid >> 3, l = tid & 7, nout = m * kDecBasis, kb8 = q4 * 4;
+    for (int o0 = 0; o0 < nout; o0 += kDecThreads / 8) {  // warp-uniform trip count (shuffles below)
+        const int o = o0 + grp, t = o / kDecBasis, rr = o % kDecBasis, r = r0 + rr;
+        float a = 0.0f;
+        if (o < nout)
+#pragma unroll 8
+            for (int p = l; p < kb8; p += 8) a = __fmaf_rn(xs[t * kc + p], bs[rr * kc + p], a);
+        const float s1 = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 1));
+        const float s2 = __fadd_rn(s1, __shfl_xor_sync(0xffffffffu, s1, 2));
+        const float s3 = __fadd_rn(s2, __shfl_xor_sync(0xffffffffu, s2, 4));
+        if (o < nout && l == 0 && r < rank) (nb == 1 ? z : part + (int64_t)b * m * rank)[t * rank + r] = s3;
+    }
+    if (nb == 1) return;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) s_last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
+    __syncthreads();
+    if (!s_last) return;
+    if (tid == 0) *counter = 0u;  // for the next call (graph replays)
+    __threadfence();
+    const int count = m * rank;
+    for (int o = tid; o < count; o += kDecThreads) {  // gemm_f32: y = s_b + y, block after block
+        float y = __ldcg(part + o);
+        for (int b0 = 1; b0 < nb; b0 += 8) {
+            float v[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) v[i] = b0 + i < nb ? __ldcg(part + (int64_t)(b0 + i) * count + o) : 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+                if (b0 + i < nb) y = __fadd_rn(v[i], y);
+        }
+        z[o] = y;
     }
 }
 
@@ -172,6 +252,87 @@ __global__ void __launch_bounds__(128) xb_tiles_kernel(const float* __restrict__
     }
 }
 
+// v2 (session 10): one fma lane per thread. A warp is 4 groups × 8 lanes: lane l of group g runs
+// lane l (p ≡ l mod 8) of the outputs (rows w·8 + i, basis rows r0 + 4·b + g), i, b < 8: 64
+// accumulators, and per 8 k values one x and one Bᵀ load per row / basis row from shared memory,
+// each a single wavefront (x: the 4 groups read the same 8 words; Bᵀ: row pitch 72 puts the groups
+// 8 banks apart). At the k-block's end the 8 lanes meet by shuffles in the hadd order (every lane
+// then holds the sum). Block: 32 rows × 32 basis rows × one k-block. v1 kept the 8 lanes of an
+// output in one thread (10 shared loads per 32 FMAs, 4 of them 4 wavefronts): bound by shared memory.
+constexpr int kX2Rows = 32, kX2Ld = kTileK + 8;
+constexpr int kX2X4 = kX2Rows * kTileK / 4 / 128, kX2B4 = 32 * kTileK / 4 / 128;  // float4 per thread
+__global__ void __launch_bounds__(128, 4) xb2_tiles_kernel(const float* __restrict__ x, int64_t ldx, int m,
+                                                           const float* __restrict__ bt, int rank, int k, int kc,
+                                                           float* __restrict__ out, int64_t out_block_stride) {
+    __shared__ __align__(16) float xs[2][kX2Rows][kX2Ld];
+    __shared__ __align__(16) float bs[2][32][kX2Ld];
+    pdl_wait();
+    pdl_trigger();
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 3, l = lane & 7;
+    const int t0 = blockIdx.x * kX2Rows, b = blockIdx.y, r0 = blockIdx.z * 32;
+    const int p0 = b * kc, kb = min(kc, k - p0), kend8 = (kb + 7) & ~7;
+    const bool vec = ((ldx | k | p0) & 3) == 0 && (((uintptr_t)x | (uintptr_t)bt) & 15) == 0;
+    float4 xv[kX2X4], bv[kX2B4];
+    auto fetch = [&](int pt) {  // the k range [p0 + pt, +64): zeros past the block's end, the rows' end
+#pragma unroll
+        for (int u = 0; u < kX2X4; ++u) {
+            const int e = u * 128 + tid, rr = e / (kTileK / 4), cc = (e % (kTileK / 4)) * 4, t = t0 + rr;
+            xv[u] = t < m ? load4(x + (int64_t)t * ldx + p0, pt + cc, kb, vec) : make_float4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < kX2B4; ++u) {
+            const int e = u * 128 + tid, rr = e / (kTileK / 4), cc = (e % (kTileK / 4)) * 4, r = r0 + rr;
+            bv[u] = r < rank ? load4(bt + (int64_t)r * k + p0, pt + cc, kb, vec) : make_float4(0, 0, 0, 0);
+        }
+    };
+    float acc[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[i][e] = 0.0f;
+    fetch(0);
+    for (int pt = 0, buf = 0; pt < kend8; pt += kTileK, buf ^= 1) {
+#pragma unroll
+        for (int u = 0; u < kX2X4; ++u) {
+            const int e = u * 128 + tid;
+            *reinterpret_cast<float4*>(&xs[buf][e / (kTileK / 4)][(e % (kTileK / 4)) * 4]) = xv[u];
+        }
+#pragma unroll
+        for (int u = 0; u < kX2B4; ++u) {
+            const int e = u * 128 + tid;
+            *reinterpret_cast<float4*>(&bs[buf][e / (kTileK / 4)][(e % (kTileK / 4)) * 4]) = bv[u];
+        }
+        __syncthreads();
+        if (pt + kTileK < kend8) fetch(pt + kTileK);
+        const int groups = min(kTileK, kend8 - pt) >> 3;
+        const float* xr = &xs[buf][warp * 8][l];
+        const float* br = &bs[buf][g][l];
+#pragma unroll 2
+        for (int q = 0; q < groups; ++q) {
+            float xq[8], bq[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) xq[i] = xr[i * kX2Ld + q * 8], bq[i] = br[i * 4 * kX2Ld + q * 8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[i][e] = __fmaf_rn(xq[i], bq[e], acc[i][e]);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int t = t0 + warp * 8 + i;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {  // (l0+l1), then (..)+(..), then the halves: hsum4_ps's order
+            const float a = acc[i][e];
+            const float s1 = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 1));
+            const float s2 = __fadd_rn(s1, __shfl_xor_sync(0xffffffffu, s1, 2));
+            const float s3 = __fadd_rn(s2, __shfl_xor_sync(0xffffffffu, s2, 4));
+            const int r = r0 + 4 * e + g;
+            if (l == e && t < m && r < rank) out[(int64_t)b * out_block_stride + (int64_t)t * rank + r] = s3;
+        }
+    }
+}
+
 // z[t, r] = Σ over k-blocks in order of part[b][t][r] (y = s_b + y).
 __global__ void xb_blocks_sum_kernel(const float* __restrict__ part, int64_t count, int nb, float* __restrict__ z) {
     pdl_wait();
@@ -246,6 +407,154 @@ __global__ void __launch_bounds__(256, R <= 32 ? 2 : 1) zc_kernel(const float* _
     }
 }
 
+// v2 (session 10): one column j per thread (its C row in registers, loaded once per block through
+// shared memory), the block walking `rows` rows of its 128 columns: z staged 32 rows at a time,
+// y read 8 rows at a time (8 loads in flight per thread). v1 above re-staged C for every 32 rows
+// with 2 blocks per SM (load phase, then compute phase): 18.7 ms of the 74 ms prefill at rank 31.
+constexpr int kZc2Cols = 128, kZc2Sub = 32, kZc2Y = 8;
+template <int R>
+__global__ void __launch_bounds__(kZc2Cols) zc2_kernel(const float* __restrict__ z, int m, const float* __restrict__ c,
+                                                       int n, int rank, float* __restrict__ y, int64_t ld,
+                                                       const float* __restrict__ bias, int rows) {
+    __shared__ __align__(16) float zs[kZc2Sub][R];
+    __shared__ float cs[kZc2Cols][R + 1];  // +1: a thread's row reads hit distinct banks
+    pdl_wait();
+    pdl_trigger();
+    const int tid = threadIdx.x, j0 = blockIdx.x * kZc2Cols, j = j0 + tid;
+    const int t_begin = blockIdx.y * rows, t_end = min(m, t_begin + rows);
+    const int64_t c_count = (int64_t)min(kZc2Cols, n - j0) * rank;  // the block's C rows: one contiguous run
+    for (int e = tid; e < kZc2Cols * rank; e += kZc2Cols)
+        cs[e / rank][e % rank] = e < c_count ? c[(int64_t)j0 * rank + e] : 0.0f;
+    const float bj = bias && j < n ? bias[j] : 0.0f;
+    __syncthreads();
+    float cr[R];
+#pragma unroll
+    for (int q = 0; q < R; ++q) cr[q] = q < rank ? cs[tid][q] : 0.0f;
+    float* yc = y + j;
+    for (int t0 = t_begin; t0 < t_end; t0 += kZc2Sub) {
+        const int nr = min(kZc2Sub, t_end - t0);
+        __syncthreads();  // the previous rows' zs reads are done
+        for (int e = tid; e < kZc2Sub * R; e += kZc2Cols) {
+            const int rr = e / R, q = e % R;
+            zs[rr][q] = rr < nr && q < rank ? z[(int64_t)(t0 + rr) * rank + q] : 0.0f;
+        }
+        __syncthreads();
+        if (j >= n) continue;
+        for (int i0 = 0; i0 < nr; i0 += kZc2Y) {
+            float yv[kZc2Y];
+#pragma unroll
+            for (int i = 0; i < kZc2Y; ++i) yv[i] = i0 + i < nr ? yc[(int64_t)(t0 + i0 + i) * ld] : 0.0f;
+#pragma unroll
+            for (int i = 0; i < kZc2Y; ++i) {
+                if (i0 + i >= nr) break;
+                float l[8] = {};
+#pragma unroll
+                for (int q4 = 0; q4 < R; q4 += 4) {
+                    const float4 zv = *reinterpret_cast<const float4*>(&zs[i0 + i][q4]);
+                    const float zq[4] = {zv.x, zv.y, zv.z, zv.w};
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int q = q4 + e;  // spectral_dot_ref: lane q mod 8, q < rank only
+                        if (q < rank) l[q & 7] = __fmaf_rn(zq[e], cr[q], l[q & 7]);
+                    }
+                }
+                float v = __fadd_rn(yv[i], lane_sum(l));
+                if (bias) v = __fadd_rn(v, bj);
+                yc[(int64_t)(t0 + i0 + i) * ld] = v;
+            }
+        }
+    }
+}
+
+// v3 (session 10): block = 256 columns (2 per thread: j, j + 128, coalesced) × `rows` rows. The
+// thread's two C rows go to registers before the PDL wait (weights); the block's z rows to shared
+// memory once; then 8 rows at a time with the next 8 rows' y loads in flight while these are
+// computed. R = the exact rank (kExact: no per-term predicate; 15, 31 and 63 are k̄ = 8, 16, 32)
+// or a bound on it. v1 (2 blocks of 256 threads per SM, each a load phase then a compute phase,
+// C re-staged every 32 rows) ran at ~1.2 TB/s of y traffic.
+constexpr int kZc3Threads = 128, kZc3Cols = 2 * kZc3Threads, kZc3G = 8, kZc3Smem = 32 * 1024;
+template <int R, bool kExact>
+__global__ void __launch_bounds__(kZc3Threads, kExact && R <= 32 ? 4 : 2)
+    zc3_kernel(const float* __restrict__ z, int m, const float* __restrict__ c, int n, int rank,
+               float* __restrict__ y, int64_t ld, const float* __restrict__ bias, int rows) {
+    constexpr int R4 = (R + 3) & ~3;
+    extern __shared__ __align__(16) float zs3[];  // [rows][R4]
+    const int tid = threadIdx.x, ja = blockIdx.x * kZc3Cols + tid, jb = ja + kZc3Threads;
+    const int t_begin = blockIdx.y * rows, nr = min(rows, m - t_begin);
+    float ca[R], cb[R];
+#pragma unroll
+    for (int q = 0; q < R; ++q) {
+        const bool in = kExact || q < rank;
+        ca[q] = in && ja < n ? c[(int64_t)ja * rank + q] : 0.0f;
+        cb[q] = in && jb < n ? c[(int64_t)jb * rank + q] : 0.0f;
+    }
+    const float ba = bias && ja < n ? bias[ja] : 0.0f, bb = bias && jb < n ? bias[jb] : 0.0f;
+    pdl_wait();  // z, y: earlier kernels' outputs
+    pdl_trigger();
+    const float* zb = z + (int64_t)t_begin * rank;
+    for (int e = tid; e < nr * rank; e += kZc3Threads) {  // one contiguous run of z
+        const int rr = e / rank;
+        zs3[rr * R4 + (e - rr * rank)] = zb[e];
+    }
+    __syncthreads();
+    if (ja >= n) return;
+    const bool has_b = jb < n;
+    float* yr = y + (int64_t)t_begin * ld + ja;
+    float ya[kZc3G], yb[kZc3G], na[kZc3G], nb[kZc3G];
+    auto load = [&](int g0, float* va, float* vb) {
+#pragma unroll
+        for (int i = 0; i < kZc3G; ++i) {
+            const bool in = g0 + i < nr;
+            va[i] = in ? yr[(int64_t)(g0 + i) * ld] : 0.0f;
+            vb[i] = in && has_b ? yr[(int64_t)(g0 + i) * ld + kZc3Threads] : 0.0f;
+        }
+    };
+    load(0, ya, yb);
+    for (int g0 = 0; g0 < nr; g0 += kZc3G) {
+        if (g0 + kZc3G < nr) load(g0 + kZc3G, na, nb);
+#pragma unroll
+        for (int i = 0; i < kZc3G; ++i) {
+            if (g0 + i >= nr) break;
+            const float* zr = zs3 + (g0 + i) * R4;
+            float la[8] = {}, lb[8] = {};
+#pragma unroll
+            for (int q4 = 0; q4 < R; q4 += 4) {
+                const float4 zv = *reinterpret_cast<const float4*>(zr + q4);
+                const float zq[4] = {zv.x, zv.y, zv.z, zv.w};
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int q = q4 + e;  // spectral_dot_ref: lane q mod 8, q < rank only
+                    if (q < R && (kExact || q < rank)) {
+                        la[q & 7] = __fmaf_rn(zq[e], ca[q], la[q & 7]);
+                        lb[q & 7] = __fmaf_rn(zq[e], cb[q], lb[q & 7]);
+                    }
+                }
+            }
+            float va = __fadd_rn(ya[i], lane_sum(la)), vb = __fadd_rn(yb[i], lane_sum(lb));
+            if (bias) va = __fadd_rn(va, ba), vb = __fadd_rn(vb, bb);
+            float* yo = yr + (int64_t)(g0 + i) * ld;
+            yo[0] = va;
+            if (has_b) yo[kZc3Threads] = vb;
+        }
+#pragma unroll
+        for (int i = 0; i < kZc3G; ++i) ya[i] = na[i], yb[i] = nb[i];
+    }
+}
+
+template <int R, bool kExact>
+void launch_zc3(const float* z, int m, const float* c, int n, int rank, float* y, int64_t ld, const float* bias,
+                cudaStream_t s) {
+    constexpr int R4 = (R + 3) & ~3;
+    const int cols = (n + kZc3Cols - 1) / kZc3Cols;
+    // ~1024 blocks (4 per SM resident at R ≤ 32), 8..(32 KB of z) rows each, a multiple of 8
+    const int max_rows = kZc3Smem / (R4 * 4) / kZc3G * kZc3G;
+    int rows = (int)std::min<int64_t>(max_rows, std::max<int64_t>(kZc3G, (int64_t)m * cols / 1024));
+    rows = (rows + kZc3G - 1) / kZc3G * kZc3G;
+    const dim3 grid((unsigned)cols, (unsigned)((m + rows - 1) / rows));
+    launch_pdl("spectral_zc3", zc3_kernel<R, kExact>, grid, dim3(kZc3Threads), (size_t)rows * R4 * sizeof(float), s,
+               z, m, c, n, rank, y, ld, bias, rows);
+}
+
 // Larger ranks: spec_dot straight from global memory, one output per thread.
 __global__ void zc_plain_kernel(const float* __restrict__ z, int m, const float* __restrict__ c, int n, int rank,
                                 float* __restrict__ y, int64_t ld, const float* __restrict__ bias) {
@@ -263,41 +572,92 @@ unsigned blocks_of(int64_t count, int threads) { return (unsigned)((count + thre
 
 }  // namespace
 
+// [counter (one float's room)][k-block sums [nb][m][rank]]; none with one k-block.
 size_t spectral_xb_scratch(int m, int rank, int k) {
-    if (m <= kCpuGemvMaxRows || k <= 0) return 0;
+    if (m <= 0 || rank <= 0 || k <= 0) return 0;
     const int kc = pick_kc(k), nb = (k + kc - 1) / kc;
-    return nb > 1 ? (size_t)nb * (size_t)m * (size_t)rank : 0;
+    return nb > 1 ? 1 + (size_t)nb * (size_t)m * (size_t)rank : 0;
 }
 
 void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, int k, float* z, float* scratch,
                  size_t scratch_elems, cudaStream_t s) {
+    spectral_xb_cfg(x, ldx, m, bt, rank, k, z, scratch, scratch_elems, s, 0);
+}
+
+void spectral_xb_cfg(const float* x, int64_t ldx, int m, const float* bt, int rank, int k, float* z, float* scratch,
+                     size_t scratch_elems, cudaStream_t s, int cfg) {
     SQ_CHECK(m >= 0 && rank >= 1 && k >= 1 && ldx >= k, "spectral_xb: bad shape m=", m, " rank=", rank, " k=", k,
              " ldx=", ldx);
     if (m == 0) return;
     const int kc = pick_kc(k), nb = (k + kc - 1) / kc;  // gemm_f32's k-blocks
-    SQ_CHECK(nb <= kRowMaxBlocks && kc <= kRowChunk, "spectral_xb: k=", k, " has ", nb, " k-blocks of ", kc);
-    if (m <= kCpuGemvMaxRows) {  // few rows: one block per output
+    const size_t need = spectral_xb_scratch(m, rank, k);
+    SQ_CHECK(scratch_elems >= need && (need == 0 || scratch), "spectral_xb: scratch of ", scratch_elems,
+             " floats < ", need);
+    static const bool dec_v2 = [] {  // A/B of the two decode kernels (docs/kernels-cuda-notes.md)
+        const char* e = std::getenv("SQ_CUDA_XB_DECODE");
+        return e && std::strcmp(e, "split") == 0;
+    }();
+    if (m <= kCpuGemvMaxRows && (cfg == 2 || (cfg == 0 && dec_v2))) {  // decode v2: k-blocks × 4 basis rows
+        const size_t smem = (size_t)(kDecBasis + m) * kc * sizeof(float);
+        launch_pdl("spectral_xb_dec", xb_dec_kernel, dim3((unsigned)nb, (unsigned)((rank + kDecBasis - 1) / kDecBasis)),
+                   dim3(kDecThreads), smem, s, x, ldx, m, bt, rank, k, kc, nb > 1 ? scratch + 1 : nullptr,
+                   nb > 1 ? reinterpret_cast<unsigned*>(scratch) : nullptr, z);
+        return;
+    }
+    if (m <= kCpuGemvMaxRows) {  // one block per output
+        SQ_CHECK(nb <= kRowMaxBlocks && kc <= kRowChunk, "spectral_xb: k=", k, " has ", nb, " k-blocks of ", kc);
         launch_pdl("spectral_xb_rows", xb_row_kernel, dim3((unsigned)((int64_t)m * rank)), dim3(kRowThreads), 0, s, x,
                    ldx, bt, rank, k, kc, z);
         return;
     }
-    const size_t need = nb > 1 ? spectral_xb_scratch(m, rank, k) : 0;
-    SQ_CHECK(scratch_elems >= need, "spectral_xb: scratch of ", scratch_elems, " floats < ", need);
-    float* out = nb > 1 ? scratch : z;
-    const dim3 grid((unsigned)((m + kTileRows - 1) / kTileRows), (unsigned)nb, (unsigned)((rank + 31) / 32));
-    launch_pdl("spectral_xb_tiles", xb_tiles_kernel, grid, dim3(128), 0, s, x, ldx, m, bt, rank, k, kc, out,
-               (int64_t)m * rank);
+    float* out = nb > 1 ? scratch + 1 : z;
+    if (cfg != 1) {
+        const dim3 grid((unsigned)((m + kX2Rows - 1) / kX2Rows), (unsigned)nb, (unsigned)((rank + 31) / 32));
+        launch_pdl("spectral_xb2_tiles", xb2_tiles_kernel, grid, dim3(128), 0, s, x, ldx, m, bt, rank, k, kc, out,
+                   (int64_t)m * rank);
+    } else {
+        const dim3 grid((unsigned)((m + kTileRows - 1) / kTileRows), (unsigned)nb, (unsigned)((rank + 31) / 32));
+        launch_pdl("spectral_xb_tiles", xb_tiles_kernel, grid, dim3(128), 0, s, x, ldx, m, bt, rank, k, kc, out,
+                   (int64_t)m * rank);
+    }
     if (nb > 1) {
         const int64_t count = (int64_t)m * rank;
         launch_pdl("spectral_xb_sum", xb_blocks_sum_kernel, dim3(blocks_of(count, 256)), dim3(256), 0, s,
-                   (const float*)scratch, count, nb, z);
+                   (const float*)scratch + 1, count, nb, z);
     }
 }
 
 void spectral_zc_add(const float* z, int m, const float* c, int n, int rank, float* y, int64_t ld, const float* bias,
                      cudaStream_t s) {
+    spectral_zc_add_cfg(z, m, c, n, rank, y, ld, bias, s, 0);
+}
+
+void spectral_zc_add_cfg(const float* z, int m, const float* c, int n, int rank, float* y, int64_t ld,
+                         const float* bias, cudaStream_t s, int cfg) {
     SQ_CHECK(m >= 0 && n >= 0 && rank >= 1 && ld >= n, "spectral_zc_add: bad shape m=", m, " n=", n, " rank=", rank);
     if (m == 0 || n == 0) return;
+    if (cfg == 0 && rank <= 64) {
+        switch (rank) {
+            case 15: launch_zc3<15, true>(z, m, c, n, rank, y, ld, bias, s); return;
+            case 31: launch_zc3<31, true>(z, m, c, n, rank, y, ld, bias, s); return;
+            case 63: launch_zc3<63, true>(z, m, c, n, rank, y, ld, bias, s); return;
+            default:
+                if (rank <= 32) launch_zc3<32, false>(z, m, c, n, rank, y, ld, bias, s);
+                else launch_zc3<64, false>(z, m, c, n, rank, y, ld, bias, s);
+                return;
+        }
+    }
+    if (cfg == 2 && rank <= 64) {  // v2: rows per block so that the grid is ≥ ~2048 blocks, 32..256 rows
+        const int cols = (n + kZc2Cols - 1) / kZc2Cols;
+        int rows = (int)std::min<int64_t>(256, std::max<int64_t>(32, (int64_t)m * cols / 2048));
+        rows = (rows + kZc2Sub - 1) / kZc2Sub * kZc2Sub;
+        const dim3 grid((unsigned)cols, (unsigned)((m + rows - 1) / rows));
+        if (rank <= 32)
+            launch_pdl("spectral_zc2", zc2_kernel<32>, grid, dim3(kZc2Cols), 0, s, z, m, c, n, rank, y, ld, bias, rows);
+        else
+            launch_pdl("spectral_zc2", zc2_kernel<64>, grid, dim3(kZc2Cols), 0, s, z, m, c, n, rank, y, ld, bias, rows);
+        return;
+    }
     const dim3 grid((unsigned)((n + kZcCols - 1) / kZcCols), (unsigned)((m + kZcRows - 1) / kZcRows));
     if (rank <= 32)
         launch_pdl("spectral_zc", zc_kernel<32>, grid, dim3(256), 0, s, z, m, c, n, rank, y, ld, bias);
