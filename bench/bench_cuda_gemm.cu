@@ -238,9 +238,9 @@ void print_row(const Row& r, double bf16_us, double fp8_us) {
                 r.kernel.c_str(), r.us, tops, 100.0 * tops / kPeakTops, gbs, 100.0 * gbs / kHbmGBs, vb, vf);
 }
 
-// --spectral: the rank-31 spectral branch's two passes (spectral.cu) at the LLaMA-3-8B shapes, each
-// configuration in the same process: x·Bᵀ (z [M, 31] = x [M, K] · Bᵀ; bytes = x + Bᵀ once) and ·Cᵀ
-// (y [M, N] += z·Cᵀ + bias; bytes = y read and written + C). GFMA/s counts M·N·31 (·Cᵀ) or M·K·31 (x·B).
+// --spectral: the rank-31 spectral branch's two passes (spectral.cu) at the LLaMA-3-8B shapes: x·Bᵀ
+// (z [M, 31] = x [M, K] · Bᵀ; bytes = x + Bᵀ once) and ·Cᵀ (y [M, N] += z·Cᵀ + bias; bytes = y read
+// and written + C; not at M ≤ 16, where decode fuses it into the GEMV). GFMA/s counts M·K·31 or M·N·31.
 void bench_spectral(Timer& timer, const std::vector<int>& ms) {
     constexpr int rank = 31;
     struct Shape {
@@ -249,7 +249,11 @@ void bench_spectral(Timer& timer, const std::vector<int>& ms) {
     };
     const Shape shapes[] = {{"qkv 6144x4096", 6144, 4096}, {"o 4096x4096", 4096, 4096},
                             {"gu 28672x4096", 28672, 4096}, {"down 4096x14336", 4096, 14336}};
-    std::printf("| pass | shape (N x K) | M | cfg | time (us) | GB/s | GFMA/s | vs cfg 1 |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    std::printf("| pass | shape (N x K) | M | time (us) | GB/s | %%HBM | GFMA/s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
+    auto row = [](const char* pass, const char* shape, int m, double us, double bytes, double fma) {
+        std::printf("| %s | %s | %d | %.1f | %.0f | %.1f%% | %.0f |\n", pass, shape, m, us, bytes / us * 1e-3,
+                    100.0 * bytes / us * 1e-3 / kHbmGBs, fma / us * 1e-3);
+    };
     for (const Shape& sh : shapes) {
         const int mmax = *std::max_element(ms.begin(), ms.end());
         float *x, *bt, *z, *part, *y, *c, *bias;
@@ -261,6 +265,7 @@ void bench_spectral(Timer& timer, const std::vector<int>& ms) {
         SQ_CUDA(cudaMalloc(&y, (size_t)mmax * sh.n * 4));
         SQ_CUDA(cudaMalloc(&c, (size_t)sh.n * rank * 4));
         SQ_CUDA(cudaMalloc(&bias, (size_t)sh.n * 4));
+        SQ_CUDA(cudaMemset(part, 0, part_n * 4));  // the decode kernel's counter
         fill(x, (int64_t)mmax * sh.k, 4, 21);
         fill(bt, (int64_t)rank * sh.k, 4, 22);
         fill(z, (int64_t)mmax * rank, 4, 23);
@@ -269,25 +274,13 @@ void bench_spectral(Timer& timer, const std::vector<int>& ms) {
         fill(bias, sh.n, 4, 26);
         SQ_CUDA(cudaDeviceSynchronize());
         for (int m : ms) {
-            double base = 0;
-            for (int cfg : {1, 0, 2}) {
-                if (cfg == 2 && m > 16) continue;  // the split decode kernel
-                const double us = timer.median_us(
-                    [&] { cuda::spectral_xb_cfg(x, sh.k, m, bt, rank, sh.k, z, part, part_n, nullptr, cfg); });
-                if (cfg == 1) base = us;
-                const double bytes = 4.0 * ((double)m * sh.k + (double)rank * sh.k), fma = (double)m * sh.k * rank;
-                std::printf("| x·B | %s | %d | %d | %.1f | %.0f | %.0f | %.2fx |\n", sh.name, m, cfg, us,
-                            bytes / us * 1e-3, fma / us * 1e-3, base / us);
-            }
-            if (m <= 16) continue;  // decode: ·Cᵀ is in the GEMV's epilogue
-            for (int cfg : {1, 0, 2}) {
-                const double us = timer.median_us(
-                    [&] { cuda::spectral_zc_add_cfg(z, m, c, sh.n, rank, y, sh.n, bias, nullptr, cfg); });
-                if (cfg == 1) base = us;
-                const double bytes = 4.0 * (2.0 * m * sh.n + (double)rank * sh.n), fma = (double)m * sh.n * rank;
-                std::printf("| ·Cᵀ | %s | %d | %d | %.1f | %.0f | %.0f | %.2fx |\n", sh.name, m, cfg, us,
-                            bytes / us * 1e-3, fma / us * 1e-3, base / us);
-            }
+            row("x·B", sh.name, m,
+                timer.median_us([&] { cuda::spectral_xb(x, sh.k, m, bt, rank, sh.k, z, part, part_n, nullptr); }),
+                4.0 * ((double)m * sh.k + (double)rank * sh.k), (double)m * sh.k * rank);
+            if (m > 16)
+                row("·Cᵀ", sh.name, m,
+                    timer.median_us([&] { cuda::spectral_zc_add(z, m, c, sh.n, rank, y, sh.n, bias, nullptr); }),
+                    4.0 * (2.0 * m * sh.n + (double)rank * sh.n), (double)m * sh.n * rank);
             std::fflush(stdout);
         }
         for (float* p : {x, bt, z, part, y, c, bias}) SQ_CUDA(cudaFree(p));

@@ -22,6 +22,8 @@
 # and, without CPU_WINDOWS, the CPU engine's windows computed on the device's cores in the next call:
 #   bash .gpuc2/gpu_check.sh cpuppl
 # Also: `seeds D1` (tests, one test over 10 seeds, racecheck), `memcheck D1` (memcheck, all tests).
+# `spectral D1` (the spectral branch: tests, micro-benchmarks, bench), `profile D1` (every kernel of a
+# B=1 decode step under ncu).
 # Logs and JSON go to $OUT; summary.txt has every step's exit code and wall time.
 set -uo pipefail
 OUT=${OUT:-out/gpu-check}
@@ -125,8 +127,8 @@ profile)  # call 1's unpack, then every kernel of a W4A4 (rank 0) and a BF16 dec
     tail -n 3 "$OUT/ncu_decode.log"
     bundle_out call_profile
     ;;
-spectral)  # call 1's unpack, then the spectral branch's tests, memcheck on them, its passes' micro-benchmarks
-           # (every configuration, one process) and the end-to-end bench at rank 31
+spectral)  # call 1's unpack, then the CUDA tests, memcheck on the spectral branch's, its passes'
+           # micro-benchmarks and the end-to-end bench at rank 31 (NCU="regex ...": those kernels under ncu)
     unpack "$2"
     env_setup
     step tests_cuda 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
@@ -148,9 +150,6 @@ spectral)  # call 1's unpack, then the spectral branch's tests, memcheck on them
     grep -v '^\s*$' "$OUT/bench.log" | tail -24
     step bench_lm8 150 $SQ $B --lm-head-bits 8 --batches 1 --prefill-lens 2048
     grep -v '^\s*$' "$OUT/bench_lm8.log" | grep -E 'decode B=1|prefill 2048' | head -4
-    # A/B: the decode x·B split over k-blocks instead of one block per output
-    step bench_xb_split 150 env SQ_CUDA_XB_DECODE=split $SQ $B --batches 1,8 --prefill-lens 256
-    grep -v '^\s*$' "$OUT/bench_xb_split.log" | grep -E 'decode B=|spec31 decode' | head -6
     bundle_out call_spectral
     ;;
 seeds)  # call 1's unpack, then the Cuda tests, one varlen test over seeds, racecheck on the small flash tests

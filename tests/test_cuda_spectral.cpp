@@ -50,20 +50,18 @@ TEST(CudaSpectral, XbEqualsCpuEngine) {
         DevBuf<float> dx(x), db(bt), dz((size_t)m * rank);
         DevBuf<float> part(std::max<size_t>(1, cuda::spectral_xb_scratch(m, rank, k)));
         part.poison(0);  // the decode kernel's counter starts at zero
-        for (int cfg : {0, 1, 2}) {  // the default kernels, v1 tiles, the split decode kernel (≤ 16 rows)
-            dz.poison(0xff);  // every output written
-            cuda::spectral_xb_cfg(dx.p, k, m, db.p, rank, k, dz.p, part.p, part.n, nullptr, cfg);
-            EXPECT_EQ(bits_differ(dz.get(), ref), 0) << "cfg " << cfg;
-        }
+        dz.poison(0xff);  // every output written
+        cuda::spectral_xb(dx.p, k, m, db.p, rank, k, dz.p, part.p, part.n, nullptr);
+        EXPECT_EQ(bits_differ(dz.get(), ref), 0);
         // each row as a call of its own (decode, the per-output kernel): the same bits
         DevBuf<float> part1(std::max<size_t>(1, cuda::spectral_xb_scratch(1, rank, k)));
         part1.poison(0);
         for (int t = 0; t < std::min(m, 3); ++t) {
-            for (int cfg : {0, 2, 1, 2}) {  // the split kernel twice: its counter is back at zero after a call
+            for (int rep = 0; rep < 2; ++rep) {  // twice: the decode kernel's counter is back at zero after a call
                 DevBuf<float> z1(rank);
-                cuda::spectral_xb_cfg(dx.p + (size_t)t * k, k, 1, db.p, rank, k, z1.p, part1.p, part1.n, nullptr, cfg);
+                cuda::spectral_xb(dx.p + (size_t)t * k, k, 1, db.p, rank, k, z1.p, part1.p, part1.n, nullptr);
                 const std::vector<float> zt(ref.begin() + (size_t)t * rank, ref.begin() + (size_t)(t + 1) * rank);
-                EXPECT_EQ(bits_differ(z1.get(), zt), 0) << "row " << t << " alone, cfg " << cfg;
+                EXPECT_EQ(bits_differ(z1.get(), zt), 0) << "row " << t << " alone, call " << rep;
             }
         }
     }
@@ -75,7 +73,8 @@ TEST(CudaSpectral, ZcAddEqualsEpilogueOrder) {
     for (auto [m, n, rank, with_bias] : {std::tuple{1, 100, 31, true}, {33, 6144, 31, false}, {300, 200, 7, true},
                                          {17, 129, 32, false}, {5, 64, 33, true}, {70, 300, 64, true},
                                          {3, 1000, 65, true}, {40, 1, 1, false}, {1100, 300, 31, true},
-                                         {700, 129, 50, false}, {500, 700, 15, true}, {300, 300, 63, false}}) {
+                                         {700, 129, 50, false}, {500, 700, 15, true}, {300, 300, 63, false},
+                                         {50, 301, 31, true}}) {
         SCOPED_TRACE(str("m=", m, " n=", n, " rank=", rank, " bias=", with_bias));
         const std::vector<float> z = gaussian((size_t)m * rank, rng), c = gaussian((size_t)n * rank, rng, 0.05f);
         const std::vector<float> bias = gaussian(n, rng, 0.1f);
@@ -88,12 +87,9 @@ TEST(CudaSpectral, ZcAddEqualsEpilogueOrder) {
                 v = v + spectral_dot_ref(&z[(size_t)t * rank], &c[(size_t)j * rank], rank);
                 if (with_bias) v = v + bias[j];
             }
-        DevBuf<float> dz(z), dc(c), db(bias);
-        for (int cfg = 0; cfg <= 2; ++cfg) {  // the default, v1, v2
-            DevBuf<float> dy(y0);
-            cuda::spectral_zc_add_cfg(dz.p, m, dc.p, n, rank, dy.p, ld, with_bias ? db.p : nullptr, nullptr, cfg);
-            EXPECT_EQ(bits_differ(dy.get(), ref), 0) << "cfg " << cfg;
-        }
+        DevBuf<float> dz(z), dc(c), db(bias), dy(y0);
+        cuda::spectral_zc_add(dz.p, m, dc.p, n, rank, dy.p, ld, with_bias ? db.p : nullptr, nullptr);
+        EXPECT_EQ(bits_differ(dy.get(), ref), 0);
     }
 }
 

@@ -229,18 +229,12 @@ void logprob_gather(const float* logits, int vocab, const int* rows, const int* 
 size_t spectral_xb_scratch(int m, int rank, int k);
 void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, int k, float* z, float* scratch,
                  size_t scratch_elems, cudaStream_t s);
-// Benchmarks' A/B: cfg 0 the default, 1 the v1 tiles (calls above 16 rows).
-void spectral_xb_cfg(const float* x, int64_t ldx, int m, const float* bt, int rank, int k, float* z, float* scratch,
-                     size_t scratch_elems, cudaStream_t s, int cfg);
 // The branch added to a layer's output y [m, n] (row stride ld) after its GEMM (run without spec and bias):
 // y[t, j] = (y[t, j] + spectral_dot_ref(z_t, c_j, rank)) + bias[j] (bias may be null), z [m, rank],
 // c [n, rank]: the W4A4 epilogue's order, bit for bit what the GEMM with spec (or the fused GEMM
 // epilogues' spec_dot) gives.
 void spectral_zc_add(const float* z, int m, const float* c, int n, int rank, float* y, int64_t ld, const float* bias,
                      cudaStream_t s);
-// Benchmarks' A/B: cfg 0 the default, 1 the v1 kernel, 2..5 v2 at 64 << (cfg − 2) rows per block.
-void spectral_zc_add_cfg(const float* z, int m, const float* c, int n, int rank, float* y, int64_t ld,
-                         const float* bias, cudaStream_t s, int cfg);
 
 // ---- Q8_0 lm_head of decode steps (q8_gemv.cu, decode v6) ----
 // Device layout of a Q8_0 matrix [n, k] (kernels/q8_format.h): codes int8 [n][k] and fp16 scale

@@ -7,19 +7,19 @@
 // last), in each block 8 fma lanes (lane l takes p ≡ l mod 8, in order; the last group of a block
 // not a multiple of 8 runs the masked lanes as fma(0, 0, acc)), the lanes summed ((l0 + l1) +
 // (l2 + l3)) + ((l4 + l5) + (l6 + l7)), and the block sums added to the running output in block
-// order (s + y). Both kernels below compute exactly that:
-//   - xb_row (≤ 16 rows, decode): one block per output, x[t] and Bᵀ[r] staged in shared memory,
-//     8 threads per k-block, which meet by shuffles in the hadd order;
-//   - xb_tiles (prefill): 16 rows × 32 basis rows per block of 4 warps, k staged through
-//     shared memory in tiles of 64, each thread 4 rows × 8 lanes in registers; one grid
-//     column per k-block, whose sums a second kernel adds in block order.
+// order (s + y). The kernels below compute exactly that (docs/kernels-cuda-notes.md, sessions 9-10):
+//   - xb_dec (one row: a decode step at B = 1): a block per (k-block, 4 basis rows), Bᵀ staged
+//     before the PDL wait, the last block adding the k-block sums in order;
+//   - xb_row (2..16 rows, batched decode): one block per output, x[t] and Bᵀ[r] staged in shared
+//     memory, 8 threads per k-block, which meet by shuffles in the hadd order;
+//   - xb_tiles (prefill): 32 rows × 32 basis rows per block of 4 warps, one fma lane per thread, k
+//     through shared memory in tiles of 64; one grid column per k-block, whose sums a second kernel
+//     adds in block order.
 // z·Cᵀ (zc_kernel): spec_dot (spectral_dot_ref's order) per output, C's rows in registers, added
 // to the layer's output after its GEMM (y = (y + spec) + bias: the epilogue's order, so the GEMM
 // itself runs without the branch; reading spec [m, n] in the persistent GEMM's epilogue warps
 // doubled its time, docs/kernels-cuda-notes.md).
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "kernels/cpu/gemm_f32.h"
 #include "kernels/cuda/cuda_check.h"
@@ -111,13 +111,12 @@ __global__ void __launch_bounds__(kRowThreads) xb_row_kernel(const float* __rest
     }
 }
 
-// Decode v2 (session 10, calls of ≤ 16 rows): block (k-block b, basis rows r0..r0 + 3), every row
-// of the call. Bᵀ's rows of the k-block are weights: staged in shared memory before the PDL wait,
+// Decode at B = 1 (session 10): block (k-block b, basis rows r0..r0 + 3), every row of the call. Bᵀ's rows of the k-block are weights: staged in shared memory before the PDL wait,
 // so only x (the previous kernel's output, 2.3 KB per row) is read after it. 8 threads per output
 // run the k-block's 8 fma lanes and meet by shuffles in the hadd order; with several k-blocks each
 // block stores its sums to part [nb][m][rank], and the block that finishes last (a counter that it
-// returns to zero) adds them in block order (s + y). v1 (one block per output, the k range in
-// chunks, 31 blocks at rank 31) took ~8 µs per call: a quarter of a decode step at rank 31.
+// returns to zero) adds them in block order (s + y). At one row this beat xb_row (31 blocks at rank
+// 31, each over the whole k) by ~3% of a rank-31 decode step; at 8 rows xb_row was ~1% faster.
 constexpr int kDecThreads = 256, kDecBasis = 4;
 __global__ void __launch_bounds__(kDecThreads) xb_dec_kernel(const float* __restrict__ x, int64_t ldx, int m,
                                                              const float* __restrict__ bt, int rank, int k, int kc,
@@ -177,110 +176,37 @@ __global__ void __launch_bounds__(kDecThreads) xb_dec_kernel(const float* __rest
     }
 }
 
-// Block: 4 warps × 4 rows = 16 rows of x, lane = basis row r0 + lane; grid (row tiles, k-blocks,
-// basis-row tiles of 32). Each block computes its k-block's sum and writes it to part[b][t][r]
-// (or, with one k-block, to z directly). k tiles of 64 through two shared-memory buffers, the next
-// tile's loads in registers while this one is computed (one barrier per tile).
-constexpr int kTileRows = 16, kTileRowsPerWarp = 4, kTileK = 64, kTileLd = kTileK + 4;
-constexpr int kTileX4 = kTileRows * kTileK / 4 / 128, kTileB4 = 32 * kTileK / 4 / 128;  // float4 per thread
-__global__ void __launch_bounds__(128) xb_tiles_kernel(const float* __restrict__ x, int64_t ldx, int m,
-                                                       const float* __restrict__ bt, int rank, int k, int kc,
-                                                       float* __restrict__ out, int64_t out_block_stride) {
-    __shared__ __align__(16) float xs[2][kTileRows][kTileLd];
-    __shared__ __align__(16) float bs[2][32][kTileLd];
-    pdl_wait();
-    pdl_trigger();
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int t0 = blockIdx.x * kTileRows, b = blockIdx.y, r0 = blockIdx.z * 32;
-    const int p0 = b * kc, kb = min(kc, k - p0), kend8 = (kb + 7) & ~7;
-    const bool vec = ((ldx | k | p0) & 3) == 0 && (((uintptr_t)x | (uintptr_t)bt) & 15) == 0;
-    float4 xv[kTileX4], bv[kTileB4];
-    // the tile of k range [p0 + pt, +64) into registers, zeros past the block's end or the rows' end
-    auto fetch = [&](int pt) {
-#pragma unroll
-        for (int u = 0; u < kTileX4; ++u) {
-            const int e = u * 128 + tid, rr = e / (kTileK / 4), c = (e % (kTileK / 4)) * 4, t = t0 + rr;
-            xv[u] = t < m ? load4(x + (int64_t)t * ldx + p0, pt + c, kb, vec) : make_float4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < kTileB4; ++u) {
-            const int e = u * 128 + tid, rr = e / (kTileK / 4), c = (e % (kTileK / 4)) * 4, r = r0 + rr;
-            bv[u] = r < rank ? load4(bt + (int64_t)r * k + p0, pt + c, kb, vec) : make_float4(0, 0, 0, 0);
-        }
-    };
-    float acc[kTileRowsPerWarp][8];
-#pragma unroll
-    for (int i = 0; i < kTileRowsPerWarp; ++i)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[i][e] = 0.0f;
-    fetch(0);
-    for (int pt = 0, buf = 0; pt < kend8; pt += kTileK, buf ^= 1) {
-#pragma unroll
-        for (int u = 0; u < kTileX4; ++u) {
-            const int e = u * 128 + tid;
-            *reinterpret_cast<float4*>(&xs[buf][e / (kTileK / 4)][(e % (kTileK / 4)) * 4]) = xv[u];
-        }
-#pragma unroll
-        for (int u = 0; u < kTileB4; ++u) {
-            const int e = u * 128 + tid;
-            *reinterpret_cast<float4*>(&bs[buf][e / (kTileK / 4)][(e % (kTileK / 4)) * 4]) = bv[u];
-        }
-        __syncthreads();
-        if (pt + kTileK < kend8) fetch(pt + kTileK);
-        const int groups = min(kTileK, kend8 - pt) >> 3;
-        for (int q = 0; q < groups; ++q) {
-            const float4 w0 = *reinterpret_cast<const float4*>(&bs[buf][lane][q * 8]);
-            const float4 w1 = *reinterpret_cast<const float4*>(&bs[buf][lane][q * 8 + 4]);
-#pragma unroll
-            for (int i = 0; i < kTileRowsPerWarp; ++i) {
-                const float* xr = &xs[buf][warp * kTileRowsPerWarp + i][q * 8];
-                const float4 x0 = *reinterpret_cast<const float4*>(xr);
-                const float4 x1 = *reinterpret_cast<const float4*>(xr + 4);
-                acc[i][0] = __fmaf_rn(x0.x, w0.x, acc[i][0]), acc[i][1] = __fmaf_rn(x0.y, w0.y, acc[i][1]);
-                acc[i][2] = __fmaf_rn(x0.z, w0.z, acc[i][2]), acc[i][3] = __fmaf_rn(x0.w, w0.w, acc[i][3]);
-                acc[i][4] = __fmaf_rn(x1.x, w1.x, acc[i][4]), acc[i][5] = __fmaf_rn(x1.y, w1.y, acc[i][5]);
-                acc[i][6] = __fmaf_rn(x1.z, w1.z, acc[i][6]), acc[i][7] = __fmaf_rn(x1.w, w1.w, acc[i][7]);
-            }
-        }
-    }
-    const int r = r0 + lane;
-    if (r >= rank) return;
-#pragma unroll
-    for (int i = 0; i < kTileRowsPerWarp; ++i) {
-        const int t = t0 + warp * kTileRowsPerWarp + i;
-        if (t < m) out[(int64_t)b * out_block_stride + (int64_t)t * rank + r] = lane_sum(acc[i]);
-    }
-}
-
-// v2 (session 10): one fma lane per thread. A warp is 4 groups × 8 lanes: lane l of group g runs
+// Prefill tiles (session 10): one fma lane per thread. A warp is 4 groups × 8 lanes: lane l of group g runs
 // lane l (p ≡ l mod 8) of the outputs (rows w·8 + i, basis rows r0 + 4·b + g), i, b < 8: 64
 // accumulators, and per 8 k values one x and one Bᵀ load per row / basis row from shared memory,
 // each a single wavefront (x: the 4 groups read the same 8 words; Bᵀ: row pitch 72 puts the groups
 // 8 banks apart). At the k-block's end the 8 lanes meet by shuffles in the hadd order (every lane
-// then holds the sum). Block: 32 rows × 32 basis rows × one k-block. v1 kept the 8 lanes of an
-// output in one thread (10 shared loads per 32 FMAs, 4 of them 4 wavefronts): bound by shared memory.
-constexpr int kX2Rows = 32, kX2Ld = kTileK + 8;
-constexpr int kX2X4 = kX2Rows * kTileK / 4 / 128, kX2B4 = 32 * kTileK / 4 / 128;  // float4 per thread
-__global__ void __launch_bounds__(128, 4) xb2_tiles_kernel(const float* __restrict__ x, int64_t ldx, int m,
+// then holds the sum). Block: 32 rows × 32 basis rows × one k-block; k tiles of 64 through two
+// shared-memory buffers, the next tile's loads in registers while this one is computed. The first
+// version kept an output's 8 lanes in one thread (10 shared loads per 32 FMAs, 4 of them 4
+// wavefronts): bound by shared memory, 1.4× slower.
+constexpr int kTileK = 64, kXtRows = 32, kXtLd = kTileK + 8;
+constexpr int kXtX4 = kXtRows * kTileK / 4 / 128, kXtB4 = 32 * kTileK / 4 / 128;  // float4 per thread
+__global__ void __launch_bounds__(128, 4) xb_tiles_kernel(const float* __restrict__ x, int64_t ldx, int m,
                                                            const float* __restrict__ bt, int rank, int k, int kc,
                                                            float* __restrict__ out, int64_t out_block_stride) {
-    __shared__ __align__(16) float xs[2][kX2Rows][kX2Ld];
-    __shared__ __align__(16) float bs[2][32][kX2Ld];
+    __shared__ __align__(16) float xs[2][kXtRows][kXtLd];
+    __shared__ __align__(16) float bs[2][32][kXtLd];
     pdl_wait();
     pdl_trigger();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 3, l = lane & 7;
-    const int t0 = blockIdx.x * kX2Rows, b = blockIdx.y, r0 = blockIdx.z * 32;
+    const int t0 = blockIdx.x * kXtRows, b = blockIdx.y, r0 = blockIdx.z * 32;
     const int p0 = b * kc, kb = min(kc, k - p0), kend8 = (kb + 7) & ~7;
     const bool vec = ((ldx | k | p0) & 3) == 0 && (((uintptr_t)x | (uintptr_t)bt) & 15) == 0;
-    float4 xv[kX2X4], bv[kX2B4];
+    float4 xv[kXtX4], bv[kXtB4];
     auto fetch = [&](int pt) {  // the k range [p0 + pt, +64): zeros past the block's end, the rows' end
 #pragma unroll
-        for (int u = 0; u < kX2X4; ++u) {
+        for (int u = 0; u < kXtX4; ++u) {
             const int e = u * 128 + tid, rr = e / (kTileK / 4), cc = (e % (kTileK / 4)) * 4, t = t0 + rr;
             xv[u] = t < m ? load4(x + (int64_t)t * ldx + p0, pt + cc, kb, vec) : make_float4(0, 0, 0, 0);
         }
 #pragma unroll
-        for (int u = 0; u < kX2B4; ++u) {
+        for (int u = 0; u < kXtB4; ++u) {
             const int e = u * 128 + tid, rr = e / (kTileK / 4), cc = (e % (kTileK / 4)) * 4, r = r0 + rr;
             bv[u] = r < rank ? load4(bt + (int64_t)r * k + p0, pt + cc, kb, vec) : make_float4(0, 0, 0, 0);
         }
@@ -293,12 +219,12 @@ __global__ void __launch_bounds__(128, 4) xb2_tiles_kernel(const float* __restri
     fetch(0);
     for (int pt = 0, buf = 0; pt < kend8; pt += kTileK, buf ^= 1) {
 #pragma unroll
-        for (int u = 0; u < kX2X4; ++u) {
+        for (int u = 0; u < kXtX4; ++u) {
             const int e = u * 128 + tid;
             *reinterpret_cast<float4*>(&xs[buf][e / (kTileK / 4)][(e % (kTileK / 4)) * 4]) = xv[u];
         }
 #pragma unroll
-        for (int u = 0; u < kX2B4; ++u) {
+        for (int u = 0; u < kXtB4; ++u) {
             const int e = u * 128 + tid;
             *reinterpret_cast<float4*>(&bs[buf][e / (kTileK / 4)][(e % (kTileK / 4)) * 4]) = bv[u];
         }
@@ -311,7 +237,7 @@ __global__ void __launch_bounds__(128, 4) xb2_tiles_kernel(const float* __restri
         for (int q = 0; q < groups; ++q) {
             float xq[8], bq[8];
 #pragma unroll
-            for (int i = 0; i < 8; ++i) xq[i] = xr[i * kX2Ld + q * 8], bq[i] = br[i * 4 * kX2Ld + q * 8];
+            for (int i = 0; i < 8; ++i) xq[i] = xr[i * kXtLd + q * 8], bq[i] = br[i * 4 * kXtLd + q * 8];
 #pragma unroll
             for (int i = 0; i < 8; ++i)
 #pragma unroll
@@ -344,142 +270,21 @@ __global__ void xb_blocks_sum_kernel(const float* __restrict__ part, int64_t cou
     z[i] = y;
 }
 
-// y[t, j] = (y[t, j] + spec_dot(z[t, :], c[j, :], rank)) + bias[j]: block 256 threads = 64 column pairs (j, j + 64)
-// × 4 row groups of 8 rows t; the two C rows in registers (rank ≤ R), z rows from shared memory
-// (float4 broadcasts).
-constexpr int kZcCols = 128, kZcRows = 32, kZcRowsPerThread = kZcRows / 4;
-template <int R>
-__global__ void __launch_bounds__(256, R <= 32 ? 2 : 1) zc_kernel(const float* __restrict__ z, int m, const float* __restrict__ c,
-                                                    int n, int rank, float* __restrict__ y, int64_t ld,
-                                                    const float* __restrict__ bias) {
-    __shared__ __align__(16) float zs[kZcRows][R];
-    __shared__ float cs[kZcCols][R + 1];  // the block's C rows (+1: a thread's row reads hit distinct banks)
-    pdl_wait();
-    pdl_trigger();
-    const int tid = threadIdx.x, grp = tid >> 6;
-    const int ja = blockIdx.x * kZcCols + (tid & 63), jb = ja + 64;
-    const int t0 = blockIdx.y * kZcRows + grp * kZcRowsPerThread;  // this thread's first row
-    // the thread's outputs of y first (all in flight while C and z are fetched)
-    float ya[kZcRowsPerThread], yb[kZcRowsPerThread];
-#pragma unroll
-    for (int i = 0; i < kZcRowsPerThread; ++i) {
-        const bool in = t0 + i < m;
-        ya[i] = in && ja < n ? y[(int64_t)(t0 + i) * ld + ja] : 0.0f;
-        yb[i] = in && jb < n ? y[(int64_t)(t0 + i) * ld + jb] : 0.0f;
-    }
-    for (int e = tid; e < kZcRows * R; e += 256) {
-        const int rr = e / R, q = e % R, t = blockIdx.y * kZcRows + rr;
-        zs[rr][q] = t < m && q < rank ? z[(int64_t)t * rank + q] : 0.0f;
-    }
-    // C's rows of this block's 128 columns are one contiguous run of C: coalesced into shared memory
-    const int jb0 = blockIdx.x * kZcCols;
-    const int64_t c_count = (int64_t)min(kZcCols, n - jb0) * rank;
-    for (int e = tid; e < kZcCols * rank; e += 256) cs[e / rank][e % rank] = e < c_count ? c[(int64_t)jb0 * rank + e] : 0.0f;
-    const float ba = bias && ja < n ? bias[ja] : 0.0f, bb = bias && jb < n ? bias[jb] : 0.0f;
-    __syncthreads();
-    float ca[R], cb[R];
-#pragma unroll
-    for (int q = 0; q < R; ++q) {
-        ca[q] = q < rank ? cs[tid & 63][q] : 0.0f;
-        cb[q] = q < rank ? cs[(tid & 63) + 64][q] : 0.0f;
-    }
-    if (ja >= n) return;
-#pragma unroll
-    for (int i = 0; i < kZcRowsPerThread; ++i) {
-        const int rr = grp * kZcRowsPerThread + i, t = t0 + i;
-        if (t >= m) break;
-        float la[8] = {}, lb[8] = {};
-#pragma unroll
-        for (int q4 = 0; q4 < R; q4 += 4) {
-            const float4 zv = *reinterpret_cast<const float4*>(&zs[rr][q4]);
-            const float zq[4] = {zv.x, zv.y, zv.z, zv.w};
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int q = q4 + e;  // spectral_dot_ref: lane q mod 8, q < rank only
-                if (q < rank) la[q & 7] = __fmaf_rn(zq[e], ca[q], la[q & 7]), lb[q & 7] = __fmaf_rn(zq[e], cb[q], lb[q & 7]);
-            }
-        }
-        float va = __fadd_rn(ya[i], lane_sum(la)), vb = __fadd_rn(yb[i], lane_sum(lb));
-        if (bias) va = __fadd_rn(va, ba), vb = __fadd_rn(vb, bb);
-        float* yr = y + (int64_t)t * ld;
-        yr[ja] = va;
-        if (jb < n) yr[jb] = vb;
-    }
-}
-
-// v2 (session 10): one column j per thread (its C row in registers, loaded once per block through
-// shared memory), the block walking `rows` rows of its 128 columns: z staged 32 rows at a time,
-// y read 8 rows at a time (8 loads in flight per thread). v1 above re-staged C for every 32 rows
-// with 2 blocks per SM (load phase, then compute phase): 18.7 ms of the 74 ms prefill at rank 31.
-constexpr int kZc2Cols = 128, kZc2Sub = 32, kZc2Y = 8;
-template <int R>
-__global__ void __launch_bounds__(kZc2Cols) zc2_kernel(const float* __restrict__ z, int m, const float* __restrict__ c,
-                                                       int n, int rank, float* __restrict__ y, int64_t ld,
-                                                       const float* __restrict__ bias, int rows) {
-    __shared__ __align__(16) float zs[kZc2Sub][R];
-    __shared__ float cs[kZc2Cols][R + 1];  // +1: a thread's row reads hit distinct banks
-    pdl_wait();
-    pdl_trigger();
-    const int tid = threadIdx.x, j0 = blockIdx.x * kZc2Cols, j = j0 + tid;
-    const int t_begin = blockIdx.y * rows, t_end = min(m, t_begin + rows);
-    const int64_t c_count = (int64_t)min(kZc2Cols, n - j0) * rank;  // the block's C rows: one contiguous run
-    for (int e = tid; e < kZc2Cols * rank; e += kZc2Cols)
-        cs[e / rank][e % rank] = e < c_count ? c[(int64_t)j0 * rank + e] : 0.0f;
-    const float bj = bias && j < n ? bias[j] : 0.0f;
-    __syncthreads();
-    float cr[R];
-#pragma unroll
-    for (int q = 0; q < R; ++q) cr[q] = q < rank ? cs[tid][q] : 0.0f;
-    float* yc = y + j;
-    for (int t0 = t_begin; t0 < t_end; t0 += kZc2Sub) {
-        const int nr = min(kZc2Sub, t_end - t0);
-        __syncthreads();  // the previous rows' zs reads are done
-        for (int e = tid; e < kZc2Sub * R; e += kZc2Cols) {
-            const int rr = e / R, q = e % R;
-            zs[rr][q] = rr < nr && q < rank ? z[(int64_t)(t0 + rr) * rank + q] : 0.0f;
-        }
-        __syncthreads();
-        if (j >= n) continue;
-        for (int i0 = 0; i0 < nr; i0 += kZc2Y) {
-            float yv[kZc2Y];
-#pragma unroll
-            for (int i = 0; i < kZc2Y; ++i) yv[i] = i0 + i < nr ? yc[(int64_t)(t0 + i0 + i) * ld] : 0.0f;
-#pragma unroll
-            for (int i = 0; i < kZc2Y; ++i) {
-                if (i0 + i >= nr) break;
-                float l[8] = {};
-#pragma unroll
-                for (int q4 = 0; q4 < R; q4 += 4) {
-                    const float4 zv = *reinterpret_cast<const float4*>(&zs[i0 + i][q4]);
-                    const float zq[4] = {zv.x, zv.y, zv.z, zv.w};
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int q = q4 + e;  // spectral_dot_ref: lane q mod 8, q < rank only
-                        if (q < rank) l[q & 7] = __fmaf_rn(zq[e], cr[q], l[q & 7]);
-                    }
-                }
-                float v = __fadd_rn(yv[i], lane_sum(l));
-                if (bias) v = __fadd_rn(v, bj);
-                yc[(int64_t)(t0 + i0 + i) * ld] = v;
-            }
-        }
-    }
-}
-
-// v3 (session 10): block = 256 columns (2 per thread: j, j + 128, coalesced) × `rows` rows. The
+// ·Cᵀ (session 10): block = 256 columns (2 per thread: j, j + 128, coalesced) × `rows` rows. The
 // thread's two C rows go to registers before the PDL wait (weights); the block's z rows to shared
 // memory once; then 8 rows at a time with the next 8 rows' y loads in flight while these are
 // computed. R = the exact rank (kExact: no per-term predicate; 15, 31 and 63 are k̄ = 8, 16, 32)
-// or a bound on it. v1 (2 blocks of 256 threads per SM, each a load phase then a compute phase,
-// C re-staged every 32 rows) ran at ~1.2 TB/s of y traffic.
-constexpr int kZc3Threads = 128, kZc3Cols = 2 * kZc3Threads, kZc3G = 8, kZc3Smem = 32 * 1024;
+// or a bound on it. The first version (2 blocks of 256 threads per SM, each a load phase then a
+// compute phase, C re-staged every 32 rows) ran at ~1.2 TB/s of y traffic, this one at 2.0-2.5;
+// y through shared memory by cp.async in 4 stages (more bytes in flight) was 2-10% slower.
+constexpr int kZcThreads = 128, kZcCols = 2 * kZcThreads, kZcG = 8, kZcSmem = 32 * 1024;
 template <int R, bool kExact>
-__global__ void __launch_bounds__(kZc3Threads, kExact && R <= 32 ? 4 : 2)
-    zc3_kernel(const float* __restrict__ z, int m, const float* __restrict__ c, int n, int rank,
+__global__ void __launch_bounds__(kZcThreads, kExact && R <= 32 ? 4 : 2)
+    zc_kernel(const float* __restrict__ z, int m, const float* __restrict__ c, int n, int rank,
                float* __restrict__ y, int64_t ld, const float* __restrict__ bias, int rows) {
     constexpr int R4 = (R + 3) & ~3;
-    extern __shared__ __align__(16) float zs3[];  // [rows][R4]
-    const int tid = threadIdx.x, ja = blockIdx.x * kZc3Cols + tid, jb = ja + kZc3Threads;
+    extern __shared__ __align__(16) float zs[];  // [rows][R4]
+    const int tid = threadIdx.x, ja = blockIdx.x * kZcCols + tid, jb = ja + kZcThreads;
     const int t_begin = blockIdx.y * rows, nr = min(rows, m - t_begin);
     float ca[R], cb[R];
 #pragma unroll
@@ -492,30 +297,30 @@ __global__ void __launch_bounds__(kZc3Threads, kExact && R <= 32 ? 4 : 2)
     pdl_wait();  // z, y: earlier kernels' outputs
     pdl_trigger();
     const float* zb = z + (int64_t)t_begin * rank;
-    for (int e = tid; e < nr * rank; e += kZc3Threads) {  // one contiguous run of z
+    for (int e = tid; e < nr * rank; e += kZcThreads) {  // one contiguous run of z
         const int rr = e / rank;
-        zs3[rr * R4 + (e - rr * rank)] = zb[e];
+        zs[rr * R4 + (e - rr * rank)] = zb[e];
     }
     __syncthreads();
     if (ja >= n) return;
     const bool has_b = jb < n;
     float* yr = y + (int64_t)t_begin * ld + ja;
-    float ya[kZc3G], yb[kZc3G], na[kZc3G], nb[kZc3G];
+    float ya[kZcG], yb[kZcG], na[kZcG], nb[kZcG];
     auto load = [&](int g0, float* va, float* vb) {
 #pragma unroll
-        for (int i = 0; i < kZc3G; ++i) {
+        for (int i = 0; i < kZcG; ++i) {
             const bool in = g0 + i < nr;
             va[i] = in ? yr[(int64_t)(g0 + i) * ld] : 0.0f;
-            vb[i] = in && has_b ? yr[(int64_t)(g0 + i) * ld + kZc3Threads] : 0.0f;
+            vb[i] = in && has_b ? yr[(int64_t)(g0 + i) * ld + kZcThreads] : 0.0f;
         }
     };
     load(0, ya, yb);
-    for (int g0 = 0; g0 < nr; g0 += kZc3G) {
-        if (g0 + kZc3G < nr) load(g0 + kZc3G, na, nb);
+    for (int g0 = 0; g0 < nr; g0 += kZcG) {
+        if (g0 + kZcG < nr) load(g0 + kZcG, na, nb);
 #pragma unroll
-        for (int i = 0; i < kZc3G; ++i) {
+        for (int i = 0; i < kZcG; ++i) {
             if (g0 + i >= nr) break;
-            const float* zr = zs3 + (g0 + i) * R4;
+            const float* zr = zs + (g0 + i) * R4;
             float la[8] = {}, lb[8] = {};
 #pragma unroll
             for (int q4 = 0; q4 < R; q4 += 4) {
@@ -534,24 +339,24 @@ __global__ void __launch_bounds__(kZc3Threads, kExact && R <= 32 ? 4 : 2)
             if (bias) va = __fadd_rn(va, ba), vb = __fadd_rn(vb, bb);
             float* yo = yr + (int64_t)(g0 + i) * ld;
             yo[0] = va;
-            if (has_b) yo[kZc3Threads] = vb;
+            if (has_b) yo[kZcThreads] = vb;
         }
 #pragma unroll
-        for (int i = 0; i < kZc3G; ++i) ya[i] = na[i], yb[i] = nb[i];
+        for (int i = 0; i < kZcG; ++i) ya[i] = na[i], yb[i] = nb[i];
     }
 }
 
 template <int R, bool kExact>
-void launch_zc3(const float* z, int m, const float* c, int n, int rank, float* y, int64_t ld, const float* bias,
+void launch_zc(const float* z, int m, const float* c, int n, int rank, float* y, int64_t ld, const float* bias,
                 cudaStream_t s) {
     constexpr int R4 = (R + 3) & ~3;
-    const int cols = (n + kZc3Cols - 1) / kZc3Cols;
+    const int cols = (n + kZcCols - 1) / kZcCols;
     // ~1024 blocks (4 per SM resident at R ≤ 32), 8..(32 KB of z) rows each, a multiple of 8
-    const int max_rows = kZc3Smem / (R4 * 4) / kZc3G * kZc3G;
-    int rows = (int)std::min<int64_t>(max_rows, std::max<int64_t>(kZc3G, (int64_t)m * cols / 1024));
-    rows = (rows + kZc3G - 1) / kZc3G * kZc3G;
+    const int max_rows = kZcSmem / (R4 * 4) / kZcG * kZcG;
+    int rows = (int)std::min<int64_t>(max_rows, std::max<int64_t>(kZcG, (int64_t)m * cols / 1024));
+    rows = (rows + kZcG - 1) / kZcG * kZcG;
     const dim3 grid((unsigned)cols, (unsigned)((m + rows - 1) / rows));
-    launch_pdl("spectral_zc3", zc3_kernel<R, kExact>, grid, dim3(kZc3Threads), (size_t)rows * R4 * sizeof(float), s,
+    launch_pdl("spectral_zc", zc_kernel<R, kExact>, grid, dim3(kZcThreads), (size_t)rows * R4 * sizeof(float), s,
                z, m, c, n, rank, y, ld, bias, rows);
 }
 
@@ -581,11 +386,6 @@ size_t spectral_xb_scratch(int m, int rank, int k) {
 
 void spectral_xb(const float* x, int64_t ldx, int m, const float* bt, int rank, int k, float* z, float* scratch,
                  size_t scratch_elems, cudaStream_t s) {
-    spectral_xb_cfg(x, ldx, m, bt, rank, k, z, scratch, scratch_elems, s, 0);
-}
-
-void spectral_xb_cfg(const float* x, int64_t ldx, int m, const float* bt, int rank, int k, float* z, float* scratch,
-                     size_t scratch_elems, cudaStream_t s, int cfg) {
     SQ_CHECK(m >= 0 && rank >= 1 && k >= 1 && ldx >= k, "spectral_xb: bad shape m=", m, " rank=", rank, " k=", k,
              " ldx=", ldx);
     if (m == 0) return;
@@ -593,33 +393,22 @@ void spectral_xb_cfg(const float* x, int64_t ldx, int m, const float* bt, int ra
     const size_t need = spectral_xb_scratch(m, rank, k);
     SQ_CHECK(scratch_elems >= need && (need == 0 || scratch), "spectral_xb: scratch of ", scratch_elems,
              " floats < ", need);
-    static const bool dec_v2 = [] {  // A/B of the two decode kernels (docs/kernels-cuda-notes.md)
-        const char* e = std::getenv("SQ_CUDA_XB_DECODE");
-        return e && std::strcmp(e, "split") == 0;
-    }();
-    if (m <= kCpuGemvMaxRows && (cfg == 2 || (cfg == 0 && dec_v2))) {  // decode v2: k-blocks × 4 basis rows
+    if (m == 1) {  // one decode row: blocks over k-blocks × 4 basis rows (docs/kernels-cuda-notes.md, session 10)
         const size_t smem = (size_t)(kDecBasis + m) * kc * sizeof(float);
         launch_pdl("spectral_xb_dec", xb_dec_kernel, dim3((unsigned)nb, (unsigned)((rank + kDecBasis - 1) / kDecBasis)),
                    dim3(kDecThreads), smem, s, x, ldx, m, bt, rank, k, kc, nb > 1 ? scratch + 1 : nullptr,
                    nb > 1 ? reinterpret_cast<unsigned*>(scratch) : nullptr, z);
         return;
     }
-    if (m <= kCpuGemvMaxRows) {  // one block per output
+    if (m <= kCpuGemvMaxRows) {  // 2..16 rows: one block per output
         SQ_CHECK(nb <= kRowMaxBlocks && kc <= kRowChunk, "spectral_xb: k=", k, " has ", nb, " k-blocks of ", kc);
         launch_pdl("spectral_xb_rows", xb_row_kernel, dim3((unsigned)((int64_t)m * rank)), dim3(kRowThreads), 0, s, x,
                    ldx, bt, rank, k, kc, z);
         return;
     }
-    float* out = nb > 1 ? scratch + 1 : z;
-    if (cfg != 1) {
-        const dim3 grid((unsigned)((m + kX2Rows - 1) / kX2Rows), (unsigned)nb, (unsigned)((rank + 31) / 32));
-        launch_pdl("spectral_xb2_tiles", xb2_tiles_kernel, grid, dim3(128), 0, s, x, ldx, m, bt, rank, k, kc, out,
-                   (int64_t)m * rank);
-    } else {
-        const dim3 grid((unsigned)((m + kTileRows - 1) / kTileRows), (unsigned)nb, (unsigned)((rank + 31) / 32));
-        launch_pdl("spectral_xb_tiles", xb_tiles_kernel, grid, dim3(128), 0, s, x, ldx, m, bt, rank, k, kc, out,
-                   (int64_t)m * rank);
-    }
+    const dim3 grid((unsigned)((m + kXtRows - 1) / kXtRows), (unsigned)nb, (unsigned)((rank + 31) / 32));
+    launch_pdl("spectral_xb_tiles", xb_tiles_kernel, grid, dim3(128), 0, s, x, ldx, m, bt, rank, k, kc,
+               nb > 1 ? scratch + 1 : z, (int64_t)m * rank);
     if (nb > 1) {
         const int64_t count = (int64_t)m * rank;
         launch_pdl("spectral_xb_sum", xb_blocks_sum_kernel, dim3(blocks_of(count, 256)), dim3(256), 0, s,
@@ -629,43 +418,19 @@ void spectral_xb_cfg(const float* x, int64_t ldx, int m, const float* bt, int ra
 
 void spectral_zc_add(const float* z, int m, const float* c, int n, int rank, float* y, int64_t ld, const float* bias,
                      cudaStream_t s) {
-    spectral_zc_add_cfg(z, m, c, n, rank, y, ld, bias, s, 0);
-}
-
-void spectral_zc_add_cfg(const float* z, int m, const float* c, int n, int rank, float* y, int64_t ld,
-                         const float* bias, cudaStream_t s, int cfg) {
     SQ_CHECK(m >= 0 && n >= 0 && rank >= 1 && ld >= n, "spectral_zc_add: bad shape m=", m, " n=", n, " rank=", rank);
     if (m == 0 || n == 0) return;
-    if (cfg == 0 && rank <= 64) {
-        switch (rank) {
-            case 15: launch_zc3<15, true>(z, m, c, n, rank, y, ld, bias, s); return;
-            case 31: launch_zc3<31, true>(z, m, c, n, rank, y, ld, bias, s); return;
-            case 63: launch_zc3<63, true>(z, m, c, n, rank, y, ld, bias, s); return;
-            default:
-                if (rank <= 32) launch_zc3<32, false>(z, m, c, n, rank, y, ld, bias, s);
-                else launch_zc3<64, false>(z, m, c, n, rank, y, ld, bias, s);
-                return;
-        }
+    switch (rank) {  // the exact rank where it is one of k̄ = 8, 16, 32's; else a bound with a per-term predicate
+        case 15: launch_zc<15, true>(z, m, c, n, rank, y, ld, bias, s); return;
+        case 31: launch_zc<31, true>(z, m, c, n, rank, y, ld, bias, s); return;
+        case 63: launch_zc<63, true>(z, m, c, n, rank, y, ld, bias, s); return;
+        default:
+            if (rank <= 32) launch_zc<32, false>(z, m, c, n, rank, y, ld, bias, s);
+            else if (rank <= 64) launch_zc<64, false>(z, m, c, n, rank, y, ld, bias, s);
+            else
+                launch_pdl("spectral_zc_plain", zc_plain_kernel, dim3(blocks_of((int64_t)m * n, 256)), dim3(256), 0, s,
+                           z, m, c, n, rank, y, ld, bias);
     }
-    if (cfg == 2 && rank <= 64) {  // v2: rows per block so that the grid is ≥ ~2048 blocks, 32..256 rows
-        const int cols = (n + kZc2Cols - 1) / kZc2Cols;
-        int rows = (int)std::min<int64_t>(256, std::max<int64_t>(32, (int64_t)m * cols / 2048));
-        rows = (rows + kZc2Sub - 1) / kZc2Sub * kZc2Sub;
-        const dim3 grid((unsigned)cols, (unsigned)((m + rows - 1) / rows));
-        if (rank <= 32)
-            launch_pdl("spectral_zc2", zc2_kernel<32>, grid, dim3(kZc2Cols), 0, s, z, m, c, n, rank, y, ld, bias, rows);
-        else
-            launch_pdl("spectral_zc2", zc2_kernel<64>, grid, dim3(kZc2Cols), 0, s, z, m, c, n, rank, y, ld, bias, rows);
-        return;
-    }
-    const dim3 grid((unsigned)((n + kZcCols - 1) / kZcCols), (unsigned)((m + kZcRows - 1) / kZcRows));
-    if (rank <= 32)
-        launch_pdl("spectral_zc", zc_kernel<32>, grid, dim3(256), 0, s, z, m, c, n, rank, y, ld, bias);
-    else if (rank <= 64)
-        launch_pdl("spectral_zc", zc_kernel<64>, grid, dim3(256), 0, s, z, m, c, n, rank, y, ld, bias);
-    else
-        launch_pdl("spectral_zc_plain", zc_plain_kernel, dim3(blocks_of((int64_t)m * n, 256)), dim3(256), 0, s, z, m,
-                   c, n, rank, y, ld, bias);
 }
 
 }  // namespace sq::cuda
