@@ -67,7 +67,7 @@ unpack() {
 # At most 8 files come back from $OUT: every log and JSON of a call goes into one NAME.tgz (and
 # summary.txt stays beside it).
 bundle_out() {
-    (cd "$OUT" && f=$(ls *.log *.json 2>/dev/null) && [ -n "$f" ] && tar -czf "$1.tgz" $f && rm -f $f) || true
+    (cd "$OUT" && f=$(ls *.log *.json 2>/dev/null || true) && [ -n "$f" ] && tar -czf "$1.tgz" $f && rm -f $f) || true
 }
 
 case "${1:-}" in
@@ -115,11 +115,11 @@ tests)
     tail -n 30 "$OUT/gemm_quick.log"
     bundle_out call_tests
     ;;
-profile)  # call 1's unpack, then every kernel of a W4A4 (rank 0) and a BF16 decode at B=1 under ncu
+profile)  # call 1's unpack, then every kernel of a W4A4 (rank 0; RANK=31: and a spectral run) and a BF16 decode at B=1 under ncu
           # (graph nodes one by one, clocks and caches left alone): gpu_check.sh's `ncu_table` reads the CSV
     unpack "$2"
     env_setup
-    B="bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4 --lm-head-bits 8 --batches 1"
+    B="bench --device cuda --shape llama3-8b --rank ${RANK:-0} --kv-bits 4 --lm-head-bits 8 --batches 1"
     step bench_b1 150 $SQ $B --prefill-lens 2048
     grep -v '^\s*$' "$OUT/bench_b1.log" | tail -14
     step ncu_decode ${TIMEOUT:-400} ncu --clock-control none --cache-control none --graph-profiling node \

@@ -79,13 +79,14 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int s) {
 
 // y = ((s_t · scale_j) · (float)(acc − z_t · rowsum_j) + spec) + bias, as cuda::w4a4_epilogue;
 // spec = a.spec[t, j], or fused: spec_dot(spec_z[t, :], spec_c[j, :], spec_rank).
-// c_row (GEMV, v5): C_col staged in shared memory, else null (read from a.spec_c).
+// c_row, z_row (GEMV, v5 / v7): C_col and z_row staged in shared memory, else null (read from
+// a.spec_c / a.spec_z).
 __device__ __forceinline__ float epi_value(const W4GemmArgs& a, int row, int col, int acc, float st, int zt,
-                                           const float* c_row = nullptr) {
+                                           const float* c_row = nullptr, const float* z_row = nullptr) {
     float v = __fmul_rn(__fmul_rn(st, a.w_scale[col]), (float)(acc - zt * a.w_rowsum[col]));
     if (a.spec) v = __fadd_rn(v, a.spec[(int64_t)row * a.n + col]);
     else if (a.spec_rank > 0)
-        v = __fadd_rn(v, spec_dot(a.spec_z + (int64_t)row * a.spec_rank,
+        v = __fadd_rn(v, spec_dot(z_row ? z_row : a.spec_z + (int64_t)row * a.spec_rank,
                                   c_row ? c_row : a.spec_c + (int64_t)col * a.spec_rank, a.spec_rank));
     if (a.bias) v = __fadd_rn(v, a.bias[col]);
     return v;
@@ -289,7 +290,7 @@ template <int NT, int U, int MT, bool kRows16, bool kAligned4, bool kDB = false>
 __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && NT <= 2 ? 3 : 1) : 2))
     gemv_kernel(const W4GemmArgs a, int prefetch_blocks, int stage_c) {
     __shared__ int red[V_WARPS][NT][4][32];
-    extern __shared__ float cs[];  // stage_c: C rows of this block's 8·NT outputs [8·NT][spec_rank]
+    extern __shared__ float cs[];  // stage_c: C rows of this block's 8·NT outputs [8·NT][spec_rank], then z [m][spec_rank]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int nb0 = blockIdx.x * NT;
     if (stage_c) {  // C is a weight (constant): staged before the PDL wait, coalesced (v5)
@@ -325,6 +326,10 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
     }
     pdl_wait();  // activations, scales, spec_z: the previous kernels' outputs
     pdl_trigger();
+    float* zs = cs + W4G_NB * NT * a.spec_rank;
+    if (stage_c)  // z rows to shared memory now, under the main loop: the epilogue's spec_dot then waits
+                  // on no global load (v7: neutral at B = 1, +1.7% at B = 8 with rank 31)
+        for (int i = threadIdx.x; i < a.m * a.spec_rank; i += V_WARPS * 32) zs[i] = a.spec_z[i];
 
     const uint8_t* q0[MT];
     const uint8_t* q1[MT];
@@ -421,7 +426,8 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
             if (a.acc) a.acc[i] = sum;
             if (a.y)
                 a.y[i] = epi_value(a, row, col, sum, a.act_scale[row], a.act_zero[row],
-                                   stage_c ? cs + (col - nb0 * W4G_NB) * a.spec_rank : nullptr);
+                                   stage_c ? cs + (col - nb0 * W4G_NB) * a.spec_rank : nullptr,
+                                   stage_c ? zs + row * a.spec_rank : nullptr);
         }
     }
 }
@@ -459,15 +465,15 @@ int gemv_nt_override() {
     return n;
 }
 
-// The fused spectral branch's C rows of a block go to shared memory when they fit in 32 KB
-// (rank ≤ 256 at NT = 4): read once, coalesced, before the PDL wait, instead of one
-// 4·rank-byte row per output thread in the epilogue (v5).
+// The fused spectral branch's C rows of a block go to shared memory when they fit in 32 KB with
+// the call's z rows (rank ≤ 128 at NT = 4 and 32 rows): C read once, coalesced, before the PDL
+// wait, instead of one 4·rank-byte row per output thread in the epilogue (v5); z after the wait.
 constexpr size_t kStageCBytes = 32 << 10;
 
 template <int NT, int U, int MT = 1, bool DB = false>
 void launch_gemv(const W4GemmArgs& a, cudaStream_t s) {
     const int pf = gemv_prefetch_blocks();
-    const size_t cbytes = (size_t)W4G_NB * NT * a.spec_rank * sizeof(float);
+    const size_t cbytes = (size_t)(W4G_NB * NT + a.m) * a.spec_rank * sizeof(float);  // C rows, z rows
     const int stage = a.y && !a.spec && a.spec_rank > 0 && cbytes <= kStageCBytes ? 1 : 0;
     const size_t smem = stage ? cbytes : 0;
     const bool rows16 = a.m > 8, al4 = a.k % 4 == 0 && ((uintptr_t)a.q & 3) == 0;
