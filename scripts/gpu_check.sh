@@ -23,7 +23,9 @@
 #   bash .gpuc2/gpu_check.sh cpuppl
 # Also: `seeds D1` (tests, one test over 10 seeds, racecheck), `memcheck D1` (memcheck, all tests).
 # `spectral D1` (the spectral branch: tests, micro-benchmarks, bench), `profile D1` (every kernel of a
-# B=1 decode step under ncu).
+# B=1 decode step under ncu), `skips D1` (a B=1 decode step with each class of launches left out),
+# `l2pf D1` (decode v7's L2 prefetch over its MiB), `ab D1` (specquant_base vs specquant, packed with
+# BASE_BIN=path), `envs D1` (the decode bench under each of CONFIGS' environments).
 # Logs and JSON go to $OUT; summary.txt has every step's exit code and wall time.
 set -uo pipefail
 OUT=${OUT:-out/gpu-check}
@@ -76,6 +78,8 @@ pack)
     P=/tmp/sqc_pack.$$
     rm -rf "$D1" "$D2" $P && mkdir -p "$D1" "$D2" $P/bin $P/lib $P/shared
     cp build-gpu/specquant build-gpu/specquant_tests build-gpu-gemm/bench_cuda_gemm $P/bin/ || exit 1
+    # BASE_BIN=path: a second specquant (e.g. main's) carried as specquant_base for `ab`
+    if [ -n "${BASE_BIN:-}" ]; then cp "$BASE_BIN" $P/bin/specquant_base || exit 1; fi
     strip $P/bin/*
     for lib in $(ldd $P/bin/* | awk '/=>/ {print $3}' | grep -E 'fftw3f|pcre2|gomp' | sort -u); do
         cp -L "$lib" $P/lib/
@@ -126,6 +130,76 @@ profile)  # call 1's unpack, then every kernel of a W4A4 (rank 0; RANK=31: and a
         --metrics gpu__time_duration.sum --csv --print-units base $SQ $B --prefill-lens 16 --decode 2 --reps 1 --ctx 512
     tail -n 3 "$OUT/ncu_decode.log"
     bundle_out call_profile
+    ;;
+skips)  # call 1's unpack, then a B=1 decode step timed with each class of launches left out (SQ_CUDA_SKIP,
+       # model_cuda.cpp): the in-graph cost of each, which ncu (kernels alone) cannot give
+    unpack "$2"
+    env_setup
+    step tests_spec 200 $T --gtest_filter='CudaSpectral.*:CudaModel.FusedDecodeIsBitIdentical:CudaW4A4Gemm*'
+    grep -E '^\[  FAILED|^\[  PASSED|Failure' "$OUT/tests_spec.log" | head -10
+    B="bench --device cuda --shape llama3-8b --rank ${RANK:-0} --kv-bits 4 --lm-head-bits 8 --batches 1"
+    for v in none norm rope att actq silu qkv o gu down lm_head norm,rope,att,actq,silu qkv,o,gu,down,lm_head none; do
+        SQ_CUDA_SKIP=$([ $v = none ] || echo $v) step "skip_$v" 120 $SQ $B --prefill-lens 16 --decode 64 --ctx 512
+        echo "$v: $(grep -E 'decode B=1' "$OUT/skip_$v.log" | head -3 | tr -s ' ' | tr '\n' ';')"
+    done
+    bundle_out call_skips
+    ;;
+l2pf)  # call 1's unpack, then decode v7's L2 prefetch: the model tests with it on, and the B=1/B=8 decode
+      # bench over its MiB (SQ_CUDA_L2PF; SKIPS="..." also times steps with those launches left out)
+    unpack "$2"
+    env_setup
+    SQ_CUDA_L2PF=32 step tests_l2pf 300 $T --gtest_filter='CudaModel.*:CudaKv4.*:CudaSpectral.*'
+    grep -E '^\[  FAILED|^\[  PASSED|Failure' "$OUT/tests_l2pf.log" | head -10
+    B="bench --device cuda --shape llama3-8b --rank ${RANK:-0} --kv-bits 4 --lm-head-bits 8"
+    for mb in ${MIBS:-0 16 32 48 0}; do
+        SQ_CUDA_L2PF=$mb step "l2pf_$mb" 150 $SQ $B --batches ${BATCHES:-1,8} --prefill-lens 16 --decode 64 --ctx 512
+        echo "L2PF=$mb: $(grep -E 'decode B=' "$OUT/l2pf_$mb.log" | head -4 | tr -s ' ' | tr '\n' ';')"
+    done
+    for v in ${SKIPS:-}; do
+        SQ_CUDA_L2PF=${SKIP_MIB:-32} SQ_CUDA_SKIP=$v step "skip_$v" 120 $SQ $B --batches 1 --prefill-lens 16 --decode 64 --ctx 512
+        echo "L2PF=${SKIP_MIB:-32} skip $v: $(grep -E 'decode B=1' "$OUT/skip_$v.log" | head -3 | tr -s ' ' | tr '\n' ';')"
+    done
+    if [ -n "${NCU:-}" ]; then  # NCU="kernel-regex ...": the 40th launch of each in a decode run, detailed
+        for kr in $NCU; do
+            step ncu_$kr 150 ncu --clock-control none --graph-profiling node -k regex:$kr -s 40 -c 1 --set full $SQ $B \
+                --batches 1 --prefill-lens 16 --decode 2 --reps 1 --ctx 512
+            grep -E 'Duration|Stall|Warp Cycles|Issued Ipc|Achieved Occ|One or More|No Eligible|Registers Per' \
+                "$OUT/ncu_$kr.log" | head -20
+        done
+    fi
+    bundle_out call_l2pf
+    ;;
+ab)  # call 1's unpack (packed with BASE_BIN), then the CUDA tests of this build and the B=1/B=8 decode
+    # bench of specquant_base and specquant, alternating, ROUNDS times (env passed through: SQ_CUDA_*)
+    unpack "$2"
+    env_setup
+    if [ -z "${NO_TESTS:-}" ]; then
+        step tests_cuda 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
+        grep -E '^\[  FAILED|^\[  PASSED|Failure' "$OUT/tests_cuda.log" | head -10
+    fi
+    B="bench --device cuda --shape llama3-8b --rank ${RANK:-0} --kv-bits 4 --lm-head-bits 8"
+    for r in $(seq 1 ${ROUNDS:-2}); do
+        for bin in specquant_base specquant; do
+            step "ab_${bin}_$r" 150 $S/bin/$bin $B --batches ${BATCHES:-1,8} --prefill-lens ${PREFILL:-16} --decode 64 --ctx 512
+            echo "$bin round $r: $(grep -E 'decode B=|prefill' "$OUT/ab_${bin}_$r.log" | grep '^|' | head -4 | tr -s ' ' | tr '\n' ';')"
+        done
+    done
+    bundle_out call_ab${TAG:-}
+    ;;
+envs)  # call 1's unpack, then the decode bench once per environment of CONFIGS ("A=1+B=2 A=0 ..."; "-": none),
+      # ROUNDS times in turn: runtime switches (SQ_CUDA_*) A/B'd in one call
+    unpack "$2"
+    env_setup
+    B="bench --device cuda --shape llama3-8b --rank ${RANK:-0} --kv-bits 4 --lm-head-bits 8"
+    for r in $(seq 1 ${ROUNDS:-1}); do
+        for cfg in ${CONFIGS:--}; do
+            name=$(echo "$cfg" | tr -c 'A-Za-z0-9=\n' '_')
+            step "env_${name}_$r" 150 env $(echo "$cfg" | tr '+' ' ' | sed 's/^-$//') $SQ $B --batches ${BATCHES:-1,8} \
+                --prefill-lens ${PREFILL:-16} --decode 64 --ctx 512
+            echo "$cfg round $r: $(grep -E 'decode B=|prefill' "$OUT/env_${name}_$r.log" | grep '^|' | head -4 | tr -s ' ' | tr '\n' ';')"
+        done
+    done
+    bundle_out call_envs${TAG:-}
     ;;
 spectral)  # call 1's unpack, then the CUDA tests, memcheck on the spectral branch's, its passes'
            # micro-benchmarks and the end-to-end bench at rank 31 (NCU="regex ...": those kernels under ncu)

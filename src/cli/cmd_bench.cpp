@@ -335,6 +335,7 @@ int cuda_bench(const CudaBenchOpts& o) {
             s.fuse = o.fuse != 0;
             s.lm_head_q8 = !bf16 && o.lm_head_bits == 8;
             s.flash_attention = flash;
+            s.l2_prefetch_mib = env.l2_prefetch_mib;
             res.push_back(cuda_variant(name, o, std::make_unique<ModelCuda>(c, s, cap)));
         };
         run("w4a4", false, 0);

@@ -34,16 +34,21 @@
 #include <algorithm>
 #include <limits>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <numeric>
+#include <sstream>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include "core/error.h"
 #include "core/fp16.h"
 #include "core/threads.h"
 #include "kernels/cuda/cublas_check.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/l2_prefetch.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/w4a4_gemm.h"
 #include "kernels/w4a4_format.h"
@@ -192,6 +197,29 @@ struct DLayer {
     DLinear qkv, gu;
 };
 
+// Timing diagnostic (docs/perf.md, "Session 11"): SQ_CUDA_SKIP=norm,rope,att,actq,silu,qkv,o,gu,down,
+// lm_head leaves those launches out of the forward (captured graphs included), so that a step's time
+// with and without them gives their cost inside the graph, where ncu can only time kernels alone.
+// The outputs are then wrong; only `specquant bench` timings mean anything. Read once per process.
+bool skip_launch(const char* what) {
+    static const std::vector<std::string> names = [] {
+        std::vector<std::string> v;
+        const char* e = std::getenv("SQ_CUDA_SKIP");
+        if (!e || !*e) return v;
+        static const char* known[] = {"norm", "rope", "att", "actq", "silu", "qkv", "o", "gu", "down", "lm_head"};
+        std::stringstream ss(e);
+        std::string t;
+        while (std::getline(ss, t, ',')) {
+            SQ_CHECK(std::find(std::begin(known), std::end(known), t) != std::end(known), "SQ_CUDA_SKIP: unknown '",
+                     t, "' (norm, rope, att, actq, silu, qkv, o, gu, down, lm_head)");
+            v.push_back(t);
+        }
+        std::fprintf(stderr, "warning: SQ_CUDA_SKIP=%s: launches left out, outputs are wrong (timing only)\n", e);
+        return v;
+    }();
+    return !names.empty() && std::find(names.begin(), names.end(), what) != names.end();
+}
+
 }  // namespace
 
 struct ModelCuda::Impl {
@@ -263,6 +291,11 @@ struct ModelCuda::Impl {
     DevBuf<float2> split_part;         // split row kernels (cuda::RowSync): partials
     DevBuf<int> split_cnt;             // and counters (zeroed once; calls leave them 0)
     std::map<int, cudaGraphExec_t> dec_graphs;  // by batch size
+    // Decode v7's side stream (opts.l2_prefetch_mib): forked from `stream` after q|k|v, joined at the
+    // end of layers_body (side_open: a fork not yet joined).
+    cudaStream_t side = nullptr;
+    cudaEvent_t ev_fork = nullptr, ev_join = nullptr;
+    bool side_open = false;
     size_t bytes_kv = 0;
     // Profiling (set_profile): an event pair around every op, summed per op class.
     bool profiling = false;
@@ -310,6 +343,9 @@ struct ModelCuda::Impl {
         for (cudaEvent_t e : ev_pool) cudaEventDestroy(e);
         if (blas) cublasDestroy(blas);
         if (stream) cudaStreamDestroy(stream);
+        if (side) cudaStreamDestroy(side);
+        if (ev_fork) cudaEventDestroy(ev_fork);
+        if (ev_join) cudaEventDestroy(ev_join);
     }
 
     // The nq scores logprob_gather left in q_lp / q_greedy, back to the host:
@@ -560,7 +596,8 @@ struct ModelCuda::Impl {
         }
         if (!(same_input && quant_src == xin && quant_n == n && quant_bits == L.a_bits && quant_clip == L.a_clip)) {
             const ProfScope ps = prof("act_quant");
-            cuda::act_quant(xin, n, L.in, L.a_bits, L.a_clip, int8 ? nullptr : qf.get(), int8 ? q8.get() : nullptr,
+            if (!skip_launch("actq"))
+                cuda::act_quant(xin, n, L.in, L.a_bits, L.a_clip, int8 ? nullptr : qf.get(), int8 ? q8.get() : nullptr,
                             a_scale.get(), a_zero.get(), stream);
             quant_src = xin, quant_n = n, quant_bits = L.a_bits, quant_clip = L.a_clip;
         }
@@ -655,15 +692,10 @@ struct ModelCuda::Impl {
     // lm_head over rows [r0, r0 + rows) of x into logits.
     void lm_rows(int r0, int rows) {
         prof_prefix = "lm_head ";
-        linear(lm_head, x.get() + (size_t)r0 * cfg.d_model, rows, logits.get());
+        if (!skip_launch("lm_head")) linear(lm_head, x.get() + (size_t)r0 * cfg.d_model, rows, logits.get());
         prof_prefix.clear();
     }
 
-    // The device work of run_layers: launches only (captured into graphs),
-    // with the cache position read from pos_dev (Mode::single, the cache from
-    // row kv_row0), or (varlen) the per-token positions from `positions` and the
-    // cache filled from row 0, or (batch) token t at positions[t] with its K/V
-    // at cache row dec_rows[t].
     // A fused layer (qkv, gu) runs for this call whenever it exists: its spectral branch (if any) gives
     // every output the bits of its part alone (spectral_zc_add / spec_dot: one order per element).
     bool fused_runs(const DLinear& F, int) const { return F.out != 0; }
@@ -696,8 +728,44 @@ struct ModelCuda::Impl {
     // h += add (add null: none); x = rmsnorm(h)·w, with `next`'s input codes in the same pass.
     void norm_for(const float* add, const float* w, int n, const DLinear* next) {
         const cuda::RowQuant rq = row_quant_for(next);
-        cuda::add_rmsnorm_quant(h.get(), add, w, n, cfg.d_model, cfg.rms_eps, x.get(), rq, stream);
+        if (!skip_launch("norm"))
+            cuda::add_rmsnorm_quant(h.get(), add, w, n, cfg.d_model, cfg.rms_eps, x.get(), rq, stream);
         quant_done(rq, next, x.get(), n);
+    }
+
+    // The weight bytes a GEMV of L streams (none for the float path).
+    static cuda::L2Span weight_span(const DLinear& L) {
+        if (L.out == 0) return {};
+        if (L.w8p()) return {L.w8p(), (size_t)cuda::w4g_bytes(L.out, L.in)};
+        if (L.wbp()) return {L.wbp(), (size_t)L.out * L.in * 2};
+        return {};
+    }
+    // Decode v7: after layer L's q|k|v, the side stream prefetches up to opts.l2_prefetch_mib MiB of its
+    // o, gate|up (or gate, up) and down weights, in the order they run, to L2 (cuda::l2_prefetch).
+    void prefetch_after_qkv(const DLayer& L, int n, Mode mode) {
+        if (opts.l2_prefetch_mib <= 0 || n > 16 || mode == Mode::varlen) return;
+        cuda::L2Span sp[cuda::kL2Spans];
+        size_t left = (size_t)opts.l2_prefetch_mib << 20;
+        int i = 0;
+        const bool fg = fused_runs(L.gu, n);
+        for (const DLinear* d : {&L.o, fg ? &L.gu : &L.gate, fg ? &L.down : &L.up, fg ? nullptr : &L.down}) {
+            if (!d || left == 0) continue;
+            cuda::L2Span w = weight_span(*d);
+            w.bytes = std::min(w.bytes, left);
+            left -= w.bytes;
+            sp[i++] = w;
+        }
+        SQ_CUDA(cudaEventRecord(ev_fork, stream));
+        SQ_CUDA(cudaStreamWaitEvent(side, ev_fork, 0));
+        cuda::l2_prefetch(sp, 128, side);
+        side_open = true;
+    }
+    // The side stream's work joined back into `stream` (a captured graph must end joined).
+    void join_side() {
+        if (!side_open) return;
+        SQ_CUDA(cudaEventRecord(ev_join, side));
+        SQ_CUDA(cudaStreamWaitEvent(stream, ev_join, 0));
+        side_open = false;
     }
 
     // The device work of run_layers: launches only (captured into graphs),
@@ -733,19 +801,22 @@ struct ModelCuda::Impl {
             float* vc_l = kv_pack ? nullptr : vc.get() + (size_t)row0 * kvd;
             const cuda::KvPacked pk_l = kv_packed_layer(row0, k_shift);
             if (first_linear(l, n) == &L.qkv) {
-                linear(L.qkv, x.get(), n, qkvb.get(), true);
+                if (!skip_launch("qkv")) linear(L.qkv, x.get(), n, qkvb.get(), true);
+                prefetch_after_qkv(L, n, mode);
                 const ProfScope ps = prof("rope + kv store");
                 const int64_t ld = qd + 2 * kvd;
                 const float* pq = qkvb.get();
-                cuda::rope_kv_store(pq, ld, pq + qd, ld, pq + qd + kvd, ld, n, H, KV, hd, 0,
-                                    mode == Mode::single ? pos_dev.get() : nullptr,
-                                    mode == Mode::single ? nullptr : positions.get(),
-                                    mode == Mode::batch ? dec_rows.get() : nullptr, inv_freq.get(), kv_bits, kv_clip,
-                                    q.get(), kc_l, vc_l, stream, k_shift, pk_l);
+                if (!skip_launch("rope"))
+                    cuda::rope_kv_store(pq, ld, pq + qd, ld, pq + qd + kvd, ld, n, H, KV, hd, 0,
+                                        mode == Mode::single ? pos_dev.get() : nullptr,
+                                        mode == Mode::single ? nullptr : positions.get(),
+                                        mode == Mode::batch ? dec_rows.get() : nullptr, inv_freq.get(), kv_bits,
+                                        kv_clip, q.get(), kc_l, vc_l, stream, k_shift, pk_l);
             } else {
                 linear(L.q, x.get(), n, q.get(), true);
                 linear(L.k, x.get(), n, k.get(), true);
                 linear(L.v, x.get(), n, v.get(), true);
+                prefetch_after_qkv(L, n, mode);
                 {
                     const ProfScope ps = prof("rope");
                     if (mode != Mode::single) {
@@ -791,9 +862,10 @@ struct ModelCuda::Impl {
                     // v5: one kernel; its last block per sequence also makes o's codes (or bf16 input).
                     cuda::RowQuant rq = row_quant_for(&L.o);
                     if (!att_codes && rq.q8) rq = {};  // A/B: o's codes from act_quant instead
-                    cuda::attention_decode(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, dec_cap,
-                                           dec_part.get(), att.get(), stream, rq, dec_cnt.get(), pk_l,
-                                           opts.decode_cluster ? 6 : 5);
+                    if (!skip_launch("att"))
+                        cuda::attention_decode(qa, kc_l, vc_l, n, dec_rows.get(), positions.get(), H, KV, hd, dec_cap,
+                                               dec_part.get(), att.get(), stream, rq, dec_cnt.get(), pk_l,
+                                               opts.decode_cluster ? 6 : 5);
                     quant_done(rq, &L.o, att.get(), n);
                     o_ready = rq.q8 || rq.bf16;
                 } else if (mode == Mode::batch) {  // v4: one token per sequence, keys split over blocks
@@ -806,22 +878,23 @@ struct ModelCuda::Impl {
                     cuda::attention(qa, kc_l, vc_l, n, 0, pos_dev.get(), H, KV, hd, att.get(), stream, pk_l);
                 }
             }
-            linear(L.o, att.get(), n, proj.get(), o_ready);
+            if (!skip_launch("o")) linear(L.o, att.get(), n, proj.get(), o_ready);
             const bool fg = fused_runs(L.gu, n);
             {
                 const ProfScope ps = prof("norm");
                 norm_for(proj.get(), L.ffn_norm.get(), n, fg ? &L.gu : &L.gate);
             }
             if (fg) {
-                linear(L.gu, x.get(), n, upb.get(), true);
+                if (!skip_launch("gu")) linear(L.gu, x.get(), n, upb.get(), true);
                 {
                     const ProfScope ps = prof("silu_mul");
                     const cuda::RowQuant rq = row_quant_for(&L.down);
-                    cuda::silu_mul_rows(upb.get(), upb.get() + ff, 2 * ff, n, (int)ff, act.get(), rq, stream,
-                                        row_sync());
+                    if (!skip_launch("silu"))
+                        cuda::silu_mul_rows(upb.get(), upb.get() + ff, 2 * ff, n, (int)ff, act.get(), rq, stream,
+                                            row_sync());
                     quant_done(rq, &L.down, act.get(), n);
                 }
-                linear(L.down, act.get(), n, proj.get(), true);
+                if (!skip_launch("down")) linear(L.down, act.get(), n, proj.get(), true);
             } else {
                 linear(L.gate, x.get(), n, act.get(), true);
                 linear(L.up, x.get(), n, upb.get(), true);
@@ -837,6 +910,7 @@ struct ModelCuda::Impl {
             else
                 norm_for(proj.get(), final_norm.get(), n, nullptr);
         }
+        join_side();
     }
 
     // Scratch of the split row kernels (decode v5; opts.decode_v5 off: the one-block kernels).
@@ -1032,6 +1106,9 @@ struct ModelCuda::Impl {
         kv_clip = kvc;
         qk_rotate = qkr;
         SQ_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+        SQ_CUDA(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+        SQ_CUDA(cudaEventCreateWithFlags(&ev_fork, cudaEventDisableTiming));
+        SQ_CUDA(cudaEventCreateWithFlags(&ev_join, cudaEventDisableTiming));
         SQ_CUBLAS(cublasCreate(&blas));
         SQ_CUBLAS(cublasSetStream(blas, stream));
         SQ_CUBLAS(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));  // FP32, never TF32
@@ -1111,6 +1188,12 @@ ModelCudaOptions ModelCudaOptions::from_env() {
         SQ_CHECK(std::string(pa) == "flash" || std::string(pa) == "f32", "SQ_CUDA_PREFILL_ATT must be flash or f32, got '",
                  pa, "'");
         o.flash_attention = std::string(pa) == "flash";
+    }
+    if (const char* pf = std::getenv("SQ_CUDA_L2PF"); pf && *pf) {
+        char* end = nullptr;
+        const long v = std::strtol(pf, &end, 10);
+        SQ_CHECK(*end == 0 && v >= 0 && v <= 4096, "SQ_CUDA_L2PF must be MiB in 0..4096, got '", pf, "'");
+        o.l2_prefetch_mib = (int)v;
     }
     if (da && *da) {
         const std::string v = da;
@@ -1200,6 +1283,7 @@ ModelCuda::ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity)
     m.opts.decode_cluster = s.decode_cluster;
     m.opts.lm_head_q8 = s.lm_head_q8;
     m.opts.flash_attention = s.flash_attention;
+    m.opts.l2_prefetch_mib = s.l2_prefetch_mib;
     m.init_device(c, capacity, s.kv_bits, 1.0f, false);
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff, V = c.vocab;

@@ -71,6 +71,12 @@ struct ModelCudaOptions {
     // eval engine's numbers stay those of the measured kernel. On in the synthetic bench
     // (CudaSynthetic). Env: SQ_CUDA_PREFILL_ATT=flash|f32.
     bool flash_attention = false;
+    // Decode v7 (docs/kernels-cuda-notes.md): in calls of at most 16 rows, once a layer's q|k|v is
+    // computed, a side stream asks L2 for up to this many MiB of its next weights (o, then gate|up,
+    // then down) with bulk prefetches, while the latency-bound RoPE, attention and norm kernels
+    // leave HBM idle (B=1 +5% with the GEMV's own prefetch off, docs/perf.md "Session 11"). A cache
+    // hint: no bits change (CudaModel.FusedDecodeIsBitIdentical). 0 = off. Env: SQ_CUDA_L2PF=MiB.
+    int l2_prefetch_mib = 32;
     static ModelCudaOptions from_env();
 };
 
@@ -94,6 +100,7 @@ struct CudaSynthetic {
     // same matrix), read by q8_gemv in one-row calls (ModelCudaOptions::lm_head_q8).
     bool lm_head_q8 = false;
     bool flash_attention = true;  // see ModelCudaOptions::flash_attention
+    int l2_prefetch_mib = 32;     // see ModelCudaOptions::l2_prefetch_mib
     uint64_t seed = 1;
 };
 

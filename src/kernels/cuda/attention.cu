@@ -270,8 +270,7 @@ __global__ void __launch_bounds__(kDecThreads) attention_decode_part(
     const int* __restrict__ kv_rows, const int* __restrict__ positions, int heads, int kv_heads, int hd, float scale,
     int splits, float* __restrict__ part) {
     extern __shared__ float sm[];
-    pdl_wait();  // q, the cache, rows: earlier kernels' outputs
-    pdl_trigger();
+    pdl_trigger_then_wait();  // q, the cache, rows: earlier kernels' outputs
     const int c = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
     const int group = heads / kv_heads, kvd = kv_heads * hd;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = kDecThreads / 32;
@@ -353,8 +352,7 @@ __device__ __forceinline__ float merge_one(const float* __restrict__ p, int hd, 
 // One block per (sequence, query head): out = Σ_c o_c·e^{m_c−M} / Σ_c l_c·e^{m_c−M}.
 __global__ void attention_decode_merge(const float* __restrict__ part, int heads, int hd, int splits,
                                        float* __restrict__ out) {
-    pdl_wait();
-    pdl_trigger();
+    pdl_trigger_then_wait();
     const size_t bh = blockIdx.x, stride = (size_t)hd + 2;
     const float* p = part + bh * splits * stride;
     float M, inv;
@@ -372,8 +370,7 @@ __global__ void __launch_bounds__(kMergeThreads) attention_decode_merge_rows(
     uint8_t* __restrict__ q8, float* __restrict__ q_scale, int32_t* __restrict__ q_zero,
     __nv_bfloat16* __restrict__ ob) {
     __shared__ float red[64];
-    pdl_wait();
-    pdl_trigger();
+    pdl_trigger_then_wait();
     const int b = blockIdx.x, tid = threadIdx.x, width = heads * hd;
     const size_t stride = (size_t)hd + 2;
     float ov[kMergeV];
@@ -475,8 +472,7 @@ __global__ void __launch_bounds__(kD5Threads) attention_decode_v5(
     extern __shared__ float sm[];
     __shared__ int s_last;
     __shared__ float red[64];
-    pdl_wait();  // q, the cache, rows: earlier kernels' outputs
-    pdl_trigger();
+    pdl_trigger_then_wait();  // q, the cache, rows: earlier kernels' outputs
     const int c = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
     const int group = heads / kv_heads, kvd = kv_heads * hd;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nwarps = kD5Threads / 32;
@@ -698,8 +694,7 @@ __global__ void __launch_bounds__(kD6Threads) attention_decode_v6(
     extern __shared__ float sm[];
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
-    pdl_wait();  // q, the cache, rows: earlier kernels' outputs
-    pdl_trigger();
+    pdl_trigger_then_wait();  // q, the cache, rows: earlier kernels' outputs
     const int r = (int)cluster.block_rank(), g = blockIdx.y, b = blockIdx.z;
     const int group = heads / kv_heads, kvd = kv_heads * hd, ld = hd + 1;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nwarps = kD6Threads / 32;

@@ -41,18 +41,26 @@ __global__ void __launch_bounds__(kRowThreads) rmsnorm_kernel(float* __restrict_
                                                               int32_t* __restrict__ q_zero,
                                                               __nv_bfloat16* __restrict__ yb) {
     __shared__ float red[64];
-    pdl_wait();  // h, add: earlier kernels' outputs
-    pdl_trigger();
     const size_t base = (size_t)blockIdx.x * d;
     const int tid = threadIdx.x;
     float ss = 0.0f, mx = 0.0f, mn = 0.0f;
     if constexpr (V > 0) {
+        // Before the wait (decode v7): w is a weight (constant), and h's row is asked of L2. h was
+        // written kernels ago, so at a decode step's first norm it has left L2 under the GEMVs'
+        // weight streams; its loads after the wait then hit L2. A prefetch is a hint into L2, the
+        // point of coherence, so it is safe whichever kernel writes h.
         float hv[V], wv[V];
 #pragma unroll
         for (int j = 0; j < V; ++j) {
             const int i = tid + j * kRowThreads;
-            hv[j] = i < d ? h[base + i] : 0.0f;
             wv[j] = i < d ? w[i] : 0.0f;
+        }
+        for (int i = tid * 32; i < d; i += kRowThreads * 32) prefetch_l2(h + base + i);
+        pdl_trigger_then_wait();  // h, add: earlier kernels' outputs
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const int i = tid + j * kRowThreads;
+            hv[j] = i < d ? h[base + i] : 0.0f;
         }
         if (add) {
             float av[V];
@@ -99,6 +107,7 @@ __global__ void __launch_bounds__(kRowThreads) rmsnorm_kernel(float* __restrict_
             if (i < d) q8[base + i] = (uint8_t)quant_one(hv[j], s, z, qmax);
         }
     } else {
+        pdl_trigger_then_wait();  // h, add: earlier kernels' outputs
         for (int i = tid; i < d; i += blockDim.x) {
             float v = h[base + i];
             if (add) {
@@ -162,8 +171,7 @@ __global__ void __launch_bounds__(1024) silu_mul_rows_kernel(const float* __rest
                                      float* __restrict__ q_scale, int32_t* __restrict__ q_zero,
                                      __nv_bfloat16* __restrict__ ab) {
     __shared__ float red[64];
-    pdl_wait();
-    pdl_trigger();
+    pdl_trigger_then_wait();
     const int64_t t = blockIdx.x;
     const int tid = threadIdx.x, nt = blockDim.x;
     const float *gr = g + t * ld, *ur = u + t * ld;
@@ -232,8 +240,7 @@ __global__ void __launch_bounds__(kSplitThreads) silu_mul_split_kernel(
     __shared__ float red[64];
     __shared__ float s_sh;
     __shared__ int z_sh;
-    pdl_wait();
-    pdl_trigger();
+    pdl_trigger_then_wait();
     const int c = blockIdx.x, C = gridDim.x, tid = threadIdx.x;
     const int64_t t = blockIdx.y;
     const int i0 = c * kSplitCols;

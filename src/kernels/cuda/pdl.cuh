@@ -36,6 +36,24 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
+// Asks L2 for the 128-byte line at p. A hint into L2, the point of coherence: safe before
+// pdl_wait() even for data that an unfinished kernel writes (used there for weights and for
+// activations written kernels ago).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+
+// Trigger first, then wait (decode v7): for the short row kernels of a decode step (norm, act_quant,
+// SwiGLU, RoPE + KV store, decode attention). Their successor, often a GEMV whose weight loads and
+// L2 prefetch run before its own wait, then launches while this kernel still waits for its
+// predecessor: two kernels ahead of the running one instead of one. Cannot deadlock: a kernel
+// launches only after every block of its primary has triggered, i.e. is resident, so every kernel
+// that an early-launched block waits on already holds its resources. Visibility is unchanged: a
+// kernel's wait still returns only after its primary has completed and flushed, and that primary
+// itself waited for its own primary (the chain is transitive).
+__device__ __forceinline__ void pdl_trigger_then_wait() {
+    pdl_trigger();
+    pdl_wait();
+}
+
 inline bool pdl_enabled() {
     static const bool on = [] {
         const char* e = std::getenv("SQ_CUDA_PDL");

@@ -25,8 +25,7 @@ __global__ void __launch_bounds__(1024) act_quant_kernel(const float* __restrict
     __shared__ float red_mx[32], red_mn[32];
     __shared__ float s_sh;
     __shared__ int z_sh;
-    pdl_wait();  // x is the previous kernel's output (decode: launched early, PDL)
-    pdl_trigger();
+    pdl_trigger_then_wait();  // x is the previous kernel's output (decode: launched early, PDL)
     const int64_t t = blockIdx.x;
     const float* xr = x + t * k;
     if constexpr (V > 0) {
@@ -200,8 +199,7 @@ __global__ void __launch_bounds__(kRopeKvWarps * 32) rope_kv_kernel(
     float clip, float* __restrict__ q_out, float* __restrict__ kc, float* __restrict__ vc,
     const float* __restrict__ k_shift, KvPacked pk) {
     extern __shared__ float rk[];  // [kRopeKvWarps][hd]
-    pdl_wait();
-    pdl_trigger();
+    pdl_trigger_then_wait();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nh = heads + kv_heads;
     const int64_t wv = (int64_t)blockIdx.x * kRopeKvWarps + warp;
     if (wv >= (int64_t)n * nh) return;

@@ -95,10 +95,7 @@ __global__ void __launch_bounds__(kRowThreads) xb_row_kernel(const float* __rest
             if (bl < nbc)
 #pragma unroll 8
                 for (int p = q0 + l; p < qe; p += 8) a = __fmaf_rn(xs[p], bs[p], a);
-            // (l0+l1), then (..)+(..), then the halves: hsum4_ps's order
-            const float s1 = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 1));
-            const float s2 = __fadd_rn(s1, __shfl_xor_sync(0xffffffffu, s1, 2));
-            const float s3 = __fadd_rn(s2, __shfl_xor_sync(0xffffffffu, s2, 4));
+            const float s3 = lane8_sum(a);  // hsum4_ps's order
             if (bl < nbc && l == 0) sums[c0 / kc + bl] = s3;
         }
         __syncthreads();
@@ -148,9 +145,7 @@ __global__ void __launch_bounds__(kDecThreads) xb_dec_kernel(const float* __rest
         if (o < nout)
 #pragma unroll 8
             for (int p = l; p < kb8; p += 8) a = __fmaf_rn(xs[t * kc + p], bs[rr * kc + p], a);
-        const float s1 = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 1));
-        const float s2 = __fadd_rn(s1, __shfl_xor_sync(0xffffffffu, s1, 2));
-        const float s3 = __fadd_rn(s2, __shfl_xor_sync(0xffffffffu, s2, 4));
+        const float s3 = lane8_sum(a);
         if (o < nout && l == 0 && r < rank) (nb == 1 ? z : part + (int64_t)b * m * rank)[t * rank + r] = s3;
     }
     if (nb == 1) return;
@@ -248,11 +243,8 @@ __global__ void __launch_bounds__(128, 4) xb_tiles_kernel(const float* __restric
     for (int i = 0; i < 8; ++i) {
         const int t = t0 + warp * 8 + i;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {  // (l0+l1), then (..)+(..), then the halves: hsum4_ps's order
-            const float a = acc[i][e];
-            const float s1 = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 1));
-            const float s2 = __fadd_rn(s1, __shfl_xor_sync(0xffffffffu, s1, 2));
-            const float s3 = __fadd_rn(s2, __shfl_xor_sync(0xffffffffu, s2, 4));
+        for (int e = 0; e < 8; ++e) {
+            const float s3 = lane8_sum(acc[i][e]);  // hsum4_ps's order
             const int r = r0 + 4 * e + g;
             if (l == e && t < m && r < rank) out[(int64_t)b * out_block_stride + (int64_t)t * rank + r] = s3;
         }

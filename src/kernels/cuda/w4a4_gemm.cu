@@ -275,13 +275,14 @@ void launch_tiled(const W4GemmArgs& a, cudaStream_t s) {
 //
 // PDL (pdl.cuh, v4): the weights are constant, so before waiting for the
 // kernel that produces the activations, each warp loads its first iteration's
-// weights into registers and asks L2 for the rest of its slice (up to
-// kPrefetchBlocks layout blocks): the weight stream starts while the previous
-// (latency-bound) kernel still runs.
+// weights into registers and (optionally, kPrefetchBlocks) asks L2 for the rest
+// of its slice: the weight stream starts while the previous (latency-bound)
+// kernel still runs.
 constexpr int V_WARPS = 8;
-constexpr int kPrefetchBlocks = 64;  // per warp: 32 KB; 396 resident blocks → ≤ 100 MB asked of L2 (50 MB)
-
-__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+// Off by default since decode v7 (model_cuda's side-stream L2 prefetch of the next weights during
+// attention): with both, B=1 decode was 5% slower than with that one alone (docs/perf.md "Session 11").
+// SQ_CUDA_GEMV_PREFETCH=64 restores decode v4's 32 KB per warp.
+constexpr int kPrefetchBlocks = 0;
 
 // kDB (v5): double-buffered weights: the next iteration's U·NT loads are issued before
 // this iteration's MMAs, so a warp has two iterations of weights in flight (2 blocks per
@@ -443,11 +444,16 @@ void check_args(const W4GemmArgs& a, const char* who) {
              ": fused spectral branch needs spec_z and spec_c, and no spec");
 }
 
-// SQ_CUDA_GEMV_PREFETCH=0: no L2 prefetch before the PDL wait (A/B of docs/perf.md "Decode v4").
+// SQ_CUDA_GEMV_PREFETCH=N: layout blocks per warp asked of L2 before the PDL wait (0: none; A/B of
+// docs/perf.md "Decode v4" and "Session 11"); unset: kPrefetchBlocks.
 int gemv_prefetch_blocks() {
     static const int n = [] {
         const char* e = std::getenv("SQ_CUDA_GEMV_PREFETCH");
-        return e && std::strcmp(e, "0") == 0 ? 0 : kPrefetchBlocks;
+        if (!e || !*e) return kPrefetchBlocks;
+        char* end = nullptr;
+        const long v = std::strtol(e, &end, 10);
+        SQ_CHECK(*end == 0 && v >= 0 && v <= 4096, "SQ_CUDA_GEMV_PREFETCH must be 0..4096 blocks, got '", e, "'");
+        return (int)v;
     }();
     return n;
 }

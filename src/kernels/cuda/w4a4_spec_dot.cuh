@@ -11,6 +11,15 @@ __device__ __forceinline__ float lane_sum(const float* a) {
                      __fadd_rn(__fadd_rn(a[4], a[5]), __fadd_rn(a[6], a[7])));
 }
 
+// lane_sum over groups of 8 adjacent lanes of a warp (lane l % 8 holding fma lane l % 8), by
+// shuffles in the same order: (l0 + l1), then pairs of those, then the halves. Every lane of
+// a group gets its group's sum; all 32 lanes must call it (warp-uniform control flow).
+__device__ __forceinline__ float lane8_sum(float a) {
+    const float s1 = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 1));
+    const float s2 = __fadd_rn(s1, __shfl_xor_sync(0xffffffffu, s1, 2));
+    return __fadd_rn(s2, __shfl_xor_sync(0xffffffffu, s2, 4));
+}
+
 // spectral_dot_ref (kernels/ref/w4a4_ref.cpp) bit for bit: 8 fma lanes by r mod 8, pairwise sum.
 __device__ __forceinline__ float spec_dot(const float* __restrict__ z, const float* __restrict__ c, int len) {
     float l0 = 0.0f, l1 = 0.0f, l2 = 0.0f, l3 = 0.0f, l4 = 0.0f, l5 = 0.0f, l6 = 0.0f, l7 = 0.0f;
