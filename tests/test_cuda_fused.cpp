@@ -11,6 +11,8 @@
 //     not own stay poisoned.
 //   - q8_gemv (decode v6's Q8_0 lm_head): within the float-summation bound of the exact product,
 //     the same bits at every batch size.
+//   - w4a4_gemv_norm (decode v8: the norm inside the GEMV): outputs, h + add and the normed rows
+//     bit-identical to add_rmsnorm_quant followed by w4a4_gemv.
 // Awkward widths (odd, not multiples of 32 or of the block), outputs poisoned first.
 // Compiled only with -DSPECQUANT_CUDA=ON; every test skips without a GPU.
 // Run: build-gpu/specquant_tests --gtest_filter='CudaFused*'
@@ -26,6 +28,7 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/w4a4_gemm.h"
 #include "kernels/q8_format.h"
 #include "kernels/ref/q8_ref.h"
 #include "kernels/ref/w4a4_ref.h"
@@ -123,6 +126,64 @@ TEST(CudaFused, NormQuantEqualsReference) {
             }
         }
     }
+}
+
+TEST(CudaFused, NormInGemvEqualsNormThenGemv) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 107);
+    for (int64_t d : {256, 1000, 4096}) {
+        for (int m : {1, 3, 8}) {
+            for (int n : {40, 1000}) {
+                for (bool with_add : {true, false}) {
+                    SCOPED_TRACE(str("d=", d, " m=", m, " n=", n, " add=", with_add));
+                    const float eps = 1e-5f, clip = 0.9f;
+                    const std::vector<float> h0 = rows_of(m, d, rng), add = gaussian((size_t)m * d, rng, 0.5f),
+                                             w = gaussian((size_t)d, rng, 0.3f), ws = gaussian((size_t)n, rng, 0.01f),
+                                             bias = gaussian((size_t)n, rng);
+                    std::vector<uint8_t> wq((size_t)cuda::w4g_bytes(n, d));
+                    for (uint8_t& b : wq) b = (uint8_t)rng();
+                    std::vector<int32_t> rs(n);
+                    for (int32_t& v : rs) v = (int32_t)(rng() % 2001) - 1000;
+                    DevBuf<float> dh(h0), dadd(add), dw(w), dws(ws), dbias(bias), x_ref((size_t)m * d), dh_out((size_t)m * d),
+                        x_out((size_t)m * d), y_ref((size_t)m * n), y((size_t)m * n), sc(m);
+                    DevBuf<uint8_t> dwq(wq), q8((size_t)m * d);
+                    DevBuf<int32_t> drs(rs), zp(m);
+                    for (DevBuf<float>* b : {&dh_out, &x_out, &y_ref, &y}) b->poison();
+                    cuda::W4GemmArgs a;
+                    a.m = m, a.k = (int)d, a.n = n, a.w = dwq.p, a.w_scale = dws.p, a.w_rowsum = drs.p, a.bias = dbias.p;
+                    cuda::GemvNorm g;  // first, while dh still holds h0 (the reference updates it in place)
+                    g.h = dh.p, g.add = with_add ? dadd.p : nullptr, g.w = dw.p, g.eps = eps, g.h_out = dh_out.p;
+                    g.y = x_out.p, g.bits = 4, g.clip = clip;
+                    a.y = y.p;
+                    cuda::w4a4_gemv_norm(a, g, nullptr);
+                    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+                    cuda::RowQuant rq;
+                    rq.bits = 4, rq.clip = clip, rq.q8 = q8.p, rq.scale = sc.p, rq.zero = zp.p;
+                    cuda::add_rmsnorm_quant(dh.p, with_add ? dadd.p : nullptr, dw.p, m, (int)d, eps, x_ref.p, rq, nullptr);
+                    a.q = q8.p, a.act_scale = sc.p, a.act_zero = zp.p, a.y = y_ref.p;
+                    cuda::w4a4_gemv(a, nullptr);
+                    const auto yv = y.get(), yr = y_ref.get(), hv = dh_out.get(), hr = dh.get(), xv = x_out.get(),
+                               xr = x_ref.get();
+                    int bad_y = 0, bad_h = 0, bad_x = 0;
+                    for (size_t i = 0; i < yv.size(); ++i) bad_y += fbits(yv[i]) != fbits(yr[i]);
+                    for (size_t i = 0; i < hv.size(); ++i)
+                        bad_h += fbits(hv[i]) != fbits(hr[i]), bad_x += fbits(xv[i]) != fbits(xr[i]);
+                    EXPECT_EQ(bad_y, 0) << "GEMV outputs";
+                    EXPECT_EQ(bad_h, 0) << "h + add";
+                    EXPECT_EQ(bad_x, 0) << "normed rows";
+                }
+            }
+        }
+    }
+    DevBuf<float> f(64);
+    cuda::W4GemmArgs a;
+    a.m = 9, a.k = 64, a.n = 8;
+    cuda::GemvNorm g;
+    EXPECT_THROW(cuda::w4a4_gemv_norm(a, g, nullptr), Error);  // 9 rows
+    a.m = 1, a.k = 64, a.w = reinterpret_cast<const uint8_t*>(f.p), a.w_scale = f.p, a.y = f.p;
+    a.w_rowsum = reinterpret_cast<const int32_t*>(f.p);
+    g.h = f.p, g.w = f.p, g.h_out = f.p;
+    EXPECT_THROW(cuda::w4a4_gemv_norm(a, g, nullptr), Error);  // h_out == h: in place is a race here
 }
 
 TEST(CudaFused, SiluMulQuantEqualsReference) {

@@ -924,6 +924,14 @@ TEST(CudaModel, FusedDecodeIsBitIdentical) {
         ModelCuda on(c, s, 160), off(c, u, 160);
         compare(on, off, "synthetic W4A4 KV4, L2 prefetch on vs off", 0);
     }
+    {  // decode v8 (opt-in): the norms before q|k|v and gate|up inside their GEMVs (cuda::w4a4_gemv_norm)
+        CudaSynthetic s;
+        s.kv_bits = 4, s.seed = 8, s.norm_gemv = true;
+        CudaSynthetic u = s;
+        u.fuse = false;
+        ModelCuda on(c, s, 160), off(c, u, 160);
+        compare(on, off, "synthetic W4A4 KV4, the norm in the GEMV vs unfused", 0);
+    }
     Checkpoint ck = checkpoint_open(kData + "/models/tiny_llama");
     ModelWeights w = model_load_f32(ck, false);
     for (LayerWeights& L : w.layers)

@@ -336,6 +336,7 @@ int cuda_bench(const CudaBenchOpts& o) {
             s.lm_head_q8 = !bf16 && o.lm_head_bits == 8;
             s.flash_attention = flash;
             s.l2_prefetch_mib = env.l2_prefetch_mib;
+            s.norm_gemv = env.norm_gemv;
             res.push_back(cuda_variant(name, o, std::make_unique<ModelCuda>(c, s, cap)));
         };
         run("w4a4", false, 0);

@@ -201,6 +201,7 @@ struct DLayer {
 // lm_head leaves those launches out of the forward (captured graphs included), so that a step's time
 // with and without them gives their cost inside the graph, where ncu can only time kernels alone.
 // The outputs are then wrong; only `specquant bench` timings mean anything. Read once per process.
+// skip_launch(nullptr): whether any launch is left out (then the norms stay kernels of their own).
 bool skip_launch(const char* what) {
     static const std::vector<std::string> names = [] {
         std::vector<std::string> v;
@@ -217,6 +218,7 @@ bool skip_launch(const char* what) {
         std::fprintf(stderr, "warning: SQ_CUDA_SKIP=%s: launches left out, outputs are wrong (timing only)\n", e);
         return v;
     }();
+    if (!what) return !names.empty();  // any
     return !names.empty() && std::find(names.begin(), names.end(), what) != names.end();
 }
 
@@ -247,6 +249,16 @@ struct ModelCuda::Impl {
     bool kv_pack = false;
     // Scratch, [cap, width] unless noted.
     DevBuf<float> h, x, q, k, v, qr, kr, att, proj, act, upb;
+    // Decode v8 (opts.norm_gemv): the GEMV that normalizes its own input writes h + add to the other
+    // buffer (its other clusters still read h): hcur is the residual stream's current one, h or
+    // h_alt ([W4G_NORM_MAX_M, d]); pending_norm the norm left to the next linear().
+    DevBuf<float> h_alt;
+    float* hcur = nullptr;
+    struct PendingNorm {
+        const DLinear* next = nullptr;
+        const float *add = nullptr, *w = nullptr;
+        int n = 0;
+    } pending_norm;
     DevBuf<float> qkvb;                // [cap, qd + 2·kvd]: the fused q|k|v output (layers with qkv)
     DevBuf<float> rot_a, rot_b;        // [cap, max_in]: online Hadamard
     DevBuf<float> qf;                  // [rows, max_in]: activation codes (f32 codes path)
@@ -526,6 +538,12 @@ struct ModelCuda::Impl {
 
     // same_input: x is the input of the previous linear call, unchanged since.
     void linear(const DLinear& L, const float* x, int n, float* y, bool same_input = false) {
+        if (pending_norm.next) {
+            SQ_CHECK(pending_norm.next == &L && pending_norm.n == n && x == this->x.get(),
+                     "CUDA forward: a norm left to a GEMV, but another layer runs");
+            linear_with_norm(L, n, y);
+            return;
+        }
         if (!same_input) quant_src = nullptr, zb_src = nullptr;
         const int gm = gemm_rows > 0 ? gemm_rows : n;  // GEMM rows (≥ n)
         const float* xin = x;
@@ -726,11 +744,39 @@ struct ModelCuda::Impl {
         else if (rq.bf16) quant_src = src, quant_n = n, quant_bits = -16;
     }
     // h += add (add null: none); x = rmsnorm(h)·w, with `next`'s input codes in the same pass.
+    // Decode v8: the norm is done by `next`'s GEMV (cuda::w4a4_gemv_norm) when that is a fused W4A4 layer
+    // on the tensor cores without spectral branch or online Hadamard, in a call of ≤ 8 rows.
+    bool norm_in_gemv(const DLinear* next, int n) const {
+        return h_alt.get() && !skip_launch(nullptr) && next && next->kind == LinKind::w4a4 && next->w8p() && next->rank == 0 &&
+               !next->had_in && next->in == cfg.d_model && n <= cuda::W4G_NORM_MAX_M &&
+               cuda::w4a4_gemv_norm_fits(n, cfg.d_model, (int)next->out);
+    }
     void norm_for(const float* add, const float* w, int n, const DLinear* next) {
+        SQ_CHECK(!pending_norm.next, "CUDA forward: a norm left to a GEMV that did not run");
+        if (norm_in_gemv(next, n)) {
+            pending_norm = {next, add, w, n};
+            quant_src = nullptr, zb_src = nullptr;
+            return;
+        }
         const cuda::RowQuant rq = row_quant_for(next);
         if (!skip_launch("norm"))
-            cuda::add_rmsnorm_quant(h.get(), add, w, n, cfg.d_model, cfg.rms_eps, x.get(), rq, stream);
+            cuda::add_rmsnorm_quant(hcur, add, w, n, cfg.d_model, cfg.rms_eps, x.get(), rq, stream);
         quant_done(rq, next, x.get(), n);
+    }
+    // The pending norm inside L's GEMV, reading x's rows: h + add → the other residual buffer, codes
+    // in shared memory, x = the normed rows (for any later reader), y = L(x).
+    void linear_with_norm(const DLinear& L, int n, float* y) {
+        const ProfScope ps = prof("gemm w4a4 (gemv) + norm");
+        cuda::W4GemmArgs a;
+        a.m = n, a.k = (int)L.in, a.n = (int)L.out, a.w = L.w8p();
+        a.w_scale = L.scalep(), a.w_rowsum = L.rowsump(), a.bias = L.biasp(), a.y = y;
+        cuda::GemvNorm g;
+        float* out = hcur == h.get() ? h_alt.get() : h.get();
+        g.h = hcur, g.add = pending_norm.add, g.w = pending_norm.w, g.eps = cfg.rms_eps;
+        g.h_out = out, g.y = x.get(), g.bits = L.a_bits, g.clip = L.a_clip;
+        cuda::w4a4_gemv_norm(a, g, stream);
+        hcur = out;
+        pending_norm = {};
     }
 
     // The weight bytes a GEMV of L streams (none for the float path).
@@ -791,6 +837,8 @@ struct ModelCuda::Impl {
         {
             const ProfScope ps = prof("embed + norm");
             cuda::embed_gather(embed.get(), tokens.get(), n, d, h.get(), stream);
+            hcur = h.get();
+            pending_norm = {};
             norm_for(nullptr, layers[0].attn_norm.get(), n, first_linear(0, n));
         }
         for (int l = 0; l < c.n_layers; ++l) {
@@ -1018,6 +1066,8 @@ struct ModelCuda::Impl {
         }
         bytes_kv = bytes - b0;
         h.alloc(C * d, "hidden states", &bytes);
+        if (opts.norm_gemv && opts.fuse && !opts.bf16)
+            h_alt.alloc((size_t)cuda::W4G_NORM_MAX_M * d, "hidden states (norm in the GEMV)", &bytes);
         x.alloc(C * d, "normed states", &bytes);
         q.alloc(C * qd, "queries", &bytes);
         k.alloc(C * kvd, "keys", &bytes);
@@ -1189,6 +1239,10 @@ ModelCudaOptions ModelCudaOptions::from_env() {
                  pa, "'");
         o.flash_attention = std::string(pa) == "flash";
     }
+    if (const char* ng = std::getenv("SQ_CUDA_NORM_GEMV"); ng && *ng) {
+        SQ_CHECK(std::string(ng) == "0" || std::string(ng) == "1", "SQ_CUDA_NORM_GEMV must be 0 or 1, got '", ng, "'");
+        o.norm_gemv = std::string(ng) == "1";
+    }
     if (const char* pf = std::getenv("SQ_CUDA_L2PF"); pf && *pf) {
         char* end = nullptr;
         const long v = std::strtol(pf, &end, 10);
@@ -1284,6 +1338,7 @@ ModelCuda::ModelCuda(const ModelConfig& c, const CudaSynthetic& s, int capacity)
     m.opts.lm_head_q8 = s.lm_head_q8;
     m.opts.flash_attention = s.flash_attention;
     m.opts.l2_prefetch_mib = s.l2_prefetch_mib;
+    m.opts.norm_gemv = s.norm_gemv;
     m.init_device(c, capacity, s.kv_bits, 1.0f, false);
     const int64_t d = c.d_model, hd = c.head_dim, qd = (int64_t)c.n_heads * hd, kvd = (int64_t)c.n_kv_heads * hd,
                   ff = c.d_ff, V = c.vocab;

@@ -77,6 +77,13 @@ struct ModelCudaOptions {
     // leave HBM idle (B=1 +5% with the GEMV's own prefetch off, docs/perf.md "Session 11"). A cache
     // hint: no bits change (CudaModel.FusedDecodeIsBitIdentical). 0 = off. Env: SQ_CUDA_L2PF=MiB.
     int l2_prefetch_mib = 32;
+    // Decode v8 (docs/kernels-cuda-notes.md), opt-in: in calls of at most 8 rows, the RMSNorm before a
+    // fused W4A4 layer without spectral branch (q|k|v, gate|up) done by that layer's GEMV
+    // (cuda::w4a4_gemv_norm: clusters of 8 blocks, codes in shared memory), where the GEMV's clusters
+    // all fit at once: one kernel boundary fewer per norm, same bits (tests). Off by default: measured
+    // slower (B=1 324 vs 352 tok/s: the GEMV with the norm took 18.5 µs alone against ~9 without,
+    // docs/perf.md "Session 11"). With fuse only. Env: SQ_CUDA_NORM_GEMV=0|1.
+    bool norm_gemv = false;
     static ModelCudaOptions from_env();
 };
 
@@ -101,6 +108,7 @@ struct CudaSynthetic {
     bool lm_head_q8 = false;
     bool flash_attention = true;  // see ModelCudaOptions::flash_attention
     int l2_prefetch_mib = 32;     // see ModelCudaOptions::l2_prefetch_mib
+    bool norm_gemv = false;       // see ModelCudaOptions::norm_gemv
     uint64_t seed = 1;
 };
 

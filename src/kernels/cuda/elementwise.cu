@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(kRowThreads) rmsnorm_kernel(float* __restrict_
 #pragma unroll
         for (int j = 0; j < V; ++j) {
             const float v = hv[j];
-            if (tid + j * kRowThreads < d) ss += v * v;
+            if (tid + j * kRowThreads < d) ss = __fmaf_rn(v, v, ss);  // pinned: w4a4_gemv_norm repeats it
         }
         ss = block_sum(ss, red);
         const float r = 1.0f / sqrtf(ss / (float)d + eps);
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kRowThreads) rmsnorm_kernel(float* __restrict_
                 v = __fadd_rn(v, add[base + i]);
                 h[base + i] = v;
             }
-            ss += v * v;
+            ss = __fmaf_rn(v, v, ss);
         }
         ss = block_sum(ss, red);
         const float r = 1.0f / sqrtf(ss / (float)d + eps);

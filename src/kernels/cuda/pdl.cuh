@@ -62,22 +62,34 @@ inline bool pdl_enabled() {
     return on;
 }
 
-// kernel<<<grid, block, smem, s>>>(args...) with the programmatic-serialization attribute; checked.
+// kernel<<<grid, block, smem, s>>>(args...) with the programmatic-serialization attribute and, with
+// cluster > 0, thread-block clusters of `cluster` blocks along x (grid.x a multiple of it); checked.
 template <class... KArgs, class... Args>
-void launch_pdl(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
-                Args&&... args) {
+void launch_pdl_cluster(const char* name, int cluster, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                        cudaStream_t s, Args&&... args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
-    cudaLaunchAttribute attr[1];
+    cudaLaunchAttribute attr[2];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
+    if (cluster > 0) {
+        attr[1].id = cudaLaunchAttributeClusterDimension;
+        attr[1].val.clusterDim.x = (unsigned)cluster, attr[1].val.clusterDim.y = 1, attr[1].val.clusterDim.z = 1;
+        cfg.numAttrs = 2;
+    }
     const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
     if (e != cudaSuccess) ::sq::fail("CUDA: launch of ", name, " failed: ", cudaGetErrorString(e));
+}
+
+template <class... KArgs, class... Args>
+void launch_pdl(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                Args&&... args) {
+    launch_pdl_cluster(name, 0, kernel, grid, block, smem, s, std::forward<Args>(args)...);
 }
 
 }  // namespace sq::cuda

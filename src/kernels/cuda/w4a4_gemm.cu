@@ -5,6 +5,8 @@
 // benchmark: bench/bench_cuda_gemm.cu.
 #include "kernels/cuda/w4a4_gemm.h"
 
+#include <cooperative_groups.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -12,6 +14,8 @@
 #include "core/error.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/quant_math.cuh"
+#include "kernels/cuda/reduce.cuh"
 #include "kernels/cuda/w4a4_spec_dot.cuh"
 #include "kernels/cuda/w4a4_wgmma.h"
 #include "kernels/w4a4_format.h"
@@ -284,12 +288,109 @@ constexpr int V_WARPS = 8;
 // SQ_CUDA_GEMV_PREFETCH=64 restores decode v4's 32 KB per warp.
 constexpr int kPrefetchBlocks = 0;
 
+// ---- decode v8: the RMSNorm in the GEMV (w4a4_gemm.h, GemvNorm) ----
+constexpr int kNormCluster = 8, kNormV = W4G_NORM_MAX_K / 256;  // lane elements per row: i = 32·rank + lane + 256·j
+struct NormSmem {                                                // then the codes [m][kq], kq = k rounded up to 256
+    float ss[W4G_NORM_MAX_M][kNormCluster];  // per row, each cluster block's warp sum of squares
+    float mx[W4G_NORM_MAX_M][kNormCluster], mn[W4G_NORM_MAX_M][kNormCluster];
+    float s[W4G_NORM_MAX_M];
+    int z[W4G_NORM_MAX_M];
+};
+__host__ __device__ inline int norm_kq(int k) { return (k + 255) / 256 * 256; }
+
+// Warp t < m of every block normalizes row t's elements of this block's cluster rank (the norm
+// kernel's warp `rank`: element i = 32·rank + lane + 256·j, the same lane chain), nw: their norm
+// weights (loaded before the PDL wait). Three cluster barriers: sums of squares, max/min, codes.
+__device__ __forceinline__ void gemv_norm_prologue(const W4GemmArgs& a, const GemvNorm& nrm, const float (&nw)[kNormV],
+                                                   NormSmem* ns, uint8_t* codes, int kq) {
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    const int lane = threadIdx.x & 31, t = threadIdx.x >> 5, r = (int)cl.block_rank();
+    const bool row = t < a.m, first = blockIdx.x < kNormCluster;  // the first cluster writes h_out, y
+    const int64_t base = (int64_t)t * a.k;
+    float hv[kNormV];
+    if (row) {  // h + add, and the sum of squares as rmsnorm_kernel's thread 32·rank + lane, then its warp_sum
+        float ss = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kNormV; ++j) {
+            const int i = 32 * r + lane + 256 * j;
+            hv[j] = i < a.k ? nrm.h[base + i] : 0.0f;
+        }
+        if (nrm.add) {
+#pragma unroll
+            for (int j = 0; j < kNormV; ++j) {
+                const int i = 32 * r + lane + 256 * j;
+                if (i < a.k) hv[j] = __fadd_rn(hv[j], nrm.add[base + i]);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < kNormV; ++j) {
+            const int i = 32 * r + lane + 256 * j;
+            if (i >= a.k) continue;
+            ss = __fmaf_rn(hv[j], hv[j], ss);
+            if (first) nrm.h_out[base + i] = hv[j];
+        }
+        ss = warp_sum(ss);
+        if (lane < kNormCluster) *cl.map_shared_rank(&ns->ss[t][r], lane) = ss;
+    }
+    cl.sync();
+    if (row) {  // block_sum's second stage over the 8 warp sums, then y and its max/min
+        const float tot = warp_sum(lane < kNormCluster ? ns->ss[t][lane] : 0.0f);
+        const float rr = 1.0f / sqrtf(tot / (float)a.k + nrm.eps);
+        float mx = 0.0f, mn = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kNormV; ++j) {
+            const int i = 32 * r + lane + 256 * j;
+            if (i >= a.k) continue;
+            const float yv = __fmul_rn(nw[j], __fmul_rn(hv[j], rr));
+            hv[j] = yv;
+            if (first && nrm.y) nrm.y[base + i] = yv;
+            mx = ref_max(mx, yv);
+            mn = ref_min(mn, yv);
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            mx = ref_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            mn = ref_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+        }
+        if (lane < kNormCluster) {
+            *cl.map_shared_rank(&ns->mx[t][r], lane) = mx;
+            *cl.map_shared_rank(&ns->mn[t][r], lane) = mn;
+        }
+    }
+    cl.sync();
+    if (row) {  // (s, z) from the row's max/min (order-free), this rank's codes to every block of the cluster
+        float mx = 0.0f, mn = 0.0f, s;
+        int z;
+        for (int q = 0; q < kNormCluster; ++q) mx = ref_max(mx, ns->mx[t][q]), mn = ref_min(mn, ns->mn[t][q]);
+        asym_params(mx, mn, nrm.bits, nrm.clip, &s, &z);
+        if (lane == 0) ns->s[t] = s, ns->z[t] = z;
+        const int qmax = (1 << nrm.bits) - 1;
+        uint8_t* crow = codes + (int64_t)t * kq;
+#pragma unroll
+        for (int j = 0; j < kNormV; ++j) {
+            if (256 * j >= kq) break;  // warp-uniform
+            const int i = 32 * r + lane + 256 * j;
+            const uint32_t c = i < a.k ? (uint32_t)quant_one(hv[j], s, z, qmax) : 0u;
+            // lanes 4q..4q+3 → word q of the 32-byte run (little endian), then lane L stores word L % 8
+            // to cluster blocks L / 8 and L / 8 + 4
+            const uint32_t wd = c | (__shfl_down_sync(0xffffffffu, c, 1) << 8) |
+                                (__shfl_down_sync(0xffffffffu, c, 2) << 16) | (__shfl_down_sync(0xffffffffu, c, 3) << 24);
+            const uint32_t word = __shfl_sync(0xffffffffu, wd, 4 * (lane & 7));
+            uint32_t* dst = reinterpret_cast<uint32_t*>(crow + 32 * r + 256 * j + 4 * (lane & 7));
+            *cl.map_shared_rank(dst, lane >> 3) = word;
+            *cl.map_shared_rank(dst, (lane >> 3) + 4) = word;
+        }
+    }
+    cl.sync();
+}
+
 // kDB (v5): double-buffered weights: the next iteration's U·NT loads are issued before
 // this iteration's MMAs, so a warp has two iterations of weights in flight (2 blocks per
 // SM at ≤ 128 registers: for grids that fit two per SM anyway, the narrow shapes).
-template <int NT, int U, int MT, bool kRows16, bool kAligned4, bool kDB = false>
+// kNorm (v8): the activation codes made by gemv_norm_prologue into shared memory (GemvNorm).
+template <int NT, int U, int MT, bool kRows16, bool kAligned4, bool kDB = false, bool kNorm = false>
 __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && NT <= 2 ? 3 : 1) : 2))
-    gemv_kernel(const W4GemmArgs a, int prefetch_blocks, int stage_c) {
+    gemv_kernel(const W4GemmArgs a, int prefetch_blocks, int stage_c, const GemvNorm nrm) {
     __shared__ int red[V_WARPS][NT][4][32];
     extern __shared__ float cs[];  // stage_c: C rows of this block's 8·NT outputs [8·NT][spec_rank], then z [m][spec_rank]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -315,6 +416,18 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
             }
         }
     };
+    float nw[kNorm ? kNormV : 1];
+    if constexpr (kNorm) {  // the norm weights (constant) and h's lines before the wait
+        const int r = blockIdx.x % kNormCluster;
+        if (warp < a.m) {
+#pragma unroll
+            for (int j = 0; j < kNormV; ++j) {
+                const int i = 32 * r + lane + 256 * j;
+                nw[j] = i < a.k ? nrm.w[i] : 0.0f;
+            }
+            if (lane < kNormV && 32 * r + 256 * lane < a.k) prefetch_l2(nrm.h + (int64_t)warp * a.k + 32 * r + 256 * lane);
+        }
+    }
     uint4 w[U][NT];
     load_w(w, warp);
     {  // L2 prefetch of this warp's later blocks: (kb, nt) pairs, 4 lines of 128 B per 512-byte block
@@ -327,6 +440,10 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
     }
     pdl_wait();  // activations, scales, spec_z: the previous kernels' outputs
     pdl_trigger();
+    NormSmem* ns = reinterpret_cast<NormSmem*>(cs);
+    uint8_t* ncodes = reinterpret_cast<uint8_t*>(cs) + sizeof(NormSmem);
+    const int kq = kNorm ? norm_kq(a.k) : 0;
+    if constexpr (kNorm) gemv_norm_prologue(a, nrm, nw, ns, ncodes, kq);
     float* zs = cs + W4G_NB * NT * a.spec_rank;
     if (stage_c)  // z rows to shared memory now, under the main loop: the epilogue's spec_dot then waits
                   // on no global load (v7: neutral at B = 1, +1.7% at B = 8 with rank 31)
@@ -340,12 +457,18 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
         const int ra = 16 * mt + g, rb = ra + 8;
         r0[mt] = ra < a.m;
         r1[mt] = (kRows16 || MT > 1) && rb < a.m;
-        q0[mt] = a.q + (int64_t)(r0[mt] ? ra : 0) * a.k;
-        q1[mt] = a.q + (int64_t)(r1[mt] ? rb : 0) * a.k;
+        if constexpr (kNorm) {  // m ≤ 8: rows ra only
+            q0[mt] = q1[mt] = ncodes + (int64_t)(r0[mt] ? ra : 0) * kq;
+        } else {
+            q0[mt] = a.q + (int64_t)(r0[mt] ? ra : 0) * a.k;
+            q1[mt] = a.q + (int64_t)(r1[mt] ? rb : 0) * a.k;
+        }
     }
 
     auto act4 = [&](const uint8_t* row, int k) -> uint32_t {
-        if constexpr (kAligned4) {
+        if constexpr (kNorm) {  // shared memory (k % 4 == 0)
+            return k < a.k ? *reinterpret_cast<const uint32_t*>(row + k) : 0u;
+        } else if constexpr (kAligned4) {
             return k < a.k ? __ldg(reinterpret_cast<const uint32_t*>(row + k)) : 0u;
         } else {
             uint32_t v = 0;
@@ -425,8 +548,10 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
             const int64_t i = (int64_t)row * a.n + col;
             sum >>= 4;
             if (a.acc) a.acc[i] = sum;
+            const float st = kNorm ? ns->s[row] : a.act_scale[row];
+            const int zt = kNorm ? ns->z[row] : a.act_zero[row];
             if (a.y)
-                a.y[i] = epi_value(a, row, col, sum, a.act_scale[row], a.act_zero[row],
+                a.y[i] = epi_value(a, row, col, sum, st, zt,
                                    stage_c ? cs + (col - nb0 * W4G_NB) * a.spec_rank : nullptr,
                                    stage_c ? zs + row * a.spec_rank : nullptr);
         }
@@ -486,18 +611,121 @@ void launch_gemv(const W4GemmArgs& a, cudaStream_t s) {
     const dim3 blocks((unsigned)((w4g_n_pad(a.n) / W4G_NB + NT - 1) / NT)), threads(V_WARPS * 32);
     if constexpr (MT > 1) {  // m > 16: aligned rows only (w4a4_gemv_cfg sends the rest to the tiled kernel)
         SQ_CHECK(al4, "w4a4_gemv: m = ", a.m, " > 16 needs k % 4 == 0 and 4-byte aligned activations");
-        launch_pdl("w4a4_gemv", gemv_kernel<NT, U, MT, true, true>, blocks, threads, smem, s, a, pf, stage);
+        launch_pdl("w4a4_gemv", gemv_kernel<NT, U, MT, true, true>, blocks, threads, smem, s, a, pf, stage, GemvNorm{});
     } else {
-        if (rows16 && al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, true, DB>, blocks, threads, smem, s, a, pf, stage);
-        else if (rows16) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, false, DB>, blocks, threads, smem, s, a, pf, stage);
-        else if (al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, true, DB>, blocks, threads, smem, s, a, pf, stage);
-        else launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, false, DB>, blocks, threads, smem, s, a, pf, stage);
+        if (rows16 && al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, true, DB>, blocks, threads, smem, s, a, pf, stage, GemvNorm{});
+        else if (rows16) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, false, DB>, blocks, threads, smem, s, a, pf, stage, GemvNorm{});
+        else if (al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, true, DB>, blocks, threads, smem, s, a, pf, stage, GemvNorm{});
+        else launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, false, DB>, blocks, threads, smem, s, a, pf, stage, GemvNorm{});
     }
+}
+
+// NT for one-wave grids at m ≤ 16 (w4a4_gemv_cfg's configurations 0..2, and the norm GEMV): the fewest
+// n8 tiles per block that still fit the whole grid in one wave (3 blocks of 8 warps per SM at ≤ 85
+// registers: 396 on 132 SMs; a second, partial wave cost up to 30% in v1). m > 8 keeps NT ≥ 2: each
+// block re-reads the m·k activation bytes, 4·NT·k weight bytes per block.
+int gemv_nt(int64_t nb, int m, int sms) {
+    const int64_t slots = 3 * (int64_t)sms;
+    int nt = m > 8 ? 2 : 1;
+    while (nt < 4 && (nb + nt - 1) / nt > slots) nt *= 2;
+    // Several waves even at NT = 4 (gu of LLaMA-3-8B: 896 blocks on 396 slots, the last wave 26%
+    // full): at m ≤ 4 NT = 2 halves the tail's granularity (1792 blocks, 4.5 waves). H100, --stream:
+    // gu m = 1 24.5 → 22.3 µs (80 → 88% of HBM), m = 4 24.6 → 23.2; at m = 8 it lost (25.8 → 27.2),
+    // so not there (docs/perf.md "Decode v6").
+    if (m <= 4 && nt == 4 && (nb + 3) / 4 > slots) nt = 2;
+    if (gemv_nt_override()) nt = gemv_nt_override();
+    return nt;
+}
+
+int device_sms() {
+    int sms = 132, dev = 0;
+    SQ_CUDA(cudaGetDevice(&dev));
+    SQ_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    return sms;
+}
+
+// The norm GEMV at NT n8 tiles per block: its kernel (shared memory limit raised once), and how many
+// of its clusters of 8 fit on the device at once (cudaOccupancyMaxActiveClusters: clusters are placed
+// within one GPC, so fewer fit than the 3 blocks per SM of the plain GEMV suggest).
+template <int NT>
+auto norm_kernel() {
+    auto kern = gemv_kernel<NT, 2, 1, false, true, false, true>;
+    static const bool big = [&] {  // up to 8 rows of 4096 codes: above the 48 KB default with `red`
+        SQ_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int)(sizeof(NormSmem) + (size_t)W4G_NORM_MAX_M * W4G_NORM_MAX_K)));
+        return true;
+    }();
+    (void)big;
+    return kern;
+}
+template <int NT>
+int norm_max_clusters(int m, int k) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(kNormCluster * 64);
+    cfg.blockDim = dim3(V_WARPS * 32);
+    cfg.dynamicSmemBytes = sizeof(NormSmem) + (size_t)m * norm_kq(k);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = kNormCluster, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, norm_kernel<NT>(), &cfg) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return clusters;
+}
+// NT of the norm GEMV: the plain GEMV's choice, or 4, whichever first puts the whole grid's clusters
+// on the device at once; 0 when neither does.
+int norm_nt(int m, int k, int n) {
+    const int64_t tiles = w4g_n_pad(n) / W4G_NB;
+    const int nt0 = gemv_nt(tiles, m, device_sms());
+    for (int nt : {nt0, 4}) {
+        if (nt < nt0) continue;
+        const int64_t clusters = ((tiles + nt - 1) / nt + kNormCluster - 1) / kNormCluster;
+        const int fit = nt == 1 ? norm_max_clusters<1>(m, k) : nt == 2 ? norm_max_clusters<2>(m, k) : norm_max_clusters<4>(m, k);
+        if (clusters <= fit) return nt;
+    }
+    return 0;
+}
+
+template <int NT>
+void launch_gemv_norm(const W4GemmArgs& a, const GemvNorm& nrm, cudaStream_t s) {
+    auto kern = norm_kernel<NT>();
+    const size_t smem = sizeof(NormSmem) + (size_t)a.m * norm_kq(a.k);
+    const int64_t nb = (w4g_n_pad(a.n) / W4G_NB + NT - 1) / NT;
+    const unsigned blocks = (unsigned)((nb + kNormCluster - 1) / kNormCluster * kNormCluster);
+    launch_pdl_cluster("w4a4_gemv_norm", kNormCluster, kern, dim3(blocks), dim3(V_WARPS * 32), smem, s, a,
+                       gemv_prefetch_blocks(), 0, nrm);
 }
 
 }  // namespace
 
 void w4g_check_args(const W4GemmArgs& a, const char* who) { check_args(a, who); }
+
+bool w4a4_gemv_norm_fits(int m, int k, int n) {
+    if (!(m >= 1 && m <= W4G_NORM_MAX_M && k >= 1 && k <= W4G_NORM_MAX_K && k % 4 == 0 && n >= 1)) return false;
+    return norm_nt(m, k, n) > 0;
+}
+
+void w4a4_gemv_norm(const W4GemmArgs& a, const GemvNorm& nrm, cudaStream_t s) {
+    SQ_CHECK(a.m >= 1 && a.m <= W4G_NORM_MAX_M && a.k >= 1 && a.k <= W4G_NORM_MAX_K && a.k % 4 == 0,
+             "w4a4_gemv_norm: m = ", a.m, ", k = ", a.k, " (needs m <= ", W4G_NORM_MAX_M, ", k <= ", W4G_NORM_MAX_K,
+             ", k % 4 == 0)");
+    SQ_CHECK(a.n >= 1 && a.w && ((uintptr_t)a.w & 15) == 0 && a.y && a.w_scale && a.w_rowsum,
+             "w4a4_gemv_norm: needs n >= 1, 16-byte aligned weights, y, w_scale and w_rowsum");
+    SQ_CHECK(!a.spec && a.spec_rank == 0, "w4a4_gemv_norm: no spectral branch (its x·B needs the normed rows)");
+    SQ_CHECK(nrm.h && nrm.w && nrm.h_out && nrm.h_out != nrm.h && nrm.h_out != nrm.add && nrm.bits >= 1 &&
+                 nrm.bits <= 8,
+             "w4a4_gemv_norm: needs h, w, h_out (not h or add: other blocks still read those) and 1..8 bits");
+    const int nt = norm_nt(a.m, a.k, a.n);  // 0 (several waves): NT = 4 all the same (correct, slower)
+    switch (nt == 0 ? 4 : nt) {
+        case 1: launch_gemv_norm<1>(a, nrm, s); break;
+        case 2: launch_gemv_norm<2>(a, nrm, s); break;
+        default: launch_gemv_norm<4>(a, nrm, s); break;
+    }
+}
 
 void w4a4_gemm_tiled(const W4GemmArgs& a, cudaStream_t s) { w4a4_gemm_tiled_cfg(a, s, 0); }
 
@@ -533,19 +761,13 @@ void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
              " > 16 needs k % 4 == 0 and 4-byte aligned activations (k = ", a.k, ")");
     SQ_CHECK(cfg >= 0 && cfg < W4G_GEMV_CFGS, "w4a4_gemv: no configuration ", cfg);
     if (a.m == 0 || a.n == 0 || (!a.acc && !a.y)) return;
-    int sms = 132, dev = 0;
-    SQ_CUDA(cudaGetDevice(&dev));
-    SQ_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const int sms = device_sms();
     const int64_t nb = w4g_n_pad(a.n) / W4G_NB;
     if (a.m > 16) {  // 17..64 rows (v4): U = 1, MT = 2 or 4 m16 tiles, NT = 2 (2 blocks of 8 warps per SM)
         if (a.m <= 32) launch_gemv<2, 1, 2>(a, s);
         else launch_gemv<2, 1, 4>(a, s);
         return;
     }
-    // NT: the fewest n8 tiles per block that still fit the whole grid in one wave
-    // (3 blocks of 8 warps per SM at ≤ 85 registers: 396 on 132 SMs; a second,
-    // partial wave cost up to 30% in v1). m > 8 keeps NT ≥ 2: each block re-reads
-    // the m·k activation bytes, 4·NT·k weight bytes per block.
     if (cfg == 3) {  // v5: double-buffered, 2 blocks per SM: the fewest NT (≥ 2) that fit one wave of 2·SMs
         int nt = 2;
         while (nt < 4 && (nb + nt - 1) / nt > 2 * (int64_t)sms) nt *= 2;
@@ -554,15 +776,7 @@ void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
         else launch_gemv<4, 2, 1, true>(a, s);
         return;
     }
-    const int64_t slots = 3 * (int64_t)sms;
-    int nt = a.m > 8 ? 2 : 1;
-    while (nt < 4 && (nb + nt - 1) / nt > slots) nt *= 2;
-    // Several waves even at NT = 4 (gu of LLaMA-3-8B: 896 blocks on 396 slots, the last wave 26%
-    // full): at m ≤ 4 NT = 2 halves the tail's granularity (1792 blocks, 4.5 waves). H100, --stream:
-    // gu m = 1 24.5 → 22.3 µs (80 → 88% of HBM), m = 4 24.6 → 23.2; at m = 8 it lost (25.8 → 27.2),
-    // so not there (docs/perf.md "Decode v6").
-    if (a.m <= 4 && nt == 4 && (nb + 3) / 4 > slots) nt = 2;
-    if (gemv_nt_override()) nt = gemv_nt_override();
+    const int nt = gemv_nt(nb, a.m, sms);
     switch (cfg * 4 + nt) {
         case 0 * 4 + 1: launch_gemv<1, 2>(a, s); break;  // default: U = 2
         case 0 * 4 + 2: launch_gemv<2, 2>(a, s); break;

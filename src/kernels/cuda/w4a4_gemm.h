@@ -106,6 +106,34 @@ constexpr int W4G_GEMV_MAX_M = 64;
 bool w4a4_gemv_fits(int m, int k, const uint8_t* q);
 void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s);
 
+// Decode v8: the RMSNorm that makes a GEMV's input, done by the GEMV's own blocks (no norm kernel,
+// no kernel boundary before the GEMV). Clusters of 8 blocks each normalize 1/8 of every row (the
+// norm kernel's warp r's 32 lanes of elements: r·32 + lane + 256·j), exchange the partial sums of
+// squares and the max/min through distributed shared memory and broadcast their activation codes
+// to all 8 blocks' shared memory. Every value is made by add_rmsnorm_quant's operations in its
+// order (the sum of squares: per lane an FMA chain over j, warp_sum, then warp_sum of the 8 warp
+// sums), so codes, (s, z) and y are its bits (tests). Rows: the residual h [m, k] (+ add [m, k]);
+// written by the first cluster only: h_out = h + add (never in place: other clusters still read h)
+// and y = the normed rows (may be null). w: the norm weight [k].
+struct GemvNorm {
+    const float* h = nullptr;
+    const float* add = nullptr;
+    const float* w = nullptr;
+    float eps = 0.0f;
+    float* h_out = nullptr;
+    float* y = nullptr;
+    int bits = 4;
+    float clip = 1.0f;
+};
+constexpr int W4G_NORM_MAX_M = 8, W4G_NORM_MAX_K = 4096;
+// m ≤ 8 rows, k ≤ 4096 with k % 4 == 0, and all of the grid's clusters on the device at once (n
+// outputs; every block runs the norm before its first MMA, so a second wave would wait for it again:
+// gate|up of LLaMA-3-8B, 4.5 waves, made B=1 decode 37% slower). No spectral branch (its x·B needs
+// the normed rows first).
+bool w4a4_gemv_norm_fits(int m, int k, int n);
+// a.q, a.act_scale and a.act_zero are not read (the codes and (s, z) are made inside); a.y must be set.
+void w4a4_gemv_norm(const W4GemmArgs& a, const GemvNorm& nrm, cudaStream_t s);
+
 // GEMV variants compared in docs/kernels-cuda-notes.md: layout blocks per warp and
 // iteration U = 2 (0, the default), 4 (1), 8 (2); 3: U = 2 with double-buffered weights
 // (v5), NT ≥ 2, 2 blocks per SM. Tests, benchmark.
