@@ -144,13 +144,14 @@ TEST(CudaFused, NormInGemvEqualsNormThenGemv) {
                     for (uint8_t& b : wq) b = (uint8_t)rng();
                     std::vector<int32_t> rs(n);
                     for (int32_t& v : rs) v = (int32_t)(rng() % 2001) - 1000;
-                    DevBuf<float> dh(h0), dadd(add), dw(w), dws(ws), dbias(bias), x_ref((size_t)m * d), dh_out((size_t)m * d),
-                        x_out((size_t)m * d), y_ref((size_t)m * n), y((size_t)m * n), sc(m);
+                    DevBuf<float> dh(h0), dadd(add), dw(w), dws(ws), dbias(bias), x_ref((size_t)m * d),
+                        dh_out((size_t)m * d), x_out((size_t)m * d), y_ref((size_t)m * n), y((size_t)m * n), sc(m);
                     DevBuf<uint8_t> dwq(wq), q8((size_t)m * d);
                     DevBuf<int32_t> drs(rs), zp(m);
                     for (DevBuf<float>* b : {&dh_out, &x_out, &y_ref, &y}) b->poison();
                     cuda::W4GemmArgs a;
-                    a.m = m, a.k = (int)d, a.n = n, a.w = dwq.p, a.w_scale = dws.p, a.w_rowsum = drs.p, a.bias = dbias.p;
+                    a.m = m, a.k = (int)d, a.n = n, a.w = dwq.p, a.w_scale = dws.p, a.w_rowsum = drs.p;
+                    a.bias = dbias.p;
                     cuda::GemvNorm g;  // first, while dh still holds h0 (the reference updates it in place)
                     g.h = dh.p, g.add = with_add ? dadd.p : nullptr, g.w = dw.p, g.eps = eps, g.h_out = dh_out.p;
                     g.y = x_out.p, g.bits = 4, g.clip = clip;
@@ -159,7 +160,8 @@ TEST(CudaFused, NormInGemvEqualsNormThenGemv) {
                     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
                     cuda::RowQuant rq;
                     rq.bits = 4, rq.clip = clip, rq.q8 = q8.p, rq.scale = sc.p, rq.zero = zp.p;
-                    cuda::add_rmsnorm_quant(dh.p, with_add ? dadd.p : nullptr, dw.p, m, (int)d, eps, x_ref.p, rq, nullptr);
+                    cuda::add_rmsnorm_quant(dh.p, with_add ? dadd.p : nullptr, dw.p, m, (int)d, eps, x_ref.p, rq,
+                                            nullptr);
                     a.q = q8.p, a.act_scale = sc.p, a.act_zero = zp.p, a.y = y_ref.p;
                     cuda::w4a4_gemv(a, nullptr);
                     const auto yv = y.get(), yr = y_ref.get(), hv = dh_out.get(), hr = dh.get(), xv = x_out.get(),

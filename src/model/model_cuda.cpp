@@ -615,8 +615,8 @@ struct ModelCuda::Impl {
         if (!(same_input && quant_src == xin && quant_n == n && quant_bits == L.a_bits && quant_clip == L.a_clip)) {
             const ProfScope ps = prof("act_quant");
             if (!skip_launch("actq"))
-                cuda::act_quant(xin, n, L.in, L.a_bits, L.a_clip, int8 ? nullptr : qf.get(), int8 ? q8.get() : nullptr,
-                            a_scale.get(), a_zero.get(), stream);
+                cuda::act_quant(xin, n, L.in, L.a_bits, L.a_clip, int8 ? nullptr : qf.get(),
+                                int8 ? q8.get() : nullptr, a_scale.get(), a_zero.get(), stream);
             quant_src = xin, quant_n = n, quant_bits = L.a_bits, quant_clip = L.a_clip;
         }
         if (int8) {  // exact int32 accumulators on the tensor cores, the same epilogue fused
@@ -743,14 +743,15 @@ struct ModelCuda::Impl {
         if (rq.q8) quant_src = src, quant_n = n, quant_bits = next->a_bits, quant_clip = next->a_clip;
         else if (rq.bf16) quant_src = src, quant_n = n, quant_bits = -16;
     }
-    // h += add (add null: none); x = rmsnorm(h)·w, with `next`'s input codes in the same pass.
-    // Decode v8: the norm is done by `next`'s GEMV (cuda::w4a4_gemv_norm) when that is a fused W4A4 layer
-    // on the tensor cores without spectral branch or online Hadamard, in a call of ≤ 8 rows.
+    // Decode v8 (opts.norm_gemv): the norm is done by `next`'s GEMV (cuda::w4a4_gemv_norm) when that is a
+    // fused W4A4 layer on the tensor cores without spectral branch or online Hadamard, in a call of ≤ 8 rows.
     bool norm_in_gemv(const DLinear* next, int n) const {
-        return h_alt.get() && !skip_launch(nullptr) && next && next->kind == LinKind::w4a4 && next->w8p() && next->rank == 0 &&
-               !next->had_in && next->in == cfg.d_model && n <= cuda::W4G_NORM_MAX_M &&
+        return h_alt.get() && !skip_launch(nullptr) && next && next->kind == LinKind::w4a4 && next->w8p() &&
+               next->rank == 0 && !next->had_in && next->in == cfg.d_model && n <= cuda::W4G_NORM_MAX_M &&
                cuda::w4a4_gemv_norm_fits(n, cfg.d_model, (int)next->out);
     }
+    // h += add (add null: none); x = rmsnorm(h)·w, with `next`'s input codes in the same pass (or left
+    // to next's GEMV: norm_in_gemv).
     void norm_for(const float* add, const float* w, int n, const DLinear* next) {
         SQ_CHECK(!pending_norm.next, "CUDA forward: a norm left to a GEMV that did not run");
         if (norm_in_gemv(next, n)) {

@@ -374,7 +374,8 @@ __device__ __forceinline__ void gemv_norm_prologue(const W4GemmArgs& a, const Ge
             // lanes 4q..4q+3 → word q of the 32-byte run (little endian), then lane L stores word L % 8
             // to cluster blocks L / 8 and L / 8 + 4
             const uint32_t wd = c | (__shfl_down_sync(0xffffffffu, c, 1) << 8) |
-                                (__shfl_down_sync(0xffffffffu, c, 2) << 16) | (__shfl_down_sync(0xffffffffu, c, 3) << 24);
+                                (__shfl_down_sync(0xffffffffu, c, 2) << 16) |
+                                (__shfl_down_sync(0xffffffffu, c, 3) << 24);
             const uint32_t word = __shfl_sync(0xffffffffu, wd, 4 * (lane & 7));
             uint32_t* dst = reinterpret_cast<uint32_t*>(crow + 32 * r + 256 * j + 4 * (lane & 7));
             *cl.map_shared_rank(dst, lane >> 3) = word;
@@ -425,7 +426,8 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
                 const int i = 32 * r + lane + 256 * j;
                 nw[j] = i < a.k ? nrm.w[i] : 0.0f;
             }
-            if (lane < kNormV && 32 * r + 256 * lane < a.k) prefetch_l2(nrm.h + (int64_t)warp * a.k + 32 * r + 256 * lane);
+            if (lane < kNormV && 32 * r + 256 * lane < a.k)
+                prefetch_l2(nrm.h + (int64_t)warp * a.k + 32 * r + 256 * lane);
         }
     }
     uint4 w[U][NT];
@@ -613,10 +615,11 @@ void launch_gemv(const W4GemmArgs& a, cudaStream_t s) {
         SQ_CHECK(al4, "w4a4_gemv: m = ", a.m, " > 16 needs k % 4 == 0 and 4-byte aligned activations");
         launch_pdl("w4a4_gemv", gemv_kernel<NT, U, MT, true, true>, blocks, threads, smem, s, a, pf, stage, GemvNorm{});
     } else {
-        if (rows16 && al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, true, DB>, blocks, threads, smem, s, a, pf, stage, GemvNorm{});
-        else if (rows16) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, true, false, DB>, blocks, threads, smem, s, a, pf, stage, GemvNorm{});
-        else if (al4) launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, true, DB>, blocks, threads, smem, s, a, pf, stage, GemvNorm{});
-        else launch_pdl("w4a4_gemv", gemv_kernel<NT, U, 1, false, false, DB>, blocks, threads, smem, s, a, pf, stage, GemvNorm{});
+        auto go = [&](auto kern) { launch_pdl("w4a4_gemv", kern, blocks, threads, smem, s, a, pf, stage, GemvNorm{}); };
+        if (rows16 && al4) go(gemv_kernel<NT, U, 1, true, true, DB>);
+        else if (rows16) go(gemv_kernel<NT, U, 1, true, false, DB>);
+        else if (al4) go(gemv_kernel<NT, U, 1, false, true, DB>);
+        else go(gemv_kernel<NT, U, 1, false, false, DB>);
     }
 }
 
@@ -684,7 +687,9 @@ int norm_nt(int m, int k, int n) {
     for (int nt : {nt0, 4}) {
         if (nt < nt0) continue;
         const int64_t clusters = ((tiles + nt - 1) / nt + kNormCluster - 1) / kNormCluster;
-        const int fit = nt == 1 ? norm_max_clusters<1>(m, k) : nt == 2 ? norm_max_clusters<2>(m, k) : norm_max_clusters<4>(m, k);
+        const int fit = nt == 1   ? norm_max_clusters<1>(m, k)
+                        : nt == 2 ? norm_max_clusters<2>(m, k)
+                                  : norm_max_clusters<4>(m, k);
         if (clusters <= fit) return nt;
     }
     return 0;
