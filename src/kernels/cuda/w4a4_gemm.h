@@ -99,9 +99,9 @@ constexpr int W4G_TILE_CFGS = 5;
 void w4a4_gemm_tiled_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg);
 
 // Decode (m ≤ 16, and 17..64 on aligned rows): one to four m16 MMA row blocks sharing
-// every weight fragment, weights streamed once with 16-byte loads (the first ones and
-// an L2 prefetch of the rest issued before the PDL wait: pdl.cuh), k split across the
-// 8 warps of a block, reduced in shared memory.
+// every weight fragment, weights streamed once with 16-byte loads (the first ones, and
+// with SQ_CUDA_GEMV_PREFETCH an L2 prefetch of the rest, issued before the PDL wait:
+// pdl.cuh), k split across the 8 warps of a block, reduced in shared memory.
 constexpr int W4G_GEMV_MAX_M = 64;
 bool w4a4_gemv_fits(int m, int k, const uint8_t* q);
 void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s);
