@@ -802,6 +802,7 @@ struct ModelCuda::Impl {
             left -= w.bytes;
             sp[i++] = w;
         }
+        if (left == (size_t)opts.l2_prefetch_mib << 20) return;  // no weights of a tensor-core or bf16 GEMV
         SQ_CUDA(cudaEventRecord(ev_fork, stream));
         SQ_CUDA(cudaStreamWaitEvent(side, ev_fork, 0));
         cuda::l2_prefetch(sp, 128, side);

@@ -889,27 +889,11 @@ bool launch_v6(const float* q, const float* kc, const float* vc, const KvPacked&
     const size_t smem = d6_smem(n, heads / kv_heads, hd, splits, &U, &R);
     auto kern = attention_decode_v6<DPL, kPacked>;
     if (smem > 48 * 1024) SQ_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)kD6Cluster, (unsigned)kv_heads, (unsigned)n);
-    cfg.blockDim = dim3(kD6Threads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[2];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = kD6Cluster, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
-    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[1].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
-    cfg.attrs = attr;
-    cfg.numAttrs = 2;
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kern, &cfg) != cudaSuccess || clusters < 1) {
-        (void)cudaGetLastError();
-        return false;
-    }
-    const cudaError_t e = cudaLaunchKernelEx(&cfg, kern, q, kc, vc, pk, kv_rows, positions, heads, kv_heads, hd,
-                                             1.0f / sqrtf((float)hd), splits, U, R, out,
-                                             reinterpret_cast<__nv_bfloat16*>(o.bf16));
-    if (e != cudaSuccess) ::sq::fail("CUDA: launch of attention_decode_v6 failed: ", cudaGetErrorString(e));
+    const PdlLaunch L(dim3((unsigned)kD6Cluster, (unsigned)kv_heads, (unsigned)n), dim3(kD6Threads), smem, s,
+                      kD6Cluster);
+    if (L.max_clusters(kern) < 1) return false;
+    L.launch("attention_decode_v6", kern, q, kc, vc, pk, kv_rows, positions, heads, kv_heads, hd,
+             1.0f / sqrtf((float)hd), splits, U, R, out, reinterpret_cast<__nv_bfloat16*>(o.bf16));
     return true;
 }
 

@@ -62,28 +62,52 @@ inline bool pdl_enabled() {
     return on;
 }
 
-// kernel<<<grid, block, smem, s>>>(args...) with the programmatic-serialization attribute and, with
-// cluster > 0, thread-block clusters of `cluster` blocks along x (grid.x a multiple of it); checked.
+// The launch configuration of a grid with the programmatic-serialization attribute and, with
+// cluster > 0, thread-block clusters of `cluster` blocks along x (grid.x a multiple of it).
+// cfg.attrs points into the object: not copyable.
+struct PdlLaunch {
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[2] = {};
+    PdlLaunch(dim3 grid, dim3 block, size_t smem, cudaStream_t s, int cluster = 0) {
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = s;
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        if (cluster > 0) {
+            attr[1].id = cudaLaunchAttributeClusterDimension;
+            attr[1].val.clusterDim.x = (unsigned)cluster, attr[1].val.clusterDim.y = 1, attr[1].val.clusterDim.z = 1;
+            cfg.numAttrs = 2;
+        }
+    }
+    PdlLaunch(const PdlLaunch&) = delete;
+    PdlLaunch& operator=(const PdlLaunch&) = delete;
+    // Clusters of this configuration that the device holds at once (cudaOccupancyMaxActiveClusters, a
+    // host-side query, allowed while a graph is captured); 0 when none fits or the query fails.
+    template <class... KArgs>
+    int max_clusters(void (*kernel)(KArgs...)) const {
+        int n = 0;
+        if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return 0;
+        }
+        return n;
+    }
+    // kernel<<<…>>>(args...) with this configuration; checked.
+    template <class... KArgs, class... Args>
+    void launch(const char* name, void (*kernel)(KArgs...), Args&&... args) const {
+        const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+        if (e != cudaSuccess) ::sq::fail("CUDA: launch of ", name, " failed: ", cudaGetErrorString(e));
+    }
+};
+
 template <class... KArgs, class... Args>
 void launch_pdl_cluster(const char* name, int cluster, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
                         cudaStream_t s, Args&&... args) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[2];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    if (cluster > 0) {
-        attr[1].id = cudaLaunchAttributeClusterDimension;
-        attr[1].val.clusterDim.x = (unsigned)cluster, attr[1].val.clusterDim.y = 1, attr[1].val.clusterDim.z = 1;
-        cfg.numAttrs = 2;
-    }
-    const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
-    if (e != cudaSuccess) ::sq::fail("CUDA: launch of ", name, " failed: ", cudaGetErrorString(e));
+    PdlLaunch(grid, block, smem, s, cluster).launch(name, kernel, std::forward<Args>(args)...);
 }
 
 template <class... KArgs, class... Args>

@@ -30,14 +30,19 @@ __device__ __forceinline__ int quant_one(float x, float s, int z, int qmax) {
 __device__ __forceinline__ float ref_max(float a, float b) { return a < b ? b : a; }
 __device__ __forceinline__ float ref_min(float a, float b) { return b < a ? b : a; }
 
-// Row max/min (each thread's running values, started at 0: the range always contains 0)
-// over the block; every thread gets both. Order-free, so any block size gives the same
-// result. red: __shared__ scratch of 64 floats.
-__device__ __forceinline__ void block_range(float& mx, float& mn, float* red) {
+// Max/min over a warp's running values; every lane gets both (order-free).
+__device__ __forceinline__ void warp_range(float& mx, float& mn) {
     for (int o = 16; o > 0; o >>= 1) {
         mx = ref_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
         mn = ref_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
     }
+}
+
+// Row max/min (each thread's running values, started at 0: the range always contains 0)
+// over the block; every thread gets both. Order-free, so any block size gives the same
+// result. red: __shared__ scratch of 64 floats.
+__device__ __forceinline__ void block_range(float& mx, float& mn, float* red) {
+    warp_range(mx, mn);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     __syncthreads();  // red may still be read by an earlier reduction
     if (lane == 0) red[warp] = mx, red[32 + warp] = mn;

@@ -348,10 +348,7 @@ __device__ __forceinline__ void gemv_norm_prologue(const W4GemmArgs& a, const Ge
             mx = ref_max(mx, yv);
             mn = ref_min(mn, yv);
         }
-        for (int o = 16; o > 0; o >>= 1) {
-            mx = ref_max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            mn = ref_min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-        }
+        warp_range(mx, mn);
         if (lane < kNormCluster) {
             *cl.map_shared_rank(&ns->mx[t][r], lane) = mx;
             *cl.map_shared_rank(&ns->mn[t][r], lane) = mn;
@@ -663,21 +660,9 @@ auto norm_kernel() {
 }
 template <int NT>
 int norm_max_clusters(int m, int k) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(kNormCluster * 64);
-    cfg.blockDim = dim3(V_WARPS * 32);
-    cfg.dynamicSmemBytes = sizeof(NormSmem) + (size_t)m * norm_kq(k);
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = kNormCluster, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, norm_kernel<NT>(), &cfg) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 0;
-    }
-    return clusters;
+    const PdlLaunch L(dim3(kNormCluster * 64), dim3(V_WARPS * 32), sizeof(NormSmem) + (size_t)m * norm_kq(k), nullptr,
+                      kNormCluster);
+    return L.max_clusters(norm_kernel<NT>());
 }
 // NT of the norm GEMV: the plain GEMV's choice, or 4, whichever first puts the whole grid's clusters
 // on the device at once; 0 when neither does.
