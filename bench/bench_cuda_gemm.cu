@@ -407,7 +407,7 @@ int main(int argc, char** argv) {
                                         b.w = (const uint8_t*)cw.p[i % cw.p.size()];
                                         cuda::w4a4_gemm(b, nullptr);
                                     }), ops, (double)cuda::w4g_bytes(n, k)});
-                    for (int c = 1; c < cuda::W4G_GEMV_CFGS && m <= 16; ++c)
+                    for (int c = 0; c < cuda::W4G_GEMV_CFGS && (m <= 16 || c % 4 == 0); ++c)
                         rows.push_back({sh.name, str("W4A4 gemv v", c, " strm"), m, timer.stream_us(cnt, [&](int i) {
                                             cuda::W4GemmArgs b = a;
                                             b.w = (const uint8_t*)cw.p[i % cw.p.size()];

@@ -25,7 +25,8 @@
 # `spectral D1` (the spectral branch: tests, micro-benchmarks, bench), `profile D1` (every kernel of a
 # B=1 decode step under ncu), `skips D1` (a B=1 decode step with each class of launches left out),
 # `l2pf D1` (decode v7's L2 prefetch over its MiB), `ab D1` (specquant_base vs specquant, packed with
-# BASE_BIN=path), `envs D1` (the decode bench under each of CONFIGS' environments).
+# BASE_BIN=path), `envs D1` (the decode bench under each of CONFIGS' environments), `gemv D1` (the GEMV:
+# tests, memcheck, --stream micro-benchmarks, decode with its staged activations off and on).
 # Logs and JSON go to $OUT; summary.txt has every step's exit code and wall time.
 set -uo pipefail
 OUT=${OUT:-out/gpu-check}
@@ -200,6 +201,29 @@ envs)  # call 1's unpack, then the decode bench once per environment of CONFIGS 
         done
     done
     bundle_out call_envs${TAG:-}
+    ;;
+gemv)  # call 1's unpack, then the GEMM/GEMV tests and the fused decode's, memcheck on the GEMV's configurations,
+       # bench_cuda_gemm --stream (every GEMV configuration, M = 1..64), and the decode bench with the GEMV's
+       # staged activations (v9) off and on (or CONFIGS, as in envs), ROUNDS times in turn
+    unpack "$2"
+    env_setup
+    step tests_gemm 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
+    grep -E '^\[  FAILED|^\[  PASSED|Failure|Expected|Which is' "$OUT/tests_gemm.log" | head -30
+    step memcheck_gemv 200 compute-sanitizer --tool memcheck --error-exitcode 9 $T \
+        --gtest_filter='CudaW4A4Gemm.GemvStagedAndUnalignedRows:CudaW4A4Gemm.AllConfigurations'
+    tail -n 2 "$OUT/memcheck_gemv.log"
+    step gemv_stream 240 $G --stream --reps ${REPS:-20}
+    grep -E '^\|' "$OUT/gemv_stream.log"
+    B="bench --device cuda --shape llama3-8b --rank ${RANK:-0} --kv-bits 4 --lm-head-bits 8"
+    for r in $(seq 1 ${ROUNDS:-2}); do
+        for cfg in ${CONFIGS:-SQ_CUDA_GEMV_STAGE_MIN_M=65 -}; do
+            name=$(echo "$cfg" | tr -c 'A-Za-z0-9=\n' '_')
+            step "dec_${name}_$r" 150 env $(echo "$cfg" | tr '+' ' ' | sed 's/^-$//') $SQ $B \
+                --batches ${BATCHES:-1,8,16,32} --prefill-lens 16 --decode 64 --ctx 512
+            echo "$cfg round $r: $(grep -E 'decode B=' "$OUT/dec_${name}_$r.log" | tr -s ' ' | tr '\n' ';')"
+        done
+    done
+    bundle_out call_gemv
     ;;
 spectral)  # call 1's unpack, then the CUDA tests, memcheck on the spectral branch's, its passes'
            # micro-benchmarks and the end-to-end bench at rank 31 (NCU="regex ...": those kernels under ncu)

@@ -67,8 +67,9 @@ struct Problem {
 using Launch = std::function<void(const cuda::W4GemmArgs&, cudaStream_t)>;
 
 // Runs `launch` on p (acc and y together, then each alone) and checks against the reference.
-void check(const Problem& p, const Launch& launch, const char* what, bool with_spec_bias = true) {
-    SCOPED_TRACE(str(what, " m=", p.m, " n=", p.n, " k=", p.k));
+// q_off: the activation rows start that many bytes past an aligned allocation.
+void check(const Problem& p, const Launch& launch, const char* what, bool with_spec_bias = true, int q_off = 0) {
+    SCOPED_TRACE(str(what, " m=", p.m, " n=", p.n, " k=", p.k, " q_off=", q_off));
     std::vector<int32_t> acc_ref((size_t)p.m * p.n);
     gemm_w4a4_acc_ref(p.q.data(), p.m, p.k, p.codes.data(), p.n, acc_ref.data());
     std::vector<float> y_ref((size_t)p.m * p.n);
@@ -84,14 +85,16 @@ void check(const Problem& p, const Launch& launch, const char* what, bool with_s
 
     std::vector<uint8_t> packed((size_t)cuda::w4g_bytes(p.n, p.k));
     cuda::w4g_repack(p.codes.data(), p.n, p.k, packed.data());
-    DevBuf<uint8_t> dq(p.q), dw(packed);
+    std::vector<uint8_t> qh((size_t)q_off, 0xEE);
+    qh.insert(qh.end(), p.q.begin(), p.q.end());
+    DevBuf<uint8_t> dq(qh), dw(packed);
     DevBuf<float> ds(p.act_scale), dws(p.w_scale), dspec(p.spec), dbias(p.bias), dy((size_t)p.m * p.n);
     DevBuf<int32_t> dz(p.act_zero), drs(p.rowsum), dacc((size_t)p.m * p.n);
     for (int mode = 0; mode < 3; ++mode) {  // 0: acc + y, 1: acc only, 2: y only
         dacc.poison();
         dy.poison();
         cuda::W4GemmArgs a;
-        a.q = dq.p;
+        a.q = dq.p + q_off;
         a.m = p.m;
         a.k = p.k;
         a.n = p.n;
@@ -170,10 +173,26 @@ TEST(CudaW4A4Gemm, TiledExactAwkwardShapes) {
 TEST(CudaW4A4Gemm, GemvExactAwkwardShapes) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 2);
-    for (int m : {1, 2, 3, 7, 8, 9, 16})
+    for (int m : {1, 2, 3, 4, 5, 7, 8, 9, 13, 16})
         for (auto [n, k] : {std::pair{8, 128}, {40, 64}, {257, 130}, {300, 1000}, {2120, 256}, {9000, 512},
-                            {264, 3}, {33, 4099}})
+                            {264, 3}, {33, 4099}, {100, 1008}})
             check(Problem(m, n, k, rng), kGemv, "gemv");
+}
+
+// v9's staged activations (the default on 16-byte aligned rows) and their fallback on rows that are
+// not: the same problems through both, rows 4, 8 and 12 bytes past alignment.
+TEST(CudaW4A4Gemm, GemvStagedAndUnalignedRows) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 11);
+    for (auto [m, n, k] : {std::tuple{1, 264, 4096}, {2, 264, 4096}, {5, 264, 4096}, {6, 40, 128}, {12, 520, 1024},
+                           {16, 2120, 256}, {16, 300, 16384}, {24, 264, 512}, {40, 100, 2048}})
+        for (int off : {0, 4, 8, 12}) {
+            Problem p(m, n, k, rng);
+            check(p, kGemv, "gemv", true, off);
+            for (int cfg : {4, 5})
+                check(p, [cfg](const cuda::W4GemmArgs& a, cudaStream_t s) { cuda::w4a4_gemv_cfg(a, s, cfg); },
+                      str("gemv cfg ", cfg).c_str(), true, off);
+        }
 }
 
 // The skinny GEMV (17..64 rows: two or four m16 tiles sharing each weight fragment, v4)
@@ -199,7 +218,8 @@ TEST(CudaW4A4Gemm, AllConfigurations) {
     }
     for (int cfg = 0; cfg < cuda::W4G_GEMV_CFGS; ++cfg) {
         const Launch l = [cfg](const cuda::W4GemmArgs& a, cudaStream_t s) { cuda::w4a4_gemv_cfg(a, s, cfg); };
-        for (auto [m, n, k] : {std::tuple{1, 40, 4096}, {16, 2120, 3000}, {9, 9000, 1100}, {3, 100, 77}})
+        for (auto [m, n, k] : {std::tuple{1, 40, 4096}, {16, 2120, 3000}, {9, 9000, 1100}, {3, 100, 77},
+                               {7, 520, 8192}, {16, 2120, 1024}})
             check(Problem(m, n, k, rng), l, str("gemv cfg ", cfg).c_str());
     }
 }
@@ -337,7 +357,8 @@ TEST(CudaW4A4Gemm, FusedSpectralEqualsReference) {
     // The GEMV stages C in shared memory when a block's rows fit 32 KB (v5); rank 1100 does not.
     for (auto [m, n, k, rank] : {std::tuple{1, 100, 300, 31}, {9, 70, 128, 5}, {16, 264, 520, 1},
                                  {300, 200, 256, 31}, {33, 8, 64, 8}, {130, 257, 384, 17}, {1, 40, 256, 1100},
-                                 {20, 1000, 128, 31}, {3, 9000, 128, 31}}) {
+                                 {20, 1000, 128, 31}, {3, 9000, 128, 31}, {8, 520, 4096, 31}, {13, 300, 256, 200},
+                                 {7, 264, 8192, 16}}) {
         SCOPED_TRACE(str("m=", m, " n=", n, " k=", k, " rank=", rank));
         Problem p(m, n, k, rng);
         const std::vector<float> z = gaussian((size_t)m * rank, rng), c = gaussian((size_t)n * rank, rng, 0.05f);

@@ -386,11 +386,28 @@ __device__ __forceinline__ void gemv_norm_prologue(const W4GemmArgs& a, const Ge
 // this iteration's MMAs, so a warp has two iterations of weights in flight (2 blocks per
 // SM at ≤ 128 registers: for grids that fit two per SM anyway, the narrow shapes).
 // kNorm (v8): the activation codes made by gemv_norm_prologue into shared memory (GemvNorm).
-template <int NT, int U, int MT, bool kRows16, bool kAligned4, bool kDB = false, bool kNorm = false>
+// kStaged (v9, 16-byte aligned rows): a warp's activation codes go through shared memory — the next
+// iteration's rows copied by cp.async (a lane: 16 bytes of one row, 8 lanes: one 128-byte line) while
+// this iteration's are read as fragments by ldmatrix — instead of 4-byte __ldg per fragment register,
+// which touch 8 rows' lines per instruction (8 L1 wavefronts; at 16 rows 256 per iteration against the
+// weights' 16: the GEMV was L1-bound above ~8 rows, docs/kernels-cuda-notes.md "GEMV v9").
+template <int MT, bool kRows16>
+constexpr int kGemvActRows = kRows16 || MT > 1 ? 16 * MT : 8;
+template <int U, int MT, bool kRows16>
+constexpr size_t kGemvActBytes = (size_t)V_WARPS * 2 * U * kGemvActRows<MT, kRows16> * TB_K;  // all warps' buffers
+// Where the staged activations start in dynamic shared memory: after the staged C and z rows.
+__host__ __device__ inline size_t gemv_act_offset(int stage_c, int nt, int m, int rank) {
+    return stage_c ? ((size_t)(W4G_NB * nt + m) * rank * sizeof(float) + 127) / 128 * 128 : 0;
+}
+template <int NT, int U, int MT, bool kRows16, bool kAligned4, bool kDB = false, bool kNorm = false,
+          bool kStaged = false>
 __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && NT <= 2 ? 3 : 1) : 2))
     gemv_kernel(const W4GemmArgs a, int prefetch_blocks, int stage_c, const GemvNorm nrm) {
+    static_assert(!(kStaged && (kNorm || !kAligned4)), "staged activations: 16-byte aligned rows in global memory");
     __shared__ int red[V_WARPS][NT][4][32];
-    extern __shared__ float cs[];  // stage_c: C rows of this block's 8·NT outputs [8·NT][spec_rank], then z [m][spec_rank]
+    // stage_c: C rows of this block's 8·NT outputs [8·NT][spec_rank], then z [m][spec_rank];
+    // then (kStaged) each warp's two activation buffers.
+    extern __shared__ __align__(128) float cs[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int nb0 = blockIdx.x * NT;
     if (stage_c) {  // C is a weight (constant): staged before the PDL wait, coalesced (v5)
@@ -448,6 +465,25 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
                   // on no global load (v7: neutral at B = 1, +1.7% at B = 8 with rank 31)
         for (int i = threadIdx.x; i < a.m * a.spec_rank; i += V_WARPS * 32) zs[i] = a.spec_z[i];
 
+    // kStaged: buffer b of this warp holds U slices [kActRows rows][128 codes] of iteration kb0's
+    // activations, 16-byte chunk c of row r at c ^ (r & 7) (ldmatrix's 8 rows: 8 bank groups).
+    constexpr int kActRows = kGemvActRows<MT, kRows16>, kActBuf = U * kActRows * TB_K;
+    uint8_t* act_s = reinterpret_cast<uint8_t*>(cs) + gemv_act_offset(stage_c, NT, a.m, a.spec_rank) +
+                     (size_t)warp * 2 * kActBuf;
+    auto load_act = [&](int kb0, int b) {  // rows ≥ m and k ≥ a.k (a.k % 16 == 0) zero-filled
+        uint8_t* dst = act_s + b * kActBuf;
+#pragma unroll
+        for (int i = lane; i < U * kActRows * 8; i += 32) {
+            const int u = i / (kActRows * 8), r = (i >> 3) % kActRows, c = i & 7;
+            const int kc = (kb0 + u * V_WARPS) * TB_K + c * 16;
+            const bool ok = r < a.m && kc < a.k;
+            cp_async16(dst + (u * kActRows + r) * TB_K + ((c ^ (r & 7)) << 4), ok ? a.q + (int64_t)r * a.k + kc : a.q,
+                       ok ? 16 : 0);
+        }
+        cp_async_commit();
+    };
+    if constexpr (kStaged) load_act(warp, 0);
+
     const uint8_t* q0[MT];
     const uint8_t* q1[MT];
     bool r0[MT], r1[MT];
@@ -486,7 +522,7 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0;
 
-    for (int kb0 = warp; kb0 < KB; kb0 += V_WARPS * U) {
+    for (int kb0 = warp, it = 0; kb0 < KB; kb0 += V_WARPS * U, ++it) {
         uint4 wn[U][NT];
         if constexpr (kDB) {
             if (kb0 + V_WARPS * U < KB) load_w(wn, kb0 + V_WARPS * U);
@@ -494,6 +530,37 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
             load_w(w, kb0);
         }
         uint32_t af[U][4][MT][4];
+        if constexpr (kStaged) {
+            if (kb0 + V_WARPS * U < KB) load_act(kb0 + V_WARPS * U, (it + 1) & 1);
+            else cp_async_commit();  // an empty group: wait_group 1 below then means this iteration's
+            cp_async_wait<1>();
+            __syncwarp();  // every lane's copies of this buffer landed
+            const uint8_t* ab = act_s + (it & 1) * kActBuf;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                if constexpr (kActRows == 8) {  // rows 0..7 only: one ldmatrix.x4 = two k32 steps' a[0], a[2]
+#pragma unroll
+                    for (int sp = 0; sp < 2; ++sp) {
+                        const int r = lane & 7, c = 4 * sp + (lane >> 3);
+                        uint32_t x[4];
+                        ldmatrix_x4(x, ab + (u * 8 + r) * TB_K + ((c ^ r) << 4));
+                        af[u][2 * sp][0][0] = x[0], af[u][2 * sp][0][2] = x[1];
+                        af[u][2 * sp + 1][0][0] = x[2], af[u][2 * sp + 1][0][2] = x[3];
+                        af[u][2 * sp][0][1] = af[u][2 * sp][0][3] = af[u][2 * sp + 1][0][1] =
+                            af[u][2 * sp + 1][0][3] = 0u;
+                    }
+                } else {
+#pragma unroll
+                    for (int s = 0; s < 4; ++s)
+#pragma unroll
+                        for (int mt = 0; mt < MT; ++mt) {
+                            const int r = 16 * mt + (lane & 15), c = 2 * s + (lane >> 4);
+                            ldmatrix_x4(af[u][s][mt], ab + (u * kActRows + r) * TB_K + ((c ^ (r & 7)) << 4));
+                        }
+                }
+            }
+            __syncwarp();  // all lanes' reads done before the next iteration's copies refill this buffer
+        } else {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int kb = kb0 + u * V_WARPS;
@@ -509,6 +576,7 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
                     af[u][s][mt][3] = in && r1[mt] ? act4(q1[mt], k + 16) : 0u;
                 }
             }
+        }
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -600,14 +668,56 @@ int gemv_nt_override() {
 // wait, instead of one 4·rank-byte row per output thread in the epilogue (v5); z after the wait.
 constexpr size_t kStageCBytes = 32 << 10;
 
-template <int NT, int U, int MT = 1, bool DB = false>
+// v9: rows from which the GEMV stages its activation codes in shared memory (kStaged), when they are
+// 16-byte aligned (k % 16 == 0, a.q aligned). SQ_CUDA_GEMV_STAGE_MIN_M=N overrides (A/B; 65: never).
+// 1: B=1 decode 351 → 357 tok/s (LLaMA-3-8B shape; 2 rows: 351, no change), docs/perf.md "GEMV v9".
+constexpr int kStageMinM = 1;
+int gemv_stage_min_m() {
+    static const int n = [] {
+        const char* e = std::getenv("SQ_CUDA_GEMV_STAGE_MIN_M");
+        if (!e || !*e) return kStageMinM;
+        char* end = nullptr;
+        const long v = std::strtol(e, &end, 10);
+        SQ_CHECK(*end == 0 && v >= 1 && v <= W4G_GEMV_MAX_M + 1, "SQ_CUDA_GEMV_STAGE_MIN_M must be 1..",
+                 W4G_GEMV_MAX_M + 1, ", got '", e, "'");
+        return (int)v;
+    }();
+    return n;
+}
+bool gemv_stage_ok(const W4GemmArgs& a) { return a.k % 16 == 0 && ((uintptr_t)a.q & 15) == 0; }
+
+// A staged kernel's launch: its dynamic shared memory limit raised once per kernel to the most it
+// is launched with (staged C and z rows, then the codes).
+template <auto kKernel, size_t kAct>
+void launch_staged(dim3 blocks, size_t smem, cudaStream_t s, const W4GemmArgs& a, int pf, int stage) {
+    static const bool big = [] {
+        SQ_CUDA(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int)(kStageCBytes + 128 + kAct)));
+        return true;
+    }();
+    (void)big;
+    launch_pdl("w4a4_gemv", kKernel, blocks, dim3(V_WARPS * 32), smem, s, a, pf, stage, GemvNorm{});
+}
+
+template <int NT, int U, int MT = 1, bool DB = false, bool ST = false>
 void launch_gemv(const W4GemmArgs& a, cudaStream_t s) {
     const int pf = gemv_prefetch_blocks();
     const size_t cbytes = (size_t)(W4G_NB * NT + a.m) * a.spec_rank * sizeof(float);  // C rows, z rows
     const int stage = a.y && !a.spec && a.spec_rank > 0 && cbytes <= kStageCBytes ? 1 : 0;
-    const size_t smem = stage ? cbytes : 0;
     const bool rows16 = a.m > 8, al4 = a.k % 4 == 0 && ((uintptr_t)a.q & 3) == 0;
     const dim3 blocks((unsigned)((w4g_n_pad(a.n) / W4G_NB + NT - 1) / NT)), threads(V_WARPS * 32);
+    if constexpr (ST) {
+        SQ_CHECK(gemv_stage_ok(a), "w4a4_gemv: staged activations need k % 16 == 0 and 16-byte aligned rows (k = ",
+                 a.k, ")");
+        const size_t off = gemv_act_offset(stage, NT, a.m, a.spec_rank);
+        constexpr size_t act16 = kGemvActBytes<U, MT, true>, act8 = kGemvActBytes<U, MT, false>;
+        constexpr auto k16 = gemv_kernel<NT, U, MT, true, true, DB, false, true>;
+        constexpr auto k8 = gemv_kernel<NT, U, MT, false, true, DB, false, true>;
+        if (MT > 1 || rows16) launch_staged<k16, act16>(blocks, off + act16, s, a, pf, stage);
+        else launch_staged<k8, act8>(blocks, off + act8, s, a, pf, stage);
+        return;
+    }
+    const size_t smem = stage ? cbytes : 0;
     if constexpr (MT > 1) {  // m > 16: aligned rows only (w4a4_gemv_cfg sends the rest to the tiled kernel)
         SQ_CHECK(al4, "w4a4_gemv: m = ", a.m, " > 16 needs k % 4 == 0 and 4-byte aligned activations");
         launch_pdl("w4a4_gemv", gemv_kernel<NT, U, MT, true, true>, blocks, threads, smem, s, a, pf, stage, GemvNorm{});
@@ -734,10 +844,21 @@ void w4a4_gemm_tiled_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
 
 // U = 2; double-buffered (cfg 3, v5) when a warp has ≥ 4 iterations (k ≥ 8192: down at 14336
 // went 16.1 → 13.8 µs back to back, 61 → 71% of HBM; at k = 4096 (2 iterations) it was a
-// little slower: 6.7 → 8.0 µs at qkv, docs/perf.md "Decode v4").
+// little slower: 6.7 → 8.0 µs at qkv, docs/perf.md "Decode v4"); from gemv_stage_min_m() rows
+// on aligned rows, the same with staged activations (cfg 4 / 5, v9).
+//
+// Staged (v9, H100 --stream, docs/perf.md "GEMV v9"), double-buffered too (cfg 5) unless its grid
+// would leave SMs idle: cfg 5's NT (2, or 4 when 2 takes more than one wave of 2 blocks per SM) gave
+// o 4096 × 4096 5.2–5.5 µs at m = 4..16 against cfg 4's 6.0–6.3, gate|up 23.0–23.7 against 22.6–25.9,
+// but q|k|v 6144 × 4096 at NT = 4 (192 blocks for 264 slots) 7.2–7.4 against 6.8–7.2.
 void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s) {
     const bool db = a.m <= 16 && (a.k + TB_K - 1) / TB_K >= 4 * V_WARPS * 2;
-    w4a4_gemv_cfg(a, s, db ? 3 : 0);
+    if (!(a.m >= gemv_stage_min_m() && gemv_stage_ok(a))) return w4a4_gemv_cfg(a, s, db ? 3 : 0);
+    const int64_t nb = w4g_n_pad(a.n) / W4G_NB, sms = device_sms();
+    const int64_t b2 = (nb + 1) / 2, b4 = (nb + 3) / 4;  // cfg 5's blocks at NT = 2, 4
+    const bool full = (b2 >= sms && b2 <= 2 * sms) || b4 > 2 * sms;
+    // One row where cfg 5 leaves SMs idle: unstaged (q|k|v: 6.5 µs against cfg 4's 6.8).
+    w4a4_gemv_cfg(a, s, db || full ? 5 : (a.m == 1 ? 0 : 4));
 }
 
 bool w4a4_gemv_fits(int m, int k, const uint8_t* q) {
@@ -751,19 +872,23 @@ void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
              " > 16 needs k % 4 == 0 and 4-byte aligned activations (k = ", a.k, ")");
     SQ_CHECK(cfg >= 0 && cfg < W4G_GEMV_CFGS, "w4a4_gemv: no configuration ", cfg);
     if (a.m == 0 || a.n == 0 || (!a.acc && !a.y)) return;
+    // Staged configurations on rows they cannot copy by 16 bytes: their unstaged twins (same results).
+    if (cfg >= 4 && !gemv_stage_ok(a)) cfg = cfg == 4 ? 0 : 3;
     const int sms = device_sms();
     const int64_t nb = w4g_n_pad(a.n) / W4G_NB;
     if (a.m > 16) {  // 17..64 rows (v4): U = 1, MT = 2 or 4 m16 tiles, NT = 2 (2 blocks of 8 warps per SM)
-        if (a.m <= 32) launch_gemv<2, 1, 2>(a, s);
-        else launch_gemv<2, 1, 4>(a, s);
+        const bool st = cfg >= 4;
+        if (a.m <= 32) st ? launch_gemv<2, 1, 2, false, true>(a, s) : launch_gemv<2, 1, 2>(a, s);
+        else st ? launch_gemv<2, 1, 4, false, true>(a, s) : launch_gemv<2, 1, 4>(a, s);
         return;
     }
-    if (cfg == 3) {  // v5: double-buffered, 2 blocks per SM: the fewest NT (≥ 2) that fit one wave of 2·SMs
+    if (cfg == 3 || cfg == 5) {  // v5: double-buffered, 2 blocks per SM: the fewest NT (≥ 2) that fit one
+                                 // wave of 2·SMs
         int nt = 2;
         while (nt < 4 && (nb + nt - 1) / nt > 2 * (int64_t)sms) nt *= 2;
         if (gemv_nt_override()) nt = std::max(2, gemv_nt_override());
-        if (nt == 2) launch_gemv<2, 2, 1, true>(a, s);
-        else launch_gemv<4, 2, 1, true>(a, s);
+        if (cfg == 5) nt == 2 ? launch_gemv<2, 2, 1, true, true>(a, s) : launch_gemv<4, 2, 1, true, true>(a, s);
+        else nt == 2 ? launch_gemv<2, 2, 1, true>(a, s) : launch_gemv<4, 2, 1, true>(a, s);
         return;
     }
     const int nt = gemv_nt(nb, a.m, sms);
@@ -777,6 +902,9 @@ void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
         case 2 * 4 + 1: launch_gemv<1, 8>(a, s); break;  // U = 8
         case 2 * 4 + 2: launch_gemv<2, 8>(a, s); break;
         case 2 * 4 + 4: launch_gemv<4, 4>(a, s); break;  // U = 8 spills at NT = 4
+        case 4 * 4 + 1: launch_gemv<1, 2, 1, false, true>(a, s); break;  // v9: staged activations, U = 2
+        case 4 * 4 + 2: launch_gemv<2, 2, 1, false, true>(a, s); break;
+        case 4 * 4 + 4: launch_gemv<4, 2, 1, false, true>(a, s); break;
         default: fail("w4a4_gemv: no configuration ", cfg);
     }
 }

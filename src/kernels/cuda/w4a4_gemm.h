@@ -136,8 +136,10 @@ void w4a4_gemv_norm(const W4GemmArgs& a, const GemvNorm& nrm, cudaStream_t s);
 
 // GEMV variants compared in docs/kernels-cuda-notes.md: layout blocks per warp and
 // iteration U = 2 (0, the default), 4 (1), 8 (2); 3: U = 2 with double-buffered weights
-// (v5), NT ≥ 2, 2 blocks per SM. Tests, benchmark.
-constexpr int W4G_GEMV_CFGS = 4;
+// (v5), NT ≥ 2, 2 blocks per SM; 4, 5: 0 and 3 with the activation codes staged in shared
+// memory by cp.async and read by ldmatrix (v9: the default on 16-byte aligned
+// rows; on other rows 4, 5 run as 0, 3). Above 16 rows 1..3 run as 0, 5 as 4. Tests, benchmark.
+constexpr int W4G_GEMV_CFGS = 6;
 void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg);
 
 }  // namespace sq::cuda
