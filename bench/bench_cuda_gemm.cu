@@ -12,7 +12,8 @@
 // and 3000 GB/s (HBM copy). Outputs: W4A4 fp32 with the fused epilogue
 // (scales, zero points, bias); BF16/FP8 → bf16; INT8 → int32.
 //
-// M = 2048 (and --sweep) rows add "W4A4 wgmma" (w4a4_gemm_wgmma, w4a4_wgmma.h) next to
+// M = 2048 (and --sweep) rows add "W4A4 wgmma" (w4a4_gemm_wgmma, w4a4_wgmma.h; without a
+// workspace, and "… split" with the engine's split-K workspace: round 3) next to
 // the mma.sync tiled configurations. --sweep: M = 80, 128, 256, 512, 1024 with cuBLAS
 // BF16, the tiled default and wgmma only (where w4a4_gemm switches: W4G_WGMMA_MIN_M).
 //
@@ -315,6 +316,9 @@ int main(int argc, char** argv) {
         const size_t wsb = 64u << 20;
         void* ws = nullptr;
         SQ_CUDA(cudaMalloc(&ws, wsb));
+        const int64_t splitws_ints = cuda::w4a4_wgmma_ws_ints();
+        int32_t* splitws = nullptr;
+        SQ_CUDA(cudaMalloc(&splitws, (size_t)splitws_ints * 4));
         Timer timer(reps);
         const double floor_us = timer.median_us([] {
             empty_kernel<<<1, 32>>>();
@@ -452,6 +456,10 @@ int main(int argc, char** argv) {
                                         timer.median_us([&] { cuda::w4a4_gemm_tiled_cfg(a, nullptr, c); }), ops, wb});
                     rows.push_back({sh.name, "W4A4 wgmma", m, timer.median_us([&] { cuda::w4a4_gemm_wgmma(a, nullptr); }),
                                     ops, wb});
+                    cuda::W4GemmArgs b = a;  // split-K (round 3): the workspace the engine gives it
+                    b.ws = splitws, b.ws_ints = splitws_ints;
+                    rows.push_back({sh.name, "W4A4 wgmma split", m,
+                                    timer.median_us([&] { cuda::w4a4_gemm_wgmma(b, nullptr); }), ops, wb});
                 }
                 for (const Row& r : rows) print_row(r, r.kernel.rfind("W4A4", 0) == 0 ? bf16_us : 0,
                                                     r.kernel.rfind("W4A4", 0) == 0 ? fp8_us : 0);
@@ -463,6 +471,7 @@ int main(int argc, char** argv) {
                 SQ_CUDA(cudaFree(p));
         }
         SQ_CUDA(cudaFree(ws));
+        SQ_CUDA(cudaFree(splitws));
         cublasLtDestroy(lt);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_cuda_gemm: %s\n", e.what());

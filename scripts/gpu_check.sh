@@ -26,7 +26,8 @@
 # B=1 decode step under ncu), `skips D1` (a B=1 decode step with each class of launches left out),
 # `l2pf D1` (decode v7's L2 prefetch over its MiB), `ab D1` (specquant_base vs specquant, packed with
 # BASE_BIN=path), `envs D1` (the decode bench under each of CONFIGS' environments), `gemv D1` (the GEMV:
-# tests, memcheck, --stream micro-benchmarks, decode with its staged activations off and on).
+# tests, memcheck, --stream micro-benchmarks, decode with its staged activations off and on), `splitk D1`
+# (the wgmma GEMM's split-K: tests, sanitizers, --sweep / --quick, prefill with it off and on).
 # Logs and JSON go to $OUT; summary.txt has every step's exit code and wall time.
 set -uo pipefail
 OUT=${OUT:-out/gpu-check}
@@ -224,6 +225,31 @@ gemv)  # call 1's unpack, then the GEMM/GEMV tests and the fused decode's, memch
         done
     done
     bundle_out call_gemv
+    ;;
+splitk)  # call 1's unpack, then the CUDA tests, memcheck on the wgmma split-K test,
+         # bench_cuda_gemm --sweep and --quick, and the prefill bench with split-K off
+         # (SQ_CUDA_WGMMA_SPLIT=1) and on, ROUNDS times in turn
+    unpack "$2"
+    env_setup
+    step tests_cuda 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
+    grep -E '^\[  FAILED|^\[  PASSED|Failure|Expected|Which is' "$OUT/tests_cuda.log" | head -30
+    step memcheck_split 200 compute-sanitizer --tool memcheck --error-exitcode 9 $T \
+        --gtest_filter='CudaW4A4Gemm.WgmmaSplitKExact:CudaW4A4Gemm.WgmmaPersistentManyTiles'
+    tail -n 2 "$OUT/memcheck_split.log"
+    step sweep 200 $G --sweep --reps 20
+    grep -E '^\|' "$OUT/sweep.log" | grep -E 'BF16|wgmma'
+    step quick 200 $G --quick --reps 20
+    grep -E '^\|' "$OUT/quick.log" | grep -E '2048 .*(BF16|FP8|wgmma)'
+    B="bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4"
+    for r in $(seq 1 ${ROUNDS:-2}); do
+        for cfg in ${CONFIGS:-SQ_CUDA_WGMMA_SPLIT=1 -}; do
+            name=$(echo "$cfg" | tr -c 'A-Za-z0-9=\n' '_')
+            step "pre_${name}_$r" 200 env $(echo "$cfg" | tr '+' ' ' | sed 's/^-$//') $SQ $B \
+                --batches ${BATCHES:-64,128} --prefill-lens ${PREFILL:-128,256,512,2048} --decode 16 --ctx 512
+            echo "$cfg round $r: $(grep -E 'decode B=|prefill' "$OUT/pre_${name}_$r.log" | tr -s ' ' | tr '\n' ';')"
+        done
+    done
+    bundle_out call_splitk
     ;;
 spectral)  # call 1's unpack, then the CUDA tests, memcheck on the spectral branch's, its passes'
            # micro-benchmarks and the end-to-end bench at rank 31 (NCU="regex ...": those kernels under ncu)

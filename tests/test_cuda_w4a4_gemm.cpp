@@ -264,6 +264,38 @@ TEST(CudaW4A4Gemm, WgmmaPersistentManyTiles) {
 
 // w4a4_gemm's choice for m ≥ W4G_WGMMA_MIN_M: wgmma when k % 16 == 0 and the rows are
 // 16-byte aligned, else the tiled kernel; both exact. LLaMA-3-8B o shape at m = 72.
+// Split-K (round 3): tiles that do not fill the SMs split their k steps over CTAs and a second
+// kernel adds the partials. Automatic and forced split counts (uneven, more than the k steps),
+// three launches per problem (acc + y, acc, y), the workspace poisoned before each problem.
+TEST(CudaW4A4Gemm, WgmmaSplitKExact) {
+    SKIP_WITHOUT_GPU();
+    std::mt19937 rng(test_seed() + 12);
+    const int64_t ws_ints = cuda::w4a4_wgmma_ws_ints();
+    DevBuf<int32_t> ws((size_t)ws_ints);
+    for (auto [m, n, k] : {std::tuple{65, 264, 1024}, {129, 520, 4096}, {200, 100, 14336}, {300, 1000, 256},
+                           {80, 33, 128}, {256, 2048, 512}, {1, 8, 1024}})
+        for (int split : {0, 2, 3, 7}) {
+            Problem p(m, n, k, rng);
+            ws.poison();
+            const Launch l = [&, split](const cuda::W4GemmArgs& a0, cudaStream_t s) {
+                cuda::W4GemmArgs a = a0;
+                a.ws = ws.p, a.ws_ints = ws_ints, a.split_k = split;
+                cuda::w4a4_gemm_wgmma(a, s);
+            };
+            check(p, l, str("wgmma split ", split).c_str());
+        }
+    // A forced split the workspace cannot hold: a clear error, nothing launched.
+    Problem p(129, 520, 4096, rng);
+    std::vector<uint8_t> packed((size_t)cuda::w4g_bytes(p.n, p.k));
+    cuda::w4g_repack(p.codes.data(), p.n, p.k, packed.data());
+    DevBuf<uint8_t> dq(p.q), dw(packed);
+    DevBuf<int32_t> dacc((size_t)p.m * p.n);
+    cuda::W4GemmArgs a;
+    a.q = dq.p, a.m = p.m, a.k = p.k, a.n = p.n, a.w = dw.p, a.acc = dacc.p;
+    a.ws = ws.p, a.ws_ints = 2000, a.split_k = 3;
+    EXPECT_THROW(cuda::w4a4_gemm_wgmma(a, nullptr), Error);
+}
+
 TEST(CudaW4A4Gemm, WgmmaDispatchExact) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 9);

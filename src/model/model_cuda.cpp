@@ -51,6 +51,7 @@
 #include "kernels/cuda/l2_prefetch.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/w4a4_gemm.h"
+#include "kernels/cuda/w4a4_wgmma.h"
 #include "kernels/w4a4_format.h"
 #include "model/linear_q8.h"
 #include "model/linear_w4a4.h"
@@ -268,6 +269,7 @@ struct ModelCuda::Impl {
     DevBuf<int32_t> a_zero;            // [rows]
     DevBuf<float> acc;                 // [rows, max_out] integer-valued float accumulators
     DevBuf<int32_t> acc_i;             // [rows, max_out] when K is split
+    DevBuf<int32_t> wgmma_ws;          // the wgmma GEMM's split-K partials and tile counters (prefill)
     DevBuf<float> zb;                  // [rows, max_rank]: the spectral branch's x·Bᵀ
     DevBuf<float> zb_part;             // cuda::spectral_xb's k-block sums (its scratch)
     DevBuf<float> logits;              // [kLogitRows, vocab]
@@ -626,6 +628,7 @@ struct ModelCuda::Impl {
                 a.q = q8.get(), a.m = n, a.k = (int)L.in, a.n = (int)L.out, a.w = L.w8p();
                 a.act_scale = a_scale.get(), a.act_zero = a_zero.get(), a.w_scale = L.scalep();
                 a.w_rowsum = L.rowsump(), a.bias = bias, a.y = y;
+                a.ws = wgmma_ws.get(), a.ws_ints = (int64_t)wgmma_ws.size();
                 if (fuse) a.spec_z = zb.get(), a.spec_c = L.coefp(), a.spec_rank = L.rank;
                 cuda::w4a4_gemm(a, stream);
             }
@@ -1108,6 +1111,9 @@ struct ModelCuda::Impl {
             if (split_k) acc_i.alloc(acc_elems, "W4A4 int32 accumulators", &bytes);
         }
         if (any_int8) q8.alloc(C * max_in, "activation codes (bytes)", &bytes);
+        if (any_int8 && C > cuda::W4G_GEMV_MAX_M) {  // calls of more rows than the GEMV's may take the wgmma kernel
+            wgmma_ws.alloc((size_t)cuda::w4a4_wgmma_ws_ints(), "wgmma split-K workspace", &bytes);
+        }
         if (any_bf16) xb.alloc(C * max_in, "bf16 activations", &bytes);
         a_scale.alloc(C, "activation scales", &bytes);
         a_zero.alloc(C, "activation zero points", &bytes);

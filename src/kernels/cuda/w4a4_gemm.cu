@@ -747,12 +747,6 @@ int gemv_nt(int64_t nb, int m, int sms) {
     return nt;
 }
 
-int device_sms() {
-    int sms = 132, dev = 0;
-    SQ_CUDA(cudaGetDevice(&dev));
-    SQ_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    return sms;
-}
 
 // The norm GEMV at NT n8 tiles per block: its kernel (shared memory limit raised once), and how many
 // of its clusters of 8 fit on the device at once (cudaOccupancyMaxActiveClusters: clusters are placed
@@ -801,6 +795,13 @@ void launch_gemv_norm(const W4GemmArgs& a, const GemvNorm& nrm, cudaStream_t s) 
 }
 
 }  // namespace
+
+int device_sms() {
+    int sms = 132, dev = 0;
+    SQ_CUDA(cudaGetDevice(&dev));
+    SQ_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    return sms;
+}
 
 void w4g_check_args(const W4GemmArgs& a, const char* who) { check_args(a, who); }
 

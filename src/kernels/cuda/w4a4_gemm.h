@@ -79,6 +79,11 @@ struct W4GemmArgs {
     int spec_rank = 0;
     int32_t* acc = nullptr;
     float* y = nullptr;
+    // Split-K workspace of the wgmma kernel (w4a4_wgmma.h; optional, 16-byte aligned): ws_ints int32
+    // for its partial sums. Null: no split.
+    int32_t* ws = nullptr;
+    int64_t ws_ints = 0;
+    int split_k = 0;  // the wgmma kernel's k splits: 0 = its choice, else that many, ≤ 16 (tests, benchmark)
 };
 
 // Picks the kernel: w4a4_gemv when w4a4_gemv_fits (m ≤ 16; m ≤ 64 with k % 4 == 0 and
@@ -88,6 +93,8 @@ void w4a4_gemm(const W4GemmArgs& a, cudaStream_t s);
 
 // The argument checks every W4A4 kernel entry runs (shape, pointers, alignment): sq::Error naming `who`.
 void w4g_check_args(const W4GemmArgs& a, const char* who);
+// The current device's SM count (the kernels' grid choices).
+int device_sms();
 
 // Prefill: 128×128 CTA tiles, 8 warps of 64×32, k 128 per stage, 3-stage cp.async pipeline,
 // two CTAs per SM.

@@ -10,10 +10,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdint>
 
 #include "core/error.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/w4a4_spec_dot.cuh"
 #include "kernels/cuda/wgmma_ptx.cuh"
 
@@ -253,11 +255,18 @@ __global__ void __launch_bounds__(kThreads, 1)
 constexpr int kPStages = 3, kPHR = 128, kPEWarps = 3;
 constexpr int kPOffBuf = kPStages * kStage, kPOffTok = kPOffBuf + kPHR * kBM * 4, kPOffBar = kPOffTok + kBN * 8;
 constexpr int kPSmem = kPOffBar + (2 * kPStages + 2) * 8 + 1024;  // + 1024: base alignment
+
+// Split-K (round 3): unit u of tiles × nsplit is tile u % ntiles, split u / ntiles, k steps
+// [split_lo(sp), split_lo(sp + 1)).
+__host__ __device__ inline int split_lo(int kb, int sp, int nsplit) { return (int)((int64_t)kb * sp / nsplit); }
 static_assert(kPSmem <= 227 * 1024, "shared memory");
 static_assert(kBN % kPHR == 0 && kPHR % 8 == 0, "hand-off rows");
 
+// nsplit > 1 (split-K, round 3): a unit's epilogue warps store its exact partial tile to
+// plane sp of a.ws ([nsplit][m][n]); splitk_epilogue_kernel then adds the planes and writes y / acc.
 __global__ void __launch_bounds__(kThreads, 1)
-    persist_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tw, const W4GemmArgs a) {
+    persist_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tw, const W4GemmArgs a,
+                   int nsplit) {
     constexpr int S = kPStages, HR = kPHR;
     extern __shared__ uint8_t smem_raw[];
     uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
@@ -270,7 +279,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     uint64_t* bfree = bfull + 1;
     const int wgi = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
     const int KB = (a.k + 127) / 128;
-    const int mtiles = (a.m + kBN - 1) / kBN, ntiles = mtiles * ((a.n + kBM - 1) / kBM);
+    const int mtiles = (a.m + kBN - 1) / kBN, ntiles = mtiles * ((a.n + kBM - 1) / kBM), units = ntiles * nsplit;
     if (threadIdx.x == 0) {
         for (int s = 0; s < S; ++s) {
             mbar_init(&full[s], 1);
@@ -287,9 +296,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (warp == 0) {  // producer: one thread; the ring runs on across tiles
             if (lane == 0) {
                 int cnt = 0;
-                for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+                for (int u = blockIdx.x; u < units; u += gridDim.x) {
+                    const int tile = u % ntiles, sp = u / ntiles;
                     const int m0 = (tile % mtiles) * kBN, c0 = (tile / mtiles) * kBM;
-                    for (int kb = 0; kb < KB; ++kb, ++cnt) {
+                    const int kb1 = split_lo(KB, sp + 1, nsplit);
+                    for (int kb = split_lo(KB, sp, nsplit); kb < kb1; ++kb, ++cnt) {
                         const int s = cnt % S;
                         if (cnt >= S) mbar_wait(&empty[s], ((cnt / S) - 1) & 1);
                         uint8_t* st = smem + s * kStage;
@@ -303,17 +314,20 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         // Epilogue warps 1..3: the tile's token constants in shared memory; per hand-off and
         // 128-channel half, the lane's 4 channels' constants in registers (both halves at once
-        // spilled), then rows ew, ew + 3, … of the hand-off.
+        // spilled), then rows ew, ew + 3, … of the hand-off. pass(mode, h): 0 = y / acc from the
+        // buffer, 1 = the buffer's partial to plane sp of the workspace (split-K).
         const int ew = warp - 1, et = tid - 32;
+        int32_t* part = a.ws;  // split-K partials [nsplit][m][n]
+        const int64_t plane = (int64_t)a.m * a.n;
         int hand = 0;
-        for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+        for (int u = blockIdx.x; u < units; u += gridDim.x) {
+            const int tile = u % ntiles, sp = u / ntiles;
             const int m0 = (tile % mtiles) * kBN, c0 = (tile / mtiles) * kBM;
-            if (a.y)
+            if (a.y && nsplit == 1)
                 for (int r = et; r < kBN; r += 32 * kPEWarps)
                     if (m0 + r < a.m) tsc[r] = a.act_scale[m0 + r], tze[r] = a.act_zero[m0 + r];
             asm volatile("bar.sync 2, 96;\n" ::: "memory");
-            for (int h = 0; h < kBN / HR; ++h, ++hand) {
-                mbar_wait(bfull, hand & 1);
+            auto pass = [&](int mode, int h) {
                 for (int hc = 0; hc < 2; ++hc) {
                     const int cl = hc * 128 + 4 * lane, ch0 = c0 + cl;
                     if (ch0 >= a.n) continue;
@@ -321,7 +335,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                     int rs[4];
 #pragma unroll
                     for (int j = 0; j < 4; ++j) {
-                        const bool in = a.y && ch0 + j < a.n;
+                        const bool in = mode != 1 && a.y && ch0 + j < a.n;
                         ws[j] = in ? a.w_scale[ch0 + j] : 0.0f;
                         rs[j] = in ? a.w_rowsum[ch0 + j] : 0;
                         bs[j] = in && a.bias ? a.bias[ch0 + j] : 0.0f;
@@ -329,35 +343,42 @@ __global__ void __launch_bounds__(kThreads, 1)
                     // 16-byte accesses for 4 whole outputs in range on 16-byte aligned rows
                     const bool vec = ch0 + 3 < a.n && a.n % 4 == 0;
                     const bool vacc = vec && ((uintptr_t)a.acc & 15) == 0, vy = vec && ((uintptr_t)a.y & 15) == 0;
-                    const bool vspec = vec && ((uintptr_t)a.spec & 15) == 0;
+                    const bool vspec = vec && ((uintptr_t)a.spec & 15) == 0, vws = vec && ((uintptr_t)part & 15) == 0;
 #pragma unroll 2
                     for (int rl = ew; rl < HR; rl += kPEWarps) {
                         const int r = h * HR + rl, tok = m0 + r;
                         if (tok >= a.m) break;
+                        const int64_t idx = (int64_t)tok * a.n + ch0;
                         const int4 v = *reinterpret_cast<const int4*>(buf + rl * kBM + (cl ^ (((rl >> 1) & 3) << 3)));
                         const int vv[4] = {v.x, v.y, v.z, v.w};
-                        const int64_t idx = (int64_t)tok * a.n + ch0;
+                        if (mode == 1) {
+                            int32_t* pp = part + sp * plane + idx;
+                            if (vws) __stcg(reinterpret_cast<int4*>(pp), make_int4(vv[0], vv[1], vv[2], vv[3]));
+                            else
+                                for (int j = 0; j < 4 && ch0 + j < a.n; ++j) __stcg(pp + j, vv[j]);
+                            continue;
+                        }
                         if (a.acc) {
-                            if (vacc) *reinterpret_cast<int4*>(a.acc + idx) = v;
+                            if (vacc) *reinterpret_cast<int4*>(a.acc + idx) = make_int4(vv[0], vv[1], vv[2], vv[3]);
                             else
                                 for (int j = 0; j < 4 && ch0 + j < a.n; ++j) a.acc[idx + j] = vv[j];
                         }
                         if (a.y) {
                             const float st = tsc[r];
                             const int zt = tze[r];
-                            float sp[4] = {0, 0, 0, 0};  // spec [m, n] (the engine's prefill); no fused rank here
+                            float sp4[4] = {0, 0, 0, 0};  // spec [m, n] (the engine's prefill); no fused rank here
                             if (a.spec) {
                                 if (vspec) {
                                     const float4 v4 = *reinterpret_cast<const float4*>(a.spec + idx);
-                                    sp[0] = v4.x, sp[1] = v4.y, sp[2] = v4.z, sp[3] = v4.w;
+                                    sp4[0] = v4.x, sp4[1] = v4.y, sp4[2] = v4.z, sp4[3] = v4.w;
                                 } else
-                                    for (int j = 0; j < 4 && ch0 + j < a.n; ++j) sp[j] = a.spec[idx + j];
+                                    for (int j = 0; j < 4 && ch0 + j < a.n; ++j) sp4[j] = a.spec[idx + j];
                             }
                             float y[4];
 #pragma unroll
                             for (int j = 0; j < 4; ++j) {  // epi_value's operations, in its order
                                 float f = __fmul_rn(__fmul_rn(st, ws[j]), (float)(vv[j] - zt * rs[j]));
-                                if (a.spec) f = __fadd_rn(f, sp[j]);
+                                if (a.spec) f = __fadd_rn(f, sp4[j]);
                                 if (a.bias) f = __fadd_rn(f, bs[j]);
                                 y[j] = f;
                             }
@@ -367,9 +388,13 @@ __global__ void __launch_bounds__(kThreads, 1)
                         }
                     }
                 }
+            };
+            for (int h = 0; h < kBN / HR; ++h, ++hand) {
+                mbar_wait(bfull, hand & 1);
+                pass(nsplit > 1 ? 1 : 0, h);
                 mbar_arrive(bfree);
             }
-            asm volatile("bar.sync 2, 96;\n" ::: "memory");  // token constants read before the next tile's
+            asm volatile("bar.sync 2, 96;\n" ::: "memory");  // token constants read before the next unit's
         }
         return;
     }
@@ -387,7 +412,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                 raw[mt][h] = *reinterpret_cast<const uint4*>(wt + ((cw * kMT + mt) * 8 + warp * 2 + h) * 512 + lane * 16);
     };
     int cnt = 0, hand = 0;
-    for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        const int sp = u / ntiles, kb0 = split_lo(KB, sp, nsplit), kb1 = split_lo(KB, sp + 1, nsplit);
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -395,7 +421,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         mbar_wait(&full[cnt % S], (cnt / S) & 1);
         load_raw(cnt % S);
         uint32_t af[kMT][4][4];
-        for (int kb = 0; kb < KB; ++kb, ++cnt) {
+        for (int kb = kb0; kb < kb1; ++kb, ++cnt) {
             const int s = cnt % S;
 #pragma unroll
             for (int mt = 0; mt < kMT; ++mt)
@@ -424,7 +450,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
                 for (int mt = 0; mt < kMT; ++mt) wgmma_n128(acc[mt], af[mt][ks], dk[ks], 1);
             wgmma_commit();
-            if (kb + 1 < KB) {  // the next stage's weights while this stage's wgmmas run
+            if (kb + 1 < kb1) {  // the next stage's weights while this stage's wgmmas run
                 const int c1 = cnt + 1;
                 mbar_wait(&full[c1 % S], (c1 / S) & 1);
                 load_raw(c1 % S);
@@ -453,6 +479,42 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
 }
 
+// Split-K's second kernel: acc = the sum of the nsplit int32 planes (exact), then y with
+// epi_value's operations in its order; a thread per 4 consecutive outputs of a row.
+__global__ void __launch_bounds__(256) splitk_epilogue_kernel(const W4GemmArgs a, int nsplit) {
+    const int64_t groups = (a.n + 3) / 4, e = (int64_t)blockIdx.x * 256 + threadIdx.x;
+    pdl_wait();  // the partials
+    if (e >= (int64_t)a.m * groups) return;
+    const int tok = (int)(e / groups), ch0 = (int)(e % groups) * 4, cnt = min(4, a.n - ch0);
+    const int64_t idx = (int64_t)tok * a.n + ch0, plane = (int64_t)a.m * a.n;
+    const bool vec = cnt == 4 && a.n % 4 == 0;  // 16-byte aligned rows of the planes (ws is)
+    int v[4] = {0, 0, 0, 0};
+    if (vec) {
+        int4 p[16];
+#pragma unroll
+        for (int q = 0; q < 16; ++q)  // every plane's load in flight before the sum
+            if (q < nsplit) p[q] = __ldcg(reinterpret_cast<const int4*>(a.ws + q * plane + idx));
+#pragma unroll
+        for (int q = 0; q < 16; ++q)
+            if (q < nsplit) v[0] += p[q].x, v[1] += p[q].y, v[2] += p[q].z, v[3] += p[q].w;
+    } else {
+        for (int q = 0; q < nsplit; ++q)
+            for (int j = 0; j < cnt; ++j) v[j] += __ldcg(a.ws + q * plane + idx + j);
+    }
+    if (a.acc)
+        for (int j = 0; j < cnt; ++j) a.acc[idx + j] = v[j];
+    if (a.y) {
+        const float st = a.act_scale[tok];
+        const int zt = a.act_zero[tok];
+        for (int j = 0; j < cnt; ++j) {
+            float f = __fmul_rn(__fmul_rn(st, a.w_scale[ch0 + j]), (float)(v[j] - zt * a.w_rowsum[ch0 + j]));
+            if (a.spec) f = __fadd_rn(f, a.spec[idx + j]);
+            if (a.bias) f = __fadd_rn(f, a.bias[ch0 + j]);
+            a.y[idx + j] = f;
+        }
+    }
+}
+
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
     static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
         void* p = nullptr;
@@ -470,6 +532,31 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 }
 
 }  // namespace
+
+// The persistent kernel's k splits: a.split_k, or (with a workspace) as many as keep one wave of
+// units (tiles × splits ≤ SMs), at least 2 k steps each, at most 16 (SQ_CUDA_WGMMA_SPLIT); 1 when
+// the tiles fill more than half the SMs.
+int wgmma_splits(const W4GemmArgs& a, int64_t tiles, int KB, int sms) {
+    const auto fits = [&](int ns) { return a.ws && (int64_t)ns * a.m * a.n <= a.ws_ints; };
+    if (a.split_k > 0) {
+        const int ns = std::min({a.split_k, KB, 16});
+        SQ_CHECK(ns == 1 || fits(ns), "w4a4_gemm_wgmma: split_k = ", ns, " needs a workspace of ",
+                 (int64_t)ns * a.m * a.n, " ints (", a.ws_ints, " given)");
+        return ns;
+    }
+    static const int env = [] {  // SQ_CUDA_WGMMA_SPLIT=N: at most N splits (A/B; 1 = never)
+        const char* e = std::getenv("SQ_CUDA_WGMMA_SPLIT");
+        if (!e || !*e) return 16;
+        char* end = nullptr;
+        const long v = std::strtol(e, &end, 10);
+        SQ_CHECK(*end == 0 && v >= 1 && v <= 16, "SQ_CUDA_WGMMA_SPLIT must be 1..16, got '", e, "'");
+        return (int)v;
+    }();
+    if (!a.ws || tiles * 2 > sms) return 1;
+    int ns = (int)std::min<int64_t>({sms / tiles, KB / 2, env});
+    while (ns > 1 && !fits(ns)) --ns;
+    return std::max(ns, 1);
+}
 
 bool w4a4_wgmma_fits(int m, int k, const uint8_t* q) {
     (void)m;
@@ -513,13 +600,22 @@ void w4a4_gemm_wgmma(const W4GemmArgs& a, cudaStream_t s) {
         wgmma_kernel<<<grid, kThreads, kSmem, s>>>(tx, tw, a);
     } else {
         SQ_CUDA(cudaFuncSetAttribute(persist_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kPSmem));
-        int dev = 0, sms = 0;
-        SQ_CUDA(cudaGetDevice(&dev));
-        SQ_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        const int sms = device_sms();
         const int64_t tiles = (int64_t)((a.m + kBN - 1) / kBN) * ((a.n + kBM - 1) / kBM);
-        persist_kernel<<<(unsigned)std::min<int64_t>(tiles, sms), kThreads, kPSmem, s>>>(tx, tw, a);
+        const int nsplit = wgmma_splits(a, tiles, KB, sms);
+        persist_kernel<<<(unsigned)std::min<int64_t>(tiles * nsplit, sms), kThreads, kPSmem, s>>>(tx, tw, a, nsplit);
+        SQ_CUDA_LAUNCH("w4a4_gemm_wgmma");
+        if (nsplit > 1) {
+            const int64_t threads = (int64_t)a.m * ((a.n + 3) / 4);
+            launch_pdl("w4a4_splitk_epilogue", splitk_epilogue_kernel, dim3((unsigned)((threads + 255) / 256)),
+                       dim3(256), 0, s, a, nsplit);
+        }
+        return;
     }
     SQ_CUDA_LAUNCH("w4a4_gemm_wgmma");
 }
+
+// nsplit · m · n ≤ nsplit · tiles · 128 · 256 ≤ SMs · 128 · 256 (wgmma_splits keeps one wave of units).
+int64_t w4a4_wgmma_ws_ints() { return (int64_t)device_sms() * kBN * kBM; }
 
 }  // namespace sq::cuda

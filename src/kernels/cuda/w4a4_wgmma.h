@@ -35,6 +35,14 @@ constexpr int W4G_WGMMA_MIN_M = 65;
 bool w4a4_wgmma_fits(int m, int k, const uint8_t* q);
 
 // Any m ≥ 0; needs w4a4_wgmma_fits(…) apart from the row count (clear error otherwise).
+//
+// Split-K (round 3): when the 256 × 128 tiles fill at most half the SMs (m ≤ ~512 at n = 4096)
+// and a.ws is given, each tile's k steps are split over up to SMs / tiles CTAs; each writes its
+// exact int32 partial tile to a plane of the workspace, and a second kernel (PDL) adds the
+// planes — integer addition, so acc is exact and y bit-identical — and runs the epilogue.
+// a.split_k forces a split count (≤ k steps, ≤ 16; the workspace must hold it).
 void w4a4_gemm_wgmma(const W4GemmArgs& a, cudaStream_t s);
+// Workspace ints the wgmma kernel's automatic split needs at most on this device (any shape).
+int64_t w4a4_wgmma_ws_ints();
 
 }  // namespace sq::cuda
