@@ -192,7 +192,7 @@ TEST(CudaFused, SiluMulQuantEqualsReference) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 102);
     for (int ff : {5, 96, 1536, 3001, 14336, 20000}) {  // 20000: the plain loop
-        for (int n : {1, 2, 33}) {
+        for (int n : {1, 2, 33, 80}) {
             SCOPED_TRACE(str("ff=", ff, " n=", n));
             const int64_t ld = 2 * (int64_t)ff;  // [gate | up] rows
             const std::vector<float> gu = gaussian((size_t)n * ld, rng, 2.0f);
@@ -243,6 +243,20 @@ TEST(CudaFused, SiluMulQuantEqualsReference) {
                 expect_codes(act3, n, ff, 4, 0.9f, q83, sc3, zp3, ab3, "silu_mul_rows split");
                 const auto cz = cnt.get();
                 EXPECT_EQ(std::count(cz.begin(), cz.end(), 0), (long)cz.size()) << "split counters not reset";
+            }
+            // No act (the next layer reads only the codes / bf16): the same codes, scale, zero and
+            // bf16, from the one-block kernel (values in registers, or computed twice past 16 per
+            // thread) and the split one.
+            for (int split = 0; split < 2; ++split) {
+                DevBuf<float> sc4(n);
+                DevBuf<int32_t> zp4(n);
+                DevBuf<uint8_t> q84((size_t)n * ff);
+                DevBuf<uint16_t> ab4((size_t)n * ff);
+                cuda::RowQuant rq4 = rq;
+                rq4.q8 = q84.p, rq4.scale = sc4.p, rq4.zero = zp4.p, rq4.bf16 = ab4.p;
+                cuda::silu_mul_rows(dgu.p, dgu.p + ff, ld, n, ff, nullptr, rq4, nullptr,
+                                    split ? cuda::RowSync{part.p, cnt.p} : cuda::RowSync{});
+                expect_codes(act, n, ff, 4, 0.9f, q84, sc4, zp4, ab4, split ? "no act, split" : "no act");
             }
         }
     }
@@ -345,6 +359,7 @@ TEST(CudaFused, BadArgumentsAreSqErrors) {
     rq.q8 = reinterpret_cast<uint8_t*>(x.p);  // codes without scale / zero
     EXPECT_THROW(cuda::add_rmsnorm_quant(x.p, nullptr, x.p, 1, 8, 1e-5f, x.p, rq, nullptr), Error);
     EXPECT_THROW(cuda::silu_mul_rows(x.p, x.p, 4, 1, 8, x.p, cuda::RowQuant{}, nullptr), Error);  // ld < ff
+    EXPECT_THROW(cuda::silu_mul_rows(x.p, x.p, 8, 1, 8, nullptr, cuda::RowQuant{}, nullptr), Error);  // no output
     EXPECT_THROW(cuda::rope_kv_store(x.p, 4, x.p, 8, x.p, 8, 1, 1, 1, 8, 0, nullptr, nullptr, nullptr, x.p, 16, 1.0f,
                                      x.p, x.p, x.p, nullptr),
                  Error);  // ldq < heads·hd

@@ -942,9 +942,14 @@ struct ModelCuda::Impl {
                 {
                     const ProfScope ps = prof("silu_mul");
                     const cuda::RowQuant rq = row_quant_for(&L.down);
+                    // down reads only the codes / bf16 copy unless its spectral branch or online Hadamard
+                    // needs the float rows. Without them the kernel keeps a row in 1024 threads' registers:
+                    // H100, 128..512 rows 1.3-3x faster (W4A4 and BF16 alike), 2048 rows 12% slower than
+                    // 256 threads writing and re-reading act (docs/perf.md "Session 12"), so there only.
+                    const bool f32 = !(rq.q8 || rq.bf16) || L.down.rank > 0 || L.down.had_in || n <= 64 || n > 512;
                     if (!skip_launch("silu"))
-                        cuda::silu_mul_rows(upb.get(), upb.get() + ff, 2 * ff, n, (int)ff, act.get(), rq, stream,
-                                            row_sync());
+                        cuda::silu_mul_rows(upb.get(), upb.get() + ff, 2 * ff, n, (int)ff, f32 ? act.get() : nullptr,
+                                            rq, stream, row_sync());
                     quant_done(rq, &L.down, act.get(), n);
                 }
                 if (!skip_launch("down")) linear(L.down, act.get(), n, proj.get(), true);

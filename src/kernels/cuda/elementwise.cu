@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(1024) silu_mul_rows_kernel(const float* __rest
     const int64_t t = blockIdx.x;
     const int tid = threadIdx.x, nt = blockDim.x;
     const float *gr = g + t * ld, *ur = u + t * ld;
-    float* ar = act + t * ff;
+    float* ar = act ? act + t * ff : nullptr;
     float mx = 0.0f, mn = 0.0f;
     if constexpr (V > 0) {
         float gv[V], uv[V];
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(1024) silu_mul_rows_kernel(const float* __rest
             if (i >= ff) continue;
             const float v = silu_mul_one(gv[j], uv[j]);
             gv[j] = v;
-            ar[i] = v;
+            if (act) ar[i] = v;
             mx = ref_max(mx, v);
             mn = ref_min(mn, v);
             if (ab) ab[t * ff + i] = __float2bfloat16_rn(v);
@@ -209,7 +209,7 @@ __global__ void __launch_bounds__(1024) silu_mul_rows_kernel(const float* __rest
     } else {
         for (int i = tid; i < ff; i += nt) {
             const float v = silu_mul_one(gr[i], ur[i]);
-            ar[i] = v;
+            if (act) ar[i] = v;
             mx = ref_max(mx, v);
             mn = ref_min(mn, v);
             if (ab) ab[t * ff + i] = __float2bfloat16_rn(v);
@@ -219,7 +219,8 @@ __global__ void __launch_bounds__(1024) silu_mul_rows_kernel(const float* __rest
         int z;
         block_row_params(mx, mn, red, bits, clip, &q_scale[t], &q_zero[t], &s, &z);
         const int qmax = (1 << bits) - 1;
-        for (int i = tid; i < ff; i += nt) q8[t * ff + i] = (uint8_t)quant_one(ar[i], s, z, qmax);
+        for (int i = tid; i < ff; i += nt)  // without act: the same value computed again (same bits)
+            q8[t * ff + i] = (uint8_t)quant_one(act ? ar[i] : silu_mul_one(gr[i], ur[i]), s, z, qmax);
     }
 }
 
@@ -259,7 +260,7 @@ __global__ void __launch_bounds__(kSplitThreads) silu_mul_split_kernel(
         if (i >= ff) continue;
         const float v = silu_mul_one(gv[j], uv[j]);
         gv[j] = v;
-        act[t * ff + i] = v;
+        if (act) act[t * ff + i] = v;
         mx = ref_max(mx, v);
         mn = ref_min(mn, v);
         if (ab) ab[t * ff + i] = __float2bfloat16_rn(v);
@@ -369,8 +370,10 @@ void silu_mul_rows(const float* g, const float* u, int64_t ld, int n, int ff, fl
                    sync.part, sync.cnt);
         return;
     }
-    // Few wide rows (decode): 1024 threads per row (14336 wide: 14 elements per thread).
-    const int threads = n < 64 && ff >= 2048 ? 1024 : 256;
+    SQ_CHECK(act || o.q8 || o.bf16, "CUDA silu_mul_rows: no output");
+    // Few wide rows (decode), or no act (its values then stay in registers up to 16 per thread): 1024
+    // threads per row (14336 wide: 14 elements per thread).
+    const int threads = (n < 64 || !act) && ff >= 2048 ? 1024 : 256;
     // Registers per thread: the fewest V that hold the row (≤ 64 registers at 1024 threads).
     auto k = o.plain || ff > 16 * threads ? silu_mul_rows_kernel<0>
              : ff <= 4 * threads          ? silu_mul_rows_kernel<4>

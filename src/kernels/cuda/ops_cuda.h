@@ -87,7 +87,8 @@ size_t row_split_part(int n, int width);
 size_t row_split_cnt(int n);
 
 // act[t, :] = silu(g[t, :]) ⊙ u[t, :] for g, u with row stride ld (the fused [gate | up]
-// output: u = g + ff, ld = 2·ff), act [n, ff] (same bits as silu_mul), plus o's codes / bf16 of act.
+// output: u = g + ff, ld = 2·ff), act [n, ff] (same bits as silu_mul), plus o's codes / bf16 of act;
+// act may be null when o has codes or bf16 (only those written: the next layer reads nothing else).
 // sync (decode v5): at most kRowSplitMaxRows rows of ff ≥ 2048 run over ceil(ff / 2048) blocks per
 // row, which meet on the row's max/min through sync (same act, codes and bits; see the kernel).
 void silu_mul_rows(const float* g, const float* u, int64_t ld, int n, int ff, float* act, const RowQuant& o,
