@@ -70,6 +70,29 @@ unpack() {
 
 # At most 8 files come back from $OUT: every log and JSON of a call goes into one NAME.tgz (and
 # summary.txt stays beside it).
+# cuda_tests FILTER: every CUDA test, then compute-sanitizer memcheck on FILTER's tests.
+cuda_tests() {
+    step tests_cuda 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
+    grep -E '^\[  FAILED|^\[  PASSED|Failure|Expected|Which is' "$OUT/tests_cuda.log" | head -30
+    step memcheck 200 compute-sanitizer --tool memcheck --error-exitcode 9 $T --gtest_filter="$1"
+    tail -n 2 "$OUT/memcheck.log"
+}
+
+# rounds PREFIX ROUNDS0 CONFIGS0 PATTERN ARGS...: `specquant ARGS` once per environment of CONFIGS
+# (default CONFIGS0; "A=1+B=2" sets two, "-" none), ROUNDS (default ROUNDS0) times in turn, each
+# run's lines matching PATTERN echoed on one line: runtime switches A/B'd in one call.
+rounds() {
+    local prefix=$1 n=${ROUNDS:-$2} cfgs=${CONFIGS:-$3} pat=$4 r cfg name
+    shift 4
+    for r in $(seq 1 "$n"); do
+        for cfg in $cfgs; do
+            name=$(echo "$cfg" | tr -c 'A-Za-z0-9=\n' '_')
+            step "${prefix}_${name}_$r" 200 env $(echo "$cfg" | tr '+' ' ' | sed 's/^-$//') $SQ "$@"
+            echo "$cfg round $r: $(grep -E "$pat" "$OUT/${prefix}_${name}_$r.log" | grep '^|' | tr -s ' ' | tr '\n' ';')"
+        done
+    done
+}
+
 bundle_out() {
     (cd "$OUT" && f=$(ls *.log *.json 2>/dev/null || true) && [ -n "$f" ] && tar -czf "$1.tgz" $f && rm -f $f) || true
 }
@@ -192,15 +215,8 @@ envs)  # call 1's unpack, then the decode bench once per environment of CONFIGS 
       # ROUNDS times in turn: runtime switches (SQ_CUDA_*) A/B'd in one call
     unpack "$2"
     env_setup
-    B="bench --device cuda --shape llama3-8b --rank ${RANK:-0} --kv-bits 4 --lm-head-bits 8"
-    for r in $(seq 1 ${ROUNDS:-1}); do
-        for cfg in ${CONFIGS:--}; do
-            name=$(echo "$cfg" | tr -c 'A-Za-z0-9=\n' '_')
-            step "env_${name}_$r" 150 env $(echo "$cfg" | tr '+' ' ' | sed 's/^-$//') $SQ $B --batches ${BATCHES:-1,8} \
-                --prefill-lens ${PREFILL:-16} --decode 64 --ctx 512
-            echo "$cfg round $r: $(grep -E 'decode B=|prefill' "$OUT/env_${name}_$r.log" | grep '^|' | head -4 | tr -s ' ' | tr '\n' ';')"
-        done
-    done
+    rounds env 1 - 'decode B=|prefill' bench --device cuda --shape llama3-8b --rank ${RANK:-0} --kv-bits 4 \
+        --lm-head-bits 8 --batches ${BATCHES:-1,8} --prefill-lens ${PREFILL:-16} --decode 64 --ctx 512
     bundle_out call_envs${TAG:-}
     ;;
 gemv)  # call 1's unpack, then the GEMM/GEMV tests and the fused decode's, memcheck on the GEMV's configurations,
@@ -208,22 +224,12 @@ gemv)  # call 1's unpack, then the GEMM/GEMV tests and the fused decode's, memch
        # staged activations (v9) off and on (or CONFIGS, as in envs), ROUNDS times in turn
     unpack "$2"
     env_setup
-    step tests_gemm 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
-    grep -E '^\[  FAILED|^\[  PASSED|Failure|Expected|Which is' "$OUT/tests_gemm.log" | head -30
-    step memcheck_gemv 200 compute-sanitizer --tool memcheck --error-exitcode 9 $T \
-        --gtest_filter='CudaW4A4Gemm.GemvStagedAndUnalignedRows:CudaW4A4Gemm.AllConfigurations'
-    tail -n 2 "$OUT/memcheck_gemv.log"
+    cuda_tests 'CudaW4A4Gemm.GemvStagedAndUnalignedRows:CudaW4A4Gemm.AllConfigurations'
     step gemv_stream 240 $G --stream --reps ${REPS:-20}
     grep -E '^\|' "$OUT/gemv_stream.log"
-    B="bench --device cuda --shape llama3-8b --rank ${RANK:-0} --kv-bits 4 --lm-head-bits 8"
-    for r in $(seq 1 ${ROUNDS:-2}); do
-        for cfg in ${CONFIGS:-SQ_CUDA_GEMV_STAGE_MIN_M=65 -}; do
-            name=$(echo "$cfg" | tr -c 'A-Za-z0-9=\n' '_')
-            step "dec_${name}_$r" 150 env $(echo "$cfg" | tr '+' ' ' | sed 's/^-$//') $SQ $B \
-                --batches ${BATCHES:-1,8,16,32} --prefill-lens 16 --decode 64 --ctx 512
-            echo "$cfg round $r: $(grep -E 'decode B=' "$OUT/dec_${name}_$r.log" | tr -s ' ' | tr '\n' ';')"
-        done
-    done
+    rounds dec 2 'SQ_CUDA_GEMV_STAGE_MIN_M=65 -' 'decode B=' bench --device cuda --shape llama3-8b \
+        --rank ${RANK:-0} --kv-bits 4 --lm-head-bits 8 --batches ${BATCHES:-1,8,16,32} --prefill-lens 16 \
+        --decode 64 --ctx 512
     bundle_out call_gemv
     ;;
 splitk)  # call 1's unpack, then the CUDA tests, memcheck on the wgmma split-K test,
@@ -231,35 +237,20 @@ splitk)  # call 1's unpack, then the CUDA tests, memcheck on the wgmma split-K t
          # (SQ_CUDA_WGMMA_SPLIT=1) and on, ROUNDS times in turn
     unpack "$2"
     env_setup
-    step tests_cuda 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
-    grep -E '^\[  FAILED|^\[  PASSED|Failure|Expected|Which is' "$OUT/tests_cuda.log" | head -30
-    step memcheck_split 200 compute-sanitizer --tool memcheck --error-exitcode 9 $T \
-        --gtest_filter='CudaW4A4Gemm.WgmmaSplitKExact:CudaW4A4Gemm.WgmmaPersistentManyTiles'
-    tail -n 2 "$OUT/memcheck_split.log"
+    cuda_tests 'CudaW4A4Gemm.WgmmaSplitKExact:CudaW4A4Gemm.WgmmaPersistentManyTiles'
     step sweep 200 $G --sweep --reps 20
     grep -E '^\|' "$OUT/sweep.log" | grep -E 'BF16|wgmma'
     step quick 200 $G --quick --reps 20
     grep -E '^\|' "$OUT/quick.log" | grep -E '2048 .*(BF16|FP8|wgmma)'
-    B="bench --device cuda --shape llama3-8b --rank 0 --kv-bits 4"
-    for r in $(seq 1 ${ROUNDS:-2}); do
-        for cfg in ${CONFIGS:-SQ_CUDA_WGMMA_SPLIT=1 -}; do
-            name=$(echo "$cfg" | tr -c 'A-Za-z0-9=\n' '_')
-            step "pre_${name}_$r" 200 env $(echo "$cfg" | tr '+' ' ' | sed 's/^-$//') $SQ $B \
-                --batches ${BATCHES:-64,128} --prefill-lens ${PREFILL:-128,256,512,2048} --decode 16 --ctx 512
-            echo "$cfg round $r: $(grep -E 'decode B=|prefill' "$OUT/pre_${name}_$r.log" | tr -s ' ' | tr '\n' ';')"
-        done
-    done
+    rounds pre 2 'SQ_CUDA_WGMMA_SPLIT=1 -' 'decode B=|prefill' bench --device cuda --shape llama3-8b --rank 0 \
+        --kv-bits 4 --batches ${BATCHES:-64,128} --prefill-lens ${PREFILL:-128,256,512,2048} --decode 16 --ctx 512
     bundle_out call_splitk
     ;;
 spectral)  # call 1's unpack, then the CUDA tests, memcheck on the spectral branch's, its passes'
            # micro-benchmarks and the end-to-end bench at rank 31 (NCU="regex ...": those kernels under ncu)
     unpack "$2"
     env_setup
-    step tests_cuda 300 $T --gtest_filter='Cuda*:-CudaDiag.*'
-    grep -E '^\[  FAILED|^\[  PASSED|Failure|Expected|Which is' "$OUT/tests_cuda.log" | head -30
-    step memcheck_spectral 150 compute-sanitizer --tool memcheck --error-exitcode 9 $T \
-        --gtest_filter='CudaSpectral.*:CudaModel.FusedDecodeIsBitIdentical'
-    tail -n 2 "$OUT/memcheck_spectral.log"
+    cuda_tests 'CudaSpectral.*:CudaModel.FusedDecodeIsBitIdentical'
     step gemm_spectral 150 $G --spectral --reps 20
     grep -E '^\|' "$OUT/gemm_spectral.log"
     if [ -n "${NCU:-}" ]; then  # NCU="kernel-regex ...": each kernel's first launch under ncu, and the SASS

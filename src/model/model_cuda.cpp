@@ -43,6 +43,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "core/fp16.h"
 #include "core/threads.h"
@@ -1256,12 +1257,7 @@ ModelCudaOptions ModelCudaOptions::from_env() {
         SQ_CHECK(std::string(ng) == "0" || std::string(ng) == "1", "SQ_CUDA_NORM_GEMV must be 0 or 1, got '", ng, "'");
         o.norm_gemv = std::string(ng) == "1";
     }
-    if (const char* pf = std::getenv("SQ_CUDA_L2PF"); pf && *pf) {
-        char* end = nullptr;
-        const long v = std::strtol(pf, &end, 10);
-        SQ_CHECK(*end == 0 && v >= 0 && v <= 4096, "SQ_CUDA_L2PF must be MiB in 0..4096, got '", pf, "'");
-        o.l2_prefetch_mib = (int)v;
-    }
+    o.l2_prefetch_mib = env_int("SQ_CUDA_L2PF", o.l2_prefetch_mib, 0, 4096);  // MiB
     if (da && *da) {
         const std::string v = da;
         SQ_CHECK(v == "v6" || v == "v5" || v == "v4", "SQ_CUDA_DECODE_ATT must be v6, v5 or v4, got '", da, "'");

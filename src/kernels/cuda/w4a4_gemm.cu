@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
@@ -639,14 +640,7 @@ void check_args(const W4GemmArgs& a, const char* who) {
 // SQ_CUDA_GEMV_PREFETCH=N: layout blocks per warp asked of L2 before the PDL wait (0: none; A/B of
 // docs/perf.md "Decode v4" and "Session 11"); unset: kPrefetchBlocks.
 int gemv_prefetch_blocks() {
-    static const int n = [] {
-        const char* e = std::getenv("SQ_CUDA_GEMV_PREFETCH");
-        if (!e || !*e) return kPrefetchBlocks;
-        char* end = nullptr;
-        const long v = std::strtol(e, &end, 10);
-        SQ_CHECK(*end == 0 && v >= 0 && v <= 4096, "SQ_CUDA_GEMV_PREFETCH must be 0..4096 blocks, got '", e, "'");
-        return (int)v;
-    }();
+    static const int n = env_int("SQ_CUDA_GEMV_PREFETCH", kPrefetchBlocks, 0, 4096);
     return n;
 }
 
@@ -673,15 +667,7 @@ constexpr size_t kStageCBytes = 32 << 10;
 // 1: B=1 decode 351 → 357 tok/s (LLaMA-3-8B shape; 2 rows: 351, no change), docs/perf.md "GEMV v9".
 constexpr int kStageMinM = 1;
 int gemv_stage_min_m() {
-    static const int n = [] {
-        const char* e = std::getenv("SQ_CUDA_GEMV_STAGE_MIN_M");
-        if (!e || !*e) return kStageMinM;
-        char* end = nullptr;
-        const long v = std::strtol(e, &end, 10);
-        SQ_CHECK(*end == 0 && v >= 1 && v <= W4G_GEMV_MAX_M + 1, "SQ_CUDA_GEMV_STAGE_MIN_M must be 1..",
-                 W4G_GEMV_MAX_M + 1, ", got '", e, "'");
-        return (int)v;
-    }();
+    static const int n = env_int("SQ_CUDA_GEMV_STAGE_MIN_M", kStageMinM, 1, W4G_GEMV_MAX_M + 1);
     return n;
 }
 bool gemv_stage_ok(const W4GemmArgs& a) { return a.k % 16 == 0 && ((uintptr_t)a.q & 15) == 0; }

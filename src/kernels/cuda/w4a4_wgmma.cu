@@ -10,9 +10,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstdint>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/pdl.cuh"
@@ -544,14 +544,7 @@ int wgmma_splits(const W4GemmArgs& a, int64_t tiles, int KB, int sms) {
                  (int64_t)ns * a.m * a.n, " ints (", a.ws_ints, " given)");
         return ns;
     }
-    static const int env = [] {  // SQ_CUDA_WGMMA_SPLIT=N: at most N splits (A/B; 1 = never)
-        const char* e = std::getenv("SQ_CUDA_WGMMA_SPLIT");
-        if (!e || !*e) return 16;
-        char* end = nullptr;
-        const long v = std::strtol(e, &end, 10);
-        SQ_CHECK(*end == 0 && v >= 1 && v <= 16, "SQ_CUDA_WGMMA_SPLIT must be 1..16, got '", e, "'");
-        return (int)v;
-    }();
+    static const int env = env_int("SQ_CUDA_WGMMA_SPLIT", 16, 1, 16);  // at most N splits (A/B; 1 = never)
     if (!a.ws || tiles * 2 > sms) return 1;
     int ns = (int)std::min<int64_t>({sms / tiles, KB / 2, env});
     while (ns > 1 && !fits(ns)) --ns;
