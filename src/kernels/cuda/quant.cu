@@ -11,6 +11,7 @@
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_math.cuh"
 #include "kernels/cuda/reduce.cuh"
+#include "kernels/cuda/w4a4_spec_dot.cuh"
 
 namespace sq::cuda {
 
@@ -108,7 +109,7 @@ __global__ void epilogue_kernel(const float* __restrict__ acc_f, const int32_t* 
     const int64_t t = i / m;
     const int j = (int)(i % m);
     const int32_t a = acc_i ? acc_i[i] : (int32_t)acc_f[i];
-    float v = __fmul_rn(__fmul_rn(act_scale[t], w_scale[j]), (float)(a - act_zero[t] * w_rowsum[j]));
+    float v = epi_base(act_scale[t], w_scale[j], a, act_zero[t], w_rowsum[j]);
     if (spec) v = __fadd_rn(v, spec[i]);
     if (bias) v = __fadd_rn(v, bias[j]);
     y[i] = v;

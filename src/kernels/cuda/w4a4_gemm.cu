@@ -88,7 +88,7 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int s) {
 // a.spec_c / a.spec_z).
 __device__ __forceinline__ float epi_value(const W4GemmArgs& a, int row, int col, int acc, float st, int zt,
                                            const float* c_row = nullptr, const float* z_row = nullptr) {
-    float v = __fmul_rn(__fmul_rn(st, a.w_scale[col]), (float)(acc - zt * a.w_rowsum[col]));
+    float v = epi_base(st, a.w_scale[col], acc, zt, a.w_rowsum[col]);
     if (a.spec) v = __fadd_rn(v, a.spec[(int64_t)row * a.n + col]);
     else if (a.spec_rank > 0)
         v = __fadd_rn(v, spec_dot(z_row ? z_row : a.spec_z + (int64_t)row * a.spec_rank,
@@ -672,17 +672,12 @@ int gemv_stage_min_m() {
 }
 bool gemv_stage_ok(const W4GemmArgs& a) { return a.k % 16 == 0 && ((uintptr_t)a.q & 15) == 0; }
 
-// A staged kernel's launch: its dynamic shared memory limit raised once per kernel to the most it
-// is launched with (staged C and z rows, then the codes).
-template <auto kKernel, size_t kAct>
-void launch_staged(dim3 blocks, size_t smem, cudaStream_t s, const W4GemmArgs& a, int pf, int stage) {
-    static const bool big = [] {
-        SQ_CUDA(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     (int)(kStageCBytes + 128 + kAct)));
-        return true;
-    }();
-    (void)big;
-    launch_pdl("w4a4_gemv", kKernel, blocks, dim3(V_WARPS * 32), smem, s, a, pf, stage, GemvNorm{});
+// The kernel's dynamic shared memory limit set to this launch's on every call, as the tiled and wgmma
+// kernels do (the attribute is per device). Also at ≤ 48 KB: with the static `red` (up to 16 KB) the
+// sum may pass the default (a fused spectral test's staged C did).
+template <class K>
+void allow_smem(K kernel, size_t smem) {
+    SQ_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
 }
 
 template <int NT, int U, int MT = 1, bool DB = false, bool ST = false>
@@ -695,12 +690,13 @@ void launch_gemv(const W4GemmArgs& a, cudaStream_t s) {
     if constexpr (ST) {
         SQ_CHECK(gemv_stage_ok(a), "w4a4_gemv: staged activations need k % 16 == 0 and 16-byte aligned rows (k = ",
                  a.k, ")");
-        const size_t off = gemv_act_offset(stage, NT, a.m, a.spec_rank);
-        constexpr size_t act16 = kGemvActBytes<U, MT, true>, act8 = kGemvActBytes<U, MT, false>;
-        constexpr auto k16 = gemv_kernel<NT, U, MT, true, true, DB, false, true>;
-        constexpr auto k8 = gemv_kernel<NT, U, MT, false, true, DB, false, true>;
-        if (MT > 1 || rows16) launch_staged<k16, act16>(blocks, off + act16, s, a, pf, stage);
-        else launch_staged<k8, act8>(blocks, off + act8, s, a, pf, stage);
+        const bool r16 = MT > 1 || rows16;
+        const auto kern = r16 ? gemv_kernel<NT, U, MT, true, true, DB, false, true>
+                              : gemv_kernel<NT, U, MT, false, true, DB, false, true>;
+        const size_t smem = gemv_act_offset(stage, NT, a.m, a.spec_rank) +
+                            (r16 ? kGemvActBytes<U, MT, true> : kGemvActBytes<U, MT, false>);
+        allow_smem(kern, smem);
+        launch_pdl("w4a4_gemv", kern, blocks, threads, smem, s, a, pf, stage, GemvNorm{});
         return;
     }
     const size_t smem = stage ? cbytes : 0;
@@ -734,25 +730,17 @@ int gemv_nt(int64_t nb, int m, int sms) {
 }
 
 
-// The norm GEMV at NT n8 tiles per block: its kernel (shared memory limit raised once), and how many
+// The norm GEMV at NT n8 tiles per block: its kernel, and how many
 // of its clusters of 8 fit on the device at once (cudaOccupancyMaxActiveClusters: clusters are placed
 // within one GPC, so fewer fit than the 3 blocks per SM of the plain GEMV suggest).
 template <int NT>
-auto norm_kernel() {
-    auto kern = gemv_kernel<NT, 2, 1, false, true, false, true>;
-    static const bool big = [&] {  // up to 8 rows of 4096 codes: above the 48 KB default with `red`
-        SQ_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     (int)(sizeof(NormSmem) + (size_t)W4G_NORM_MAX_M * W4G_NORM_MAX_K)));
-        return true;
-    }();
-    (void)big;
-    return kern;
-}
+constexpr auto norm_kernel = gemv_kernel<NT, 2, 1, false, true, false, true>;
 template <int NT>
 int norm_max_clusters(int m, int k) {
-    const PdlLaunch L(dim3(kNormCluster * 64), dim3(V_WARPS * 32), sizeof(NormSmem) + (size_t)m * norm_kq(k), nullptr,
-                      kNormCluster);
-    return L.max_clusters(norm_kernel<NT>());
+    const size_t smem = sizeof(NormSmem) + (size_t)m * norm_kq(k);  // up to 8 rows of 4096 codes
+    allow_smem(norm_kernel<NT>, smem);
+    const PdlLaunch L(dim3(kNormCluster * 64), dim3(V_WARPS * 32), smem, nullptr, kNormCluster);
+    return L.max_clusters(norm_kernel<NT>);
 }
 // NT of the norm GEMV: the plain GEMV's choice, or 4, whichever first puts the whole grid's clusters
 // on the device at once; 0 when neither does.
@@ -772,8 +760,9 @@ int norm_nt(int m, int k, int n) {
 
 template <int NT>
 void launch_gemv_norm(const W4GemmArgs& a, const GemvNorm& nrm, cudaStream_t s) {
-    auto kern = norm_kernel<NT>();
+    const auto kern = norm_kernel<NT>;
     const size_t smem = sizeof(NormSmem) + (size_t)a.m * norm_kq(a.k);
+    allow_smem(kern, smem);
     const int64_t nb = (w4g_n_pad(a.n) / W4G_NB + NT - 1) / NT;
     const unsigned blocks = (unsigned)((nb + kNormCluster - 1) / kNormCluster * kNormCluster);
     launch_pdl_cluster("w4a4_gemv_norm", kNormCluster, kern, dim3(blocks), dim3(V_WARPS * 32), smem, s, a,

@@ -1,8 +1,15 @@
-// The fused spectral branch's dot product, shared by the W4A4 CUDA kernels' epilogues
-// (w4a4_gemm.cu, w4a4_wgmma.cu): spectral_dot_ref (kernels/ref/w4a4_ref.cpp) bit for bit.
+// The W4A4 CUDA epilogues' shared arithmetic (w4a4_gemm.cu, w4a4_wgmma.cu, quant.cu): y's scale
+// product, and the fused spectral branch's dot product (spectral_dot_ref, kernels/ref/w4a4_ref.cpp)
+// bit for bit.
 #pragma once
 
 namespace sq::cuda {
+
+// y before the spectral branch and bias (w4a4_format.h, w4a4_epilogue_ref):
+// (s_t · scale_j) · (float)(acc − z_t · rowsum_j), each product rounded.
+__device__ __forceinline__ float epi_base(float st, float ws, int acc, int zt, int rs) {
+    return __fmul_rn(__fmul_rn(st, ws), (float)(acc - zt * rs));
+}
 
 // ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)): the 8 fma lanes' sum of spectral_dot_ref and of
 // the CPU's gemm_f32 tiles (hsum4_ps), rounded at every step.

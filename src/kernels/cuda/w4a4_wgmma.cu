@@ -120,7 +120,7 @@ __device__ __forceinline__ void epilogue(const W4GemmArgs& a, int (&acc)[kMT][kB
             float y[4];
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                float f = __fmul_rn(__fmul_rn(st, ws[j]), (float)(vv[j] - zt * rs[j]));
+                float f = epi_base(st, ws[j], vv[j], zt, rs[j]);
                 if (a.spec) f = __fadd_rn(f, sp[j]);
                 else if (a.spec_rank > 0 && ch0 + j < a.n)
                     f = __fadd_rn(f, spec_dot(a.spec_z + (int64_t)tok * a.spec_rank,
@@ -377,7 +377,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                             float y[4];
 #pragma unroll
                             for (int j = 0; j < 4; ++j) {  // epi_value's operations, in its order
-                                float f = __fmul_rn(__fmul_rn(st, ws[j]), (float)(vv[j] - zt * rs[j]));
+                                float f = epi_base(st, ws[j], vv[j], zt, rs[j]);
                                 if (a.spec) f = __fadd_rn(f, sp4[j]);
                                 if (a.bias) f = __fadd_rn(f, bs[j]);
                                 y[j] = f;
@@ -507,7 +507,7 @@ __global__ void __launch_bounds__(256) splitk_epilogue_kernel(const W4GemmArgs a
         const float st = a.act_scale[tok];
         const int zt = a.act_zero[tok];
         for (int j = 0; j < cnt; ++j) {
-            float f = __fmul_rn(__fmul_rn(st, a.w_scale[ch0 + j]), (float)(v[j] - zt * a.w_rowsum[ch0 + j]));
+            float f = epi_base(st, a.w_scale[ch0 + j], v[j], zt, a.w_rowsum[ch0 + j]);
             if (a.spec) f = __fadd_rn(f, a.spec[idx + j]);
             if (a.bias) f = __fadd_rn(f, a.bias[ch0 + j]);
             a.y[idx + j] = f;
