@@ -86,15 +86,30 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int s) {
 // spec = a.spec[t, j], or fused: spec_dot(spec_z[t, :], spec_c[j, :], spec_rank).
 // c_row, z_row (GEMV, v5 / v7): C_col and z_row staged in shared memory, else null (read from
 // a.spec_c / a.spec_z).
+// EpiCol: column j's constants (weights: the GEMV loads them before its PDL wait, v10).
+struct EpiCol {
+    float ws = 0.0f, bias = 0.0f;
+    int rs = 0;
+};
+__device__ __forceinline__ EpiCol epi_col(const W4GemmArgs& a, int col) {
+    EpiCol c;
+    c.ws = a.w_scale[col], c.rs = a.w_rowsum[col], c.bias = a.bias ? a.bias[col] : 0.0f;
+    return c;
+}
 __device__ __forceinline__ float epi_value(const W4GemmArgs& a, int row, int col, int acc, float st, int zt,
-                                           const float* c_row = nullptr, const float* z_row = nullptr) {
-    float v = epi_base(st, a.w_scale[col], acc, zt, a.w_rowsum[col]);
+                                           const EpiCol& c, const float* c_row = nullptr,
+                                           const float* z_row = nullptr) {
+    float v = epi_base(st, c.ws, acc, zt, c.rs);
     if (a.spec) v = __fadd_rn(v, a.spec[(int64_t)row * a.n + col]);
     else if (a.spec_rank > 0)
         v = __fadd_rn(v, spec_dot(z_row ? z_row : a.spec_z + (int64_t)row * a.spec_rank,
                                   c_row ? c_row : a.spec_c + (int64_t)col * a.spec_rank, a.spec_rank));
-    if (a.bias) v = __fadd_rn(v, a.bias[col]);
+    if (a.bias) v = __fadd_rn(v, c.bias);
     return v;
+}
+__device__ __forceinline__ float epi_value(const W4GemmArgs& a, int row, int col, int acc, float st, int zt,
+                                           const float* c_row = nullptr, const float* z_row = nullptr) {
+    return epi_value(a, row, col, acc, st, zt, epi_col(a, col), c_row, z_row);
 }
 
 // Two adjacent outputs (row, col), (row, col + 1); col + 1 may be past n.
@@ -455,8 +470,30 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
             if (nb < NB) prefetch_l2(a.w + ((int64_t)nb * KB + kb) * 512 + (lane & 3) * 128);
         }
     }
+    // v10: the epilogue's per-column constants (weights) in registers before the wait, the rows' (s, z)
+    // right after it (m ≤ 16, not kNorm): the epilogue then waits on no global load (it did: one memory
+    // round trip at the end of every GEMV). Thread e's elements: e + 256·j of the NT·128 below.
+    constexpr int kEpi = (NT * 4 * 32 + V_WARPS * 32 - 1) / (V_WARPS * 32);
+    EpiCol e_col[kEpi];
+    float e_st[kEpi];
+    int e_zt[kEpi];
+#pragma unroll
+    for (int j = 0; j < kEpi; ++j) {
+        const int e = threadIdx.x + j * V_WARPS * 32, l = e & 31, r = (e >> 5) & 3;
+        const int col = (nb0 + (e >> 7)) * W4G_NB + 2 * (l & 3) + (r & 1);
+        if (e < NT * 4 * 32 && col < a.n && a.y) e_col[j] = epi_col(a, col);
+    }
     pdl_wait();  // activations, scales, spec_z: the previous kernels' outputs
     pdl_trigger();
+    if constexpr (MT == 1 && !kNorm) {
+#pragma unroll
+        for (int j = 0; j < kEpi; ++j) {
+            const int e = threadIdx.x + j * V_WARPS * 32, row = ((e & 31) >> 2) + (((e >> 5) & 3) >> 1) * 8;
+            const bool ok = e < NT * 4 * 32 && row < a.m && a.y;
+            e_st[j] = ok ? a.act_scale[row] : 0.0f;
+            e_zt[j] = ok ? a.act_zero[row] : 0;
+        }
+    }
     NormSmem* ns = reinterpret_cast<NormSmem*>(cs);
     uint8_t* ncodes = reinterpret_cast<uint8_t*>(cs) + sizeof(NormSmem);
     const int kq = kNorm ? norm_kq(a.k) : 0;
@@ -606,7 +643,10 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
 #pragma unroll
             for (int r = 0; r < 4; ++r) red[warp][nt][r][lane] = acc[mt][nt][r];
         __syncthreads();
-        for (int e = threadIdx.x; e < NT * 4 * 32; e += V_WARPS * 32) {
+#pragma unroll
+        for (int j = 0; j < kEpi; ++j) {
+            const int e = threadIdx.x + j * V_WARPS * 32;
+            if (e >= NT * 4 * 32) break;
             const int nt = e >> 7, r = (e >> 5) & 3, l = e & 31;
             int sum = 0;
 #pragma unroll
@@ -616,12 +656,15 @@ __global__ void __launch_bounds__(V_WARPS * 32, kDB ? 2 : (MT == 1 ? (U <= 2 && 
             const int64_t i = (int64_t)row * a.n + col;
             sum >>= 4;
             if (a.acc) a.acc[i] = sum;
-            const float st = kNorm ? ns->s[row] : a.act_scale[row];
-            const int zt = kNorm ? ns->z[row] : a.act_zero[row];
-            if (a.y)
-                a.y[i] = epi_value(a, row, col, sum, st, zt,
-                                   stage_c ? cs + (col - nb0 * W4G_NB) * a.spec_rank : nullptr,
-                                   stage_c ? zs + row * a.spec_rank : nullptr);
+            if (!a.y) continue;
+            float st;
+            int zt;
+            if constexpr (kNorm) st = ns->s[row], zt = ns->z[row];
+            else if constexpr (MT == 1) st = e_st[j], zt = e_zt[j];
+            else st = a.act_scale[row], zt = a.act_zero[row];
+            a.y[i] = epi_value(a, row, col, sum, st, zt, e_col[j],
+                               stage_c ? cs + (col - nb0 * W4G_NB) * a.spec_rank : nullptr,
+                               stage_c ? zs + row * a.spec_rank : nullptr);
         }
     }
 }
