@@ -29,6 +29,9 @@
 // storage at --kv-bits 16 (or 5..8: fake-quantized values), packed 4-bit codes at
 // --kv-bits ≤ 4 (decode v5; SQ_CUDA_KV=f32 for the fake-quantized fp32 cache).
 // --bf16-kv-bits N gives the BF16 baseline its own KV bits (default: --kv-bits).
+// Decode v7's side-stream L2 prefetch (ModelCudaOptions::l2_prefetch_mib): every run takes SQ_CUDA_L2PF
+// (default 32 MiB); SQ_CUDA_BF16_L2PF=N gives the BF16 run its own (off vs 32 MiB moved its decode by
+// +1% in one H100 call and −1.4% in another, docs/perf.md "Session 13": no better setting for it).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -39,6 +42,7 @@
 #include <sys/resource.h>
 
 #include "cli/common.h"
+#include "core/env.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "eval/report.h"
@@ -314,6 +318,7 @@ int cuda_bench(const CudaBenchOpts& o) {
 
     const int base_kv = o.bf16_kv_bits < 0 ? o.kv_bits : o.bf16_kv_bits;
     const ModelCudaOptions env = ModelCudaOptions::from_env();  // SQ_CUDA_KV, SQ_CUDA_DECODE_ATT (A/B runs)
+    const int bf16_l2pf = env_int("SQ_CUDA_BF16_L2PF", env.l2_prefetch_mib, 0, 4096);  // MiB (header)
     auto kv_name = [&](int bits) {
         return bits >= 16 ? std::string("KV16 (fp32)")
                           : "KV" + std::to_string(bits) +
@@ -335,7 +340,7 @@ int cuda_bench(const CudaBenchOpts& o) {
             s.fuse = o.fuse != 0;
             s.lm_head_q8 = !bf16 && o.lm_head_bits == 8;
             s.flash_attention = flash;
-            s.l2_prefetch_mib = env.l2_prefetch_mib;
+            s.l2_prefetch_mib = bf16 ? bf16_l2pf : env.l2_prefetch_mib;
             s.norm_gemv = env.norm_gemv;
             res.push_back(cuda_variant(name, o, std::make_unique<ModelCuda>(c, s, cap)));
         };
@@ -349,6 +354,7 @@ int cuda_bench(const CudaBenchOpts& o) {
         native.flash_attention = bf16.flash_attention = flash;
         native.spectral_fuse_max_rows = fuse_rows;
         bf16.bf16 = true;
+        native.l2_prefetch_mib = env.l2_prefetch_mib, bf16.l2_prefetch_mib = bf16_l2pf;
         native.fuse = bf16.fuse = o.fuse != 0;
         res.push_back(cuda_variant("native", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, native)));
         res.push_back(cuda_variant("bf16", o, std::make_unique<ModelCuda>(lm.model->weights(), cap, bf16)));
@@ -369,6 +375,8 @@ int cuda_bench(const CudaBenchOpts& o) {
                                                            "a prompt's last row, bf16 (same matrix) above; BF16 run bf16"
                                                          : "bf16 in every run");
     std::printf("prefill attention: %s\n", flash ? "fp16 tensor cores (attention_flash; head_dim 64/128)" : "FP32 kernel");
+    std::printf("decode L2 prefetch of the next weights: W4A4 %d MiB, BF16 %d MiB\n",
+                env.l2_prefetch_mib, bf16_l2pf);
     std::printf("| metric |");
     for (const auto& v : res) std::printf(" %s |", v.name.c_str());
     for (size_t i = 0; i + 1 < res.size(); ++i) std::printf(" %s vs bf16 |", res[i].name.c_str());

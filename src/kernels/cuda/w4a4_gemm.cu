@@ -861,6 +861,12 @@ void w4a4_gemm_tiled_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
     }
 }
 
+// SQ_CUDA_GEMV_CFG=N: every GEMV of at most 16 rows in configuration N (A/B of the heuristic below).
+static int gemv_cfg_override() {
+    static const int n = env_int("SQ_CUDA_GEMV_CFG", -1, -1, W4G_GEMV_CFGS - 1);
+    return n;
+}
+
 // U = 2; double-buffered (cfg 3, v5) when a warp has ≥ 4 iterations (k ≥ 8192: down at 14336
 // went 16.1 → 13.8 µs back to back, 61 → 71% of HBM; at k = 4096 (2 iterations) it was a
 // little slower: 6.7 → 8.0 µs at qkv, docs/perf.md "Decode v4"); from gemv_stage_min_m() rows
@@ -871,13 +877,16 @@ void w4a4_gemm_tiled_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
 // o 4096 × 4096 5.2–5.5 µs at m = 4..16 against cfg 4's 6.0–6.3, gate|up 23.0–23.7 against 22.6–25.9,
 // but q|k|v 6144 × 4096 at NT = 4 (192 blocks for 264 slots) 7.2–7.4 against 6.8–7.2.
 void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s) {
+    if (gemv_cfg_override() >= 0 && a.m <= 16) return w4a4_gemv_cfg(a, s, gemv_cfg_override());
     const bool db = a.m <= 16 && (a.k + TB_K - 1) / TB_K >= 4 * V_WARPS * 2;
     if (!(a.m >= gemv_stage_min_m() && gemv_stage_ok(a))) return w4a4_gemv_cfg(a, s, db ? 3 : 0);
     const int64_t nb = w4g_n_pad(a.n) / W4G_NB, sms = device_sms();
     const int64_t b2 = (nb + 1) / 2, b4 = (nb + 3) / 4;  // cfg 5's blocks at NT = 2, 4
     const bool full = (b2 >= sms && b2 <= 2 * sms) || b4 > 2 * sms;
-    // One row where cfg 5 leaves SMs idle: unstaged (q|k|v: 6.5 µs against cfg 4's 6.8).
-    w4a4_gemv_cfg(a, s, db || full ? 5 : (a.m == 1 ? 0 : 4));
+    // One row: cfg 5 even where it leaves SMs idle (q|k|v, o of LLaMA-3-8B; --stream had cfg 0 ahead,
+    // 6.5 µs against 6.8 at q|k|v, but inside the decode graph, with the L2 prefetch and PDL, B=1 took
+    // 379.3 / 378.7 tok/s with cfg 5 forced against 375.3 / 375.9, docs/perf.md "Session 13").
+    w4a4_gemv_cfg(a, s, db || full || a.m == 1 ? 5 : 4);
 }
 
 bool w4a4_gemv_fits(int m, int k, const uint8_t* q) {
