@@ -110,7 +110,8 @@ void w4a4_gemm_tiled_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg);
 // with SQ_CUDA_GEMV_PREFETCH an L2 prefetch of the rest, issued before the PDL wait:
 // pdl.cuh), k split across the 8 warps of a block, reduced in shared memory. On 16-byte
 // aligned rows each warp stages its activation codes in shared memory (cp.async, read by
-// ldmatrix: v9, configurations 4 / 5 below).
+// ldmatrix: v9, configurations 4 / 5 below). The epilogue's column constants (w_scale, w_rowsum,
+// bias) are loaded before the PDL wait and the rows' (s, z) right after it (v10).
 constexpr int W4G_GEMV_MAX_M = 64;
 bool w4a4_gemv_fits(int m, int k, const uint8_t* q);
 void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s);
