@@ -185,7 +185,8 @@ TEST(CudaW4A4Gemm, GemvStagedAndUnalignedRows) {
     SKIP_WITHOUT_GPU();
     std::mt19937 rng(test_seed() + 11);
     for (auto [m, n, k] : {std::tuple{1, 264, 4096}, {2, 264, 4096}, {5, 264, 4096}, {6, 40, 128}, {12, 520, 1024},
-                           {16, 2120, 256}, {16, 300, 16384}, {24, 264, 512}, {40, 100, 2048}})
+                           {16, 2120, 256}, {16, 300, 16384}, {24, 264, 512}, {40, 100, 2048},
+                           {2, 2990, 512}, {3, 6144, 256}})  // 374 / 768 tiles: NT = 3 at 132 SMs
         for (int off : {0, 4, 8, 12}) {
             Problem p(m, n, k, rng);
             check(p, kGemv, "gemv", true, off);
