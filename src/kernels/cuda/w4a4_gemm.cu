@@ -861,6 +861,16 @@ void w4a4_gemm_tiled_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
     }
 }
 
+// NT of the double-buffered configurations (3, 5; 2 blocks per SM): the fewest (≥ 2) that fit one wave
+// of 2·SMs. v10: above one row NT = 3 between 2 and 4 (q|k|v of LLaMA-3-8B: 768 tiles in 256 blocks
+// instead of 192, which left 72 of 132 SMs one block): B=16 decode 3196 / 3181 tok/s against 3155 /
+// 3141, B=8 the same, B=1 372 against 375 (so not at one row), docs/perf.md "Session 13".
+static int gemv_db_nt(int64_t nb, int m, int64_t sms) {
+    int nt = 2;
+    while (nt < 4 && (nb + nt - 1) / nt > 2 * sms) nt = nt == 2 && m > 1 ? 3 : 4;
+    return nt;
+}
+
 // SQ_CUDA_GEMV_CFG=N: every GEMV of at most 16 rows in configuration N (A/B of the heuristic below).
 static int gemv_cfg_override() {
     static const int n = env_int("SQ_CUDA_GEMV_CFG", -1, -1, W4G_GEMV_CFGS - 1);
@@ -881,9 +891,10 @@ void w4a4_gemv(const W4GemmArgs& a, cudaStream_t s) {
     const bool db = a.m <= 16 && (a.k + TB_K - 1) / TB_K >= 4 * V_WARPS * 2;
     if (!(a.m >= gemv_stage_min_m() && gemv_stage_ok(a))) return w4a4_gemv_cfg(a, s, db ? 3 : 0);
     const int64_t nb = w4g_n_pad(a.n) / W4G_NB, sms = device_sms();
-    const int64_t b2 = (nb + 1) / 2, b3 = (nb + 2) / 3, b4 = (nb + 3) / 4;  // cfg 5's blocks at NT = 2, 3, 4
-    const bool full = (b2 >= sms && b2 <= 2 * sms) || (a.m > 1 && b2 > 2 * sms && b3 >= sms && b3 <= 2 * sms) ||
-                      b4 > 2 * sms;
+    // cfg 5 "fills the SMs": one wave of at least one block per SM at NT 2 or 3, several waves at NT 4
+    const int nt5 = gemv_db_nt(nb, a.m, sms);
+    const int64_t b5 = (nb + nt5 - 1) / nt5;
+    const bool full = nt5 < 4 ? b5 >= sms : b5 > 2 * sms;
     // One row: cfg 5 even where it leaves SMs idle (q|k|v, o of LLaMA-3-8B; --stream had cfg 0 ahead,
     // 6.5 µs against 6.8 at q|k|v, but inside the decode graph, with the L2 prefetch and PDL, B=1 took
     // 379.3 / 378.7 tok/s with cfg 5 forced against 375.3 / 375.9, docs/perf.md "Session 13").
@@ -911,13 +922,8 @@ void w4a4_gemv_cfg(const W4GemmArgs& a, cudaStream_t s, int cfg) {
         else st ? launch_gemv<2, 1, 4, false, true>(a, s) : launch_gemv<2, 1, 4>(a, s);
         return;
     }
-    if (cfg == 3 || cfg == 5) {  // v5: double-buffered, 2 blocks per SM: the fewest NT (≥ 2) that fit one
-                                 // wave of 2·SMs; v10: above one row NT = 3 between 2 and 4 (q|k|v of
-                                 // LLaMA-3-8B: 768 tiles in 256 blocks instead of 192, which left 72 of 132
-                                 // SMs one block): B=16 decode 3196 / 3181 tok/s against 3155 / 3141, B=8
-                                 // the same, B=1 372 against 375 (so not at one row), docs/perf.md
-        int nt = 2;
-        while (nt < 4 && (nb + nt - 1) / nt > 2 * (int64_t)sms) nt = nt == 2 && a.m > 1 ? 3 : 4;
+    if (cfg == 3 || cfg == 5) {  // v5: double-buffered, 2 blocks per SM (gemv_db_nt)
+        int nt = gemv_db_nt(nb, a.m, sms);
         if (gemv_nt_override()) nt = std::max(2, gemv_nt_override());
         if (cfg == 5) {
             if (nt == 2) launch_gemv<2, 2, 1, true, true>(a, s);

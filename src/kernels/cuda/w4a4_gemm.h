@@ -61,7 +61,9 @@ void w4g_repack(const uint8_t* codes, int64_t n, int64_t k, uint8_t* dst);
 // Device pointers. q [m, k] activation codes (bytes, row stride k), w [w4g_bytes(n, k)]
 // (16-byte aligned). Outputs (either may be null): acc [m, n] int32, y [m, n] float32
 // with act_scale [m], act_zero [m], w_scale [n], w_rowsum [n], spec [m, n] and bias [n]
-// (spec, bias may be null). 1 ≤ k ≤ 65536.
+// (spec, bias may be null). 1 ≤ k ≤ 65536. The weights' arrays (w, w_scale, w_rowsum, bias,
+// spec_c) are constants: the GEMV reads them before its PDL wait (pdl.cuh), so they must not be
+// written by the kernel launched just before it (the engine makes them at load, then synchronizes).
 struct W4GemmArgs {
     const uint8_t* q = nullptr;
     int m = 0, k = 0, n = 0;
